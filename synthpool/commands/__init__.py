@@ -1,0 +1,1 @@
+"""Command groups of the `synthpool` CLI, one module per group."""
