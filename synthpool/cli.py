@@ -1,12 +1,16 @@
 """`synthpool`: the command line for data owners (schema, synth, evaluate), the demo, and the
-coordinator's administrators. Each group lives beside the code it drives; this module only
-assembles them."""
+coordinator's administrators. Each group lives in synthpool/commands; this module assembles them."""
 
 from __future__ import annotations
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+from .commands import schema, synth
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Federated, differentially private synthetic data.")
+app.add_typer(schema.app, name="schema")
+app.command("synth")(synth.synth)
 
 
 def main() -> None:

@@ -1,0 +1,349 @@
+"""Draft a study schema from a site's own table, either disclosively (to be reviewed) or with DP.
+
+A schema is meant to be *public*: every category and bound in it is shared with the coordinator and
+the other sites and ends up beside the released data. Reading them off the rows leaks: the maximum
+age is the oldest patient's age, a category seen once proves someone has it. So a draft is either
+
+* exact (no `epsilon`): fast and convenient, but every value must be reviewed and replaced with
+  public knowledge (a data dictionary, published ranges, code lists); the warnings say so; or
+* differentially private (`epsilon` given): bounds and categories come from noisy histograms, the
+  spend is written to `schema.provenance` so every run on this schema composes it, and values too
+  rare to release safely are left out by design.
+
+Both modes read a few structural facts exactly (which columns exist, each column's kind, whether a
+numeric column is integer-valued, which columns are identifiers): those are not covered by DP and
+the warnings ask for them to be confirmed against public documentation.
+
+Adjacency: the DP mechanisms here are calibrated for *replacing* one row (L1 sensitivity 2 for a
+histogram), which also covers adding or removing one, the relation Opacus' accountant uses.
+Laplace noise comes from numpy, which is not hardened against floating-point attacks (Mironov 2012);
+that is acceptable for a one-off draft but is one more reason to prefer public values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .loading import _canonical, _parse_numbers
+from .schema import CsvOptions, Schema
+
+NUMERIC_MIN_DISTINCT = 20  # fewer distinct numbers than this: a code list, modelled as categories
+BOOLEAN_WORDS = {"true", "false", "yes", "no", "0", "1"}  # what the loader accepts as booleans
+RARE = 5  # exact drafts warn about categories seen fewer times than this
+# Public grid of magnitudes for DP bounds: cells [2^k, 2^(k+1)) for k in [K_MIN, K_MAX), their
+# mirror images, a cell for exact 0 and one each for magnitudes below 2^K_MIN.
+K_MIN, K_MAX = -10, 62
+GRID_FAILURE = 0.05  # chance that noise alone lifts any empty grid cell over the threshold
+POINT_MASS_SHARE = 0.05  # a value holding this share of the rows gets its own point mass
+LOG_SPAN = 4  # doublings between the median and the top cell that make a column 'log' scale
+
+
+@dataclass
+class _Profile:
+    """Exact facts about one column. `counts` is indexed by the distinct values as text."""
+
+    name: str
+    kind: str  # numeric | categorical | boolean | id | empty
+    counts: pd.Series
+    missing: int
+    numbers: np.ndarray | None  # parsed `counts.index`, when every value is a number
+    integer: bool = False
+
+
+def _profile(name: str, s: pd.Series) -> _Profile:
+    present = s.notna()
+    codes, uniq = pd.factorize(s[present], use_na_sentinel=True)
+    text = [_canonical(u).strip() for u in uniq]
+    counts = pd.Series(np.bincount(codes, minlength=len(uniq)), index=text, dtype=np.int64)
+    counts = counts.groupby(level=0, sort=False).sum()
+    missing = int((~present).sum())
+    if counts.empty:
+        return _Profile(name, "empty", counts, missing, None)
+    numbers = _parse_numbers(np.asarray(counts.index, dtype=object))
+    numbers = numbers if np.isfinite(numbers).all() else None
+    integer = numbers is not None and bool(np.all(numbers == np.floor(numbers)))
+    if (missing == 0 and len(counts) > NUMERIC_MIN_DISTINCT and (counts == 1).all()
+            and (numbers is None or integer)):
+        kind = "id"  # a distinct label (or whole number) per row identifies people, never model it
+    elif {t.lower() for t in counts.index} <= BOOLEAN_WORDS and len(counts) <= 2 and (
+            numbers is None or set(numbers) <= {0.0, 1.0}):
+        kind = "boolean"
+    elif numbers is not None and len(counts) > NUMERIC_MIN_DISTINCT:
+        kind = "numeric"
+    else:
+        kind = "categorical"
+    return _Profile(name, kind, counts, missing, numbers, integer)
+
+
+# -- the public magnitude grid --------------------------------------------------------------------
+
+_CELLS = K_MAX - K_MIN + 1  # per sign: index 0 is (0, 2^K_MIN), index j >= 1 is [2^(K_MIN+j-1), ..)
+
+
+def _cell_lo(j: int) -> float:
+    return 0.0 if j == 0 else 2.0 ** (K_MIN + j - 1)
+
+
+def _cell_hi(j: int) -> float:
+    return 2.0 ** (K_MIN + j)
+
+
+def _grid_counts(values: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+    """(negative cells, zero count, positive cells) of `values` repeated `weights` times.
+    Every value lands in exactly one cell, which is what bounds the histogram's sensitivity."""
+    mag = np.abs(values)
+    _, exp = np.frexp(mag)  # mag = m * 2^exp, m in [0.5, 1): floor(log2 mag) = exp - 1, exactly
+    j = np.clip(exp - 1 - K_MIN + 1, 0, _CELLS - 1)
+    neg, pos = np.zeros(_CELLS), np.zeros(_CELLS)
+    np.add.at(neg, j[values < 0], weights[values < 0])
+    np.add.at(pos, j[values > 0], weights[values > 0])
+    return neg, float(weights[values == 0].sum()), pos
+
+
+def _grid_bounds(neg: np.ndarray, zero: float, pos: np.ndarray,
+                 t: float) -> tuple[float, float] | None:
+    """Outermost cells whose count exceeds `t`; their outer edges are the bounds."""
+    neg_ok, pos_ok, zero_ok = np.flatnonzero(neg > t), np.flatnonzero(pos > t), zero > t
+    if not (len(neg_ok) or len(pos_ok) or zero_ok):
+        return None
+    if len(neg_ok):
+        lower = -_cell_hi(int(neg_ok.max()))
+    else:
+        lower = 0.0 if zero_ok else _cell_lo(int(pos_ok.min()))
+    if len(pos_ok):
+        upper = _cell_hi(int(pos_ok.max()))
+    else:
+        upper = 0.0 if zero_ok else -_cell_lo(int(neg_ok.min()))
+    return lower, (upper if upper > lower else lower + 1.0)
+
+
+def _grid_shape(neg, zero, pos, t: float, lower: float) -> dict:
+    """Scale and point mass from the same (exact or noisy) histogram, so they cost nothing more:
+    a big share of exact zeros becomes a point mass (capital-gain's 0), and a top cell far above
+    the median cell (a heavy right tail) asks for a geometric bin grid."""
+    clipped = np.concatenate([np.clip(neg, 0, None), [max(zero, 0.0)], np.clip(pos, 0, None)])
+    total = clipped.sum()
+    out: dict = {}
+    if zero > t and total > 0 and zero >= POINT_MASS_SHARE * total:
+        out["point_masses"] = [0.0]
+    pos_c = np.clip(pos, 0, None)
+    pos_ok = np.flatnonzero(pos > t)
+    if lower >= 0 and len(pos_ok) and pos_c.sum() > 0:
+        median = int(np.searchsorted(np.cumsum(pos_c), pos_c.sum() / 2))
+        if pos_ok.max() - median >= LOG_SPAN:
+            out["scale"] = "log"
+    return out
+
+
+# -- per-kind column drafts ---------------------------------------------------------------------
+
+
+def _category_order(values: list[str]) -> list[str]:
+    nums = _parse_numbers(np.asarray(values, dtype=object))
+    if len(values) and np.isfinite(nums).all():
+        return [v for _, v in sorted(zip(nums, values))]
+    return sorted(values)
+
+
+def _numeric_exact(p: _Profile) -> dict:
+    x, w = p.numbers, p.counts.to_numpy(np.float64)
+    lower, upper = float(x.min()), float(x.max())
+    col = {"name": p.name, "kind": "numeric", "lower": lower,
+           "upper": upper if upper > lower else lower + 1.0, "integer": p.integer,
+           "nullable": p.missing > 0}
+    return col | _grid_shape(*_grid_counts(x, w), t=0.0, lower=lower)
+
+
+def _numeric_dp(p: _Profile, eps: float, rng: np.random.Generator) -> dict | None:
+    """Laplace histogram over the public doubling grid (plus a 'missing' cell): one row changes
+    two cells by one when replaced, so Laplace(2/eps) noise on every cell is eps-DP. The
+    threshold keeps all empty cells below it with probability 1 - GRID_FAILURE, so bounds are
+    not stretched by noise; cells with fewer rows than that are cut off (their rows then fall
+    outside the bounds)."""
+    neg, zero, pos = _grid_counts(p.numbers, p.counts.to_numpy(np.float64))
+    scale = 2.0 / eps
+    n_cells = 2 * _CELLS + 2
+    t = scale * math.log(n_cells / (2 * GRID_FAILURE))
+    neg = neg + rng.laplace(0, scale, _CELLS)
+    pos = pos + rng.laplace(0, scale, _CELLS)
+    zero = zero + rng.laplace(0, scale)
+    missing = p.missing + rng.laplace(0, scale)
+    bounds = _grid_bounds(neg, zero, pos, t)
+    if bounds is None:
+        return None
+    col = {"name": p.name, "kind": "numeric", "lower": bounds[0], "upper": bounds[1],
+           "integer": p.integer, "nullable": bool(missing > t)}
+    return col | _grid_shape(neg, zero, pos, t, bounds[0])
+
+
+def _categories_dp(p: _Profile, eps: float, delta: float,
+                   rng: np.random.Generator) -> tuple[list[str], bool]:
+    """Stability-based histogram: Laplace(2/eps) on the count of every *observed* value, kept
+    only above 1 + (2/eps) ln(1/(2 delta)). A value held by one row survives with probability at
+    most delta, which is what makes releasing data-dependent keys (eps, delta)-DP."""
+    scale = 2.0 / eps
+    t = 1.0 + scale * math.log(1.0 / (2.0 * delta))
+    noisy = p.counts.to_numpy(np.float64) + rng.laplace(0, scale, len(p.counts))
+    kept = [v for v, c in zip(p.counts.index, noisy) if c > t]
+    nullable = p.missing + rng.laplace(0, scale) > t
+    return _category_order(kept), bool(nullable)
+
+
+def _boolean_dp(p: _Profile, eps: float, rng: np.random.Generator) -> bool:
+    """Only nullability is data-derived for a boolean: one Laplace(1/eps) count of missing
+    values (sensitivity 1), 'nullable' if it clears a threshold that noise alone passes with
+    probability GRID_FAILURE."""
+    scale = 1.0 / eps
+    return bool(p.missing + rng.laplace(0, scale) > scale * math.log(1 / (2 * GRID_FAILURE)))
+
+
+# -- the draft ------------------------------------------------------------------------------------
+
+
+def draft_schema(df: pd.DataFrame, *, name: str, target: str | None = None,
+                 epsilon: float | None = None, delta: float = 1e-6, seed: int | None = None,
+                 csv: CsvOptions | None = None) -> tuple[Schema, list[str]]:
+    """Return a schema for `df` and plain-language warnings about what must be reviewed.
+
+    `epsilon` switches to DP: it is split evenly over the modelled columns and composed
+    basically; `delta` is split over the categorical ones (only the stability histogram needs
+    it). `seed` makes the noise reproducible, for tests only: anyone who knows it can subtract the
+    noise, so it is never recorded. `csv` is copied into the schema so that the file the draft
+    came from reads back with it (header-less files: dropped columns must be the last ones).
+    """
+    if target is not None and target not in df.columns:
+        raise ValueError(f"target {target!r} is not a column (columns: {list(df.columns)})")
+    if epsilon is not None and not (epsilon > 0 and math.isfinite(epsilon)):
+        raise ValueError("epsilon must be a positive number")
+    if epsilon is not None and not 0 < delta < 1:
+        raise ValueError("delta must be in (0, 1)")
+    warnings: list[str] = []
+    profiles = [_profile(str(c), df[c]) for c in df.columns]
+    drop: list[str] = []
+    for p in profiles:
+        if p.name == target and p.kind in ("numeric", "id"):
+            warnings.append(f"target {p.name!r} looked {p.kind}; drafted as categorical, since "
+                            "a target is a class label. Check that this is the right column.")
+            p.kind = "categorical"
+        elif p.name == target and p.kind == "empty":
+            raise ValueError(f"target {p.name!r} has no values")
+        if p.kind == "id":
+            drop.append(p.name)
+            warnings.append(f"column {p.name!r} has a different value in every row: treated as "
+                            "an identifier and listed under 'drop' (read for presence, never "
+                            "modelled).")
+        elif p.kind == "empty":
+            drop.append(p.name)
+            warnings.append(f"column {p.name!r} is entirely missing: listed under 'drop'.")
+    modelled = [p for p in profiles if p.name not in drop]
+    if not modelled:
+        raise ValueError("no column can be modelled (all are identifiers or empty)")
+
+    if epsilon is None:
+        columns = [_column_exact(p, warnings) for p in modelled]
+        provenance: list[dict] = []
+        warnings.insert(0, _EXACT_WARNING.format(example=_example(modelled)))
+    else:
+        columns, provenance = _columns_dp(modelled, target, epsilon, delta, seed, drop, warnings)
+    csv = csv or CsvOptions()
+    if not csv.header:
+        order = [str(c) for c in df.columns]
+        if order[len(order) - len(drop):] != [c for c in order if c in drop]:
+            raise ValueError(
+                f"columns {drop} would be dropped, but in a file without a header the schema "
+                "can only drop the last columns; add a header line or move them to the end")
+    raw = {"name": name, "target": target, "columns": columns, "drop": drop,
+           "csv": csv.model_dump(), "provenance": provenance}
+    return Schema.from_dict(raw, origin=f"draft of {name}"), warnings
+
+
+_EXACT_WARNING = (
+    "NOT PRIVATE: the categories and bounds in this draft were read directly from the rows and "
+    "are disclosive ({example}; every category listed proves that someone in the table has it). "
+    "Review every value and replace it with public knowledge (a data dictionary, published "
+    "ranges, official code lists) before sharing or using this schema, or redraft with --epsilon "
+    "to derive them with differential privacy.")
+
+_DP_WARNING = (
+    "Bounds and categories were derived with ({epsilon:g}, {delta:g})-differential privacy "
+    "(split evenly over {n} columns, basic composition). This spend is recorded in the schema's "
+    "provenance and must be counted in each site's budget. Values too rare to release safely are "
+    "left out on purpose: rows holding them will be rejected when loaded (load with drop mode, "
+    "or widen bounds and add categories from public knowledge).")
+
+_STRUCTURE_WARNING = (
+    "Not covered by differential privacy: the column names, each column's kind, the integer "
+    "flag of numeric columns and which columns are identifiers were read from the data exactly. "
+    "Confirm them against public documentation of the table.")
+
+
+def _example(profiles: list[_Profile]) -> str:
+    for p in profiles:
+        if p.kind == "numeric":
+            top = p.numbers.max()
+            shown = int(top) if float(top).is_integer() else top
+            return (f"the upper bound of {p.name!r}, {shown}, is the largest value of a real "
+                    "person in the table")
+    return "category lists show exactly which values occur"
+
+
+def _column_exact(p: _Profile, warnings: list[str]) -> dict:
+    if p.kind == "numeric":
+        return _numeric_exact(p)
+    if p.kind == "boolean":
+        return {"name": p.name, "kind": "boolean", "nullable": p.missing > 0}
+    rare = [v for v, c in p.counts.items() if c < RARE]
+    if rare:
+        shown = ", ".join(repr(v) for v in rare[:3]) + (", ..." if len(rare) > 3 else "")
+        some = f"{len(rare)} categories occur" if len(rare) > 1 else "1 category occurs"
+        warnings.append(f"column {p.name!r}: {some} fewer than {RARE} times ({shown}); "
+                        "listing them discloses that someone in the table has them.")
+    return {"name": p.name, "kind": "categorical", "nullable": p.missing > 0,
+            "categories": _category_order(list(p.counts.index))}
+
+
+def _columns_dp(modelled: list[_Profile], target: str | None, epsilon: float, delta: float,
+                seed: int | None, drop: list[str], warnings: list[str]
+                ) -> tuple[list[dict], list[dict]]:
+    rng = np.random.default_rng(seed)
+    eps = epsilon / len(modelled)
+    cats = [p for p in modelled if p.kind == "categorical"]
+    delta_col = delta / len(cats) if cats else 0.0
+    columns = []
+    for p in modelled:
+        if p.kind == "numeric":
+            col = _numeric_dp(p, eps, rng)
+        elif p.kind == "boolean":
+            col = {"name": p.name, "kind": "boolean", "nullable": _boolean_dp(p, eps, rng)}
+        else:
+            kept, nullable = _categories_dp(p, eps, delta_col, rng)
+            col = ({"name": p.name, "kind": "categorical", "nullable": nullable,
+                    "categories": kept} if kept else None)
+        if col is None:
+            if p.name == target:
+                raise ValueError(f"target {p.name!r}: no class is common enough to release at "
+                                 f"epsilon {eps:g} per column; raise --epsilon or use public "
+                                 "classes")
+            drop.append(p.name)
+            warnings.append(f"column {p.name!r}: nothing in it was common enough to release at "
+                            f"epsilon {eps:g}; listed under 'drop' (give public bounds or "
+                            "categories to model it).")
+            continue
+        columns.append(col)
+    warnings.insert(0, _DP_WARNING.format(epsilon=epsilon, delta=delta if cats else 0.0,
+                                          n=len(modelled)))
+    warnings.insert(1, _STRUCTURE_WARNING)
+    provenance = []
+    grid = [p.name for p in modelled if p.kind in ("numeric", "boolean")]
+    if grid:
+        provenance.append({"mechanism": "laplace-histogram",
+                           "epsilon": eps * len(grid), "delta": 0.0, "columns": grid})
+    if cats:
+        provenance.append({"mechanism": "stability-histogram",
+                           "epsilon": eps * len(cats), "delta": delta, "columns":
+                           [p.name for p in cats]})
+    return columns, provenance

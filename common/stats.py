@@ -1,0 +1,145 @@
+"""DP statistics of a table, on grids that come from the public schema.
+
+The transforms need a little knowledge of the data that the schema cannot give: where a skewed
+numeric column's mass lies (to place bins) and how often each target label occurs (to sample
+labels). Both come from ONE Gaussian mechanism over histograms on public grids: every row adds 1 to
+exactly one cell of each histogram, so the L2 sensitivity of the whole vector is sqrt(#histograms),
+and noise of std `noise_multiplier * sqrt(#histograms)` makes it a Gaussian mechanism with noise
+multiplier `noise_multiplier` (sample rate 1, one step) that the accountant composes with DP-SGD.
+
+Noisy histograms from several sites add up (`TableStats.merge`): the federation builds its shared
+transform from the sum, never from exact counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .privacy import GaussianMechanism
+from .schema import CategoricalColumn, NumericColumn, Schema
+
+# Integer columns with at most this many values get one cell per value; others a grid of cells.
+MAX_EXACT_INTEGERS = 256
+GRID_CELLS = 256
+MISSING = "__missing__"
+
+
+def numeric_grid(col: NumericColumn) -> np.ndarray:
+    """Cell edges over [lower, upper] (exclusive of point masses), from the schema alone."""
+    lo, hi = col.lower, col.upper
+    if col.integer and hi - lo + 1 <= MAX_EXACT_INTEGERS:
+        return np.arange(lo, hi + 2) - 0.5  # one cell per integer value
+    if col.scale == "log":
+        # log1p of the offset from `lower` handles bounds at or below zero (capital-gain: 0).
+        edges = lo + np.expm1(np.linspace(0, np.log1p(hi - lo), GRID_CELLS + 1))
+    else:
+        edges = np.linspace(lo, hi, GRID_CELLS + 1)
+    edges[0], edges[-1] = lo, hi
+    return edges
+
+
+def histogram_columns(schema: Schema) -> list[str]:
+    """Columns whose histograms are released: numerics (bin placement) and the target."""
+    cols = [c.name for c in schema.columns if isinstance(c, NumericColumn)]
+    if schema.target is not None:
+        cols.append(schema.target)
+    return cols
+
+
+def cell_labels(schema: Schema, name: str) -> list[str]:
+    """Names of the histogram cells of a column, in order (for reports and merging checks)."""
+    col = schema.column(name)
+    if isinstance(col, NumericColumn):
+        labels = [f"={p:g}" for p in col.point_masses]
+        edges = numeric_grid(col)
+        labels += [f"[{a:g},{b:g})" for a, b in zip(edges[:-1], edges[1:])]
+    elif isinstance(col, CategoricalColumn):
+        labels = list(col.categories)
+    else:
+        labels = ["False", "True"]
+    return labels + ([MISSING] if col.nullable else [])
+
+
+def exact_counts(schema: Schema, name: str, values: pd.Series) -> np.ndarray:
+    """Exact histogram of one column over its public cells. Private: only ever released noised."""
+    col = schema.column(name)
+    n_cells = len(cell_labels(schema, name))
+    counts = np.zeros(n_cells)
+    missing = values.isna().to_numpy()
+    present = values[~missing]
+    if isinstance(col, NumericColumn):
+        x = present.to_numpy(dtype=float)
+        is_mass = np.zeros(len(x), dtype=bool)
+        for i, p in enumerate(col.point_masses):
+            hit = x == p
+            counts[i] += hit.sum()
+            is_mass |= hit
+        edges = numeric_grid(col)
+        idx = np.clip(np.searchsorted(edges, x[~is_mass], side="right") - 1, 0, len(edges) - 2)
+        counts[len(col.point_masses):len(col.point_masses) + len(edges) - 1] += np.bincount(
+            idx, minlength=len(edges) - 1)
+    else:
+        labels = cell_labels(schema, name)
+        keys = present.map(str) if not isinstance(col, CategoricalColumn) else present
+        vc = keys.value_counts()
+        for i, lab in enumerate(labels):
+            counts[i] += vc.get(lab, 0)
+    if col.nullable:
+        counts[-1] += missing.sum()
+    return counts
+
+
+@dataclass
+class TableStats:
+    """Noisy histograms per column (cells from `cell_labels`), plus how they were made."""
+
+    schema_fingerprint: str
+    histograms: dict[str, list[float]]
+    mechanisms: list[GaussianMechanism] = field(default_factory=list)
+
+    def counts(self, name: str) -> np.ndarray:
+        return np.asarray(self.histograms[name], dtype=float)
+
+    def noisy_rows(self) -> float:
+        """A DP estimate of the number of rows (the target histogram's total)."""
+        first = next(iter(self.histograms.values()))
+        return max(float(np.sum(first)), 1.0)
+
+    @staticmethod
+    def merge(parts: list["TableStats"]) -> "TableStats":
+        fps = {p.schema_fingerprint for p in parts}
+        if len(fps) != 1:
+            raise ValueError(f"statistics computed under different schemas: {sorted(fps)}")
+        names = parts[0].histograms.keys()
+        return TableStats(
+            schema_fingerprint=parts[0].schema_fingerprint,
+            histograms={n: list(np.sum([p.counts(n) for p in parts], axis=0)) for n in names},
+            mechanisms=[m for p in parts for m in p.mechanisms],
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_fingerprint": self.schema_fingerprint,
+            "histograms": {k: [float(v) for v in vs] for k, vs in self.histograms.items()},
+            "mechanisms": [m.to_dict() for m in self.mechanisms],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TableStats":
+        return cls(d["schema_fingerprint"], d["histograms"],
+                   [GaussianMechanism.from_dict(m) for m in d.get("mechanisms", [])])
+
+
+def collect_stats(schema: Schema, df: pd.DataFrame, noise_multiplier: float,
+                  rng: np.random.Generator) -> TableStats:
+    """Release all histograms of `histogram_columns` as one Gaussian mechanism (see module doc).
+    The caller must charge `stats.mechanisms` to its ledger before the result leaves the site."""
+    names = histogram_columns(schema)
+    std = noise_multiplier * np.sqrt(len(names))
+    hists = {n: list(exact_counts(schema, n, df[n]) + rng.normal(0, std, len(cell_labels(schema, n))))
+             for n in names}
+    mech = GaussianMechanism("preprocessing histograms", noise_multiplier, 1.0, 1)
+    return TableStats(schema.fingerprint(), hists, [mech])

@@ -1,0 +1,204 @@
+"""Reversible transforms between a table and the generator's tokens, driven by the schema and DP
+statistics only.
+
+Every column becomes one categorical token per row, one codec per column kind (as RDT does with
+one transformer per column):
+- categorical / boolean: one token per category (plus one for missing when nullable);
+- numeric: one token per declared point mass (capital-gain's 0 is decoded exactly), one per coarse
+  bin, plus missing. Bins are quantiles of the DP histogram on the schema's public grid, and a
+  sampled bin is decoded by drawing a fine grid cell with the DP histogram's weights and a value
+  uniformly inside it (log-uniformly on a log grid). So a decoded column follows the column's
+  shape at the grid's resolution, not a flat bin, and stays within the public bounds and types.
+The generator sees the one-hot tokens; the target column is kept apart as the condition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .schema import BooleanColumn, CategoricalColumn, NumericColumn, Schema
+from .stats import TableStats, cell_labels, numeric_grid
+
+DEFAULT_MAX_BINS = 20
+
+
+class _LabelCodec:
+    """Categorical and boolean columns: a token per label."""
+
+    def __init__(self, name: str, labels: list, nullable: bool):
+        self.name = name
+        self.labels = list(labels)
+        self.nullable = nullable
+        self.n_tokens = len(labels) + int(nullable)
+        self._index = {lab: i for i, lab in enumerate(labels)}
+
+    def encode(self, values: pd.Series) -> np.ndarray:
+        missing = values.isna().to_numpy()
+        tokens = values.map(self._index).to_numpy()
+        tokens = np.where(missing, len(self.labels), tokens)
+        bad = pd.isna(tokens)
+        if bad.any() or (missing.any() and not self.nullable):
+            where = int(np.flatnonzero(bad | (missing & ~self.nullable))[0])
+            raise ValueError(f"column {self.name!r}: value {values.iloc[where]!r} at row {where + 1} "
+                             "is not in the schema (load and validate the table first)")
+        return tokens.astype(np.int64)
+
+    def decode(self, tokens: np.ndarray, rng: np.random.Generator) -> pd.Series:
+        out = np.empty(len(tokens), dtype=object)
+        is_missing = tokens >= len(self.labels)
+        out[~is_missing] = np.asarray(self.labels, dtype=object)[tokens[~is_missing]]
+        out[is_missing] = np.nan
+        return pd.Series(out, name=self.name, dtype=object)
+
+
+class _NumericCodec:
+    """Numeric columns: point masses, DP-quantile bins decoded along the DP histogram, missing."""
+
+    def __init__(self, col: NumericColumn, fine_counts: np.ndarray | None, max_bins: int,
+                 noise_std: float):
+        self.col = col
+        self.name = col.name
+        self.edges = numeric_grid(col)
+        n_cells = len(self.edges) - 1
+        if fine_counts is None:
+            weights = np.ones(n_cells)
+        else:
+            # Soft-threshold by one noise std: noise alone would otherwise put mass in every empty
+            # cell. Post-processing of the DP histogram, so it costs no privacy.
+            weights = np.clip(fine_counts - noise_std, 0, None)
+            if weights.sum() <= 0:
+                weights = np.ones(n_cells)
+        self.weights = weights + 1e-9 * weights.sum()  # every cell stays decodable
+        cdf = np.cumsum(self.weights) / self.weights.sum()
+        k = min(max_bins, n_cells)
+        cuts = np.searchsorted(cdf, np.arange(1, k) / k, side="left") + 1
+        starts = np.unique(np.concatenate([[0], cuts[cuts < n_cells]]))
+        self.bin_starts = starts
+        self.bin_ends = np.append(starts[1:], n_cells)
+        self.cell_to_bin = np.repeat(np.arange(len(starts)), self.bin_ends - starts)
+        self.n_masses = len(col.point_masses)
+        self.n_bins = len(starts)
+        self.n_tokens = self.n_masses + self.n_bins + int(col.nullable)
+
+    def encode(self, values: pd.Series) -> np.ndarray:
+        x = values.to_numpy(dtype=float)
+        missing = np.isnan(x)
+        if missing.any() and not self.col.nullable:
+            raise ValueError(f"column {self.name!r}: missing value at row "
+                             f"{int(np.flatnonzero(missing)[0]) + 1} but the schema forbids it")
+        cells = np.clip(np.searchsorted(self.edges, np.nan_to_num(x), side="right") - 1,
+                        0, len(self.edges) - 2)
+        tokens = self.n_masses + self.cell_to_bin[cells]
+        for i, p in enumerate(self.col.point_masses):
+            tokens = np.where(x == p, i, tokens)
+        return np.where(missing, self.n_tokens - 1, tokens).astype(np.int64)
+
+    def decode(self, tokens: np.ndarray, rng: np.random.Generator) -> pd.Series:
+        col = self.col
+        out = np.full(len(tokens), np.nan)
+        for i, p in enumerate(col.point_masses):
+            out[tokens == i] = p
+        bins = tokens - self.n_masses
+        in_bin = (bins >= 0) & (bins < self.n_bins)
+        for b in np.unique(bins[in_bin]):
+            rows = np.flatnonzero(bins == b)
+            s, e = self.bin_starts[b], self.bin_ends[b]
+            w = self.weights[s:e]
+            cells = s + rng.choice(e - s, size=len(rows), p=w / w.sum())
+            lo, hi = self.edges[cells], self.edges[cells + 1]
+            u = rng.random(len(rows))
+            if col.scale == "log":
+                a, c = np.log1p(lo - col.lower), np.log1p(hi - col.lower)
+                out[rows] = col.lower + np.expm1(a + u * (c - a))
+            else:
+                out[rows] = lo + u * (hi - lo)
+        if col.integer:
+            out = np.round(out)
+        out = np.where(np.isnan(out), np.nan, np.clip(out, col.lower, col.upper))
+        return pd.Series(out, name=self.name, dtype=float)
+
+
+@dataclass(frozen=True)
+class Block:
+    """Where one column's one-hot tokens sit in the encoded row."""
+
+    name: str
+    start: int
+    size: int
+
+
+class TableTransformer:
+    """Schema + DP statistics -> codecs. `encode` gives [features one-hot | target one-hot]."""
+
+    def __init__(self, schema: Schema, stats: TableStats | None, max_bins: int = DEFAULT_MAX_BINS):
+        if stats is not None and stats.schema_fingerprint != schema.fingerprint():
+            raise ValueError("statistics were computed under a different schema")
+        self.schema = schema
+        self.stats = stats
+        noise_std = 0.0
+        if stats is not None and stats.mechanisms:
+            sigma = stats.mechanisms[0].noise_multiplier * np.sqrt(len(stats.histograms))
+            # Merged stats from k sites add k independent noises.
+            noise_std = sigma * np.sqrt(len(stats.mechanisms))
+        self.codecs: dict[str, _LabelCodec | _NumericCodec] = {}
+        for col in schema.columns:
+            if isinstance(col, NumericColumn):
+                fine = None
+                if stats is not None and col.name in stats.histograms:
+                    fine = stats.counts(col.name)[len(col.point_masses):][:len(numeric_grid(col)) - 1]
+                self.codecs[col.name] = _NumericCodec(col, fine, max_bins, noise_std)
+            elif isinstance(col, CategoricalColumn):
+                self.codecs[col.name] = _LabelCodec(col.name, col.categories, col.nullable)
+            else:
+                assert isinstance(col, BooleanColumn)
+                self.codecs[col.name] = _LabelCodec(col.name, [False, True], col.nullable)
+        self.feature_names = [n for n in schema.names if n != schema.target]
+        self.blocks: list[Block] = []
+        start = 0
+        for n in self.feature_names:
+            self.blocks.append(Block(n, start, self.codecs[n].n_tokens))
+            start += self.codecs[n].n_tokens
+        self.feature_dim = start
+        self.target_dim = self.codecs[schema.target].n_tokens if schema.target else 0
+
+    # -- the target ---------------------------------------------------------------------------
+    def target_prior(self) -> np.ndarray:
+        """The target's label distribution from the DP histogram (uniform without stats)."""
+        if not self.target_dim:
+            return np.ones(0)
+        if self.stats is None or self.schema.target not in self.stats.histograms:
+            return np.full(self.target_dim, 1 / self.target_dim)
+        counts = np.clip(self.stats.counts(self.schema.target), 0, None) + 1.0
+        return counts / counts.sum()
+
+    def target_token(self, label) -> int:
+        codec = self.codecs[self.schema.target]
+        labels = [str(x) for x in codec.labels]
+        if str(label) not in labels:
+            raise ValueError(f"condition {self.schema.target}={label!r}: expected one of {labels}")
+        return labels.index(str(label))
+
+    # -- rows <-> tensors ---------------------------------------------------------------------
+    def encode(self, df: pd.DataFrame) -> torch.Tensor:
+        n = len(df)
+        out = np.zeros((n, self.feature_dim + self.target_dim), dtype=np.float32)
+        rows = np.arange(n)
+        for b in self.blocks:
+            out[rows, b.start + self.codecs[b.name].encode(df[b.name])] = 1.0
+        if self.target_dim:
+            t = self.codecs[self.schema.target].encode(df[self.schema.target])
+            out[rows, self.feature_dim + t] = 1.0
+        return torch.from_numpy(out)
+
+    def decode(self, feature_tokens: np.ndarray, target_tokens: np.ndarray | None,
+               rng: np.random.Generator) -> pd.DataFrame:
+        """Token indices (n x features, and n targets) -> a frame in the schema's order and types."""
+        cols = {b.name: self.codecs[b.name].decode(feature_tokens[:, i], rng)
+                for i, b in enumerate(self.blocks)}
+        if self.target_dim:
+            cols[self.schema.target] = self.codecs[self.schema.target].decode(target_tokens, rng)
+        return pd.DataFrame({n: cols[n] for n in self.schema.names})

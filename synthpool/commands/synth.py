@@ -1,0 +1,58 @@
+"""`synthpool synth`: a single data owner turns a table into a DP synthetic table + manifest."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from synthpool.common.loading import DataError, load_table
+from synthpool.common.planning import TrainingPlan
+from synthpool.common.schema import Schema, SchemaError
+from synthpool.common.synthesis import train_single_site
+from synthpool.common.table_io import manifest_path, write_json, write_table
+
+from .progress import step_progress
+
+err = Console(stderr=True)
+
+
+def synth(
+    data: str = typer.Option(..., "--data", help="CSV/Parquet file or database URL (with --query)."),
+    schema_file: Path = typer.Option(..., "--schema", help="The study schema (YAML)."),
+    epsilon: float = typer.Option(..., "--epsilon", min=0.01, help="Total DP epsilon to spend."),
+    delta: float = typer.Option(1e-5, "--delta", help="DP delta (well below 1/rows)."),
+    rows: int = typer.Option(..., "--rows", min=1, help="Synthetic rows to write."),
+    out: Path = typer.Option(..., "--out", help="Output .csv, .csv.gz or .parquet."),
+    query: Optional[str] = typer.Option(None, "--query", help="SQL query for a database URL."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the model, sampling and noise."),
+    steps: int = typer.Option(TrainingPlan.steps, "--steps", help="DP-SGD steps."),
+    on_invalid: str = typer.Option("error", "--on-invalid", help="error or drop invalid rows."),
+) -> None:
+    """Train a DP generator on your table and write synthetic rows plus a manifest."""
+    if on_invalid not in ("error", "drop"):
+        raise typer.BadParameter("must be 'error' or 'drop'", param_hint="--on-invalid")
+    if device not in ("auto", "cpu", "cuda"):
+        raise typer.BadParameter("must be auto, cpu or cuda", param_hint="--device")
+    try:
+        schema = Schema.load(schema_file)
+        df, report = load_table(data, schema, query=query, on_invalid=on_invalid)
+    except (SchemaError, DataError) as e:
+        err.print(f"error: {e}", style="red", markup=False)
+        raise typer.Exit(2)
+    err.print(report.summary(), markup=False)
+    with step_progress("DP-SGD", enabled=True) as progress:
+        result = train_single_site(schema, df, epsilon=epsilon, delta=delta,
+                                   plan=TrainingPlan(steps=steps), device=device, seed=seed,
+                                   progress=progress)
+    synthetic = result.generator.sample(rows, seed=seed + 1)
+    write_table(synthetic, out)
+    manifest = result.manifest | {"output": {"file": out.name, "rows": rows},
+                                  "input": {"source": report.source, "validation": report.summary()}}
+    write_json(manifest, manifest_path(out))
+    err.print(f"wrote {rows} rows to {out} and {manifest_path(out).name}: "
+              f"epsilon={result.spend.epsilon:.3f}, delta={delta:g} (RDP accountant)", markup=False)
