@@ -13,7 +13,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import opacus
+from opacus.accountants.analysis import rdp as rdp_analysis
 from opacus.accountants import RDPAccountant
 
 ACCOUNTANT = "opacus.accountants.RDPAccountant"
@@ -113,6 +115,11 @@ class Spend:
         )
 
 
+def _rdp(m: GaussianMechanism) -> np.ndarray:
+    return rdp_analysis.compute_rdp(q=m.sample_rate, noise_multiplier=m.noise_multiplier,
+                                    steps=m.steps, orders=ALPHAS)
+
+
 def calibrate_noise(
     target_epsilon: float,
     delta: float,
@@ -120,26 +127,28 @@ def calibrate_noise(
     steps: int,
     prior: list[GaussianMechanism] = (),
     pure_epsilon: float = 0.0,
-    tolerance: float = 1e-3,
+    rel_tolerance: float = 1e-3,
 ) -> float:
-    """Smallest noise multiplier (to `tolerance`) such that `steps` DP-SGD steps composed with
+    """Smallest noise multiplier (to `rel_tolerance`) such that `steps` DP-SGD steps composed with
     `prior` mechanisms stay within `target_epsilon - pure_epsilon` at `delta`."""
     budget = target_epsilon - pure_epsilon
+    prior_rdp = sum((_rdp(m) for m in prior if m.steps > 0), np.zeros(len(ALPHAS)))
 
     def eps(sigma: float) -> float:
-        return epsilon_of([*prior, GaussianMechanism("sgd", sigma, sample_rate, steps)], delta)
+        rdp = prior_rdp + _rdp(GaussianMechanism("sgd", sigma, sample_rate, steps))
+        return float(rdp_analysis.get_privacy_spent(orders=ALPHAS, rdp=rdp, delta=delta)[0])
 
     if budget <= 0 or epsilon_of(list(prior), delta) >= budget:
         raise BudgetExceeded(
             f"preprocessing already spends the whole budget epsilon={target_epsilon}"
         )
-    lo, hi = 0.05, 1.0
+    lo, hi = 0.25, 1.0
     while eps(hi) > budget:
         lo, hi = hi, hi * 2
         if hi > 1e4:
             raise BudgetExceeded(f"no noise level reaches epsilon={target_epsilon}")
-    while hi - lo > tolerance:
-        mid = (lo + hi) / 2
+    while hi / lo > 1 + rel_tolerance:
+        mid = (lo * hi) ** 0.5
         lo, hi = (lo, mid) if eps(mid) <= budget else (mid, hi)
     return hi
 

@@ -64,6 +64,14 @@ class _NumericCodec:
         self.name = col.name
         self.edges = numeric_grid(col)
         n_cells = len(self.edges) - 1
+        self.lows, self.highs = self.edges[:-1].copy(), self.edges[1:].copy()
+        if col.integer:
+            # Decode integer columns to the integers inside each cell, so a decoded value stays in
+            # its cell (and bin); cells holding no integer can never be decoded.
+            self.lows = np.ceil(self.lows)
+            self.highs = np.ceil(self.highs)
+            self.highs[-1] = np.floor(col.upper) + 1
+        decodable = self.highs > self.lows
         if fine_counts is None:
             weights = np.ones(n_cells)
         else:
@@ -72,7 +80,8 @@ class _NumericCodec:
             weights = np.clip(fine_counts - noise_std, 0, None)
             if weights.sum() <= 0:
                 weights = np.ones(n_cells)
-        self.weights = weights + 1e-9 * weights.sum()  # every cell stays decodable
+        weights = weights + 1e-9 * weights.sum()  # every (decodable) cell keeps some weight
+        self.weights = np.where(decodable, weights, 0.0)
         cdf = np.cumsum(self.weights) / self.weights.sum()
         k = min(max_bins, n_cells)
         cuts = np.searchsorted(cdf, np.arange(1, k) / k, side="left") + 1
@@ -109,15 +118,15 @@ class _NumericCodec:
             s, e = self.bin_starts[b], self.bin_ends[b]
             w = self.weights[s:e]
             cells = s + rng.choice(e - s, size=len(rows), p=w / w.sum())
-            lo, hi = self.edges[cells], self.edges[cells + 1]
+            lo, hi = self.lows[cells], self.highs[cells]
             u = rng.random(len(rows))
             if col.scale == "log":
                 a, c = np.log1p(lo - col.lower), np.log1p(hi - col.lower)
                 out[rows] = col.lower + np.expm1(a + u * (c - a))
             else:
                 out[rows] = lo + u * (hi - lo)
-        if col.integer:
-            out = np.round(out)
+            if col.integer:
+                out[rows] = np.minimum(np.floor(out[rows]), hi - 1)
         out = np.where(np.isnan(out), np.nan, np.clip(out, col.lower, col.upper))
         return pd.Series(out, name=self.name, dtype=float)
 

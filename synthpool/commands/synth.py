@@ -17,7 +17,7 @@ from synthpool.common.table_io import manifest_path, write_json, write_table
 
 from .progress import step_progress
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def synth(

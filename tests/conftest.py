@@ -1,0 +1,24 @@
+import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import pytest
+import torch
+
+from synthpool.common.bundled import ADULT_SCHEMA, ADULT_TEST, ADULT_TRAIN
+from synthpool.common.loading import load_table
+from synthpool.common.schema import Schema
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def adult_schema() -> Schema:
+    return Schema.load(ADULT_SCHEMA)
+
+
+@pytest.fixture(scope="session")
+def adult_train(adult_schema):
+    return load_table(ADULT_TRAIN, adult_schema)[0]
+
+
+@pytest.fixture(scope="session")
+def adult_test(adult_schema):
+    return load_table(ADULT_TEST, adult_schema)[0]

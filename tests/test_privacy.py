@@ -1,0 +1,66 @@
+import math
+
+import pytest
+from opacus.accountants import RDPAccountant
+from opacus.accountants.analysis import rdp as rdp_analysis
+
+from synthpool.common.privacy import (ALPHAS, BudgetExceeded, GaussianMechanism, PureSpend, Spend,
+                                      calibrate_noise, epsilon_of, histogram_noise_for)
+
+
+def test_epsilon_matches_opacus_accountant_stepping():
+    """Our history-based composition equals Opacus stepping its own accountant."""
+    acc = RDPAccountant()
+    for _ in range(7):
+        acc.step(noise_multiplier=1.1, sample_rate=0.05)
+    for _ in range(5):
+        acc.step(noise_multiplier=0.9, sample_rate=0.1)
+    ours = epsilon_of([GaussianMechanism("a", 1.1, 0.05, 7), GaussianMechanism("b", 0.9, 0.1, 5)], 1e-5)
+    assert ours == pytest.approx(acc.get_epsilon(delta=1e-5, alphas=ALPHAS), rel=1e-12)
+
+
+def test_one_shot_gaussian_matches_closed_form_rdp():
+    sigma = 7.0
+    eps = epsilon_of([GaussianMechanism("h", sigma, 1.0, 1)], 1e-6)
+    # RDP of the Gaussian mechanism: alpha / (2 sigma^2); conversion as in Opacus.
+    rdp = [a / (2 * sigma**2) for a in ALPHAS]
+    expected, _ = rdp_analysis.get_privacy_spent(orders=ALPHAS, rdp=rdp, delta=1e-6)
+    assert eps == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("target", [1.0, 3.0])
+def test_calibrated_noise_lands_just_under_target(target):
+    prior = [GaussianMechanism("pre", histogram_noise_for(0.1 * target, 1e-5), 1.0, 1)]
+    sigma = calibrate_noise(target, 1e-5, 0.125, 480, prior)
+    spent = epsilon_of([*prior, GaussianMechanism("sgd", sigma, 0.125, 480)], 1e-5)
+    assert 0.97 * target <= spent <= target
+    # A bit less noise would overspend: the calibration is tight, not merely safe.
+    assert epsilon_of([*prior, GaussianMechanism("sgd", sigma * 0.99, 0.125, 480)], 1e-5) > spent
+
+
+def test_more_steps_cost_more():
+    a = epsilon_of([GaussianMechanism("s", 1.0, 0.1, 100)], 1e-5)
+    b = epsilon_of([GaussianMechanism("s", 1.0, 0.1, 200)], 1e-5)
+    assert b > a > 0
+
+
+def test_pure_spends_add_by_basic_composition():
+    mech = [GaussianMechanism("sgd", 1.0, 0.1, 100)]
+    spend = Spend(delta=1e-5, mechanisms=mech, pure=[PureSpend("draft", 0.5, 2e-6)])
+    assert spend.epsilon == pytest.approx(epsilon_of(mech, 8e-6) + 0.5)
+    again = Spend.from_dict(spend.to_dict())
+    assert again.epsilon == pytest.approx(spend.epsilon)
+
+
+def test_budget_already_spent_by_preprocessing_is_refused():
+    prior = [GaussianMechanism("pre", 0.5, 1.0, 1)]
+    with pytest.raises(BudgetExceeded):
+        calibrate_noise(1.0, 1e-5, 0.1, 100, prior)
+
+
+def test_invalid_mechanism_rejected():
+    with pytest.raises(ValueError):
+        GaussianMechanism("x", 0.0, 0.1, 1)
+    with pytest.raises(ValueError):
+        GaussianMechanism("x", 1.0, 1.5, 1)
+    assert math.isclose(epsilon_of([], 1e-5), 0.0)
