@@ -9,10 +9,9 @@ manifest, so the number reported comes from the accountant, composed over the wh
 
 from __future__ import annotations
 
+import secrets
 import time
 import warnings
-from typing import Callable
-
 import torch
 from opacus import PrivacyEngine
 from opacus.data_loader import DPDataLoader
@@ -29,11 +28,9 @@ def dp_sgd(
     dp: DPSGDConfig,
     *,
     lr: float,
-    seed: int,
     device: str,
     progress: ProgressFn | None = None,
     proximal_mu: float = 0.0,
-    after_step: Callable[[], None] | None = None,
 ) -> TrainStats:
     """Run `dp.steps` DP-SGD steps of `criterion(module(x), x)` on the rows of `data`.
 
@@ -43,15 +40,18 @@ def dp_sgd(
     """
     if not 0 < dp.sample_rate <= 1:
         raise ValueError(f"sample rate {dp.sample_rate} outside (0, 1]")
-    generator = torch.Generator().manual_seed(seed)
-    loader = DPDataLoader(TensorDataset(data), sample_rate=dp.sample_rate, generator=generator)
+    # The batch selection and the noise are the mechanism's secrets: they are drawn from OS
+    # entropy, never from the run's seed, which the manifest publishes (a known seed would let
+    # anyone regenerate and subtract the noise). The seed only fixes model init and sampling.
+    loader = DPDataLoader(TensorDataset(data), sample_rate=dp.sample_rate,
+                          generator=torch.Generator().manual_seed(secrets.randbits(63)))
     anchor = [p.detach().clone() for p in module.parameters()] if proximal_mu > 0 else None
     optimizer = torch.optim.Adam(module.parameters(), lr=lr)
-    engine = PrivacyEngine()
     with warnings.catch_warnings():
-        # Opacus warns that the secure RNG is off; seeded runs are for reproducible research and
-        # tests, production runs pass no seed through to the noise (see `noise_generator`).
+        # Opacus' "secure RNG turned off": its secure mode needs torchcsprng, which is no longer
+        # released; we seed its generator from OS entropy instead (see above).
         warnings.simplefilter("ignore")
+        engine = PrivacyEngine()
         dp_module, dp_optimizer, dp_criterion, dp_loader = engine.make_private(
             module=module,
             optimizer=optimizer,
@@ -61,35 +61,36 @@ def dp_sgd(
             max_grad_norm=dp.max_grad_norm,
             poisson_sampling=False,  # `loader` already Poisson-samples at exactly dp.sample_rate
             grad_sample_mode="ghost",
-            noise_generator=torch.Generator(device=device).manual_seed(seed + 1),
+            noise_generator=torch.Generator(device=device).manual_seed(secrets.randbits(63)),
         )
     # Opacus scales the summed clipped gradients by the expected batch size it derives from the
     # loader; make it the exact expectation for our sample rate.
     dp_optimizer.expected_batch_size = max(1, round(len(data) * dp.sample_rate))
     dp_module.train()
     step, rows, loss_value, start = 0, 0, float("nan"), time.perf_counter()
-    while step < dp.steps:
-        for (batch,) in dp_loader:
-            if step >= dp.steps:
-                break
-            batch = batch.to(device, non_blocking=True)
-            dp_optimizer.zero_grad(set_to_none=True)
-            if len(batch):
-                loss = dp_criterion(dp_module(batch), batch)
-                loss.backward()
-                loss_value = float(loss.detach())
-            # An empty Poisson batch still takes a step: noise only, as the accountant assumes.
-            dp_optimizer.step()
-            if anchor is not None:
-                with torch.no_grad():
-                    for p, a in zip(module.parameters(), anchor):
-                        p.sub_(lr * proximal_mu * (p - a))
-            if after_step is not None:
-                after_step()
-            step += 1
-            rows += len(batch)
-            if progress is not None:
-                progress(step, dp.steps, loss_value)
-    dp_module._close() if hasattr(dp_module, "_close") else None
+    with warnings.catch_warnings():
+        # Ghost clipping's second backward pass trips a harmless torch hook warning every step.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        while step < dp.steps:
+            for (batch,) in dp_loader:
+                if step >= dp.steps:
+                    break
+                batch = batch.to(device, non_blocking=True)
+                dp_optimizer.zero_grad(set_to_none=True)
+                if len(batch):
+                    loss = dp_criterion(dp_module(batch), batch)
+                    loss.backward()
+                    loss_value = float(loss.detach())
+                # An empty Poisson batch still takes a step (noise only), as the accountant assumes.
+                dp_optimizer.step()
+                if anchor is not None:
+                    with torch.no_grad():
+                        for p, a in zip(module.parameters(), anchor):
+                            p.sub_(lr * proximal_mu * (p - a))
+                step += 1
+                rows += len(batch)
+                if progress is not None:
+                    progress(step, dp.steps, loss_value)
+    dp_module._close()  # removes Opacus' hooks so sampling runs on the bare module
     return TrainStats(steps=step, rows_seen=rows, seconds=time.perf_counter() - start,
                       final_loss=loss_value)

@@ -71,8 +71,9 @@ def train_single_site(
     rdp_epsilon = epsilon - sum(p.epsilon for p in pure)
     if rdp_delta <= 0 or rdp_epsilon <= 0:
         raise ValueError(f"the schema's DP draft already spends the budget ({pure})")
-    rng = np.random.default_rng(seed)
-    stats = collect_stats(schema, df, preprocessing_noise(plan, rdp_epsilon, rdp_delta), rng)
+    # Histogram noise from OS entropy, never from the published seed (see dp_training).
+    stats = collect_stats(schema, df, preprocessing_noise(plan, rdp_epsilon, rdp_delta),
+                          np.random.default_rng())
     transformer = TableTransformer(schema, stats, max_bins=plan.max_bins)
     dp = dp_sgd_config(plan, rdp_epsilon, rdp_delta, stats.noisy_rows(), stats.mechanisms)
     generator = build(family, transformer, seed=seed, device=device, **(hyperparameters or {}))

@@ -96,13 +96,10 @@ class CVAEGenerator:
                             latent).to(device)
         blocks = [(b.start, b.size) for b in transformer.blocks]
         self.loss = _CVAELoss(blocks, transformer.feature_dim, latent, beta)
-        self._round = 0
 
     def fit_steps(self, encoded: torch.Tensor, dp: DPSGDConfig,
                   progress: ProgressFn | None = None, proximal_mu: float = 0.0) -> TrainStats:
-        self._round += 1
-        return dp_sgd(self.net, self.loss, encoded, dp, lr=self.lr,
-                      seed=self.seed * 1000 + self._round, device=self.device,
+        return dp_sgd(self.net, self.loss, encoded, dp, lr=self.lr, device=self.device,
                       progress=progress, proximal_mu=proximal_mu)
 
     def get_weights(self) -> list[np.ndarray]:
