@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import typer
 
-from .commands import demo, evaluate, schema, synth
+from .commands import demo, evaluate, release, schema, synth
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Federated, differentially private synthetic data.")
 app.add_typer(schema.app, name="schema")
+app.add_typer(release.app, name="release")
 app.command("synth")(synth.synth)
 app.command("evaluate")(evaluate.evaluate_command)
 app.command("demo")(demo.demo)

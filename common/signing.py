@@ -1,0 +1,117 @@
+"""Signed releases: a contractor holding only the coordinator's public key can check that every file
+of a release is exactly what the coordinator published.
+
+`seal` lists the SHA-256 of every file in the release folder inside manifest.json and signs the
+manifest's bytes with Ed25519 into manifest.sig. `verify` checks the signature first, then every
+listed hash, and that no file was added or removed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from .atomic import atomic_write_bytes, atomic_write_text
+
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+
+
+def generate_key(path: Path) -> Ed25519PrivateKey:
+    """A new Ed25519 key as PKCS#8 PEM (mode 0600) with its public key beside it (`.pub`)."""
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    atomic_write_bytes(path, pem)
+    path.chmod(0o600)
+    atomic_write_bytes(path.with_suffix(".pub"), public_pem(key.public_key()))
+    return key
+
+
+def load_or_create_key(path: Path) -> Ed25519PrivateKey:
+    if not path.exists():
+        return generate_key(path)
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path}: not an Ed25519 private key")
+    return key
+
+
+def public_pem(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.PEM,
+                            serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    key = serialization.load_pem_public_key(Path(path).read_bytes())
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError(f"{path}: not an Ed25519 public key")
+    return key
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _payload_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and p.name not in (MANIFEST, SIGNATURE) and not p.name.startswith("."))
+
+
+def seal(folder: Path, key: Ed25519PrivateKey) -> dict:
+    """Add the hash of every file to manifest.json (created if absent) and sign it."""
+    folder = Path(folder)
+    manifest_file = folder / MANIFEST
+    manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
+    manifest["files"] = {p.relative_to(folder).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+                         for p in _payload_files(folder)}
+    manifest["signature"] = {
+        "algorithm": "Ed25519", "file": SIGNATURE,
+        "public_key_sha256": hashlib.sha256(public_pem(key.public_key())).hexdigest(),
+    }
+    body = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    atomic_write_bytes(manifest_file, body)
+    atomic_write_text(folder / SIGNATURE, base64.b64encode(key.sign(body)).decode() + "\n")
+    return manifest
+
+
+@dataclass
+class Verification:
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+    files_checked: int = 0
+
+
+def verify(folder: Path, public_key: Ed25519PublicKey) -> Verification:
+    folder = Path(folder)
+    try:
+        body = (folder / MANIFEST).read_bytes()
+        signature = base64.b64decode((folder / SIGNATURE).read_text().strip(), validate=True)
+    except (OSError, ValueError) as e:
+        return Verification(False, [f"cannot read {MANIFEST} / {SIGNATURE}: {e}"])
+    try:
+        public_key.verify(signature, body)
+    except InvalidSignature:
+        return Verification(False, [f"{MANIFEST}: signature does not match (manifest altered or "
+                                    "signed by another key)"])
+    listed = json.loads(body).get("files", {})
+    problems = []
+    present = {p.relative_to(folder).as_posix(): p for p in _payload_files(folder)}
+    for name, meta in listed.items():
+        if name not in present:
+            problems.append(f"{name}: listed in the manifest but missing")
+        elif _sha256(present[name]) != meta["sha256"]:
+            problems.append(f"{name}: content differs from the signed hash")
+    problems += [f"{name}: not part of the signed release" for name in present if name not in listed]
+    return Verification(not problems, problems, len(listed))
