@@ -1,0 +1,683 @@
+"""The admin gRPC service (protos/admin.proto) over the coordinator's state.
+
+Who may call: an administrator, recognised by a client certificate from the coordinator's CA
+(OU=admin, see pki.admin_identity) or by a bearer token (`authorization: Bearer <token>` metadata)
+whose hash is in the admin_tokens table. RegisterSite is the one exception: a site agent calls it
+at enrollment with nothing but its one-time invitation token. Anything else without a credential
+is refused with UNAUTHENTICATED, and the refusal is logged too.
+
+What is recorded: every call, accepted or refused, appends one audit entry (who, which RPC, when,
+the request minus secrets, the outcome). For actions that change state, the entry commits in the
+same transaction as the change (state.State.audited), so the log and the state cannot disagree.
+
+Training is delegated: the service records runs and their events, but the work is done by a
+`TrainingRunner` (start / stop / events) that the federation code provides. `InMemoryRunner` is a
+stand-in for tests and demos of the API. One background thread per run drains the runner's events
+into the database, so any number of `WatchTraining` streams (and a later restart) read the same
+history, and a run's end is recorded even if nobody is watching.
+
+Releases are folders under the releases directory, each sealed with common.signing (manifest.json
++ manifest.sig); they are listed, streamed in chunks, and verified with the coordinator's key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Protocol, runtime_checkable
+
+import grpc
+import yaml
+from google.protobuf import json_format, timestamp_pb2
+
+from synthpool.common import signing
+from synthpool.protos import admin_pb2 as pb
+from synthpool.protos import admin_pb2_grpc
+
+from . import state as st
+from .pki import admin_identity, site_public_key
+
+log = logging.getLogger(__name__)
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+MAX_INVITE_TTL = 30 * 24 * 3600
+CHUNK_SIZE = 64 * 1024
+TERMINAL = ("finished", "failed", "stopped")
+# Request fields never written to the audit log (secrets) and fields logged as a digest only
+# (large public text).
+SECRET_FIELDS = frozenset({"token"})
+DIGEST_FIELDS = frozenset({"schema_yaml"})
+
+
+# -- the training seam ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SiteInfo:
+    name: str
+    public_key: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    """Everything a runner needs to train a study, resolved when the run starts."""
+
+    name: str
+    run_id: int
+    schema_yaml: str
+    schema_fingerprint: str
+    epsilon: float
+    delta: float
+    overlap: str
+    rounds: int
+    rows: int
+    sites: tuple[SiteInfo, ...]
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """One progress event. `kind`: started | round | message | finished | failed | stopped; the
+    last three end the run."""
+
+    kind: str
+    round: int = 0
+    message: str = ""
+    details: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class TrainingRunner(Protocol):
+    """What the federation code implements so the admin API can drive training.
+
+    `start` launches a run and returns promptly; `events` yields the run's events from its
+    beginning and ends after a terminal event; `stop` asks the run to end (the runner then emits
+    `stopped`). The service calls `events` once per run, from its own thread.
+    """
+
+    def start(self, study: StudyInfo) -> None: ...
+
+    def stop(self, study: str) -> None: ...
+
+    def events(self, study: str) -> Iterator[RunEvent]: ...
+
+
+class InMemoryRunner:
+    """A runner that trains nothing: it emits `started`, one `round` event per round (with a
+    made-up linear epsilon spend) and `finished`, `round_delay` seconds apart. For tests and for
+    trying the admin API before the federation is wired in."""
+
+    def __init__(self, round_delay: float = 0.01, fail_at_round: int | None = None) -> None:
+        self.round_delay = round_delay
+        self.fail_at_round = fail_at_round
+        self._runs: dict[str, tuple[StudyInfo, threading.Event]] = {}
+        self._lock = threading.Lock()
+        self.started: list[StudyInfo] = []
+
+    def start(self, study: StudyInfo) -> None:
+        with self._lock:
+            self._runs[study.name] = (study, threading.Event())
+            self.started.append(study)
+
+    def stop(self, study: str) -> None:
+        with self._lock:
+            if study in self._runs:
+                self._runs[study][1].set()
+
+    def events(self, study: str) -> Iterator[RunEvent]:
+        with self._lock:
+            info, stop = self._runs[study]
+        yield RunEvent("started", message=f"run {info.run_id} with {len(info.sites)} sites",
+                       details={"sites": [s.name for s in info.sites]})
+        for rnd in range(1, info.rounds + 1):
+            if stop.wait(self.round_delay):
+                yield RunEvent("stopped", rnd - 1, "stopped on request")
+                return
+            if rnd == self.fail_at_round:
+                yield RunEvent("failed", rnd, "simulated failure")
+                return
+            yield RunEvent("round", rnd, f"round {rnd}/{info.rounds}",
+                           {"epsilon_spent": info.epsilon * rnd / info.rounds})
+        yield RunEvent("finished", info.rounds, "done")
+
+
+class TrainingSupervisor:
+    """Drains each run's runner events into the database and wakes the watchers."""
+
+    def __init__(self, state: st.State, runner: TrainingRunner | None,
+                 stop_timeout: float = 10.0) -> None:
+        self.state = state
+        self.runner = runner
+        self.stop_timeout = stop_timeout
+        self._changed = threading.Condition()
+        self._threads: dict[int, threading.Thread] = {}
+        self._stop_requested: set[int] = set()
+        self._closed = False
+
+    def close(self) -> None:
+        """Stop recording: the server is shutting down. Runs still going are marked interrupted
+        by the next start-up (State.interrupt_running), not by a half-stopped process now."""
+        self._closed = True
+        self._notify()
+
+    def follow(self, run: st.RunRecord) -> None:
+        thread = threading.Thread(target=self._pump, args=(run,), daemon=True,
+                                  name=f"synthpool-run-{run.id}")
+        self._threads[run.id] = thread
+        thread.start()
+
+    def stop(self, run: st.RunRecord) -> st.RunRecord:
+        """Ask the runner to stop and wait (bounded) for it to confirm; a runner that does not
+        confirm in time still has its run recorded as stopped, with a note."""
+        self._stop_requested.add(run.id)
+        assert self.runner is not None
+        self.runner.stop(run.study)
+        thread = self._threads.get(run.id)
+        if thread is not None:
+            thread.join(self.stop_timeout)
+        with self.state.transaction():
+            if self.state.get_run(run.id).status == st.RUN_RUNNING:
+                message = (f"stop requested; the runner did not confirm within "
+                           f"{self.stop_timeout:g} s")
+                # The event first: a watcher that sees the run ended has the event to read.
+                self.state.add_event(run.id, "stopped", message=message)
+                self.state.end_run(run.id, st.RUN_STOPPED, message)
+        self._notify()
+        return self.state.get_run(run.id)
+
+    def wait(self, timeout: float) -> None:
+        with self._changed:
+            self._changed.wait(timeout)
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def _pump(self, run: st.RunRecord) -> None:
+        assert self.runner is not None
+        final: RunEvent | None = None
+        try:
+            for event in self.runner.events(run.study):
+                if self._closed:
+                    return
+                if event.kind in TERMINAL:
+                    final = event
+                    break
+                self.state.add_event(run.id, event.kind, event.round, event.message, event.details)
+                self._notify()
+        except Exception as e:  # noqa: BLE001 - a runner bug must end the run, not the thread silently
+            log.exception("runner failed during run %s", run.id)
+            final = RunEvent("failed", message=f"runner error: {type(e).__name__}: {e}")
+        if self._closed:
+            return
+        if final is None:
+            final = (RunEvent("stopped", message="stopped on request")
+                     if run.id in self._stop_requested else
+                     RunEvent("failed", message="the runner's events ended without a final event"))
+        status = {"finished": st.RUN_FINISHED, "failed": st.RUN_FAILED,
+                  "stopped": st.RUN_STOPPED}[final.kind]
+        try:
+            with self.state.transaction():
+                if self.state.get_run(run.id).status == st.RUN_RUNNING:
+                    self.state.add_event(run.id, final.kind, final.round, final.message,
+                                         final.details)
+                    self.state.end_run(run.id, status, final.message)
+        except Exception:  # noqa: BLE001
+            log.exception("could not record the end of run %s", run.id)
+        self._notify()
+
+
+# -- releases ------------------------------------------------------------------------------------
+
+class ReleaseStore:
+    """Release folders under `root`, indexed in the state database as they are found."""
+
+    def __init__(self, root: Path, state: st.State) -> None:
+        self.root = Path(root)
+        self.state = state
+
+    def scan(self) -> None:
+        if not self.root.is_dir():
+            return
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            if not NAME.match(folder.name) or not (folder / signing.MANIFEST).is_file():
+                continue
+            body = (folder / signing.MANIFEST).read_bytes()
+            try:
+                manifest = json.loads(body)
+            except ValueError:
+                manifest = {}
+            if not isinstance(manifest, dict):
+                manifest = {}
+            files = self.files(folder.name)
+            study = manifest.get("study")
+            self.state.put_release(st.ReleaseRecord(
+                name=folder.name, study=str(study) if study is not None else None,
+                created_at=float(manifest.get("created_unix") or
+                                 (folder / signing.MANIFEST).stat().st_mtime),
+                files=len(files), bytes=sum(p.stat().st_size for _, p in files),
+                manifest_sha256=hashlib.sha256(body).hexdigest()))
+
+    def present(self) -> set[str]:
+        if not self.root.is_dir():
+            return set()
+        return {p.name for p in self.root.iterdir() if (p / signing.MANIFEST).is_file()}
+
+    def folder(self, name: str) -> Path:
+        if not NAME.match(name or ""):
+            raise st.Invalid(f"invalid release name {name!r}")
+        folder = self.root / name
+        if not (folder / signing.MANIFEST).is_file():
+            raise st.NotFound(f"no release {name!r}")
+        return folder
+
+    def files(self, name: str) -> list[tuple[str, Path]]:
+        """(relative path, file) for every regular file of the release, sorted. Symbolic links are
+        left out: a release must not be a way to read other files of the coordinator."""
+        folder = self.folder(name)
+        out = []
+        for p in sorted(folder.rglob("*")):
+            rel = p.relative_to(folder)
+            if any(part.startswith(".") for part in rel.parts):
+                continue
+            if p.is_symlink() or not p.resolve().is_relative_to(folder.resolve()):
+                continue
+            if p.is_file():
+                out.append((rel.as_posix(), p))
+        return out
+
+    def chunks(self, name: str, chunk_size: int = CHUNK_SIZE) -> Iterator[pb.FileChunk]:
+        for rel, path in self.files(name):
+            size = path.stat().st_size
+            with open(path, "rb") as f:
+                offset = 0
+                while True:
+                    data = f.read(chunk_size)
+                    last = offset + len(data) >= size or not data
+                    yield pb.FileChunk(path=rel, offset=offset, data=data, file_size=size,
+                                       last=last)
+                    offset += len(data)
+                    if last:
+                        break
+
+
+# -- the servicer --------------------------------------------------------------------------------
+
+class AdminService(admin_pb2_grpc.AdminServicer):
+    def __init__(self, state: st.State, *, ca_pem: bytes, signing_public_key: Path,
+                 releases_dir: Path, runner: TrainingRunner | None = None,
+                 clock=time.time, mtls_hint: str = "") -> None:
+        self.state = state
+        self.ca_pem = ca_pem
+        self.signing_public_key = Path(signing_public_key)
+        self.releases = ReleaseStore(releases_dir, state)
+        self.training = TrainingSupervisor(state, runner)
+        self.runner = runner
+        self.clock = clock
+        self.mtls_hint = mtls_hint
+
+    # -- authentication and audit ---------------------------------------------------------------
+    def authenticate(self, context: grpc.ServicerContext) -> str | None:
+        """'cert:<CN>' or 'token:<name>' for an administrator, None for anyone else."""
+        pems = (context.auth_context() or {}).get("x509_pem_cert")
+        if pems:
+            name = admin_identity(pems[0], self.ca_pem)
+            if name:
+                return f"cert:{name}"
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+                name = self.state.admin_for_token(value[len("Bearer "):].strip())
+                if name:
+                    return f"token:{name}"
+        return None
+
+    def _call(self, context: grpc.ServicerContext, action: str, request,
+              public: bool = False) -> "_Call":
+        return _Call(self, context, action, request, public)
+
+    # -- sites ----------------------------------------------------------------------------------
+    def InviteSite(self, request, context):
+        with self._call(context, "InviteSite", request) as call:
+            _check_name(request.name, "site")
+            ttl = request.ttl_seconds or st.DEFAULT_INVITE_TTL
+            if ttl > MAX_INVITE_TTL:
+                raise st.Invalid(f"ttl_seconds may be at most {MAX_INVITE_TTL} (30 days)")
+            site, token = self.state.invite_site(request.name, call.actor, ttl)
+            call.detail = f"token expires {_iso(site.token_expires_at)}"
+        return pb.InviteSiteResponse(site=_site(site), token=token)
+
+    def ListSites(self, request, context):
+        with self._call(context, "ListSites", request):
+            sites = self.state.list_sites()
+        return pb.ListSitesResponse(sites=[_site(s) for s in sites])
+
+    def ApproveSite(self, request, context):
+        with self._call(context, "ApproveSite", request) as call:
+            site = self.state.approve_site(request.name, call.actor, request.expected_fingerprint)
+            call.detail = f"key {site.public_key_fingerprint}"
+        return _site(site)
+
+    def RevokeSite(self, request, context):
+        with self._call(context, "RevokeSite", request) as call:
+            site = self.state.revoke_site(request.name, call.actor, request.reason)
+        return _site(site)
+
+    def RegisterSite(self, request, context):
+        with self._call(context, "RegisterSite", request, public=True) as call:
+            try:
+                key, fingerprint = site_public_key(request.public_key)
+            except ValueError as e:
+                raise st.Invalid(str(e)) from None
+            call.arguments["public_key_fingerprint"] = fingerprint
+            site = self.state.consume_invitation(request.token, key, fingerprint)
+            call.actor = f"site:{site.name}"
+            call.detail = f"registered key {fingerprint}; awaiting approval"
+        return pb.RegisterSiteResponse(site=_site(site))
+
+    # -- studies --------------------------------------------------------------------------------
+    def CreateStudy(self, request, context):
+        with self._call(context, "CreateStudy", request) as call:
+            _check_name(request.name, "study")
+            fingerprint = _schema_fingerprint(request.schema_yaml)
+            p = request.privacy
+            if not (math.isfinite(p.epsilon) and p.epsilon > 0):
+                raise st.Invalid("privacy.epsilon must be a positive number")
+            if not 0 < p.delta < 1:
+                raise st.Invalid("privacy.delta must be in (0, 1)")
+            if p.rounds < 1:
+                raise st.Invalid("privacy.rounds must be at least 1")
+            if p.rows < 1:
+                raise st.Invalid("privacy.rows must be at least 1")
+            for s in request.sites:
+                _check_name(s, "site")
+            study = self.state.create_study(
+                name=request.name, schema_yaml=request.schema_yaml,
+                schema_fingerprint=fingerprint, epsilon=p.epsilon, delta=p.delta,
+                overlap=_OVERLAP_NAME.get(p.overlap, "overlapping"), rounds=p.rounds,
+                rows=p.rows, sites_=list(request.sites), by=call.actor)
+            call.detail = f"schema {fingerprint}"
+            return self._study(study)
+
+    def GetStudy(self, request, context):
+        with self._call(context, "GetStudy", request):
+            return self._study(self.state.get_study(request.name))
+
+    def ListStudies(self, request, context):
+        with self._call(context, "ListStudies", request):
+            return pb.ListStudiesResponse(studies=[self._study(s, with_schema=False)
+                                                  for s in self.state.list_studies()])
+
+    def _study(self, study: st.StudyRecord, with_schema: bool = True) -> pb.Study:
+        n = len(self.state.participants(study))
+        # The release guarantee (DESIGN.md): max over sites if each person is at one site only,
+        # the sum otherwise. Every site has the same per-study budget here.
+        factor = 1 if study.overlap == "disjoint" else n
+        latest = self.state.latest_run(study.name)
+        return _msg(
+            pb.Study, name=study.name, schema_yaml=study.schema_yaml if with_schema else "",
+            schema_fingerprint=study.schema_fingerprint,
+            privacy=pb.PrivacySettings(epsilon=study.epsilon, delta=study.delta,
+                                       overlap=_OVERLAP_ENUM[study.overlap], rounds=study.rounds,
+                                       rows=study.rows),
+            sites=list(study.sites), status=_STUDY_STATUS[study.status],
+            created_at=_ts(study.created_at), created_by=study.created_by,
+            release_epsilon=study.epsilon * factor if n else 0.0,
+            release_delta=min(study.delta * factor, 1.0) if n else 0.0,
+            latest_run=_run(latest) if latest else None)
+
+    # -- training -------------------------------------------------------------------------------
+    def StartTraining(self, request, context):
+        with self._call(context, "StartTraining", request) as call:
+            if self.runner is None:
+                raise st.Precondition("no training backend is configured on this coordinator")
+            study = self.state.get_study(request.study)
+            sites = self.state.participants(study)
+            if not sites:
+                raise st.Precondition(f"study {study.name!r} has no approved site to train with")
+            pending = [s.name for s in sites if s.status != st.SITE_APPROVED]
+            if pending:
+                raise st.Precondition(f"sites not approved: {', '.join(pending)}")
+            run = self.state.start_run(study.name, call.actor)
+            call.detail = f"run {run.id}"
+        info = StudyInfo(
+            name=study.name, run_id=run.id, schema_yaml=study.schema_yaml,
+            schema_fingerprint=study.schema_fingerprint, epsilon=study.epsilon,
+            delta=study.delta, overlap=study.overlap, rounds=study.rounds, rows=study.rows,
+            sites=tuple(SiteInfo(s.name, s.public_key or "", s.public_key_fingerprint or "")
+                        for s in sites))
+        # Outside the audited transaction: launching a federation may take a while, and the
+        # database must not stay locked meanwhile. A failure to launch ends the run as failed
+        # and is logged as a refusal of its own.
+        try:
+            self.runner.start(info)
+        except Exception as e:  # noqa: BLE001
+            log.exception("runner failed to start run %s", run.id)
+            message = f"the runner failed to start: {type(e).__name__}: {e}"
+            self.state.add_event(run.id, "failed", message=message)
+            self.state.end_run(run.id, st.RUN_FAILED, message)
+            self.state.record_audit(call.actor, "StartTraining", call.arguments, "INTERNAL",
+                                    f"run {run.id}: {message}", context.peer())
+            context.abort(grpc.StatusCode.INTERNAL, message)
+        self.training.follow(run)
+        return _run(self.state.get_run(run.id))
+
+    def StopTraining(self, request, context):
+        with self._call(context, "StopTraining", request) as call:
+            self.state.get_study(request.study)
+            run = self.state.latest_run(request.study)
+            if run is None or run.status != st.RUN_RUNNING:
+                raise st.Precondition(f"study {request.study!r} has no running run")
+            call.detail = f"run {run.id}"
+        return _run(self.training.stop(run))
+
+    def WatchTraining(self, request, context):
+        with self._call(context, "WatchTraining", request) as call:
+            if request.run_id:
+                run = self.state.get_run(request.run_id)
+                if request.study and run.study != request.study:
+                    raise st.Invalid(f"run {run.id} belongs to study {run.study!r}")
+            else:
+                self.state.get_study(request.study)
+                run = self.state.latest_run(request.study)
+                if run is None:
+                    raise st.Precondition(f"study {request.study!r} has not been trained yet")
+            call.detail = f"run {run.id}"
+        after = request.after_seq
+        while context.is_active():
+            events = self.state.events(run.id, after)
+            for event in events:
+                yield _event(event)
+                after = event.seq
+                if event.kind in TERMINAL:
+                    return
+            if not events:
+                if self.state.get_run(run.id).status != st.RUN_RUNNING:
+                    for event in self.state.events(run.id, after):  # written just before the end
+                        yield _event(event)
+                    return
+                self.training.wait(0.5)
+
+    # -- releases -------------------------------------------------------------------------------
+    def ListReleases(self, request, context):
+        with self._call(context, "ListReleases", request):
+            self.releases.scan()
+            # The table indexes every release ever seen; list those still on disk.
+            present = self.releases.present()
+            return pb.ListReleasesResponse(releases=[
+                pb.Release(name=r.name, study=r.study or "", created_at=_ts(r.created_at),
+                           files=r.files, bytes=r.bytes, manifest_sha256=r.manifest_sha256)
+                for r in self.state.list_releases(request.study) if r.name in present])
+
+    def DownloadRelease(self, request, context):
+        with self._call(context, "DownloadRelease", request) as call:
+            files = self.releases.files(request.name)
+            call.detail = f"{len(files)} files, {sum(p.stat().st_size for _, p in files)} bytes"
+        yield from self.releases.chunks(request.name)
+
+    def VerifyRelease(self, request, context):
+        with self._call(context, "VerifyRelease", request) as call:
+            folder = self.releases.folder(request.name)
+            key = signing.load_public_key(self.signing_public_key)
+            result = signing.verify(folder, key)
+            call.detail = "valid" if result.ok else f"{len(result.problems)} problems"
+        return pb.VerifyReleaseResponse(ok=result.ok, problems=result.problems,
+                                        files_checked=result.files_checked,
+                                        public_key_pem=signing.public_pem(key).decode())
+
+    # -- audit ----------------------------------------------------------------------------------
+    def ListAudit(self, request, context):
+        with self._call(context, "ListAudit", request):
+            entries = self.state.audit_entries(request.after_id, min(request.limit or 1000, 10000))
+        return pb.ListAuditResponse(entries=[
+            pb.AuditEntry(id=e.id, at=_ts(e.at), actor=e.actor, action=e.action,
+                          arguments_json=json.dumps(e.arguments, sort_keys=True),
+                          outcome=e.outcome, detail=e.detail, peer=e.peer) for e in entries])
+
+
+class _Call:
+    """Authenticate, run the action inside `State.audited`, and turn refusals into gRPC status
+    codes. Used as `with service._call(context, "Rpc", request) as call:`; `call.actor`,
+    `call.detail` and `call.arguments` are the audit entry's fields."""
+
+    def __init__(self, service: AdminService, context: grpc.ServicerContext, action: str,
+                 request, public: bool) -> None:
+        self.service, self.context, self.action = service, context, action
+        self.request, self.public = request, public
+        self._audited = None
+        self.audit: st.AuditContext | None = None
+
+    def __enter__(self) -> st.AuditContext:
+        svc, context = self.service, self.context
+        arguments = audit_arguments(self.request)
+        peer = context.peer() or ""
+        actor = "anonymous"
+        if not self.public:
+            try:
+                who = svc.authenticate(context)
+            except Exception:  # noqa: BLE001 - e.g. the database is down
+                log.exception("authentication failed")
+                context.abort(grpc.StatusCode.UNAVAILABLE, "cannot check credentials now")
+            if who is None:
+                hint = (f"; client certificates are accepted on {svc.mtls_hint}"
+                        if svc.mtls_hint else "")
+                message = "an admin credential is required (bearer token or client certificate)"
+                try:
+                    svc.state.record_audit(actor, self.action, arguments, "UNAUTHENTICATED",
+                                           message, peer)
+                finally:
+                    context.abort(grpc.StatusCode.UNAUTHENTICATED, message + hint)
+            actor = who
+        self._audited = svc.state.audited(actor, self.action, arguments, peer)
+        self.audit = self._audited.__enter__()
+        return self.audit
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            self._audited.__exit__(exc_type, exc, tb)
+        except Exception as e:  # noqa: BLE001 - the audit write itself failed
+            if exc is None:
+                log.exception("%s: could not write the audit entry", self.action)
+                self.context.abort(grpc.StatusCode.INTERNAL,
+                                   "the action could not be recorded and was rolled back")
+            exc = e if exc is None else exc
+        if exc is None:
+            return False
+        if isinstance(exc, st.StateError):
+            self.context.abort(getattr(grpc.StatusCode, exc.code, grpc.StatusCode.UNKNOWN), str(exc))
+        log.error("%s failed", self.action, exc_info=(type(exc), exc, exc.__traceback__))
+        self.context.abort(grpc.StatusCode.INTERNAL, "internal error; see the coordinator's log")
+        return False  # not reached: abort raises
+
+
+def audit_arguments(request) -> dict:
+    """The request as a dict for the audit log: secret fields removed, large texts as digests."""
+    data = json_format.MessageToDict(request, preserving_proto_field_name=True)
+    for name in SECRET_FIELDS & data.keys():
+        data[name] = "<redacted>"
+    for name in DIGEST_FIELDS & data.keys():
+        text = data[name]
+        data[name] = {"sha256": hashlib.sha256(text.encode()).hexdigest(), "chars": len(text)}
+    return data
+
+
+# -- conversions ---------------------------------------------------------------------------------
+
+_SITE_STATUS = {st.SITE_INVITED: pb.SITE_STATUS_INVITED, st.SITE_REGISTERED: pb.SITE_STATUS_REGISTERED,
+                st.SITE_APPROVED: pb.SITE_STATUS_APPROVED, st.SITE_REVOKED: pb.SITE_STATUS_REVOKED}
+_STUDY_STATUS = {st.STUDY_CREATED: pb.STUDY_STATUS_CREATED, st.STUDY_TRAINING: pb.STUDY_STATUS_TRAINING,
+                 st.STUDY_STOPPED: pb.STUDY_STATUS_STOPPED, st.STUDY_FINISHED: pb.STUDY_STATUS_FINISHED,
+                 st.STUDY_FAILED: pb.STUDY_STATUS_FAILED}
+_RUN_STATUS = {st.RUN_RUNNING: pb.RUN_STATUS_RUNNING, st.RUN_STOPPED: pb.RUN_STATUS_STOPPED,
+               st.RUN_FINISHED: pb.RUN_STATUS_FINISHED, st.RUN_FAILED: pb.RUN_STATUS_FAILED,
+               st.RUN_INTERRUPTED: pb.RUN_STATUS_INTERRUPTED}
+_OVERLAP_ENUM = {"disjoint": pb.OVERLAP_DISJOINT, "overlapping": pb.OVERLAP_OVERLAPPING}
+# Unspecified overlap is treated as overlapping: the sum is the guarantee that holds either way.
+_OVERLAP_NAME = {pb.OVERLAP_DISJOINT: "disjoint", pb.OVERLAP_OVERLAPPING: "overlapping"}
+
+
+def _check_name(name: str, what: str) -> None:
+    if not NAME.match(name or ""):
+        raise st.Invalid(f"invalid {what} name {name!r}: letters, digits, '.', '_', '-' "
+                         "(up to 100, starting with a letter or digit)")
+
+
+def _schema_fingerprint(text: str) -> str:
+    from synthpool.common.schema import Schema, SchemaError
+
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise st.Invalid(f"schema: not valid YAML: {e}") from None
+    try:
+        return Schema.from_dict(raw, origin="schema").fingerprint()
+    except SchemaError as e:
+        raise st.Invalid(str(e)) from None
+
+
+def _ts(seconds: float | None) -> timestamp_pb2.Timestamp | None:
+    if seconds is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(round(seconds * 1e9)))
+    return ts
+
+
+def _iso(seconds: float | None) -> str:
+    return "" if seconds is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def _msg(cls, **fields):
+    """Build a message leaving out None fields (unset timestamps, absent sub-messages)."""
+    return cls(**{k: v for k, v in fields.items() if v is not None})
+
+
+def _site(s: st.SiteRecord) -> pb.Site:
+    return _msg(pb.Site, name=s.name, status=_SITE_STATUS[s.status], public_key=s.public_key or "",
+                public_key_fingerprint=s.public_key_fingerprint or "",
+                invited_at=_ts(s.invited_at),
+                token_expires_at=_ts(s.token_expires_at) if s.status == st.SITE_INVITED else None,
+                registered_at=_ts(s.registered_at), approved_at=_ts(s.approved_at),
+                revoked_at=_ts(s.revoked_at))
+
+
+def _run(r: st.RunRecord) -> pb.Run:
+    return _msg(pb.Run, id=r.id, study=r.study, status=_RUN_STATUS[r.status],
+                started_at=_ts(r.started_at), ended_at=_ts(r.ended_at), started_by=r.started_by,
+                message=r.message)
+
+
+def _event(e: st.EventRecord) -> pb.TrainingEvent:
+    return pb.TrainingEvent(run_id=e.run_id, seq=e.seq, at=_ts(e.at), kind=e.kind, round=e.round,
+                            message=e.message, details_json=json.dumps(e.details, sort_keys=True))
+
+
+__all__: Iterable[str] = (
+    "AdminService", "InMemoryRunner", "ReleaseStore", "RunEvent", "SiteInfo", "StudyInfo",
+    "TrainingRunner", "TrainingSupervisor", "audit_arguments",
+)
