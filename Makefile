@@ -11,20 +11,24 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,simulation]'
 	touch $@
 
-.PHONY: install demo test bench browser
+.PHONY: install demo test bench test-tools
 install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
 	$(BIN)/synthpool demo
 
-test: $(BIN)/.installed browser
+test: $(BIN)/.installed test-tools
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# The report test renders HTML in a real headless browser; install Debian's Chromium if we can.
-browser:
-	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
-	  echo "chromium not installed: the report rendering test will be skipped"; }
-
-bench: $(BIN)/.installed
-	$(BIN)/python -m benchmarks
+# Real tools some tests drive (headless Chromium renders the report; nginx fronts the Fleet API;
+# docker-compose and shellcheck validate deploy/). Installed from Debian when we can; tests that
+# need a missing one skip with the reason.
+TEST_TOOLS := chromium nginx shellcheck docker-compose
+test-tools:
+	@missing=""; for t in $(TEST_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+	      || echo "could not install$$missing: the tests that need them will be skipped"; \
+	  else echo "not installed:$$missing: the tests that need them will be skipped"; fi; \
+	fi
