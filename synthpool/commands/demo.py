@@ -1,7 +1,21 @@
-"""`synthpool demo`: the main job on the bundled Adult data, end to end, with a report."""
+"""`synthpool demo`: a whole federation on this machine, on the bundled Adult data, end to end.
+
+A coordinator (Flower SuperLink + our ServerApp) and N site agents (each `synthpool-agent run`
+-> its own SuperNode) start as separate processes on loopback (coordinator/federation.py). Each
+site holds a different slice of the Adult training rows and a privacy cap in its own site.toml.
+The sites release DP histograms, train the CVAE with DP-SGD for a few rounds, the coordinator
+pools the updates and samples a release (data + manifest). The demo then evaluates the release
+against the Adult hold-out (rows no site ever held) and writes the report beside it.
+
+Everything is stopped by PID on success, failure, Ctrl-C, SIGTERM or the outer timeout.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import time
 from pathlib import Path
 
 import typer
@@ -9,40 +23,196 @@ from rich.console import Console
 
 console = Console(stderr=True, soft_wrap=True)
 
+DELTA = 1e-5
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _sigterm_as_interrupt() -> None:
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
 
 def demo(
-    out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for the release and report."),
-    epsilon: float = typer.Option(3.0, "--epsilon", help="Epsilon to spend."),
-    seed: int = typer.Option(0, "--seed"),
+    out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for the release, report and "
+                                                            "the federation's files."),
+    split: str = typer.Option("iid", "--split", help="iid: random slices; skewed: each site "
+                                                     "holds a different age band."),
+    sites: int = typer.Option(3, "--sites", min=2, max=8, help="Number of sites."),
+    epsilon: float = typer.Option(3.0, "--epsilon", help="Epsilon each site spends (its cap)."),
+    rounds: int = typer.Option(3, "--rounds", min=1, help="Federated rounds."),
+    steps: int = typer.Option(160, "--steps-per-round", min=1, help="DP-SGD steps per round."),
+    timeout: float = typer.Option(900.0, "--timeout", help="Give up (and stop every process) "
+                                                           "after this many seconds of training."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split, the model's initialisation "
+                                               "and sampling (never of the DP noise)."),
 ) -> None:
-    """Synthesise the bundled Adult data under DP, then evaluate it on the real hold-out."""
-    from synthpool.common.bundled import ADULT_SCHEMA, ADULT_TEST, ADULT_TRAIN
-    from synthpool.common.evaluation.evaluate import evaluate
-    from synthpool.common.evaluation.report import write_report
+    """Federated DP synthesis of Adult across SITES local processes, evaluated on the hold-out."""
+    from synthpool.common.bundled import ADULT_TRAIN
+    from synthpool.coordinator.federation import LocalFederation, SiteSpec, split_rows
+
+    if split not in ("iid", "skewed"):
+        raise typer.BadParameter("must be 'iid' or 'skewed'", param_hint="--split")
+    _sigterm_as_interrupt()
+    started = time.monotonic()
+    work = out / "federation"
+    release_dir = out / "release"
+    for old in (work, release_dir):  # a demo starts from empty ledgers and no release
+        if old.exists():
+            shutil.rmtree(old)
+    data = split_rows(ADULT_TRAIN, work / "data", sites, split=split, seed=seed)
+    threads = max(1, _cores() // sites)  # the sites share this machine's cores
+    specs = [SiteSpec(f"site-{i}", path, {"adult": (epsilon, DELTA)}, torch_threads=threads)
+             for i, path in enumerate(data)]
+    run_config = {
+        "study": "adult", "num-rounds": rounds, "local-steps": steps,
+        "target-epsilon": epsilon, "expected-sites": sites, "min-sites": min(2, sites),
+        # Sites share 2 cores here: wait for a slow one rather than drop it.
+        "straggler-grace": 180.0, "round-timeout": 600.0, "node-wait-timeout": 120.0,
+        "release-dir": str(release_dir.resolve()), "seed": seed, "population": "disjoint",
+        "signing-key": str((work / "coordinator" / "release-key.pem").resolve()),
+    }
+    console.print(f"[bold]synthpool demo[/bold]: {sites} sites ({split} split of Adult), "
+                  f"epsilon {epsilon:g} per site, {rounds} rounds x {steps} DP-SGD steps")
+    try:
+        with LocalFederation(work, specs) as fed:
+            manifest = run_federation(fed, run_config, rounds, timeout, started)
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/red]: every process was stopped")
+        raise typer.Exit(130) from None
+    except (RuntimeError, TimeoutError) as e:
+        console.print(f"[red]the federated run failed[/red]: {e}", markup=True)
+        console.print(f"logs: {work / 'logs'}")
+        raise typer.Exit(1) from None
+    trained = time.monotonic() - started
+    result = evaluate_release(release_dir, [Path(p) for p in data], manifest, seed=seed,
+                              title=f"synthpool demo: Adult across {sites} sites ({split})")
+    key = Path(run_config["signing-key"])
+    reseal(release_dir, key)  # the report joins the signed release
+    print_summary(manifest, result, release_dir, trained, time.monotonic() - started)
+    console.print(f"signed: synthpool release verify {release_dir} --public-key "
+                  f"{key.with_suffix('.pub')}")
+
+
+def run_federation(fed, run_config: dict, rounds: int, timeout: float, started: float) -> dict:
+    """Start the processes, submit the run, follow its events with a progress bar; returns the
+    release manifest. Raises on failure or when `timeout` (from `started`) passes."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn)
+
+    from synthpool.coordinator.release import read_manifest
+
+    deadline = started + timeout
+    total = rounds + 2  # statistics, rounds, release
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=False) as bar:
+        task = bar.add_task("starting the coordinator and the sites", total=total)
+        fed.start()
+        proc = fed.start_run(run_config)
+        bar.update(task, description="waiting for the sites to connect")
+        seen = 0
+        while True:
+            events = fed.events()
+            for e in events[seen:]:
+                kind = e["event"]
+                if kind == "stats_started":
+                    bar.update(task, description="statistics stage: DP histograms")
+                elif kind == "stats_completed":
+                    bar.update(task, completed=1, description=f"round 1/{rounds}")
+                elif kind == "round_completed":
+                    done = e["round"]
+                    bar.update(task, completed=1 + done,
+                               description=f"round {done + 1}/{rounds}" if done < rounds
+                               else "sampling the release")
+                elif kind.startswith("site_"):
+                    bar.console.print(f"[yellow]{e.get('site')} {kind[5:]}[/yellow] "
+                                      f"(round {e.get('round')}): {e.get('reason', '')}")
+                elif kind == "round_failed":
+                    bar.console.print(f"[red]round {e.get('round')} failed[/red]: {e.get('reason')}")
+                elif kind == "release_written":
+                    bar.update(task, completed=total, description="release written")
+            seen = len(events)
+            if proc.popen.poll() is not None:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no release after {timeout:.0f} s (--timeout)")
+            time.sleep(0.5)
+    if proc.popen.returncode != 0 or not any(e["event"] == "release_written" for e in fed.events()):
+        raise RuntimeError(f"`flwr run` ended with {proc.popen.returncode} and no release; its "
+                           f"output:\n{proc.log_tail(3000)}")
+    return read_manifest(run_config["release-dir"])
+
+
+def site_rows(paths: list[Path]):
+    """The union of the sites' rows (the demo may look at them: it plays every site)."""
+    import pandas as pd
+
+    from synthpool.common.bundled import ADULT_SCHEMA
     from synthpool.common.loading import load_table
     from synthpool.common.schema import Schema
-    from synthpool.common.synthesis import train_single_site
-    from synthpool.common.table_io import write_json, write_table
-
-    from .progress import step_progress
 
     schema = Schema.load(ADULT_SCHEMA)
-    train, _ = load_table(ADULT_TRAIN, schema)
+    return schema, pd.concat([load_table(p, schema)[0] for p in paths], ignore_index=True)
+
+
+def evaluate_release(release_dir: Path, site_files: list[Path], manifest: dict, *, seed: int,
+                     title: str):
+    """Score the release against the union of the sites' rows and the Adult hold-out; write
+    report.html / report.json into the release dir."""
+    from synthpool.common.bundled import ADULT_TEST
+    from synthpool.common.evaluation.evaluate import evaluate
+    from synthpool.common.evaluation.report import write_report
+    from synthpool.common.evaluation.tables import read_table
+    from synthpool.common.loading import load_table
+
+    schema, train = site_rows(site_files)
     holdout, _ = load_table(ADULT_TEST, schema)
-    with step_progress("DP-SGD on Adult") as progress:
-        result = train_single_site(schema, train, epsilon=epsilon, delta=1e-5, seed=seed,
-                                   progress=progress)
-    synthetic = result.generator.sample(len(train), seed=seed + 1)
-    out.mkdir(parents=True, exist_ok=True)
-    write_table(synthetic, out / "synthetic.csv")
-    write_json(result.manifest, out / "synthetic.manifest.json")
-    privacy = {"epsilon": result.spend.epsilon, "delta": result.spend.delta}
-    with console.status("evaluating against the Adult hold-out") as status:
-        report = evaluate(schema, train, holdout, synthetic, privacy=privacy, seed=seed,
+    synthetic = read_table(release_dir / manifest["data"]["file"], schema, strict=False)
+    p = manifest["privacy"]
+    privacy = {"epsilon": p["release"]["epsilon"], "delta": p["release"]["delta"],
+               "composition": p["release"]["composition"],
+               "per_site": {s: {"epsilon": v["epsilon"], "delta": v["delta"]}
+                            for s, v in p["per_site"].items()}}
+    with console.status("evaluating the release against the Adult hold-out") as status:
+        result = evaluate(schema, train, holdout, synthetic, privacy=privacy, seed=seed,
                           progress=status.update)
-        paths = write_report(report, out, title="synthpool demo: Adult")
-    s = report.summary
-    console.print(f"{len(synthetic)} synthetic rows, epsilon={result.spend.epsilon:.3f}, delta=1e-5")
+        write_report(result, release_dir, title=title)
+    return result
+
+
+def reseal(release_dir: Path, key: Path) -> None:
+    """Sign the release again with the coordinator's key once the report is in the folder."""
+    from synthpool.common.signing import load_or_create_key, seal
+
+    seal(release_dir, load_or_create_key(key))
+
+
+def print_summary(manifest: dict, result, release_dir: Path, trained: float, total: float) -> None:
+    p = manifest["privacy"]
+    console.print(f"\n[bold]{manifest['data']['rows']} synthetic rows[/bold] in "
+                  f"{release_dir / manifest['data']['file']}")
+    for site, v in p["per_site"].items():
+        console.print(f"  {site}: epsilon {v['epsilon']:.3f} (cap {v['cap']['epsilon']:g}), "
+                      f"delta {v['delta']:g}")
+    console.print(f"release: epsilon {p['release']['epsilon']:.3f}, delta "
+                  f"{p['release']['delta']:g} ({p['release']['composition']})")
+    gb = result.utility.get("models", {}).get("hist_gradient_boosting", {})
+    if gb:
+        console.print(f"gradient boosting ROC AUC on the real hold-out: trained on synthetic "
+                      f"{gb['synthetic']['roc_auc']:.3f}, on the sites' real rows "
+                      f"{gb['real']['roc_auc']:.3f}")
+    shapes = result.fidelity.get("column_shapes", {}).get("score")
+    if shapes is not None:
+        console.print(f"column shapes {shapes:.3f}, overall quality "
+                      f"{result.fidelity.get('overall', float('nan')):.3f}")
     for key in ("useful", "safe", "privacy_spent"):
-        console.print(f"{key.replace('_', ' ')}: {s[key]['headline']}")
-    console.print(f"report: {paths['html']}")
+        console.print(f"{key.replace('_', ' ')}: {result.summary[key]['headline']}")
+    console.print(f"report: {release_dir / 'report.html'}  (training {trained:.0f} s, "
+                  f"total {total:.0f} s)")

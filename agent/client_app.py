@@ -1,0 +1,258 @@
+"""The site's Flower ClientApp (Message API): the statistics stage and one round per message.
+
+Flower runs this module in a fresh `flwr-clientapp` process for EVERY message, so it holds no
+state: it finds the site through `context.node_config["site-config"]` (set by the site's own
+agent when it starts its SuperNode) and reads everything else from the site's state dir
+(agent/site_state.py). Sites run the synthpool installed at the site; the FAB the coordinator
+submits only names this module and carries run config.
+
+Two message types, each a function free of Flower types so it can be tested directly:
+
+* `query.stats` -> `handle_stats`: the site's noisy histograms on the schema's public grids
+  (common/stats.py), ONE Gaussian mechanism, charged before it runs. The coordinator merges
+  every site's histograms into the statistics that fix the shared transform.
+* `train` -> `handle_train`: one round of DP-SGD on the generator built from the schema and the
+  merged statistics (sent with every round, checked against their digest), starting from the
+  global weights.
+
+Both follow the same steps:
+1. read the request (RoundConfig); check the study schema fingerprint and model family;
+2. a job the ledger already holds with a cached release for the same inputs: re-send those bytes
+   (a job retried after a coordinator crash costs nothing and is never charged twice);
+3. otherwise: plan the job, charge its mechanisms write-ahead (refusal if over the cap), run it,
+   save the release, and only then reply.
+
+Every reply carries the site's ledger for the study (all mechanisms, the composed epsilon): the
+coordinator copies it into the release manifest, so per-site epsilons are the sites' own numbers.
+
+A refusal is an error reply (code REFUSED) whose reason names the site and the ledger's numbers;
+the coordinator records it in the round's event log. An unexpected failure replies with the
+exception TYPE only: an exception message may quote a data value, and error text leaves the site.
+The traceback stays in the site's own log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..common.privacy import BudgetExceeded
+from ..common.stats import TableStats
+from . import site_job
+from .config import ConfigError
+from .ledger import LedgerConflict, composed_epsilon
+from .site_state import Release, SiteState, input_hash
+
+# Error codes of our replies (Flower's own codes are 0-8, flwr/common/constant.py:199).
+# Mirrored in coordinator/strategy.py (agent and coordinator do not import each other).
+REFUSED = 1001
+SITE_FAILED = 1002
+# Message types, mirrored in coordinator/server_app.py.
+STATS_MESSAGE = "query.stats"
+TRAIN_MESSAGE = "train"
+
+log = logging.getLogger("synthpool.agent")
+
+
+class Refusal(Exception):
+    """The site declines the job; the message is sent to the coordinator verbatim."""
+
+
+@dataclass
+class TrainReply:
+    weights: list[np.ndarray]
+    metrics: dict[str, float | int]
+    info: dict[str, str | bool | int] = field(default_factory=dict)
+    ledger: dict = field(default_factory=dict)
+    stats: dict | None = None  # the statistics stage's noisy histograms (TableStats.to_dict)
+
+
+def ledger_report(site: SiteState, study: str) -> dict:
+    """What this site's ledger says about the study: every mechanism charged (all trainings), the
+    composed epsilon at the cap's delta, and the accountant that composed it: enough for anyone
+    to recompute the number (`common.privacy.epsilon_of`)."""
+    from dataclasses import asdict
+
+    import opacus
+
+    from ..common.privacy import ACCOUNTANT, ALPHAS
+
+    ledger = site.ledger
+    cap = ledger.cap(study)
+    spend = ledger.spent(study)
+    return {"site": site.name, "study": study, "epsilon": composed_epsilon(spend),
+            "delta": spend.delta, "cap": {"epsilon": cap.epsilon, "delta": cap.delta},
+            "accountant": ACCOUNTANT, "alphas": ALPHAS, "opacus_version": opacus.__version__,
+            "mechanisms": [m.to_dict() for m in spend.mechanisms],
+            "pure_spends": [asdict(p) for p in spend.pure],
+            "jobs": [c.job_id for c in ledger.charges(study)]}
+
+
+def _parse(site: SiteState, wire: dict, stage: str) -> site_job.RoundConfig:
+    try:
+        cfg = site_job.RoundConfig.from_wire(wire)
+    except (TypeError, ValueError) as e:
+        raise Refusal(f"malformed {stage} request: {e}") from None
+    if (stage == "statistics") != (cfg.round == 0):
+        raise Refusal(f"a {stage} request must not carry round {cfg.round}")
+    label = _label(cfg)
+    if cfg.schema_fingerprint and cfg.schema_fingerprint != site.schema.fingerprint():
+        raise Refusal(f"{label}: the study schema {cfg.schema_fingerprint[:19]} is not the "
+                      f"schema this site pinned ({site.schema.fingerprint()[:19]})")
+    if cfg.family not in site_job.installed_families():
+        raise Refusal(f"{label}: model family {cfg.family!r} is not installed at this site "
+                      f"(it has {sorted(site_job.installed_families())})")
+    return cfg
+
+
+def _label(cfg: site_job.RoundConfig) -> str:
+    what = "the statistics stage" if cfg.round == 0 else f"round {cfg.round}"
+    return f"{what} of study {cfg.study!r}"
+
+
+def _replay(site: SiteState, cfg: site_job.RoundConfig, ih: str) -> Release | None:
+    """The cached release of a job already charged for the same inputs (a retry)."""
+    if site.ledger.get_charge(cfg.study, cfg.job_id) is None:
+        return None
+    cached = site.load_release(cfg.study, cfg.job_id)
+    if cached is None:
+        return None  # charged, never released (the site died before saving it): run it, once
+    if cached.input_hash != ih:
+        raise Refusal(f"{_label(cfg)}: job {cfg.job_id} was already released for other inputs; "
+                      "a second, different release under one charge is refused")
+    return cached
+
+
+def handle_stats(site: SiteState, wire: dict) -> TrainReply:
+    """The statistics stage: noisy histograms of this site's rows, charged once per training."""
+    cfg = _parse(site, wire, "statistics")
+    try:
+        ih = input_hash([], cfg.to_wire())
+        cached = _replay(site, cfg, ih)
+        if cached is None:
+            mechanism = site_job.plan_stats(site, cfg)
+            site.ledger.charge(cfg.study, cfg.job_id, [mechanism], label=_label(cfg),
+                               meta={"input_hash": ih, "training_id": cfg.training_id})
+            stats = site_job.run_stats(site, cfg, mechanism)
+            size = site_job.reported_size(site, stats)
+            cached = Release([], {"num-examples": size.rows}, ih, {
+                "stats": stats.to_dict(), "size-source": size.source})
+            site.save_release(cfg.study, cfg.job_id, cached)
+            replayed = False
+        else:
+            replayed = True
+        return TrainReply([], cached.metrics,
+                          {"site": site.name, "replayed": replayed,
+                           "size-source": cached.payload["size-source"]},
+                          ledger_report(site, cfg.study), cached.payload["stats"])
+    except (BudgetExceeded, LedgerConflict, ConfigError) as e:
+        # BudgetExceeded covers NoBudget (no cap for this study at this site).
+        raise Refusal(str(e)) from None
+
+
+def handle_train(site: SiteState, global_weights: list[np.ndarray], wire: dict,
+                 stats_json: str) -> TrainReply:
+    """One round: DP-SGD from `global_weights` with the transform of the merged statistics."""
+    cfg = _parse(site, wire, "round")
+    label = _label(cfg)
+    try:
+        if site_job.stats_digest(stats_json) != cfg.stats_digest:
+            raise Refusal(f"{label}: the statistics sent do not match their digest")
+        merged = TableStats.from_dict(json.loads(stats_json))
+        if merged.schema_fingerprint != site.schema.fingerprint():
+            raise Refusal(f"{label}: the merged statistics were computed under another schema")
+        ih = input_hash(global_weights, cfg.to_wire())
+        cached = _replay(site, cfg, ih)
+        if cached is not None:
+            return TrainReply(cached.weights, cached.metrics,
+                              {"site": site.name, "replayed": True,
+                               **cached.payload.get("info", {})},
+                              ledger_report(site, cfg.study))
+        own = site_job.own_stats(site, cfg)
+        if own is None:
+            raise Refusal(f"{label}: this site released no statistics for training "
+                          f"{cfg.training_id}, so it cannot take part in its rounds")
+        size = site_job.reported_size(site, own)
+        plan = site_job.plan_round(site, cfg, size)
+        site.ledger.charge(cfg.study, cfg.job_id, plan.mechanisms, label=label,
+                           meta={"input_hash": ih, "training_id": cfg.training_id})
+        weights, metrics = site_job.run_round(site, global_weights, cfg, plan, merged)
+        cap = site.ledger.cap(cfg.study)
+        after = site.ledger.get_charge(cfg.study, cfg.job_id)
+        metrics = {**metrics, "num-examples": size.rows, "epsilon-spent": after.epsilon_after,
+                   "epsilon-cap": cap.epsilon, "delta": cap.delta}
+        info = {"size-source": size.source, "noise-source": plan.noise_source}
+        site.save_release(cfg.study, cfg.job_id, Release(weights, metrics, ih, {"info": info}))
+        return TrainReply(weights, metrics, {"site": site.name, "replayed": False, **info},
+                          ledger_report(site, cfg.study))
+    except (BudgetExceeded, LedgerConflict, ConfigError) as e:
+        raise Refusal(str(e)) from None
+
+
+# -- Flower wiring ---------------------------------------------------------------------------------
+
+def site_from_context(context) -> SiteState:
+    """Deployment: the site is named by the SuperNode's own `--node-config` (set by its agent)."""
+    return SiteState.from_node_config(dict(context.node_config))
+
+
+def make_app(resolve_site: Callable[[object], SiteState] = site_from_context):
+    """The ClientApp; `resolve_site(context)` finds the site (the simulation maps its virtual
+    nodes to site dirs instead, synthpool/commands/simulate.py)."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp()
+
+    def answer(msg: Message, context: Context, work) -> Message:
+        name = "?"
+        try:
+            site = resolve_site(context)
+            name = site.name
+            out = work(site, msg.content)
+        except Refusal as e:
+            log.warning("site %s refuses: %s", name, e)
+            return Message(Error(code=REFUSED, reason=f"site {name} refuses: {e}"), reply_to=msg)
+        except Exception as e:  # noqa: BLE001 - the reply must not carry the message text
+            log.error("site %s failed:\n%s", name, traceback.format_exc())
+            return Message(Error(code=SITE_FAILED,
+                                 reason=f"site {name} failed with {type(e).__name__} "
+                                        "(details in the site's log)"), reply_to=msg)
+        records = {
+            "arrays": ArrayRecord([np.asarray(w) for w in out.weights]),
+            "metrics": MetricRecord({k: v for k, v in out.metrics.items()
+                                     if isinstance(v, (int, float))}),
+            "site": ConfigRecord(out.info),
+            "ledger": ConfigRecord({"json": json.dumps(out.ledger)}),
+        }
+        if out.stats is not None:
+            records["stats"] = ConfigRecord({"json": json.dumps(out.stats)})
+        return Message(RecordDict(records), reply_to=msg)
+
+    @app.query("stats")
+    def stats(msg: Message, context: Context) -> Message:
+        return answer(msg, context, lambda site, content: handle_stats(
+            site, dict(content.config_records["config"])))
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        def work(site: SiteState, content) -> TrainReply:
+            arrays = content.array_records.get("arrays")
+            weights = arrays.to_numpy_ndarrays() if arrays is not None and len(arrays) else []
+            stats_record = content.config_records.get("stats")
+            if stats_record is None or "json" not in stats_record:
+                raise Refusal("the round request carries no merged statistics")
+            return handle_train(site, weights, dict(content.config_records["config"]),
+                                str(stats_record["json"]))
+
+        return answer(msg, context, work)
+
+    return app
+
+
+app = make_app()

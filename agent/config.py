@@ -1,0 +1,142 @@
+"""A site's configuration file (site.toml): who the site is, where its rows and state live, which
+SuperLink it joins, and the privacy caps its owner allows per study.
+
+Why a file owned by the site: everything that limits what leaves the site (the caps, the data
+path, the declared size) must be decided by the data owner, never by the coordinator. The ClientApp
+re-reads this file in every message (it runs in a fresh process each time) and only ever LOWERS
+what a round asks for: a round cannot raise a cap, point at other data, or switch off noise.
+
+Example::
+
+    [site]
+    name = "hospital-a"
+    data = "data/adult_a.csv"          # relative paths are relative to this file
+    state_dir = "state"
+    schema = "bundled:adult"           # or a path to the study schema YAML
+    # size = "declared"; declared_rows = 10000   # a public size instead of the DP estimate
+    size = "estimated"                 # the row count of the site's DP histograms (no extra charge)
+    torch_threads = 0                  # threads for training; 0 = every core this process may use
+
+    [superlink]
+    address = "127.0.0.1:9092"
+    insecure = true                    # TLS comes later: root_certificates = "ca.pem"
+
+    [supernode]
+    port = 9094                        # the node's local Runtime API port
+
+    [budgets.adult]                    # one table per study this site takes part in
+    epsilon = 3.0
+    delta = 1e-5
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..common.bundled import ADULT_SCHEMA
+from ..common.schema import Schema
+
+BUNDLED_SCHEMAS = {"bundled:adult": ADULT_SCHEMA}
+
+
+class ConfigError(ValueError):
+    """The site's configuration file is wrong."""
+
+
+class Budget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    epsilon: float = Field(gt=0)
+    delta: float = Field(gt=0, lt=1)
+
+
+class SiteSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    data: Path
+    state_dir: Path
+    schema_ref: str = Field(default="bundled:adult", alias="schema")
+    # Rows with cells outside the schema: refuse to work ("error") or drop them ("drop").
+    on_invalid: Literal["error", "drop"] = "error"
+    # The size the site gives for FedAvg weights and its Poisson sample rate: "estimated" is the
+    # row total of the DP histograms it releases in a training's statistics stage (already
+    # charged, so no separate size query); "declared" is a size the owner declares public.
+    size: Literal["estimated", "declared"] = "estimated"
+    declared_rows: int | None = Field(default=None, gt=0)
+    # CPU threads torch may use in a round (0: all cores available to the process). Sites sharing
+    # one host (the demo) split the cores between them.
+    torch_threads: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _declared(self) -> "SiteSection":
+        if self.size == "declared" and self.declared_rows is None:
+            raise ValueError("size = 'declared' needs declared_rows")
+        return self
+
+
+class SuperLinkSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    address: str
+    insecure: bool = True
+    root_certificates: Path | None = None
+
+
+class SuperNodeSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    port: int = Field(default=9094, gt=0, lt=65536)
+    # Extra flags passed to flower-supernode verbatim (e.g. auth keys), owner's choice.
+    extra_args: list[str] = Field(default_factory=list)
+
+
+class SiteConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    site: SiteSection
+    superlink: SuperLinkSection
+    supernode: SuperNodeSection = Field(default_factory=SuperNodeSection)
+    budgets: dict[str, Budget] = Field(default_factory=dict)
+    path: Path | None = Field(default=None, exclude=True)
+
+    @property
+    def name(self) -> str:
+        return self.site.name
+
+    @property
+    def state_dir(self) -> Path:
+        return self.site.state_dir
+
+    def schema(self) -> Schema:
+        ref = self.site.schema_ref
+        return Schema.load(BUNDLED_SCHEMAS.get(ref, ref))
+
+    def apply_caps(self, ledger) -> None:
+        """Copy this file's caps into the ledger: the only way a cap is ever set."""
+        for study, budget in self.budgets.items():
+            ledger.set_cap(study, budget.epsilon, budget.delta)
+
+
+def load_site_config(path: str | Path) -> SiteConfig:
+    """Read and validate site.toml; relative paths resolve against the file's folder."""
+    path = Path(path).expanduser().resolve()
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read site config: {e.strerror or e}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    try:
+        cfg = SiteConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{path}: invalid site config:\n{e}") from e
+    base = path.parent
+    site = cfg.site
+    site.data = (base / site.data).resolve()
+    site.state_dir = (base / site.state_dir).resolve()
+    if site.schema_ref not in BUNDLED_SCHEMAS:
+        site.schema_ref = str((base / site.schema_ref).resolve())
+    if cfg.superlink.root_certificates is not None:
+        cfg.superlink.root_certificates = (base / cfg.superlink.root_certificates).resolve()
+    cfg.path = path
+    return cfg

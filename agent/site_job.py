@@ -1,0 +1,268 @@
+"""What a site computes for a training: the statistics stage, then one DP-SGD job per round.
+
+The ClientApp (agent/client_app.py) owns everything around a job: parsing the coordinator's
+request, the write-ahead ledger charge, replaying a retried job, the refusal reply. This module
+owns the computation, with the engine in `common/` (the same pieces as the single-site pipeline,
+common/synthesis.py:train_single_site, split at the points where the federation talks):
+
+    plan_stats(site, cfg) -> GaussianMechanism
+        the noise of the statistics stage (from the study's plan) as the mechanism to charge
+    run_stats(site, cfg, mechanism) -> TableStats
+        `collect_stats` on the site's rows: noisy histograms on the schema's public grids
+    reported_size(site, cfg) -> ReportedSize
+        the size for FedAvg weights and the Poisson rate: the DP row total of the site's own
+        released histograms (or a size the owner declared public)
+    plan_round(site, cfg, size) -> RoundPlan
+        the DP-SGD job of one round, with the noise calibrated ONCE for the whole schedule
+    run_round(site, global_weights, cfg, plan, stats) -> (weights, metrics)
+        the generator built from the schema and the MERGED statistics every site received, the
+        global weights loaded, `fit_steps` for exactly `plan.dp.steps` steps
+
+Why the site's size comes from its histograms: their total is already a charged Gaussian release,
+so weighting FedAvg by it and deriving the sample rate from it costs nothing more. The separate
+noised-size query of earlier versions is gone; a site that declares its size public
+(`size = "declared"` in site.toml) uses that instead.
+
+Privacy notes that hold for every family:
+* The DP noise and the Poisson batches come from OS entropy (common/dp_training.py), never from
+  the coordinator's seed, which only fixes the public initialisation and the sampling.
+* The sample rate comes from the reported size (public or already DP), never the exact count.
+* Metrics sent back are public or DP: the number of steps and the plan, never a loss on private rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from ..common.atomic import atomic_write_text
+from ..common.generators.base import DPSGDConfig
+from ..common.planning import TrainingPlan, preprocessing_noise, sample_rate_for
+from ..common.privacy import GaussianMechanism, calibrate_noise
+from ..common.stats import TableStats, collect_stats
+from .ledger import NoBudget
+from .site_state import ReportedSize, SiteState, _safe
+
+FAMILY = "cvae"
+STATS_MECHANISM = "preprocessing histograms"  # the name common/stats.py:collect_stats gives it
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """The coordinator's request for the statistics stage (round 0) or one round, as the site
+    reads it (unknown keys ignored, missing keys take these defaults). Keys on the wire use
+    dashes: `local-steps`. Mirrored by coordinator/server_app.py:StudyRun.round_wire (a test
+    checks that both sides name the same keys)."""
+
+    study: str
+    training_id: str
+    round: int                       # 0: the statistics stage
+    num_rounds: int
+    schema_fingerprint: str = ""
+    family: str = FAMILY
+    # The DP plan (common/planning.py:TrainingPlan); total steps = num_rounds x local_steps.
+    local_steps: int = 160
+    sample_rate: float = 0.125
+    max_batch: int = 8192
+    max_grad_norm: float = 1.0
+    preprocessing_share: float = 0.1
+    max_bins: int = 20
+    noise_multiplier: float = 0.0        # > 0: use it; 0: the site calibrates from target_epsilon
+    stats_noise_multiplier: float = 0.0  # > 0: use it; 0: from the plan's preprocessing share
+    target_epsilon: float = 0.0          # the study's target; the site uses min(target, own cap)
+    # The generator's hyperparameters (common/generators/cvae.py).
+    learning_rate: float = 2e-3
+    hidden: int = 256
+    depth: int = 2
+    latent: int = 32
+    beta: float = 1.0
+    proximal_mu: float = 0.0
+    seed: int = 0
+    stats_digest: str = ""           # sha256 of the merged statistics sent with a round
+
+    @property
+    def job_id(self) -> str:
+        """The ledger job id: stable across coordinator restarts of the same training, different
+        for a new training of the same study."""
+        return self.stats_job_id if self.round == 0 else f"{self.training_id}/round-{self.round}"
+
+    @property
+    def stats_job_id(self) -> str:
+        return f"{self.training_id}/stats"
+
+    @property
+    def plan(self) -> TrainingPlan:
+        return TrainingPlan(steps=self.num_rounds * self.local_steps, sample_rate=self.sample_rate,
+                            max_batch=self.max_batch, max_grad_norm=self.max_grad_norm,
+                            preprocessing_share=self.preprocessing_share, max_bins=self.max_bins)
+
+    @property
+    def hyperparameters(self) -> dict:
+        return {"hidden": self.hidden, "depth": self.depth, "latent": self.latent,
+                "beta": self.beta, "lr": self.learning_rate}
+
+    @classmethod
+    def from_wire(cls, record: dict) -> "RoundConfig":
+        known = {f.name: f for f in fields(cls)}
+        kwargs = {}
+        for key, value in record.items():
+            name = key.replace("-", "_")
+            if name in known:
+                kwargs[name] = value
+        missing = [n for n in ("study", "training_id", "round", "num_rounds") if n not in kwargs]
+        if missing:
+            raise ValueError(f"round request lacks {missing}")
+        casts = {"int": int, "float": float, "str": str}
+        for name in kwargs:  # ConfigRecord may carry an int where a float is declared
+            kwargs[name] = casts[known[name].type](kwargs[name])
+        cfg = cls(**kwargs)
+        if cfg.num_rounds < 1 or cfg.local_steps < 1 or not 0 <= cfg.round <= cfg.num_rounds:
+            raise ValueError(f"round {cfg.round} of {cfg.num_rounds} with {cfg.local_steps} steps")
+        return cfg
+
+    def to_wire(self) -> dict:
+        return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    dp: DPSGDConfig
+    mechanisms: list[GaussianMechanism]
+    noise_source: str  # "coordinator" (fixed by the run) or "calibrated" (planned by the site)
+
+
+def stats_digest(stats_json: str) -> str:
+    return "sha256:" + hashlib.sha256(stats_json.encode()).hexdigest()
+
+
+def _budget(site: SiteState, cfg: RoundConfig) -> tuple[float, float]:
+    """(epsilon, delta) this site lets the study spend: min(study target, own cap)."""
+    cap = site.ledger.cap(cfg.study)
+    if cap is None:
+        raise NoBudget(f"no privacy budget configured for study {cfg.study!r} at this site")
+    return min(cfg.target_epsilon or cap.epsilon, cap.epsilon), cap.delta
+
+
+# -- the statistics stage ------------------------------------------------------------------------
+
+def plan_stats(site: SiteState, cfg: RoundConfig) -> GaussianMechanism:
+    """The histograms' Gaussian mechanism: noise for the plan's preprocessing share of the budget
+    (or the coordinator's fixed value), charged before `run_stats` touches a row."""
+    if cfg.stats_noise_multiplier > 0:
+        sigma = float(cfg.stats_noise_multiplier)
+    else:
+        epsilon, delta = _budget(site, cfg)
+        sigma = preprocessing_noise(cfg.plan, epsilon, delta)
+    return GaussianMechanism(STATS_MECHANISM, sigma, 1.0, 1)
+
+
+def run_stats(site: SiteState, cfg: RoundConfig, mechanism: GaussianMechanism) -> TableStats:
+    # Noise from OS entropy (unseeded): the coordinator's seed must never reach a DP mechanism.
+    stats = collect_stats(site.schema, site.load_rows(), mechanism.noise_multiplier,
+                          np.random.default_rng())
+    if stats.mechanisms != [mechanism]:  # what ran must be exactly what the ledger charged
+        raise RuntimeError(f"statistics ran {stats.mechanisms}, the ledger charged {mechanism}")
+    return stats
+
+
+def own_stats(site: SiteState, cfg: RoundConfig) -> TableStats | None:
+    """This site's released histograms of the training (from its release cache)."""
+    release = site.load_release(cfg.study, cfg.stats_job_id)
+    if release is None or "stats" not in release.payload:
+        return None
+    return TableStats.from_dict(release.payload["stats"])
+
+
+def reported_size(site: SiteState, stats: TableStats) -> ReportedSize:
+    """FedAvg weight and sample-rate base: the DP total of this site's own histograms, or the
+    size its owner declared public."""
+    if site.config.site.size == "declared":
+        return ReportedSize(float(site.config.site.declared_rows), "declared")
+    return ReportedSize(round(stats.noisy_rows(), 3), "estimated")
+
+
+# -- one round --------------------------------------------------------------------------------------
+
+def _plan_path(site: SiteState, cfg: RoundConfig):
+    return site.state_dir / "plans" / _safe(cfg.study) / f"{_safe(cfg.training_id)}.json"
+
+
+def plan_round(site: SiteState, cfg: RoundConfig, size: ReportedSize) -> RoundPlan:
+    """The DP-SGD job of this round. With `noise_multiplier` 0 the site calibrates the noise ONCE
+    for the whole schedule (num_rounds x local_steps), composed with everything the ledger already
+    holds for the study (the statistics stage included), against min(study target, own cap), and
+    persists it so every round of the training uses the same sigma (DESIGN.md: plan the noise up
+    front; never one accountant per round)."""
+    plan = cfg.plan
+    q = sample_rate_for(plan, size.rows)
+    if cfg.noise_multiplier > 0:
+        sigma, source = float(cfg.noise_multiplier), "coordinator"
+    else:
+        path = _plan_path(site, cfg)
+        if path.exists():
+            saved = json.loads(path.read_text())
+            sigma, q = saved["noise_multiplier"], saved["sample_rate"]
+        else:
+            epsilon, _delta = _budget(site, cfg)
+            prior = site.ledger.spent(cfg.study)
+            sigma = calibrate_noise(epsilon, prior.accountant_delta, q, plan.steps,
+                                    prior=prior.mechanisms,
+                                    pure_epsilon=sum(p.epsilon for p in prior.pure))
+            atomic_write_text(path, json.dumps({
+                "noise_multiplier": sigma, "sample_rate": q, "target_epsilon": epsilon,
+                "steps": plan.steps, "calibrated_at_round": cfg.round}))
+        source = "calibrated"
+    dp = DPSGDConfig(steps=cfg.local_steps, sample_rate=q, noise_multiplier=sigma,
+                     max_grad_norm=cfg.max_grad_norm)
+    mech = GaussianMechanism(f"dp-sgd/{cfg.job_id}", sigma, q, cfg.local_steps)
+    return RoundPlan(dp, [mech], source)
+
+
+def torch_threads(site: SiteState) -> int:
+    """The site's thread setting, else every core this process may run on."""
+    wanted = site.config.site.torch_threads
+    if wanted:
+        return wanted
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def run_round(site: SiteState, global_weights: list[np.ndarray], cfg: RoundConfig,
+              plan: RoundPlan, stats: TableStats) -> tuple[list[np.ndarray], dict]:
+    """`plan.dp.steps` DP-SGD steps of the generator from `global_weights` on this site's rows,
+    encoded with the transform every site builds from the same merged statistics."""
+    import torch
+
+    from ..common.generators.base import build, resolve_device
+    from ..common.transforms import TableTransformer
+
+    torch.set_num_threads(torch_threads(site))
+    transformer = TableTransformer(site.schema, stats, max_bins=cfg.max_bins)
+    # The encoding depends on the rows and the merged statistics only: cached per training.
+    encoded = site.cached_array(
+        f"encoded-{cfg.stats_digest.removeprefix('sha256:')[:16]}",
+        lambda: transformer.encode(site.load_rows()).numpy())
+    device = resolve_device("auto")
+    generator = build(cfg.family, transformer, seed=cfg.seed, device=device,
+                      **cfg.hyperparameters)
+    if global_weights:
+        generator.set_weights(global_weights)
+    train = generator.fit_steps(torch.from_numpy(encoded).to(device), plan.dp,
+                                proximal_mu=cfg.proximal_mu)
+    if train.steps != plan.dp.steps:  # the ledger was charged for plan.dp.steps, up front
+        raise RuntimeError(f"took {train.steps} DP-SGD steps, {plan.dp.steps} were charged")
+    metrics = {"steps": train.steps, "noise-multiplier": plan.dp.noise_multiplier,
+               "sample-rate": plan.dp.sample_rate}
+    return generator.get_weights(), metrics
+
+
+def installed_families() -> set[str]:
+    from ..common.generators import base, cvae  # noqa: F401  (cvae registers itself)
+
+    return set(base._FAMILIES)

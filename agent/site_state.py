@@ -1,0 +1,180 @@
+"""Everything a site remembers between Flower messages, kept in its state dir.
+
+Why on disk: Flower starts a NEW `flwr-clientapp` process for every message (DESIGN.md, "Flower
+1.42 facts"), so nothing in memory survives from one round to the next. The state dir holds:
+
+    ledger.sqlite            the privacy ledger (agent/ledger.py)
+    releases/<study>/...     every output this site released (noisy histograms of a training's
+                             statistics stage, the weights of each round), keyed by ledger job id,
+                             so a retried job returns the SAME output instead of a second draw
+    plans/<study>/...        the DP-SGD noise a training was calibrated for, once per training
+    cache/                   data fingerprints and encoded rows (pure speed, no privacy role)
+
+A release is written (atomically) after the charge and before the reply. Combined with the
+ledger's write-ahead charge, a crash at any point leaves either "charged, nothing released"
+(harmless) or "charged and cached" (a retry re-sends the cached bytes: no new privacy loss).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..common.atomic import atomic_write_bytes, atomic_write_text
+from ..common.schema import Schema
+from .config import SiteConfig, load_site_config
+from .ledger import Ledger
+
+NODE_CONFIG_KEY = "site-config"
+
+
+@dataclass(frozen=True)
+class ReportedSize:
+    """The size a site gives for FedAvg weights and its sample rate, and how it was obtained."""
+
+    rows: float
+    source: str  # "declared" (public, from site.toml) or "estimated" (the DP histograms' total)
+
+
+@dataclass
+class Release:
+    """One output a site released under one ledger charge: model weights and/or a JSON payload
+    (the statistics stage releases noisy histograms, no weights)."""
+
+    weights: list[np.ndarray]
+    metrics: dict
+    input_hash: str
+    payload: dict = field(default_factory=dict)
+
+
+@dataclass
+class SiteState:
+    config: SiteConfig
+    _memo: dict = field(default_factory=dict, repr=False)
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_config_path(cls, path: str | Path) -> "SiteState":
+        return cls(load_site_config(path))
+
+    @classmethod
+    def from_node_config(cls, node_config: dict) -> "SiteState":
+        try:
+            path = node_config[NODE_CONFIG_KEY]
+        except KeyError:
+            raise RuntimeError(f"this SuperNode was started without --node-config "
+                               f"'{NODE_CONFIG_KEY}=\"/path/site.toml\"'") from None
+        return cls.from_config_path(str(path))
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def state_dir(self) -> Path:
+        return self.config.state_dir
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        """The ledger, with this site's caps (from its own config) applied on every open."""
+        ledger = Ledger(self.state_dir)
+        self.config.apply_caps(ledger)
+        return ledger
+
+    @cached_property
+    def schema(self) -> Schema:
+        return self.config.schema()
+
+    # -- data ---------------------------------------------------------------------------------
+    def data_fingerprint(self) -> str:
+        """sha256 of the data file, cached by (size, mtime) so a 1 GB table is hashed once."""
+        path = self.config.site.data
+        st = path.stat()
+        key = f"{path}:{st.st_size}:{st.st_mtime_ns}"
+        memo = self.state_dir / "cache" / "data-fingerprint.json"
+        try:
+            cached = json.loads(memo.read_text())
+            if cached.get("key") == key:
+                return cached["sha256"]
+        except (OSError, ValueError):
+            pass
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        atomic_write_text(memo, json.dumps({"key": key, "sha256": h.hexdigest()}))
+        return h.hexdigest()
+
+    def load_rows(self) -> pd.DataFrame:
+        """The site's table, validated against the study schema (common/loading.py). Invalid
+        cells raise `DataError` unless the owner set `on_invalid = "drop"`; either way the
+        details stay in the site's log (the ClientApp sends only the error type)."""
+        if "rows" not in self._memo:
+            from ..common.loading import load_table
+
+            df, _report = load_table(self.config.site.data, self.schema,
+                                     on_invalid=self.config.site.on_invalid)
+            self._memo["rows"] = df
+        return self._memo["rows"]
+
+    def cached_array(self, kind: str, build) -> np.ndarray:
+        """An array derived from the rows (e.g. an encoding), cached in the state dir under the
+        data and schema fingerprints so later messages skip the parse."""
+        key = hashlib.sha256(
+            f"{kind}:{self.data_fingerprint()}:{self.schema.fingerprint()}".encode()
+        ).hexdigest()[:24]
+        path = self.state_dir / "cache" / f"{kind}-{key}.npy"
+        if path.exists():
+            return np.load(path)
+        arr = np.asarray(build())
+        buf = io.BytesIO()
+        np.save(buf, arr)
+        atomic_write_bytes(path, buf.getvalue())
+        return arr
+
+    # -- releases -----------------------------------------------------------------------------
+    def _release_dir(self, study: str) -> Path:
+        return self.state_dir / "releases" / _safe(study)
+
+    def load_release(self, study: str, job_id: str) -> Release | None:
+        path = self._release_dir(study) / f"{_safe(job_id)}.npz"
+        if not path.exists():
+            return None
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["__meta__"]))
+            weights = [z[f"w{i}"] for i in range(meta["n"])]
+        return Release(weights, meta["metrics"], meta["input_hash"], meta.get("payload", {}))
+
+    def save_release(self, study: str, job_id: str, release: Release) -> None:
+        buf = io.BytesIO()
+        meta = {"n": len(release.weights), "metrics": release.metrics,
+                "input_hash": release.input_hash, "payload": release.payload}
+        arrays = {f"w{i}": w for i, w in enumerate(release.weights)}
+        np.savez(buf, __meta__=np.array(json.dumps(meta)), **arrays)
+        atomic_write_bytes(self._release_dir(study) / f"{_safe(job_id)}.npz", buf.getvalue())
+
+
+def _safe(name: str) -> str:
+    """A job id or study as a file name (ids contain '/' and ':')."""
+    out = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return out + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+
+
+def input_hash(weights: list[np.ndarray], config: dict) -> str:
+    """What a job was asked to do: the global weights it starts from plus its config."""
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for w in weights:
+        w = np.ascontiguousarray(w)
+        h.update(str((w.dtype.str, w.shape)).encode())
+        h.update(w.tobytes())
+    return h.hexdigest()
+
+
+__all__ = ["SiteState", "ReportedSize", "Release", "input_hash", "NODE_CONFIG_KEY"]

@@ -1,0 +1,227 @@
+"""A whole federation on one host, on loopback: one coordinator, N sites, real processes.
+
+For tests, the demo and benchmarks. It drives the same commands a real deployment runs:
+the coordinator's `flower-superlink` and `flwr run deploy/app`, and at each site
+`synthpool-agent run --config site.toml` (which applies the site's caps and starts its
+SuperNode). It only adds what one host needs: free ports, per-party folders, log files, a
+way to crash a party, and stopping everything by PID (coordinator/flower_processes.py).
+
+Layout under `workdir`::
+
+    coordinator/   superlink state.db, FLWR_HOME with config.toml, checkpoints/
+    sites/<name>/  site.toml, state/ (ledger, releases, flwr-home)
+    logs/          one log per process
+
+The coordinator reaches a site only through Flower. Tests read a site's ledger from its state
+dir (`site_state_dir`) the way an operator would (`synthpool-agent ledger --state-dir`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from .checkpoint import CheckpointStore
+from .flower_processes import (
+    LOOPBACK, ManagedProcess, ProcessGroup, bin_dir, flower_env, free_port, write_connection,
+)
+
+APP_DIR = Path(__file__).resolve().parent.parent / "deploy" / "app"
+
+
+def split_rows(source: Path, out_dir: Path, n_sites: int, rows_per_site: int | None = None,
+               prefix: str = "site", split: str = "contiguous", seed: int = 0) -> list[Path]:
+    """Cut a raw text table (gz or plain; header-less, like Adult) into `n_sites` slices, written
+    as gz files with the source's exact lines.
+
+    `split`: "contiguous" (file order), "iid" (shuffled with `seed`), or "skewed" (sorted by the
+    first field, numerically: for Adult, age, so each site holds a different age band)."""
+    if split not in ("contiguous", "iid", "skewed"):
+        raise ValueError(f"unknown split {split!r}")
+    opener = gzip.open if str(source).endswith(".gz") else open
+    with opener(source, "rt") as f:
+        lines = [ln for ln in f if ln.strip() and not ln.startswith("|")]
+    if split == "iid":
+        order = random.Random(seed).sample(range(len(lines)), len(lines))
+        lines = [lines[i] for i in order]
+    elif split == "skewed":
+        lines.sort(key=lambda ln: float(ln.split(",", 1)[0]))
+    per = rows_per_site or len(lines) // n_sites
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n_sites):
+        path = out_dir / f"{prefix}-{i}.csv.gz"
+        with gzip.open(path, "wt") as g:
+            g.writelines(lines[i * per:(i + 1) * per])
+        paths.append(path)
+    return paths
+
+
+@dataclass
+class SiteSpec:
+    name: str
+    data: Path
+    budgets: dict[str, tuple[float, float]]  # study -> (epsilon, delta)
+    size: str = "estimated"
+    declared_rows: int | None = None
+    torch_threads: int = 0  # 0: all cores (sites sharing one host should split them)
+
+
+def write_site_config(path: Path, spec: SiteSpec, state_dir: Path, address: str,
+                      port: int) -> Path:
+    """A site.toml in the format agent/config.py reads (written here as text because the
+    coordinator package never imports the agent's)."""
+    lines = ["[site]", f"name = {json.dumps(spec.name)}",
+             f"data = {json.dumps(str(Path(spec.data).resolve()))}",
+             f"state_dir = {json.dumps(str(Path(state_dir).resolve()))}",
+             'schema = "bundled:adult"', f"size = {json.dumps(spec.size)}"]
+    if spec.declared_rows is not None:
+        lines.append(f"declared_rows = {int(spec.declared_rows)}")
+    if spec.torch_threads:
+        lines.append(f"torch_threads = {int(spec.torch_threads)}")
+    lines += ["", "[superlink]", f"address = {json.dumps(address)}", "insecure = true",
+              "", "[supernode]", f"port = {int(port)}"]
+    for study, (eps, delta) in spec.budgets.items():
+        lines += ["", f"[budgets.{json.dumps(study)}]", f"epsilon = {float(eps)!r}",
+                  f"delta = {float(delta)!r}"]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@dataclass
+class RunOutcome:
+    returncode: int | None
+    output: str
+    events: list[dict] = field(default_factory=list)
+
+    def of(self, event: str) -> list[dict]:
+        return [e for e in self.events if e["event"] == event]
+
+
+class LocalFederation:
+    def __init__(self, workdir: Path, sites: list[SiteSpec], *, app_dir: Path = APP_DIR) -> None:
+        self.workdir = Path(workdir)
+        self.sites = {s.name: s for s in sites}
+        self.app_dir = app_dir
+        self.procs = ProcessGroup(self.workdir)
+        self.coord_dir = self.workdir / "coordinator"
+        self.cli_home = self.coord_dir / "cli-home"
+        self.checkpoint_dir = self.coord_dir / "checkpoints"
+        self.port = free_port()
+        self.address = f"{LOOPBACK}:{self.port}"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def __enter__(self) -> "LocalFederation":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.procs.stop_all()
+
+    def start(self) -> "LocalFederation":
+        self.start_coordinator()
+        for name in self.sites:
+            self.start_site(name)
+        return self
+
+    def start_coordinator(self) -> ManagedProcess:
+        """The SuperLink on its fixed port with its database: a restart finds its state."""
+        proc = self.procs.start_superlink(name="superlink", port=self.port,
+                                          database=self.coord_dir / "superlink.db",
+                                          flwr_home=self.coord_dir / "superlink-home")
+        write_connection(self.cli_home, self.address)
+        return proc
+
+    def site_dir(self, name: str) -> Path:
+        return self.workdir / "sites" / name
+
+    def site_state_dir(self, name: str) -> Path:
+        return self.site_dir(name) / "state"
+
+    def site_config(self, name: str) -> Path:
+        """Write the site's site.toml once."""
+        path = self.site_dir(name) / "site.toml"
+        if not path.exists():
+            write_site_config(path, self.sites[name], self.site_state_dir(name), self.address,
+                              free_port())
+        return path
+
+    def start_site(self, name: str) -> ManagedProcess:
+        argv = [str(bin_dir() / "synthpool-agent"), "run", "--config", str(self.site_config(name))]
+        env = flower_env(self.site_dir(name) / "state" / "flwr-home")
+        return self.procs.spawn(f"site-{name}", "agent", argv, env)
+
+    def kill_site(self, name: str) -> None:
+        self.procs.by_name(f"site-{name}").kill9()
+
+    def kill_coordinator(self) -> None:
+        """Crash the coordinator: the `flwr run` client, the SuperLink and its ServerApp, all
+        SIGKILLed at once."""
+        for proc in list(self.procs.processes):
+            if proc.role in ("run", "superlink") and proc.alive:
+                proc.kill9()
+
+    # -- runs ----------------------------------------------------------------------------------
+    def run_config(self, overrides: Mapping[str, object]) -> dict:
+        return {"checkpoint-dir": str(self.checkpoint_dir), **overrides}
+
+    def start_run(self, overrides: Mapping[str, object], name: str = "run") -> ManagedProcess:
+        return self.procs.start_run(self.app_dir, flwr_home=self.cli_home,
+                                    run_config=self.run_config(overrides), name=name)
+
+    def run(self, overrides: Mapping[str, object], timeout: float, name: str = "run") -> RunOutcome:
+        proc = self.start_run(overrides, name=name)
+        try:
+            proc.popen.wait(timeout=timeout)
+        except Exception:
+            proc.stop()
+            raise TimeoutError(f"run did not end within {timeout:.0f} s; output:\n"
+                               f"{proc.log_tail()}\nsuperlink log:\n"
+                               f"{self.procs.by_name('superlink').log_tail()}") from None
+        return RunOutcome(proc.popen.returncode, proc.log_tail(100_000), self.events())
+
+    def events(self) -> list[dict]:
+        return CheckpointStore(self.checkpoint_dir).events.read()
+
+    def wait_for(self, predicate, timeout: float, what: str, poll: float = 0.5) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(poll)
+        raise TimeoutError(f"{what} did not happen within {timeout:.0f} s")
+
+    # -- looking at the processes (tests) ------------------------------------------------------
+    def logs(self) -> str:
+        parts = []
+        for p in self.procs.processes:
+            parts.append(f"===== {p.name} (pid {p.pid}, rc {p.popen.poll()}) =====\n{p.log_tail(6000)}")
+        return "\n".join(parts)
+
+
+def main() -> None:  # pragma: no cover - manual smoke run: python -m synthpool.coordinator.federation
+    import tempfile
+
+    from ..common.bundled import ADULT_TRAIN
+
+    work = Path(tempfile.mkdtemp(prefix="synthpool-fed-"))
+    data = split_rows(ADULT_TRAIN, work / "data", 3, rows_per_site=3000)
+    sites = [SiteSpec(f"site-{i}", p, {"adult": (3.0, 1e-5)}) for i, p in enumerate(data)]
+    with LocalFederation(work, sites) as fed:
+        fed.start()
+        out = fed.run({"num-rounds": 2, "min-sites": 2, "expected-sites": 3,
+                       "target-epsilon": 3.0, "local-steps": 10, "hidden": 64}, timeout=300)
+        print(out.output[-3000:])
+        print(json.dumps(out.events, indent=1)[-3000:])
+    print(work, file=sys.stderr)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

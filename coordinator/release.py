@@ -1,0 +1,174 @@
+"""The coordinator's model and release: build the generator every site builds, sample the pooled
+model, write data + manifest.
+
+The coordinator holds no rows. It builds the generator from the public schema and the merged DP
+statistics (the same `TableTransformer` each site builds from the same bytes), loads the pooled
+weights, and samples: post-processing of DP outputs, so the release costs no further privacy.
+
+The manifest is what an independent reader needs to check the claim without trusting us: the
+schema fingerprint, the model and its hyperparameters, the rounds and who took part in each, each
+site's ledger as the site reported it (every Gaussian mechanism with its noise, sample rate and
+steps, the accountant and its orders, the composed epsilon at the site's delta), and the
+release-level guarantee derived from them:
+
+* `population = "disjoint"` (each person's rows are at one site only): the sites' releases are
+  about disjoint sets of people, so the guarantee is the MAX over sites (parallel composition);
+* `population = "overlap"` (a person may have rows at several sites): the SUM over sites (basic
+  sequential composition of the sites' (epsilon, delta)).
+
+Files are written atomically (common/table_io.py); the manifest, which holds the data's sha256,
+is written last and is the release's commit point. With a signing key (run config `signing-key`)
+the release is sealed: every file's hash listed in the manifest, the manifest signed with Ed25519
+(common/signing.py; anyone checks it with `synthpool release verify`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..common.schema import Schema
+from ..common.stats import TableStats
+from .checkpoint import CheckpointStore
+
+DATA_FILE = "synthetic.csv"
+MANIFEST_FILE = "manifest.json"
+
+
+def _threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def build_generator(run, schema: Schema, stats: TableStats):
+    """The generator exactly as every site builds it for this training (agent/site_job.py)."""
+    import torch
+
+    from ..common.generators.base import build
+    from ..common.transforms import TableTransformer
+
+    torch.set_num_threads(_threads())
+    transformer = TableTransformer(schema, stats, max_bins=run.max_bins)
+    return build(run.family, transformer, seed=run.seed, device="cpu", **run.hyperparameters)
+
+
+def initial_weights(run, schema: Schema, stats: TableStats) -> list[np.ndarray]:
+    """The public starting point of round 1 (deterministic in the run's seed)."""
+    return build_generator(run, schema, stats).get_weights()
+
+
+def release_guarantee(per_site: dict[str, dict], population: str) -> dict:
+    """The release's (epsilon, delta) from the sites' own: max if disjoint, sum if overlapping."""
+    if not per_site:
+        raise ValueError("a release needs at least one site's privacy report")
+    eps = [float(v["epsilon"]) for v in per_site.values()]
+    deltas = [float(v["delta"]) for v in per_site.values()]
+    if population == "disjoint":
+        return {"epsilon": max(eps), "delta": max(deltas), "composition": "max over sites",
+                "why": "each person's rows are at one site only: the sites' outputs concern "
+                       "disjoint people (parallel composition)"}
+    if population == "overlap":
+        return {"epsilon": sum(eps), "delta": sum(deltas), "composition": "sum over sites",
+                "why": "a person may have rows at several sites: the sites' guarantees add up "
+                       "(basic sequential composition)"}
+    raise ValueError(f"unknown population {population!r}")
+
+
+def _site_privacy(report: dict) -> dict:
+    keep = ("epsilon", "delta", "cap", "accountant", "alphas", "opacus_version",
+            "epsilon_per_mechanism", "mechanisms", "pure_spends", "jobs")
+    return {k: report[k] for k in keep if k in report}
+
+
+def write_release(run, store: CheckpointStore, schema: Schema, start: dict) -> dict:
+    """Sample the latest pooled model into `run.release_path`; returns the manifest."""
+    from ..common.synthesis import package_versions
+    from ..common.table_io import write_json, write_table
+
+    ckpt = store.load()
+    if ckpt is None:
+        raise RuntimeError("no completed round to release")
+    stats = TableStats.from_dict(json.loads(start["stats_json"]))
+    generator = build_generator(run, schema, stats)
+    generator.set_weights(ckpt.weights)
+    n = int(run.release_rows) or max(1, round(stats.noisy_rows()))
+    sample_seed = run.seed + 1
+    t0 = time.perf_counter()
+    synthetic = generator.sample(n, seed=sample_seed)
+    out = run.release_path
+    write_table(synthetic, out / DATA_FILE)
+    data_sha = hashlib.sha256((out / DATA_FILE).read_bytes()).hexdigest()
+
+    rounds = []
+    for rnd in range(1, ckpt.round + 1):
+        meta = store.load(rnd).meta
+        rounds.append({"round": rnd, "sites": meta.get("used", []),
+                       "dropped": meta.get("dropped", [])})
+    ledgers = {**start.get("ledgers", {}), **ckpt.meta.get("ledgers", {})}
+    # Every site whose rows shaped the release: the merged statistics and any round.
+    contributors = sorted(set(start["sites"]) | {s for r in rounds for s in r["sites"]})
+    missing = [s for s in contributors if s not in ledgers]
+    if missing:
+        raise RuntimeError(f"no ledger report from {missing}: cannot state the guarantee")
+    per_site = {s: _site_privacy(ledgers[s]) for s in contributors}
+    weights_sha = hashlib.sha256(b"".join(np.ascontiguousarray(w).tobytes()
+                                          for w in ckpt.weights)).hexdigest()
+    manifest = {
+        "kind": "synthpool.federated-release",
+        "created_unix": int(time.time()),
+        "study": run.study,
+        "training_id": start.get("training_id", ckpt.meta.get("training_id")),
+        "schema": {"name": schema.name, "fingerprint": schema.fingerprint(),
+                   "target": schema.target},
+        "data": {"file": DATA_FILE, "rows": n, "columns": list(synthetic.columns),
+                 "sha256": data_sha, "sample_seed": sample_seed,
+                 "sampling_seconds": round(time.perf_counter() - t0, 2)},
+        "model": {"family": run.family, "hyperparameters": run.hyperparameters,
+                  "parameters": int(sum(w.size for w in ckpt.weights)),
+                  "weights_sha256": weights_sha, "init_seed": run.seed},
+        "training": {
+            "rounds": ckpt.round,
+            "steps_per_round": run.local_steps,
+            "plan": {"steps": run.num_rounds * run.local_steps, "sample_rate": run.sample_rate,
+                     "max_batch": run.max_batch, "max_grad_norm": run.max_grad_norm,
+                     "preprocessing_share": run.preprocessing_share, "max_bins": run.max_bins},
+            "aggregation": "FedProx" if run.proximal_mu > 0 else "FedAvg",
+            "proximal_mu": run.proximal_mu,
+            "weights": "each site's DP row estimate from its statistics stage (or its declared "
+                       "public size)",
+            "dp": "DP-SGD at every site (Opacus, Poisson sampling, flat per-sample clipping), "
+                  "noise calibrated once per site for the whole schedule",
+        },
+        "participation": rounds,
+        "statistics": {
+            "sites": {s: {"rows_estimate": v["rows"], "size_source": v.get("size_source", "")}
+                      for s, v in start["sites"].items()},
+            "rows_estimate_dp": round(stats.noisy_rows(), 1),
+            "digest": start.get("stats_digest"),
+        },
+        "privacy": {
+            "unit": "one row of one site's table (add/remove neighbouring datasets)",
+            "population": run.population,
+            "per_site": per_site,
+            "release": release_guarantee(per_site, run.population),
+            "source": "each site's ledger as the site last reported it to the coordinator",
+        },
+        "versions": package_versions(),
+    }
+    write_json(manifest, out / MANIFEST_FILE)
+    if run.signing_key:
+        from ..common.signing import load_or_create_key, seal
+
+        manifest = seal(out, load_or_create_key(Path(run.signing_key)))
+    return manifest
+
+
+def read_manifest(release_dir: str | Path) -> dict:
+    return json.loads((Path(release_dir) / MANIFEST_FILE).read_text())

@@ -1,0 +1,458 @@
+"""The coordinator's Flower ServerApp (Message API): a DP generator trained by the sites, pooled by
+FedAvg, sampled into a release.
+
+One run = `run_study(grid, StudyRun)`:
+
+* resume: the checkpoint dir names the training (training.json), its statistics (start.json) and
+  its last completed round; a restarted coordinator continues there with the SAME training id, so
+  every site sees the same ledger job ids and inputs and answers a repeated job from its release
+  cache (never charged twice);
+* statistics stage (once per training): every connected site releases noisy histograms of its
+  rows on the schema's public grids (`query.stats`, charged to its ledger); the coordinator
+  merges them (TableStats.merge), builds the initial model from the schema and the merged
+  statistics, and checkpoints both. Each site's histogram total is its FedAvg weight;
+* each round: send `train` messages (global weights + merged statistics) to the connected
+  SuperNodes, collect replies until all came back, or `min-sites` did and a short straggler grace
+  passed, or the round timeout hit; classify every site (ok / refused / failed / unavailable /
+  missing / invalid) into the event log with the site's name and reason; FedAvg the valid
+  updates; checkpoint atomically; next round;
+* release (coordinator/release.py): sample the pooled model into data + manifest, with each
+  site's ledger as it reported it and the release-level guarantee.
+
+A stage with fewer than `min-sites` valid answers fails the run (event `round_failed`), leaving
+the previous checkpoint as the point to resume from.
+
+Our own push/pull loop instead of `Grid.send_and_receive`: that call sleeps 3 s between polls
+(flwr/superlink/grid/http_grid.py:412) and cannot stop early at a quorum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from ..common.atomic import atomic_write_text
+from ..common.bundled import ADULT_SCHEMA
+from ..common.schema import Schema
+from ..common.stats import TableStats, cell_labels
+from .checkpoint import CheckpointStore
+from .strategy import FedAvg, QuorumNotReached, SiteResult, classify_error
+
+log = logging.getLogger("synthpool.coordinator")
+
+BUNDLED_SCHEMAS = {"bundled:adult": ADULT_SCHEMA}
+# Message types, mirrored in agent/client_app.py.
+STATS_MESSAGE = "query.stats"
+TRAIN_MESSAGE = "train"
+POPULATIONS = ("disjoint", "overlap")
+
+
+class RoundFailed(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """The run config of a training (keys in the FAB's pyproject use dashes)."""
+
+    study: str
+    checkpoint_dir: str
+    schema: str = "bundled:adult"
+    family: str = "cvae"
+    num_rounds: int = 3
+    min_sites: int = 2
+    expected_sites: int = 0          # wait for this many nodes before the first stage (0: min_sites)
+    node_wait_timeout: float = 120.0
+    round_timeout: float = 300.0
+    straggler_grace: float = 10.0    # once min_sites answered, wait this long for the rest
+    poll_interval: float = 0.5
+    # The DP plan (common/planning.py:TrainingPlan); each site spends its budget over
+    # num_rounds x local_steps DP-SGD steps composed with its statistics stage.
+    local_steps: int = 160
+    sample_rate: float = 0.125
+    max_batch: int = 8192
+    max_grad_norm: float = 1.0
+    preprocessing_share: float = 0.1
+    max_bins: int = 20
+    noise_multiplier: float = 0.0    # 0: each site calibrates for target_epsilon over the schedule
+    stats_noise_multiplier: float = 0.0  # 0: each site's plan gives the histograms their share
+    target_epsilon: float = 0.0
+    # The generator (common/generators/): family above, hyperparameters here.
+    learning_rate: float = 2e-3
+    hidden: int = 256
+    depth: int = 2
+    latent: int = 32
+    beta: float = 1.0
+    proximal_mu: float = 0.0
+    seed: int = 0
+    # JSON file mapping SuperNode ids to site names, shared by the trainings of this coordinator
+    # so a site that drops before it ever answered a training is still named in the event log.
+    # Default: nodes.json beside the checkpoint dir.
+    node_registry: str = ""
+    # The release: where (default: release/ in the checkpoint dir), how many rows (0: the merged
+    # statistics' DP row total), and whether a person's rows can be at several sites ("overlap":
+    # the release guarantee is the SUM of the sites' epsilons) or at one only ("disjoint": MAX).
+    release_dir: str = ""
+    release_rows: int = 0
+    population: str = "disjoint"
+    # Ed25519 key (PEM, created if absent) that signs the release (common/signing.py); "": unsigned.
+    signing_key: str = ""
+
+    def __post_init__(self) -> None:
+        if self.population not in POPULATIONS:
+            raise ValueError(f"population must be one of {POPULATIONS}, not {self.population!r}")
+
+    @property
+    def registry_path(self) -> Path:
+        return Path(self.node_registry or Path(self.checkpoint_dir).parent / "nodes.json")
+
+    @property
+    def release_path(self) -> Path:
+        return Path(self.release_dir or Path(self.checkpoint_dir) / "release")
+
+    @property
+    def hyperparameters(self) -> dict:
+        return {"hidden": self.hidden, "depth": self.depth, "latent": self.latent,
+                "beta": self.beta, "lr": self.learning_rate}
+
+    @classmethod
+    def from_run_config(cls, config: dict) -> "StudyRun":
+        known = {f.name: f for f in fields(cls)}
+        casts = {"int": int, "float": float, "str": str}
+        kwargs = {}
+        for key, value in config.items():
+            name = key.replace("-", "_")
+            if name in known:
+                kwargs[name] = casts[known[name].type](value)
+        if not kwargs.get("checkpoint_dir"):
+            raise ValueError("run config 'checkpoint-dir' is required (where the coordinator "
+                             "keeps the pooled weights between rounds and restarts)")
+        return cls(**kwargs)
+
+    def load_schema(self) -> Schema:
+        return Schema.load(BUNDLED_SCHEMAS.get(self.schema, self.schema))
+
+    def schema_fingerprint(self) -> str:
+        return self.load_schema().fingerprint()
+
+    def round_wire(self, training_id: str, rnd: int, fingerprint: str,
+                   stats_digest: str = "") -> dict:
+        """What every site receives with the statistics stage (round 0) and each round
+        (agent/site_job.py:RoundConfig reads it)."""
+        return {
+            "study": self.study, "training-id": training_id, "round": rnd,
+            "num-rounds": self.num_rounds, "schema-fingerprint": fingerprint,
+            "family": self.family, "local-steps": self.local_steps,
+            "sample-rate": float(self.sample_rate), "max-batch": self.max_batch,
+            "max-grad-norm": float(self.max_grad_norm),
+            "preprocessing-share": float(self.preprocessing_share), "max-bins": self.max_bins,
+            "noise-multiplier": float(self.noise_multiplier),
+            "stats-noise-multiplier": float(self.stats_noise_multiplier),
+            "target-epsilon": float(self.target_epsilon),
+            "learning-rate": float(self.learning_rate), "hidden": self.hidden,
+            "depth": self.depth, "latent": self.latent, "beta": float(self.beta),
+            "proximal-mu": float(self.proximal_mu), "seed": self.seed,
+            "stats-digest": stats_digest,
+        }
+
+
+def wait_for_nodes(grid, want: int, need: int, timeout: float, poll: float = 0.5) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= want:
+            return nodes
+        if time.monotonic() >= deadline:
+            if len(nodes) >= need:
+                return nodes
+            raise RoundFailed(f"only {len(nodes)} site(s) connected after {timeout:.0f} s; "
+                              f"the study needs {need}")
+        time.sleep(poll)
+
+
+def exchange(grid, nodes: list[int], weights: list[np.ndarray], wire: dict, rnd: int,
+             run: StudyRun, names: dict[str, str], *, message_type: str = TRAIN_MESSAGE,
+             stats_json: str | None = None) -> list[SiteResult]:
+    """One round trip to `nodes`; returns one classified SiteResult per node."""
+    from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+
+    messages = []
+    for node in nodes:
+        records = {
+            "arrays": ArrayRecord([np.asarray(w) for w in weights]) if weights else ArrayRecord(),
+            "config": ConfigRecord(dict(wire)),
+        }
+        if stats_json is not None:
+            records["stats"] = ConfigRecord({"json": stats_json})
+        # TTL = round timeout: a node that comes back later must not train on a stale round.
+        messages.append(Message(RecordDict(records), dst_node_id=node, message_type=message_type,
+                                group_id=f"round-{rnd}", ttl=run.round_timeout + 30))
+    ids = list(grid.push_messages(messages))
+    pending = {mid: node for mid, node in zip(ids, nodes) if mid}
+    results: dict[int, SiteResult] = {
+        node: SiteResult(node, names.get(str(node), f"node-{node}"), "failed",
+                         reason="the SuperLink did not accept the message")
+        for mid, node in zip(ids, nodes) if not mid
+    }
+    start = time.monotonic()
+    quorum_at = None
+    while pending and time.monotonic() - start < run.round_timeout:
+        for reply in grid.pull_messages(list(pending)):
+            node = pending.pop(reply.metadata.reply_to_message_id, None)
+            if node is None:
+                continue
+            results[node] = _read_reply(node, reply, names)
+        ok = sum(r.status == "ok" for r in results.values())
+        if quorum_at is None and ok >= run.min_sites:
+            quorum_at = time.monotonic()
+        if pending and quorum_at is not None and time.monotonic() - quorum_at >= run.straggler_grace:
+            break
+        if pending:
+            time.sleep(run.poll_interval)
+    waited = time.monotonic() - start
+    for node in pending.values():
+        results[node] = SiteResult(node, names.get(str(node), f"node-{node}"), "missing",
+                                   reason=f"no reply after {waited:.0f} s")
+    return [results[n] for n in nodes]
+
+
+def _read_reply(node: int, reply, names: dict[str, str]) -> SiteResult:
+    name = names.get(str(node), f"node-{node}")
+    if reply.has_error():
+        err = reply.error
+        reason = err.reason or ""
+        # Our refusals start "site NAME refuses: ..."; learn the name from them too.
+        if reason.startswith("site ") and " " in reason[5:]:
+            name = reason[5:].split(" ", 1)[0]
+        return SiteResult(node, name, classify_error(err.code, reason),
+                          reason=f"[{err.code}] {reason}")
+    content = reply.content
+    info = dict(content.config_records.get("site", {}))
+    metrics = dict(content.metric_records.get("metrics", {}))
+    arrays = content.array_records.get("arrays")
+    result = SiteResult(
+        node, str(info.get("site", name)), "ok",
+        weights=arrays.to_numpy_ndarrays() if arrays is not None else [],
+        num_examples=float(metrics.get("num-examples", 0)), metrics=metrics, info=info,
+    )
+    try:
+        for key in ("ledger", "stats"):
+            record = content.config_records.get(key)
+            if record is not None and "json" in record:
+                setattr(result, key, json.loads(str(record["json"])))
+    except ValueError:
+        result.status, result.reason = "invalid", f"unreadable {key} record"
+    return result
+
+
+def _reference_shapes(weights: list[np.ndarray], results: list[SiteResult]):
+    """The shapes an update must have: the pooled model's, or in round 1 (sites initialise the
+    model themselves) the shapes most sites agree on."""
+    if weights:
+        return weights
+    shapes = Counter(tuple(w.shape for w in r.weights) for r in results if r.status == "ok")
+    if not shapes:
+        return None
+    common = shapes.most_common(1)[0][0]
+    return [np.zeros(s) for s in common]
+
+
+def stats_problem(result: SiteResult, schema: Schema) -> str:
+    """Why a site's statistics cannot be merged ('' if they can): the schema's histograms, with
+    the public grid's number of cells, finite counts, one Gaussian mechanism."""
+    try:
+        stats = TableStats.from_dict(result.stats or {})
+    except (KeyError, TypeError, ValueError) as e:
+        return f"unreadable statistics ({type(e).__name__})"
+    if stats.schema_fingerprint != schema.fingerprint():
+        return "statistics computed under another schema"
+    for name in stats.histograms:
+        try:
+            want = len(cell_labels(schema, name))
+        except KeyError:
+            return f"statistics of an unknown column {name!r}"
+        counts = stats.counts(name)
+        if counts.shape != (want,) or not np.all(np.isfinite(counts)):
+            return f"histogram of {name!r} is not {want} finite counts"
+    if len(stats.mechanisms) != 1:
+        return f"statistics report {len(stats.mechanisms)} mechanisms, expected one"
+    return ""
+
+
+def statistics_stage(grid, run: StudyRun, training_id: str, schema: Schema,
+                     names: dict[str, str], events) -> tuple[dict, list[np.ndarray]]:
+    """Ask every connected site for its noisy histograms; merge; build the initial model."""
+    nodes = sorted(grid.get_node_ids())
+    events.write("stats_started", nodes=nodes, training_id=training_id)
+    fingerprint = schema.fingerprint()
+    results = exchange(grid, nodes, [], run.round_wire(training_id, 0, fingerprint), 0, run,
+                       names, message_type=STATS_MESSAGE)
+    parts: dict[str, TableStats] = {}
+    for r in results:
+        if r.status == "ok":
+            problem = stats_problem(r, schema)
+            if not problem and not (r.num_examples > 0 and np.isfinite(r.num_examples)):
+                problem = f"reported size {r.num_examples!r} is not a positive number"
+            if not problem and r.site in parts:
+                problem = f"a second site calls itself {r.site!r}"
+            if problem:
+                r.status, r.reason = "invalid", problem
+            else:
+                parts[r.site] = TableStats.from_dict(r.stats)
+        if not r.site.startswith("node-"):
+            names[str(r.node_id)] = r.site
+        if r.status != "ok":
+            events.write(f"site_{r.status}", round=0, **r.summary())
+            _say(f"statistics: site {r.site} {r.status}: {r.reason}")
+    if len(parts) < run.min_sites:
+        reason = f"only {len(parts)} site(s) released statistics; the study needs {run.min_sites}"
+        events.write("round_failed", round=0, reason=reason, sites=[r.summary() for r in results])
+        raise RoundFailed(f"statistics stage: {reason}")
+    ok = [r for r in results if r.status == "ok"]
+    merged = TableStats.merge([parts[name] for name in sorted(parts)])
+    stats_json = json.dumps(merged.to_dict(), sort_keys=True, separators=(",", ":"))
+    start = {
+        "training_id": training_id,
+        "stats_json": stats_json,
+        "stats_digest": "sha256:" + hashlib.sha256(stats_json.encode()).hexdigest(),
+        "sites": {r.site: {"node_id": r.node_id, "rows": r.num_examples,
+                           "size_source": str(r.info.get("size-source", ""))} for r in ok},
+        "ledgers": {r.site: r.ledger for r in ok},
+        "results": [r.summary() for r in results],
+    }
+    from .release import initial_weights
+
+    weights = initial_weights(run, schema, merged)
+    events.write("stats_completed", sites=sorted(parts), rows_estimate=merged.noisy_rows(),
+                 dropped=[r.site for r in results if r.status != "ok"])
+    _say(f"statistics from {sorted(parts)}: about {merged.noisy_rows():.0f} rows in all (DP)")
+    return start, weights
+
+
+def run_study(grid, run: StudyRun) -> dict:
+    """The statistics stage (unless checkpointed), `run.num_rounds` rounds (or the rest of them
+    after a restart), then the release. Returns a summary."""
+    store = CheckpointStore(Path(run.checkpoint_dir))
+    training = store.training(run.study, asdict(run))
+    training_id = training["training_id"]
+    events = store.events
+    schema = run.load_schema()
+    fingerprint = schema.fingerprint()
+    ckpt = store.load()
+    saved = store.load_start()
+    names: dict[str, str] = {**_load_registry(run.registry_path),
+                             **(ckpt.meta.get("sites", {}) if ckpt else {})}
+    first = (ckpt.round if ckpt else 0) + 1
+    run_id = getattr(grid.run, "run_id", None)
+    events.write("run_started", run_id=run_id, training_id=training_id, study=run.study,
+                 resume_after_round=first - 1, num_rounds=run.num_rounds)
+    _say(f"training {training_id} of study {run.study!r}: rounds {first}..{run.num_rounds}"
+         + (f" (resumed after round {first - 1})" if first > 1 else ""))
+    if saved is None or first <= run.num_rounds:
+        wait_for_nodes(grid, run.expected_sites or run.min_sites, run.min_sites,
+                       run.node_wait_timeout, run.poll_interval)
+    if saved is None:
+        start, initial = statistics_stage(grid, run, training_id, schema, names, events)
+        store.save_start(start, initial)
+        _save_registry(run.registry_path, names)
+    else:
+        start, initial = saved
+    sizes = {site: float(s["rows"]) for site, s in start["sites"].items()}
+    ledgers: dict[str, dict] = {**start["ledgers"], **(ckpt.meta.get("ledgers", {}) if ckpt else {})}
+    weights = ckpt.weights if ckpt else initial
+    strategy = FedAvg(min_sites=run.min_sites, proximal_mu=run.proximal_mu)
+    for rnd in range(first, run.num_rounds + 1):
+        nodes = sorted(grid.get_node_ids())
+        events.write("round_started", round=rnd, run_id=run_id, nodes=nodes)
+        t0 = time.monotonic()
+        wire = run.round_wire(training_id, rnd, fingerprint, start["stats_digest"])
+        results = exchange(grid, nodes, weights, wire, rnd, run, names,
+                           stats_json=start["stats_json"])
+        for r in results:
+            # FedAvg weights are fixed by the statistics stage, whatever a round reply claims.
+            if r.status == "ok" and r.site not in sizes:
+                r.status, r.reason = "invalid", "the site released no statistics in this training"
+            elif r.status == "ok":
+                r.num_examples = sizes[r.site]
+        reference = _reference_shapes(weights, results)
+        results = [strategy.validate(r, reference) for r in results]
+        for r in results:
+            if not r.site.startswith("node-"):
+                names[str(r.node_id)] = r.site
+            if r.status == "ok" and r.ledger:
+                ledgers[r.site] = r.ledger
+            if r.status != "ok":
+                events.write(f"site_{r.status}", round=rnd, run_id=run_id, **r.summary())
+                _say(f"round {rnd}: site {r.site} {r.status}: {r.reason}")
+        try:
+            weights = strategy.aggregate(results)
+        except QuorumNotReached as e:
+            events.write("round_failed", round=rnd, run_id=run_id, reason=str(e),
+                         sites=[r.summary() for r in results])
+            _say(f"round {rnd} failed: {e}")
+            raise RoundFailed(f"round {rnd}: {e}") from None
+        used = [r.site for r in results if r.status == "ok"]
+        dropped = [r.site for r in results if r.status != "ok"]
+        store.save(rnd, weights, {
+            "study": run.study, "training_id": training_id, "run_id": run_id, "sites": names,
+            "used": used, "dropped": dropped, "results": [r.summary() for r in results],
+            "ledgers": ledgers,
+        })
+        _save_registry(run.registry_path, names)
+        events.write("round_completed", round=rnd, run_id=run_id, used=used, dropped=dropped,
+                     seconds=round(time.monotonic() - t0, 2))
+        _say(f"round {rnd} completed with {used}" + (f"; dropped {dropped}" if dropped else ""))
+    events.write("training_completed", run_id=run_id, training_id=training_id,
+                 rounds=run.num_rounds)
+    from .release import write_release
+
+    manifest = write_release(run, store, schema, start)
+    events.write("release_written", run_id=run_id, training_id=training_id,
+                 path=str(run.release_path), rows=manifest["data"]["rows"],
+                 epsilon=manifest["privacy"]["release"]["epsilon"])
+    _say(f"release: {manifest['data']['rows']} rows in {run.release_path}, epsilon "
+         f"{manifest['privacy']['release']['epsilon']:.3f} ({run.population} sites)")
+    return {"training_id": training_id, "rounds": run.num_rounds, "checkpoint_dir": str(store.dir),
+            "release_dir": str(run.release_path)}
+
+
+def _load_registry(path: Path) -> dict[str, str]:
+    try:
+        return {str(k): str(v) for k, v in json.loads(path.read_text()).items()}
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_registry(path: Path, names: dict[str, str]) -> None:
+    merged = {**_load_registry(path), **names}
+    atomic_write_text(path, json.dumps(merged, indent=1, sort_keys=True))
+
+
+def _say(text: str) -> None:
+    """Shown in `flwr run --stream` (the ServerApp's stdout is forwarded to the submitter)."""
+    print(f"[synthpool] {text}", flush=True)
+
+
+def make_app(run: StudyRun | None = None):
+    """The ServerApp. Deployment reads the StudyRun from the run config of `flwr run`; the
+    simulation (synthpool/commands/simulate.py) passes its own."""
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_study(grid, run or StudyRun.from_run_config(dict(context.run_config)))
+
+    return app
+
+
+app = make_app()

@@ -1,0 +1,540 @@
+"""The deployment files in deploy/: what can be checked without a container engine or systemd.
+
+Checked here, each with the real tool where one is needed and a skip that says why otherwise:
+
+* the compose file parses, references files that exist, gives every site its own data volume,
+  state volume and site.toml, and wires the networks so that a site reaches only the fleet
+  gateway; `docker compose config` (or `docker-compose config`) when a compose client exists;
+* the Dockerfiles copy only paths that exist (and that their .dockerignore lets through), pin
+  CPU torch 2.13.0 on python:3.11-slim, run as a non-root user with a state volume, and the
+  agent's exposes no port;
+* every site.toml (the example and the compose sites') loads with the agent's own loader
+  (synthpool.agent.config.load_site_config) and the example study.yaml is the Adult schema;
+* the systemd units pass `systemd-analyze verify` and `systemd-analyze security --offline`;
+* the coordinator start script: `sh -n`, shellcheck when installed, and its dry run;
+* the fleet gateway's nginx config, run by a real nginx in front of a loopback HTTP server that
+  records what reaches it: Fleet routes pass, Control/Runtime/docs and path tricks get 403;
+* the demo-data seeder writes rows the Adult schema loads.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from synthpool.agent.config import load_site_config
+from synthpool.common.bundled import ADULT_SCHEMA
+from synthpool.common.loading import load_table
+from synthpool.common.schema import Schema
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+COMPOSE = DEPLOY / "docker-compose.yml"
+DOCKERFILES = {"agent": DEPLOY / "docker" / "agent.Dockerfile",
+               "coordinator": DEPLOY / "docker" / "coordinator.Dockerfile"}
+UNITS = {"agent": DEPLOY / "systemd" / "synthpool-agent.service",
+         "coordinator": DEPLOY / "systemd" / "synthpool-coordinator.service"}
+START_SCRIPT = DEPLOY / "scripts" / "coordinator-start.sh"
+GATEWAY_TEMPLATE = DEPLOY / "docker" / "fleet-gateway.conf.template"
+SITES = ("site-a", "site-b", "site-c")
+GATEWAY_PORT = 9092
+
+
+def _compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def _run(argv, timeout=20, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+# -- compose ----------------------------------------------------------------------------------------
+
+def test_compose_parses_and_its_files_exist():
+    doc = _compose()
+    services = doc["services"]
+    assert {"coordinator", "fleet-gateway", *SITES} <= set(services)
+    for name, svc in services.items():
+        build = svc.get("build")
+        if build:
+            context = (DEPLOY / build["context"]).resolve()
+            assert context == ROOT, f"{name}: build context should be the repository root"
+            assert (context / build["dockerfile"]).is_file(), f"{name}: {build['dockerfile']}"
+        for vol in svc.get("volumes", []):
+            source = vol.split(":")[0]
+            if source.startswith((".", "/")):  # a bind mount: the file must ship with the repo
+                assert (DEPLOY / source).exists(), f"{name}: bind source {source} is missing"
+            else:
+                assert source in doc["volumes"], f"{name}: undeclared volume {source}"
+
+
+def test_compose_each_site_has_its_own_data_state_config_and_network():
+    doc = _compose()
+    services = doc["services"]
+    seen_volumes: set[str] = set()
+    for site in SITES:
+        svc = services[site]
+        mounts = {v.split(":")[1]: v for v in svc["volumes"]}
+        data, state, config = (mounts["/data"], mounts["/var/lib/synthpool-agent"],
+                               mounts["/etc/synthpool/site.toml"])
+        assert data.endswith(":ro") and config.endswith(":ro"), "data and config are read-only"
+        for vol in (data, state):
+            source = vol.split(":")[0]
+            assert source.startswith(site) and source not in seen_volumes
+            seen_volumes.add(source)
+        cfg = load_site_config(DEPLOY / config.split(":")[0])
+        assert cfg.name == site
+        assert str(cfg.site.data).startswith("/data/")
+        assert cfg.state_dir == Path("/var/lib/synthpool-agent")
+        assert cfg.superlink.address == f"fleet-gateway:{GATEWAY_PORT}"
+        assert svc["networks"] == [f"{site}-net"], "a site is on its own network only"
+        assert "ports" not in svc and "expose" not in svc, "the agent opens no inbound port"
+        assert svc.get("read_only") is True and svc.get("cap_drop") == ["ALL"]
+
+
+def test_compose_networks_let_sites_reach_only_the_fleet_gateway():
+    doc = _compose()
+    services = doc["services"]
+    assert all(net.get("internal") for net in doc["networks"].values())
+    members: dict[str, set[str]] = {}
+    for name, svc in services.items():
+        if svc.get("profiles"):
+            assert svc.get("network_mode") == "none"
+            continue
+        assert "ports" not in svc, f"{name} publishes a port to the host"
+        for net in svc.get("networks", []):
+            members.setdefault(net, set()).add(name)
+    assert members["coordinator-net"] == {"coordinator", "fleet-gateway"}
+    for site in SITES:
+        assert members[f"{site}-net"] == {site, "fleet-gateway"}
+    gateway = services["fleet-gateway"]
+    assert gateway["environment"]["SYNTHPOOL_GATEWAY_LISTEN"] == str(GATEWAY_PORT)
+    assert gateway["environment"]["SYNTHPOOL_SUPERLINK"] == "coordinator:9092"
+    mount = gateway["volumes"][0].split(":")
+    assert (DEPLOY / mount[0]).resolve() == GATEWAY_TEMPLATE
+    # Named default.conf.template, the rendered file replaces the image's welcome-page server.
+    assert mount[1] == "/etc/nginx/templates/default.conf.template"
+
+
+def _compose_command() -> list[str] | None:
+    if shutil.which("docker"):
+        if _run(["docker", "compose", "version"]).returncode == 0:
+            return ["docker", "compose"]
+    if shutil.which("docker-compose"):  # the standalone client (Debian's is 1.29)
+        return ["docker-compose"]
+    return None
+
+
+def test_compose_config_with_the_compose_client():
+    cmd = _compose_command()
+    if cmd is None:
+        pytest.skip("no compose client: `docker compose version` fails (no compose plugin) and "
+                    "there is no docker-compose binary")
+    # `config` only parses, interpolates and validates the file: it needs no engine.
+    out = _run([*cmd, "-f", str(COMPOSE), "-p", "synthpool", "--profile", "demo", "config"],
+               cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    services = yaml.safe_load(out.stdout)["services"]
+    assert {"coordinator", "fleet-gateway", "demo-data", *SITES} <= set(services)
+
+
+# -- Dockerfiles ------------------------------------------------------------------------------------
+
+def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def _ignored(dockerfile: Path, path: str) -> bool:
+    """Whether the Dockerfile's own .dockerignore (`**` then `!allowed` lines) drops `path`."""
+    rules = [ln.strip() for ln in Path(f"{dockerfile}.dockerignore").read_text().splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    assert rules[0] == "**"
+    allowed = [r[1:] for r in rules if r.startswith("!")]
+    return not any(path == a or path.startswith(a.rstrip("/") + "/") for a in allowed)
+
+
+@pytest.mark.parametrize("role", sorted(DOCKERFILES))
+def test_dockerfile_copies_existing_paths_and_follows_the_rules(role):
+    dockerfile = DOCKERFILES[role]
+    ins = _instructions(dockerfile)
+    froms = [rest for word, rest in ins if word == "FROM"]
+    args = dict(re.match(r"(\w+)=(\S+)", rest).groups() for word, rest in ins
+                if word == "ARG" and "=" in rest)
+    assert args["PYTHON_IMAGE"] == "python:3.11-slim"
+    assert all(f.startswith("${PYTHON_IMAGE}") for f in froms)
+    assert args["TORCH_SPEC"] == "torch==2.13.0" and args["TORCH_INDEX_URL"].endswith("/cpu")
+    runs = " ".join(rest for word, rest in ins if word == "RUN")
+    assert runs.index("${TORCH_SPEC}") < runs.index("pip install /src"), "torch goes in first"
+    copies = 0
+    for word, rest in ins:
+        if word in ("COPY", "ADD"):
+            parts = [p for p in rest.split() if not p.startswith("--")]
+            if "--from=" in rest:
+                continue
+            for source in parts[:-1]:
+                copies += 1
+                assert (ROOT / source).exists(), f"{dockerfile.name}: COPY {source} is missing"
+                assert not _ignored(dockerfile, source), f"{source} is excluded by .dockerignore"
+    assert copies >= 6
+    users = [rest for word, rest in ins if word == "USER"]
+    assert users and users[-1] not in ("root", "0"), "the image must not run as root"
+    volumes = [rest for word, rest in ins if word == "VOLUME"]
+    assert volumes == [f'["/var/lib/synthpool-{role}"]']
+    assert any(word == "HEALTHCHECK" for word, _ in ins)
+    exposed = [rest for word, rest in ins if word == "EXPOSE"]
+    if role == "agent":
+        assert exposed == [], "the agent opens no inbound port"
+        entry = [rest for word, rest in ins if word == "ENTRYPOINT"][-1]
+        scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+        assert entry == '["synthpool-agent"]' and "synthpool-agent" in scripts
+    else:
+        assert exposed == ["9092"]
+
+
+# -- example configs --------------------------------------------------------------------------------
+
+def test_example_site_toml_loads_with_the_agents_loader():
+    cfg = load_site_config(DEPLOY / "examples" / "site.toml")
+    assert cfg.name == "hospital-a"
+    assert cfg.state_dir == Path("/var/lib/synthpool-agent")  # what the systemd unit makes
+    assert cfg.superlink.insecure is False
+    assert cfg.superlink.root_certificates == DEPLOY / "examples" / "ca.pem"
+    assert set(cfg.budgets) == {"adult"}
+    assert cfg.schema().name == "adult"
+
+
+def test_example_study_yaml_is_the_bundled_adult_schema():
+    study = Schema.load(DEPLOY / "examples" / "study.yaml")
+    assert study.fingerprint() == Schema.load(ADULT_SCHEMA).fingerprint()
+    assert "common/datasets/adult.yaml" in (DEPLOY / "examples" / "study.yaml").read_text()
+
+
+def test_coordinator_env_names_only_settings_the_start_script_reads():
+    script = START_SCRIPT.read_text()
+    names = re.findall(r"^#?(SYNTHPOOL_[A-Z_]+)=", (DEPLOY / "examples" / "coordinator.env")
+                       .read_text(), re.M)
+    assert names
+    for name in names:
+        assert "${" + name in script, f"{name} is not read by coordinator-start.sh"
+
+
+# -- systemd ----------------------------------------------------------------------------------------
+
+def _systemd_version() -> int:
+    out = _run(["systemd-analyze", "--version"]).stdout
+    return int(re.search(r"systemd (\d+)", out).group(1))
+
+
+def _require_systemd_analyze(tmp_path: Path) -> None:
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze is not installed")
+    probe = tmp_path / "probe.service"
+    probe.write_text("[Service]\nType=exec\nExecStart=/bin/true\n")
+    out = _run(["systemd-analyze", "verify", "--man=no", str(probe)])
+    if out.returncode != 0 or out.stderr.strip():
+        pytest.skip(f"systemd-analyze verify does not work in this sandbox: {out.stderr.strip()}")
+
+
+def _unit_directives(path: Path) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+@pytest.mark.parametrize("role", sorted(UNITS))
+def test_systemd_unit_has_the_required_settings(role):
+    d = _unit_directives(UNITS[role])
+    state = f"/var/lib/synthpool-{role}"
+    assert d["User"] == [f"synthpool-{role}"]
+    assert d["StateDirectory"] == [f"synthpool-{role}"]
+    assert d["ReadWritePaths"] == [state]
+    for key, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "PrivateTmp": "yes",
+                       "Restart": "on-failure", "KillSignal": "SIGTERM"}.items():
+        assert d[key] == [value], key
+    assert d["RestartSec"] and d["RestartSteps"] and d["RestartMaxDelaySec"]
+    assert d["ExecStart"][0].split()[0].startswith("/opt/synthpool/")
+
+
+@pytest.mark.parametrize("role", sorted(UNITS))
+def test_systemd_analyze_verify(role, tmp_path):
+    _require_systemd_analyze(tmp_path)
+    unit = UNITS[role]
+    out = _run(["systemd-analyze", "verify", "--man=no", str(unit)])
+    executable = _unit_directives(unit)["ExecStart"][0].split()[0]
+    # The one thing this machine cannot satisfy: the program lives where the operator installs
+    # it (/opt/synthpool). Any other message (unknown key, bad value) fails the test.
+    allowed = [f"Command {executable} is not executable: No such file or directory"]
+    if _systemd_version() < 254:  # RestartSteps/RestartMaxDelaySec came in systemd 254
+        allowed += ["Unknown key 'RestartSteps'", "Unknown key 'RestartMaxDelaySec'"]
+    problems = [ln for ln in out.stderr.splitlines()
+                if ln.strip() and not any(a in ln for a in allowed)]
+    assert not problems, out.stderr
+    if os.path.exists(executable):
+        assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("role", sorted(UNITS))
+def test_systemd_analyze_security_exposure_is_low(role, tmp_path):
+    _require_systemd_analyze(tmp_path)
+    out = _run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(UNITS[role])])
+    if out.returncode != 0 and "offline" in out.stderr.lower():
+        pytest.skip(f"this systemd-analyze cannot assess units offline: {out.stderr.strip()}")
+    level = re.search(r"Overall exposure level for \S+: ([\d.]+)", out.stdout)
+    assert level, out.stdout[-2000:] + out.stderr
+    assert float(level.group(1)) <= 2.0, out.stdout
+
+
+# -- coordinator start script -----------------------------------------------------------------------
+
+def test_start_script_is_valid_shell():
+    assert os.access(START_SCRIPT, os.X_OK)
+    assert _run(["sh", "-n", str(START_SCRIPT)]).returncode == 0
+    if shutil.which("shellcheck"):
+        out = _run(["shellcheck", str(START_SCRIPT)])
+        assert out.returncode == 0, out.stdout
+
+
+def _start(tmp_path: Path, **env) -> subprocess.CompletedProcess:
+    full = {"PATH": os.environ["PATH"], "SYNTHPOOL_STATE_DIR": str(tmp_path / "state"),
+            "SYNTHPOOL_VENV_BIN": str(Path(sys.executable).parent), "SYNTHPOOL_DRY_RUN": "1",
+            **env}
+    return _run(["sh", str(START_SCRIPT)], env=full)
+
+
+def test_start_script_dry_run(tmp_path):
+    out = _start(tmp_path, SYNTHPOOL_HOST="0.0.0.0", SYNTHPOOL_PORT="19092")
+    assert out.returncode == 0, out.stderr
+    argv = out.stdout.split("\n")
+    assert argv[0] == str(Path(sys.executable).parent / "flower-superlink")
+    text = " ".join(argv)
+    for part in ("--disable-runtime-dependency-installation", "--host 0.0.0.0", "--port 19092",
+                 f"--database {tmp_path}/state/superlink.db", "--insecure"):
+        assert part in text
+    assert "plain HTTP" in out.stderr
+    conn = tomllib.loads((tmp_path / "state" / "cli-home" / "config.toml").read_text())
+    assert conn["superlink"]["default"] == "synthpool"
+    assert conn["superlink"]["synthpool"] == {"address": "127.0.0.1:19092", "insecure": True}
+    assert oct((tmp_path / "state" / "checkpoints").stat().st_mode & 0o777) == "0o700"
+
+
+def test_start_script_tls_and_node_auth(tmp_path):
+    files = {}
+    for name in ("ca", "cert", "key"):
+        files[name] = tmp_path / f"{name}.pem"
+        files[name].write_text("x")
+    tls = {"SYNTHPOOL_TLS_CA": str(files["ca"]), "SYNTHPOOL_TLS_CERT": str(files["cert"]),
+           "SYNTHPOOL_TLS_KEY": str(files["key"])}
+    out = _start(tmp_path, SYNTHPOOL_NODE_AUTH="1", **tls)
+    assert out.returncode == 0, out.stderr
+    assert "--insecure" not in out.stdout.split("\n")
+    assert f"--ssl-ca-certfile\n{files['ca']}" in out.stdout and "--enable-supernode-auth" in out.stdout
+    conn = tomllib.loads((tmp_path / "state" / "cli-home" / "config.toml").read_text())
+    assert conn["superlink"]["synthpool"]["root-certificates"] == str(files["ca"])
+    # Refusals: a partial TLS set; node auth without TLS; a bad port.
+    partial = _start(tmp_path, SYNTHPOOL_TLS_CA=str(files["ca"]))
+    assert partial.returncode == 2 and "go together" in partial.stderr
+    no_tls = _start(tmp_path, SYNTHPOOL_NODE_AUTH="1")
+    assert no_tls.returncode == 2 and "needs TLS" in no_tls.stderr
+    assert _start(tmp_path, SYNTHPOOL_PORT="90x").returncode == 2
+
+
+# -- fleet gateway (real nginx) ---------------------------------------------------------------------
+
+class _Recorder(BaseHTTPRequestHandler):
+    seen: list[tuple[str, str]] = []
+
+    def _answer(self):
+        length = int(self.headers.get("content-length") or 0)
+        if length:
+            self.rfile.read(length)
+        type(self).seen.append((self.command, self.path))
+        body = b"upstream"
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _answer
+
+    def log_message(self, *args):
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _raw_request(port: int, method: str, target: str, body: bytes = b"",
+                 tls: ssl.SSLContext | None = None) -> int:
+    """Send the request line exactly as given (no client-side normalisation)."""
+    if tls is None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    else:  # by name: the certificate names localhost, and the client checks it
+        conn = http.client.HTTPSConnection("localhost", port, timeout=5, context=tls)
+    conn.putrequest(method, target, skip_accept_encoding=True)
+    conn.putheader("content-length", str(len(body)))
+    conn.endheaders(body)
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def _tls_variant(conf: str, state: Path) -> str:
+    """The template with its TLS lines switched on, as deploy/OPERATOR.md tells an operator to:
+    uncomment the ssl_* and proxy_ssl_* lines, https to the SuperLink, certificates from the
+    coordinator's state dir."""
+    conf = re.sub(r"^(\s*)# ((?:proxy_)?ssl_\w+ )", r"\1\2", conf, flags=re.M)
+    conf = conf.replace("proxy_pass http://", "proxy_pass https://")
+    return conf.replace("/var/lib/synthpool-coordinator", str(state))
+
+
+@pytest.fixture(params=["plain", "tls"])
+def gateway(request, tmp_path):
+    """(port, client TLS context or None): a real nginx running the gateway template in front of
+    a recording upstream; with "tls", TLS on both legs with certificates from the coordinator's
+    own `init_coordinator` (what `synthpool coordinator init` runs)."""
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx")
+                                      else None)
+    if nginx is None:
+        pytest.skip("nginx is not installed (apt-get install nginx); the gateway config is only "
+                    "checked by a real nginx")
+    tls = request.param == "tls"
+    _Recorder.seen = []
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    client = None
+    listen = f"127.0.0.1:{_free_port()}"
+    conf = GATEWAY_TEMPLATE.read_text()
+    if tls:
+        from synthpool.coordinator.pki import init_coordinator
+
+        pki = init_coordinator(tmp_path / "coord")
+        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server.load_cert_chain(pki.server_cert, pki.server_key)
+        upstream.socket = server.wrap_socket(upstream.socket, server_side=True)
+        client = ssl.create_default_context(cafile=str(pki.ca_cert))
+        conf = _tls_variant(conf, tmp_path / "coord")
+        listen += " ssl"
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    # What the nginx image's envsubst step does with the two variables set in the compose file.
+    conf = conf.replace("${SYNTHPOOL_GATEWAY_LISTEN}", listen)
+    conf = conf.replace("${SYNTHPOOL_SUPERLINK}", f"127.0.0.1:{upstream.server_address[1]}")
+    assert "${SYNTHPOOL" not in conf
+    assert bool(re.search(r"^\s*proxy_ssl_verify on;", conf, re.M)) == tls
+    (tmp_path / "gateway.conf").write_text(conf)
+    temp = "\n".join(f"  {k}_temp_path {tmp_path}/{k};" for k in
+                     ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    (tmp_path / "nginx.conf").write_text(
+        f"daemon off;\nmaster_process off;\npid {tmp_path}/nginx.pid;\n"
+        f"error_log {tmp_path}/error.log warn;\nevents {{}}\n"
+        f"http {{\n{temp}\n  include {tmp_path}/gateway.conf;\n}}\n")
+    check = _run([nginx, "-t", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)])
+    assert check.returncode == 0, check.stderr
+    proc = subprocess.Popen([nginx, "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = int(listen.split(":")[1].split()[0])
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "error.log").read_text()
+                assert time.monotonic() < deadline, "nginx did not listen"
+                time.sleep(0.05)
+        yield port, client
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        upstream.shutdown()
+        upstream.server_close()
+
+
+def test_fleet_gateway_forwards_fleet_routes_only(gateway):
+    port, tls = gateway
+    passes = [("POST", "/v1/fleet/register-node"), ("POST", "/v1/fleet/pull-messages"),
+              ("POST", "/v1/fleet/push-object"), ("GET", "/health")]
+    for method, target in passes:
+        body = b"x" if method == "POST" else b""
+        assert _raw_request(port, method, target, body, tls) == 200, target
+    refused = [
+        ("POST", "/v1/control/start-run"), ("POST", "/v1/control/list-runs"),
+        ("POST", "/v1/runtime/pull-messages"), ("GET", "/docs"), ("GET", "/openapi.json"),
+        ("GET", "/"), ("GET", "/v1/fleet/get-run"),                  # Fleet is POST only
+        ("POST", "/v1/fleet/../control/start-run"),                 # dot segments
+        ("POST", "/v1/fleet/%2e%2e/control/start-run"),             # encoded dot segments
+        ("POST", "/v1/fleet/x%2F..%2F..%2Fcontrol%2Fstart-run"),    # encoded slashes
+        ("POST", "/v1/fleet//../control/start-run"),
+        ("POST", "/v1/fleet/pull-messages?x=/v1/control"),          # no query strings
+        ("POST", "/v1/fleet/pull-messages/"), ("POST", "/v1/fleet/"),
+        ("POST", "/health"), ("GET", "/health/"), ("GET", "/health?x"),
+    ]
+    for method, target in refused:
+        status = _raw_request(port, method, target, tls=tls)
+        assert status in (400, 403, 405), f"{method} {target} -> {status}"
+    assert _Recorder.seen == [(m, t) for m, t in passes], _Recorder.seen
+
+
+# -- demo data --------------------------------------------------------------------------------------
+
+def test_seed_demo_data_writes_disjoint_slices_the_schema_loads(tmp_path):
+    seeder = DEPLOY / "docker" / "seed_demo_data.py"
+    dirs = [tmp_path / s for s in SITES]
+    out = _run([sys.executable, str(seeder), "--rows", "200", *map(str, dirs)])
+    assert out.returncode == 0, out.stderr
+    schema = Schema.load(ADULT_SCHEMA)
+    slices = []
+    for d in dirs:
+        path = d / "rows.csv.gz"
+        assert oct(path.stat().st_mode & 0o777) == "0o644"
+        frame, report = load_table(path, schema)
+        assert report.rows_read == 200 and len(frame) == 200
+        with gzip.open(path, "rt") as f:
+            slices.append(f.read())
+    assert len(set(slices)) == 3
+    (dirs[0] / "rows.csv.gz").write_text("mine")
+    again = _run([sys.executable, str(seeder), "--rows", "200", str(dirs[0])])
+    assert again.returncode == 0 and "left alone" in again.stderr
+    assert (dirs[0] / "rows.csv.gz").read_text() == "mine"
+
+
+# -- operator guide ---------------------------------------------------------------------------------
+
+def test_operator_guide_names_only_files_that_exist():
+    guide = (DEPLOY / "OPERATOR.md").read_text()
+    paths = set(re.findall(r"`((?:deploy|common|agent|coordinator|synthpool)/[\w./-]+)`", guide))
+    assert paths
+    missing = sorted(p for p in paths if not (ROOT / p).exists())
+    assert not missing, missing

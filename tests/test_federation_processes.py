@@ -1,0 +1,195 @@
+"""The federation with real processes on loopback: a SuperLink, three sites each started with
+`synthpool-agent run --config site.toml` (agent -> flower-supernode -> superexec -> one
+flwr-clientapp per message), runs submitted with `flwr run deploy/app CONN --stream`.
+
+One federation serves the whole module (starting one costs ~20 s on 2 cores) and every run is
+tiny (2000 rows per site, a CVAE of 16 hidden units, 3 DP-SGD steps a round); a stage still
+takes 15-35 s here because each message starts a fresh ClientApp process that imports flwr,
+pandas and opacus/torch. Every training starts with the statistics stage (one more round trip).
+The tests run in file order: the last one kills a site. Budget: about 4 minutes for the file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+
+import pytest
+
+from synthpool.agent.ledger import Ledger
+from synthpool.common.bundled import ADULT_TRAIN
+from synthpool.common.privacy import GaussianMechanism, epsilon_of
+from synthpool.coordinator.checkpoint import CheckpointStore
+from synthpool.coordinator.federation import LocalFederation, SiteSpec, split_rows
+from synthpool.coordinator.flower_processes import bin_dir
+
+pytestmark = [
+    pytest.mark.skipif(sys.platform != "linux", reason="process plumbing reads /proc"),
+    pytest.mark.skipif(not (bin_dir() / "flower-superlink").exists()
+                       or shutil.which("synthpool-agent", path=str(bin_dir())) is None,
+                       reason="flower-superlink / synthpool-agent not installed in this venv"),
+]
+
+DELTA = 1e-5
+ROWS = 2000
+STATS_SIGMA = 5.0
+RUN = {"min-sites": 2, "expected-sites": 3, "noise-multiplier": 2.0,
+       "stats-noise-multiplier": STATS_SIGMA, "local-steps": 3, "hidden": 16, "depth": 1,
+       "latent": 4, "release-rows": 300, "straggler-grace": 5.0, "round-timeout": 150.0,
+       "node-wait-timeout": 90.0, "poll-interval": 0.3}
+
+
+def _one_round_eps() -> tuple[float, float]:
+    """Epsilon of the statistics + one round, and + two rounds (q = 0.125: 2000 declared rows)."""
+    s = GaussianMechanism("s", STATS_SIGMA, 1.0, 1)
+    m = GaussianMechanism("r", 2.0, 0.125, 3)
+    return epsilon_of([s, m], DELTA), epsilon_of([s, m, m], DELTA)
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory):
+    work = tmp_path_factory.mktemp("fed")
+    data = split_rows(ADULT_TRAIN, work / "data", 3, rows_per_site=ROWS)
+    one, two = _one_round_eps()
+    tight = round((one + two) / 2, 4)  # s2 can afford one round of study "tight", not two
+    sites = [
+        SiteSpec(f"s{i}", path, {"adult": (10.0, DELTA), "tight": (tight if i == 2 else 10.0, DELTA)},
+                 size="declared", declared_rows=ROWS, torch_threads=1)
+        for i, path in enumerate(data)
+    ]
+    federation = LocalFederation(work, sites)
+    with federation:
+        federation.start()
+        yield federation
+
+
+def _charges(fed, site: str, study: str) -> list[str]:
+    with Ledger(fed.site_state_dir(site)) as led:
+        return [c.job_id for c in led.charges(study)]
+
+
+def _training_id(fed) -> str:
+    return json.loads((fed.checkpoint_dir / "training.json").read_text())["training_id"]
+
+
+def _fail(fed, msg: str):
+    pytest.fail(f"{msg}\n{fed.logs()}")
+
+
+@pytest.fixture(scope="module")
+def tight_run(fed):
+    """Two rounds of study "tight": s2's own cap lets it join round 1 and refuse round 2."""
+    fed.checkpoint_dir = fed.coord_dir / "ckpt-tight"
+    t0 = time.monotonic()
+    out = fed.run({**RUN, "study": "tight", "num-rounds": 2}, timeout=260)
+    out.seconds = time.monotonic() - t0
+    if out.returncode != 0 or not out.of("release_written"):
+        _fail(fed, f"run failed rc={out.returncode}:\n{out.output}")
+    return out
+
+
+@pytest.mark.timeout(320)
+def test_stats_two_rounds_and_a_release(fed, tight_run):
+    store = CheckpointStore(fed.checkpoint_dir)
+    assert store.latest_round() == 2
+    start, initial = store.load_start()
+    assert sorted(start["sites"]) == ["s0", "s1", "s2"]
+    assert [w.shape for w in store.load().weights] == [w.shape for w in initial]
+    assert [e["round"] for e in tight_run.of("round_completed")] == [1, 2]
+    assert sorted(store.load(1).meta["used"]) == ["s0", "s1", "s2"]
+    tid = _training_id(fed)
+    assert _charges(fed, "s0", "tight") == [f"{tid}/stats", f"{tid}/round-1", f"{tid}/round-2"]
+    release = fed.checkpoint_dir / "release"
+    assert (release / "synthetic.csv").read_text().splitlines()[0].endswith(",income")
+    print(f"statistics + 2 rounds + release: {tight_run.seconds:.0f} s")
+
+
+@pytest.mark.timeout(60)
+def test_release_manifest_carries_each_sites_ledger(fed, tight_run):
+    from synthpool.coordinator.release import read_manifest
+
+    manifest = read_manifest(fed.checkpoint_dir / "release")
+    per_site = manifest["privacy"]["per_site"]
+    assert sorted(per_site) == ["s0", "s1", "s2"]
+    for site in per_site:
+        with Ledger(fed.site_state_dir(site)) as led:
+            spend = led.spent("tight")
+            assert per_site[site]["epsilon"] == pytest.approx(spend.epsilon, rel=1e-9)
+            assert per_site[site]["mechanisms"] == [m.to_dict() for m in spend.mechanisms]
+    assert manifest["privacy"]["population"] == "disjoint"
+    assert manifest["privacy"]["release"]["epsilon"] == max(v["epsilon"] for v in per_site.values())
+    assert [sorted(r["sites"]) for r in manifest["participation"]] == [["s0", "s1", "s2"], ["s0", "s1"]]
+
+
+@pytest.mark.timeout(60)
+def test_over_budget_round_is_refused_and_the_coordinator_sees_why(fed, tight_run):
+    refused = tight_run.of("site_refused")
+    assert [(e["site"], e["round"]) for e in refused] == [("s2", 2)]
+    reason = refused[0]["reason"]
+    assert "site s2 refuses: round 2 of study 'tight' would spend epsilon" in reason
+    assert "> cap" in reason and "spent so far" in reason
+    assert "site s2 refused" in tight_run.output  # shown to whoever ran `flwr run --stream`
+    assert sorted(CheckpointStore(fed.checkpoint_dir).load().meta["used"]) == ["s0", "s1"]
+    assert len(_charges(fed, "s2", "tight")) == 2  # statistics + round 1: the refusal left no charge
+    assert len(_charges(fed, "s0", "tight")) == 3
+
+
+@pytest.mark.timeout(400)
+def test_coordinator_killed_and_restarted_resumes_without_double_charge(fed):
+    fed.checkpoint_dir = fed.coord_dir / "ckpt-restart"
+    cfg = {**RUN, "study": "adult", "num-rounds": 2}
+    fed.start_run(cfg, name="run-before-crash")
+    store = CheckpointStore(fed.checkpoint_dir)
+
+    def round2_charged() -> bool:
+        if store.latest_round() < 1 or not (fed.checkpoint_dir / "training.json").exists():
+            return False
+        tid = _training_id(fed)
+        return any(f"{tid}/round-2" in _charges(fed, s, "adult") for s in ("s0", "s1", "s2"))
+
+    try:
+        fed.wait_for(round2_charged, 260, "a site charging round 2", poll=0.3)
+    except TimeoutError as e:
+        _fail(fed, str(e))
+    assert store.latest_round() == 1
+    fed.kill_coordinator()                      # mid-round 2: some site already charged it
+    fed.start_coordinator()                     # same port, same database
+    out = fed.run(cfg, timeout=200, name="run-after-restart")
+    if out.returncode != 0 or not out.of("release_written"):
+        _fail(fed, f"resumed run failed rc={out.returncode}:\n{out.output}")
+    starts = out.of("run_started")
+    assert [e["resume_after_round"] for e in starts] == [0, 1]
+    assert [e["round"] for e in out.of("round_completed")] == [1, 2]
+    assert store.latest_round() == 2
+    replayed = [r["site"] for r in store.load(2).meta["results"] if r.get("replayed")]
+    assert replayed, "no site answered round 2 from its release cache"
+    tid = _training_id(fed)
+    for site in ("s0", "s1", "s2"):
+        jobs = [j for j in _charges(fed, site, "adult") if j.startswith(tid)]
+        assert jobs == [f"{tid}/stats", f"{tid}/round-1", f"{tid}/round-2"], (site, jobs)
+
+
+@pytest.mark.timeout(260)
+def test_supernode_killed_mid_run_round_completes_with_the_others(fed):
+    fed.checkpoint_dir = fed.coord_dir / "ckpt-kill"
+    fed.start_run({**RUN, "study": "adult", "num-rounds": 1}, name="run-kill")
+    store = CheckpointStore(fed.checkpoint_dir)
+    try:
+        fed.wait_for(lambda: any(e["event"] == "round_started" for e in store.events.read()),
+                     150, "round 1 starting")
+    except TimeoutError as e:
+        _fail(fed, str(e))
+    fed.kill_site("s1")                           # agent, SuperNode, SuperExec, ClientApp: -9
+    try:
+        fed.wait_for(lambda: any(e["event"] in ("training_completed", "round_failed")
+                                 for e in store.events.read()), 150, "the round ending")
+    except TimeoutError as e:
+        _fail(fed, str(e))
+    events = store.events.read()
+    assert [e["round"] for e in events if e["event"] == "round_completed"] == [1]
+    meta = store.load(1).meta
+    assert sorted(meta["used"]) == ["s0", "s2"]
+    dropped = [e for e in events if e["event"] in ("site_missing", "site_unavailable", "site_failed")]
+    assert len(dropped) == 1 and dropped[0]["site"] == "s1", dropped

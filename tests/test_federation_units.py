@@ -1,0 +1,438 @@
+"""The federation's logic without processes: the coordinator's round loop drives the site's real
+Flower ClientApp through an in-process Grid. Fast; the same scenarios with real processes on
+loopback are in test_federation_processes.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from flwr.app import Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from synthpool.agent import client_app, site_job
+from synthpool.agent.ledger import Ledger
+from synthpool.agent.site_state import SiteState
+from synthpool.common.bundled import ADULT_TRAIN
+from synthpool.common.privacy import GaussianMechanism, epsilon_of
+from synthpool.coordinator import release, server_app, strategy
+from synthpool.coordinator.checkpoint import CheckpointError, CheckpointStore
+from synthpool.coordinator.federation import split_rows
+from synthpool.coordinator.flower_processes import format_node_config
+from synthpool.coordinator.server_app import RoundFailed, StudyRun, run_study
+
+DELTA = 1e-5
+
+
+# -- a Grid that delivers to ClientApps in this process ----------------------------------------
+
+class FakeGrid:
+    """Just enough of flwr.serverapp.Grid: push runs the site's ClientApp at once; `down` sites
+    never answer; `crash_after_push` (a message group: "round-0" is the statistics stage) makes
+    the coordinator 'die' once that group's messages are out."""
+
+    def __init__(self, site_configs: dict[int, str], down: set[int] = frozenset()) -> None:
+        self.site_configs = site_configs
+        self.down = set(down)
+        self.outbox: dict[str, Message] = {}
+        self.crash_after_push: str | None = None
+        self._ids = itertools.count(1)
+        self.run = type("Run", (), {"run_id": 7})()
+
+    def get_node_ids(self):
+        return list(self.site_configs)
+
+    def push_messages(self, messages):
+        ids = []
+        for msg in messages:
+            mid = f"m{next(self._ids)}"
+            msg.metadata.__dict__["_message_id"] = mid
+            node = msg.metadata.dst_node_id
+            if node not in self.down:
+                ctx = Context(run_id=7, node_id=node,
+                              node_config={"site-config": self.site_configs[node]},
+                              state=RecordDict(), run_config={})
+                self.outbox[mid] = client_app.app(message=msg, context=ctx)
+            ids.append(mid)
+        if messages and messages[0].metadata.group_id == self.crash_after_push:
+            raise KeyboardInterrupt("coordinator killed")
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self.outbox.pop(m) for m in list(message_ids) if m in self.outbox]
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """flwr 1.42 builds a Message's metadata from TaskIdentity (flwr/app/message/message.py:200),
+    which only a real flwr-serverapp/flwr-clientapp process sets."""
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 1
+    yield
+    TaskIdentity._run_id = TaskIdentity._node_id = TaskIdentity._task_id = None
+
+
+@pytest.fixture(autouse=True)
+def torch_threads():
+    """Sites here train with one thread (site.toml), the release samples with all cores: put the
+    session's setting back for the other test files."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def adult_slices(tmp_path_factory):
+    return split_rows(ADULT_TRAIN, tmp_path_factory.mktemp("data"), 3, rows_per_site=1500)
+
+
+def write_site(tmp_path, name, data, eps=3.0, extra="") -> str:
+    path = tmp_path / name / "site.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f'[site]\nname = "{name}"\ndata = "{data}"\nstate_dir = "state"\ntorch_threads = 1\n'
+        f'{extra}\n'
+        f'[superlink]\naddress = "127.0.0.1:1"\n\n'
+        f'[budgets.adult]\nepsilon = {eps}\ndelta = {DELTA}\n'
+    )
+    return str(path)
+
+
+DECLARED = 'size = "declared"\ndeclared_rows = 1500'
+# A tiny CVAE and 3 DP-SGD steps a round: the protocol is under test here, not the model.
+TINY = dict(local_steps=3, hidden=16, depth=1, latent=4, release_rows=300)
+STATS_SIGMA = 5.0
+
+
+def make_run(tmp_path, **kw) -> StudyRun:
+    base = dict(study="adult", checkpoint_dir=str(tmp_path / "ckpt"), num_rounds=2, min_sites=2,
+                expected_sites=3, node_wait_timeout=1, round_timeout=2, straggler_grace=0.2,
+                poll_interval=0.01, noise_multiplier=2.0, stats_noise_multiplier=STATS_SIGMA,
+                **TINY)
+    base.update(kw)
+    return StudyRun(**base)
+
+
+def ledger_of(cfg: str) -> Ledger:
+    return Ledger(SiteState.from_config_path(cfg).state_dir)
+
+
+def stats_mech() -> GaussianMechanism:
+    return GaussianMechanism("preprocessing histograms", STATS_SIGMA, 1.0, 1)
+
+
+# -- wire agreement (agent and coordinator do not import each other) ----------------------------
+
+def test_round_request_keys_are_the_ones_sites_read():
+    wire = make_run(__import__("pathlib").Path("/tmp")).round_wire("t", 1, "sha256:x", "sha256:y")
+    known = {f.name.replace("_", "-") for f in dataclasses.fields(site_job.RoundConfig)}
+    assert set(wire) == known
+    assert client_app.REFUSED == strategy.REFUSED and client_app.SITE_FAILED == strategy.SITE_FAILED
+    assert (client_app.STATS_MESSAGE, client_app.TRAIN_MESSAGE) == \
+        (server_app.STATS_MESSAGE, server_app.TRAIN_MESSAGE)
+    cfg = site_job.RoundConfig.from_wire(wire)
+    assert cfg.plan.steps == cfg.num_rounds * cfg.local_steps
+
+
+def test_app_run_config_matches_study_run():
+    import tomllib
+
+    from synthpool.coordinator.federation import APP_DIR
+
+    cfg = tomllib.loads((APP_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    declared = set(cfg["config"])
+    fields = {f.name.replace("_", "-") for f in dataclasses.fields(StudyRun)}
+    assert declared == fields
+    assert cfg["components"] == {"serverapp": "synthpool.coordinator.server_app:app",
+                                 "clientapp": "synthpool.agent.client_app:app"}
+    defaults = StudyRun.from_run_config({**cfg["config"], "checkpoint-dir": "/x"})
+    assert (defaults.num_rounds * defaults.local_steps, defaults.family) == (480, "cvae")
+
+
+def test_node_config_format():
+    assert format_node_config({"site-config": "/a b/s.toml", "n": 3, "f": True}) == \
+        'site-config="/a b/s.toml" n=3 f=true'
+    with pytest.raises(ValueError):
+        format_node_config({"x": 'say "hi"'})
+
+
+# -- strategy and checkpoints --------------------------------------------------------------------
+
+def test_fedavg_weights_by_reported_size_and_rejects_bad_updates():
+    fedavg = strategy.FedAvg(min_sites=2)
+    ok = lambda n, v: strategy.SiteResult(n, f"s{n}", "ok", [np.full(2, v)], num_examples=n)  # noqa: E731
+    results = [ok(100, 1.0), ok(300, 3.0), ok(5, np.nan),
+               strategy.SiteResult(4, "s4", "ok", [np.zeros(3)], num_examples=10)]
+    results = [fedavg.validate(r, [np.zeros(2)]) for r in results]
+    assert [r.status for r in results] == ["ok", "ok", "invalid", "invalid"]
+    assert np.allclose(fedavg.aggregate(results)[0], (100 * 1 + 300 * 3) / 400)
+    with pytest.raises(strategy.QuorumNotReached):
+        strategy.FedAvg(min_sites=3).aggregate(results)
+
+
+def test_checkpoint_commit_point_and_integrity(tmp_path):
+    store = CheckpointStore(tmp_path)
+    assert store.load() is None and store.load_start() is None
+    store.save_start({"stats_json": "{}"}, [np.ones(2)])
+    start, weights = store.load_start()
+    assert start["stats_json"] == "{}" and np.allclose(weights[0], 1)
+    store.save(1, [np.arange(3.0)], {"sites": {}})
+    store.save(2, [np.arange(3.0) * 2], {"sites": {}})
+    (tmp_path / "round-0003.npz").write_bytes(b"half written")  # crash before the commit point
+    assert store.latest_round() == 2 and np.allclose(store.load().weights[0], [0, 2, 4])
+    (tmp_path / "round-0002.npz").write_bytes(b"tampered")
+    with pytest.raises(CheckpointError):
+        store.load()
+    (tmp_path / "initial.npz").write_bytes(b"tampered")
+    with pytest.raises(CheckpointError):
+        store.load_start()
+    assert not list(tmp_path.glob("*.tmp"))
+    info = store.training("adult", {})
+    assert store.training("adult", {})["training_id"] == info["training_id"]
+    with pytest.raises(CheckpointError):
+        store.training("other", {})
+
+
+def test_release_guarantee_is_max_for_disjoint_sites_and_sum_for_overlapping():
+    per_site = {"a": {"epsilon": 1.0, "delta": 1e-5}, "b": {"epsilon": 2.5, "delta": 2e-5}}
+    assert release.release_guarantee(per_site, "disjoint")["epsilon"] == 2.5
+    assert release.release_guarantee(per_site, "disjoint")["delta"] == 2e-5
+    assert release.release_guarantee(per_site, "overlap")["epsilon"] == 3.5
+    assert release.release_guarantee(per_site, "overlap")["delta"] == pytest.approx(3e-5)
+    with pytest.raises(ValueError):
+        StudyRun(study="x", checkpoint_dir="/x", population="sometimes")
+
+
+# -- the protocol against real ClientApps --------------------------------------------------------
+
+def test_rounds_refusal_and_exact_charges(tmp_path, adult_slices):
+    rnd = GaussianMechanism("x", 2.0, 0.125, TINY["local_steps"])
+    c_cap = round((epsilon_of([stats_mech(), rnd], DELTA)
+                   + epsilon_of([stats_mech(), rnd, rnd], DELTA)) / 2, 4)
+    configs = {101: write_site(tmp_path, "a", adult_slices[0], extra=DECLARED),
+               102: write_site(tmp_path, "b", adult_slices[1], extra=DECLARED),
+               # c can afford the statistics and round 1 only
+               103: write_site(tmp_path, "c", adult_slices[2], eps=c_cap, extra=DECLARED)}
+    run = make_run(tmp_path)
+    run_study(FakeGrid(configs), run)
+    store = CheckpointStore(run.checkpoint_dir)
+    assert store.latest_round() == 2
+    events = store.events.read()
+    assert [e["event"] for e in events][:3] == ["run_started", "stats_started", "stats_completed"]
+    refused = [e for e in events if e["event"] == "site_refused"]
+    assert len(refused) == 1 and refused[0]["site"] == "c" and refused[0]["round"] == 2
+    assert "site c refuses: round 2 of study 'adult' would spend epsilon" in refused[0]["reason"]
+    assert store.load().meta["used"] == ["a", "b"]
+    tid = store.training("adult", {})["training_id"]
+    for node, cfg in configs.items():
+        charges = ledger_of(cfg).charges("adult")
+        rounds = ["round-1"] if node == 103 else ["round-1", "round-2"]
+        assert [c.job_id for c in charges] == [f"{tid}/stats"] + [f"{tid}/{r}" for r in rounds]
+        assert charges[0].mechanisms == (stats_mech(),)
+        assert all(c.mechanisms == (dataclasses.replace(rnd, name=f"dp-sgd/{c.job_id}"),)
+                   for c in charges[1:])
+    # The pooled model has the CVAE's shapes, built by the coordinator from the merged statistics.
+    start, initial = store.load_start()
+    assert [w.shape for w in store.load().weights] == [w.shape for w in initial]
+    merged = json.loads(start["stats_json"])
+    assert len(merged["mechanisms"]) == 3 and start["sites"]["a"]["rows"] == 1500.0
+    assert (tmp_path / "ckpt" / "release" / "synthetic.csv").exists()
+
+
+def test_estimated_size_is_the_stats_total_and_the_fedavg_weight(tmp_path, adult_slices):
+    configs = {i: write_site(tmp_path, n, adult_slices[i - 1]) for i, n in [(1, "a"), (2, "b")]}
+    run = make_run(tmp_path, num_rounds=1, expected_sites=2)
+    run_study(FakeGrid(configs), run)
+    store = CheckpointStore(run.checkpoint_dir)
+    start, _ = store.load_start()
+    for name, cfg in zip("ab", configs.values()):
+        site = SiteState.from_config_path(cfg)
+        own = site_job.own_stats(site, site_job.RoundConfig.from_wire(
+            run.round_wire(start["training_id"], 0, site.schema.fingerprint())))
+        rows = start["sites"][name]["rows"]
+        assert rows == round(own.noisy_rows(), 3) and abs(rows - 1500) < 300
+        assert start["sites"][name]["size_source"] == "estimated"
+        # No separate size query: the statistics and one round, nothing else.
+        assert [c.job_id.split("/")[1] for c in ledger_of(cfg).charges("adult")] == \
+            ["stats", "round-1"]
+        result = next(r for r in store.load(1).meta["results"] if r["site"] == name)
+        assert result["num_examples"] == rows
+
+
+def test_coordinator_crashes_resume_without_double_charge(tmp_path, adult_slices):
+    configs = {i: write_site(tmp_path, n, adult_slices[i - 1])
+               for i, n in [(1, "a"), (2, "b"), (3, "c")]}
+    run = make_run(tmp_path, num_rounds=3)
+    grid = FakeGrid(configs)
+    grid.crash_after_push = "round-0"                             # dies in the statistics stage
+    with pytest.raises(KeyboardInterrupt):
+        run_study(grid, run)
+    store = CheckpointStore(run.checkpoint_dir)
+    assert store.load_start() is None
+    grid = FakeGrid(configs)
+    grid.crash_after_push = "round-2"                             # round 2: sites train, coordinator dies
+    with pytest.raises(KeyboardInterrupt):
+        run_study(grid, run)
+    start, _ = store.load_start()
+    assert all(r["replayed"] for r in start["results"])           # the stats stage was replayed
+    assert store.latest_round() == 1
+    run_study(FakeGrid(configs), run)                             # restarted coordinator
+    assert store.latest_round() == 3
+    events = store.events.read()
+    assert [e["resume_after_round"] for e in events if e["event"] == "run_started"] == \
+        [0, 0, 1]
+    assert all(r["replayed"] for r in store.load(2).meta["results"])  # round 2 from the cache
+    training = json.loads((tmp_path / "ckpt" / "training.json").read_text())["training_id"]
+    for cfg in configs.values():
+        jobs = [c.job_id for c in ledger_of(cfg).charges("adult")]
+        assert jobs == [f"{training}/stats"] + [f"{training}/round-{r}" for r in (1, 2, 3)]
+
+
+def test_silent_site_is_dropped_and_quorum_enforced(tmp_path, adult_slices):
+    configs = {i: write_site(tmp_path, n, adult_slices[i - 1])
+               for i, n in [(1, "a"), (2, "b"), (3, "c")]}
+    run = make_run(tmp_path, num_rounds=1)
+    run_study(FakeGrid(configs, down={3}), run)
+    store = CheckpointStore(run.checkpoint_dir)
+    missing = [e for e in store.events.read() if e["event"] == "site_missing"]
+    assert [(e["node_id"], e["round"]) for e in missing] == [(3, 0), (3, 1)]
+    assert store.load().meta["dropped"] == ["node-3"]
+    assert sorted(release.read_manifest(run.release_path)["privacy"]["per_site"]) == ["a", "b"]
+    with pytest.raises(RoundFailed, match="only 1 site"):
+        run_study(FakeGrid(configs, down={2, 3}), make_run(tmp_path / "again", num_rounds=1))
+
+
+def _stats_then_wire(site: SiteState, run: StudyRun, tid: str):
+    fp = site.schema.fingerprint()
+    reply = client_app.handle_stats(site, run.round_wire(tid, 0, fp))
+    merged = json.dumps(reply.stats, sort_keys=True)
+    return merged, run.round_wire(tid, 1, fp, site_job.stats_digest(merged))
+
+
+def test_site_refuses_wrong_schema_digest_and_second_release(tmp_path, adult_slices):
+    site = SiteState.from_config_path(write_site(tmp_path, "a", adult_slices[0]))
+    run = make_run(tmp_path)
+    merged, wire = _stats_then_wire(site, run, "t1")
+    out = client_app.handle_train(site, [], wire, merged)
+    assert out.info["replayed"] is False and out.ledger["epsilon"] > 0
+    assert client_app.handle_train(site, [], wire, merged).info["replayed"] is True
+    other = [w + 1 for w in out.weights]
+    with pytest.raises(client_app.Refusal, match="already released for other inputs"):
+        client_app.handle_train(site, other, wire, merged)
+    with pytest.raises(client_app.Refusal, match="do not match their digest"):
+        client_app.handle_train(site, [], {**wire, "round": 2}, merged.replace("1", "2", 1))
+    with pytest.raises(client_app.Refusal, match="not the schema this site pinned"):
+        client_app.handle_train(site, [], {**wire, "schema-fingerprint": "sha256:0000",
+                                           "round": 2}, merged)
+    with pytest.raises(client_app.Refusal, match="no statistics for training t2"):
+        client_app.handle_train(site, [], {**wire, "training-id": "t2"}, merged)
+    with pytest.raises(client_app.Refusal, match="family 'gan' is not installed"):
+        client_app.handle_stats(site, run.round_wire("t3", 0, site.schema.fingerprint())
+                                | {"family": "gan"})
+    # No budget for a study the owner never configured.
+    with pytest.raises(client_app.Refusal, match="no privacy budget configured for study 'x'"):
+        client_app.handle_stats(site, {**run.round_wire("t4", 0, ""), "study": "x"})
+
+
+def test_site_calibrates_noise_once_for_the_whole_schedule(tmp_path, adult_slices):
+    site = SiteState.from_config_path(write_site(tmp_path, "a", adult_slices[0], eps=2.0))
+    run = make_run(tmp_path, noise_multiplier=0.0, stats_noise_multiplier=0.0, target_epsilon=5.0,
+                   num_rounds=3, proximal_mu=0.1)
+    merged, _ = _stats_then_wire(site, run, "t1")
+    weights = []
+    for rnd in (1, 2, 3):
+        wire = run.round_wire("t1", rnd, site.schema.fingerprint(), site_job.stats_digest(merged))
+        weights = client_app.handle_train(site, weights, wire, merged).weights
+    ledger = Ledger(site.state_dir)
+    charges = ledger.charges("adult")
+    # The histograms get the plan's share of min(target 5, cap 2).
+    assert epsilon_of(list(charges[0].mechanisms), DELTA) == pytest.approx(0.2, abs=0.01)
+    sigmas = {c.mechanisms[0].noise_multiplier for c in charges[1:]}
+    assert len(sigmas) == 1                                       # one plan for all rounds
+    spent = ledger.spent("adult").epsilon
+    assert 1.95 < spent <= 2.0                                    # min(target 5, cap 2), used up
+
+
+def test_release_manifest_reports_the_sites_ledgers(tmp_path, adult_slices):
+    configs = {i: write_site(tmp_path, n, adult_slices[i - 1], eps=eps)
+               for i, n, eps in [(1, "a", 1.0), (2, "b", 1.5)]}
+    run = make_run(tmp_path, num_rounds=2, expected_sites=2, noise_multiplier=0.0,
+                   stats_noise_multiplier=0.0, target_epsilon=10.0)
+    run_study(FakeGrid(configs), run)
+    manifest = release.read_manifest(run.release_path)
+    per_site = manifest["privacy"]["per_site"]
+    for name, cfg in zip("ab", configs.values()):
+        with ledger_of(cfg) as led:
+            spend = led.spent("adult")
+            assert per_site[name]["epsilon"] == pytest.approx(spend.epsilon, rel=1e-9)
+            assert per_site[name]["delta"] == led.cap("adult").delta
+            assert per_site[name]["mechanisms"] == [m.to_dict() for m in spend.mechanisms]
+        # An independent accountant recomputes the number from the manifest's fields alone.
+        mechs = [GaussianMechanism.from_dict(m) for m in per_site[name]["mechanisms"]]
+        assert epsilon_of(mechs, DELTA) == pytest.approx(per_site[name]["epsilon"])
+    assert per_site["a"]["epsilon"] == pytest.approx(1.0, abs=0.01)   # each spent its own cap
+    assert per_site["b"]["epsilon"] == pytest.approx(1.5, abs=0.01)
+    assert manifest["privacy"]["population"] == "disjoint"
+    assert manifest["privacy"]["release"]["epsilon"] == max(v["epsilon"] for v in per_site.values())
+    assert manifest["participation"] == [{"round": r, "sites": ["a", "b"], "dropped": []}
+                                         for r in (1, 2)]
+    assert manifest["schema"]["fingerprint"] == SiteState.from_config_path(
+        configs[1]).schema.fingerprint()
+    assert manifest["model"]["family"] == "cvae" and manifest["training"]["rounds"] == 2
+    data = pd.read_csv(run.release_path / "synthetic.csv")
+    assert len(data) == TINY["release_rows"] and data.columns[-1] == "income"
+    assert set(data["income"]) <= {"<=50K", ">50K"}
+    # The same training released for a study that declares overlapping populations: the sum.
+    overlap = dataclasses.replace(run, population="overlap", release_dir=str(tmp_path / "rel2"))
+    run_study(FakeGrid(configs), overlap)
+    again = release.read_manifest(overlap.release_path)["privacy"]
+    assert again["release"]["epsilon"] == pytest.approx(sum(v["epsilon"] for v in per_site.values()))
+    assert again["release"]["delta"] == pytest.approx(2 * DELTA)
+
+
+def test_agent_starts_its_supernode_with_its_own_config(tmp_path, adult_slices):
+    from synthpool.agent import daemon
+    from synthpool.agent.config import ConfigError, load_site_config
+
+    cfg = load_site_config(write_site(tmp_path, "a", adult_slices[0]))
+    argv = daemon.supernode_argv(cfg)
+    assert argv[0].endswith("flower-supernode") and "--insecure" in argv
+    assert argv[argv.index("--superlink") + 1] == "127.0.0.1:1"
+    assert argv[argv.index("--node-config") + 1] == f'site-config="{cfg.path}"'
+    env = daemon.supernode_env(cfg)
+    assert env["FLWR_HOME"] == str(cfg.state_dir / "flwr-home")
+    assert env["FLWR_TELEMETRY_ENABLED"] == "0"
+    ledger = daemon.prepare(cfg)                     # caps come from the site's file only
+    assert ledger.cap("adult").epsilon == 3.0
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[site]\nname = "a b"\n')
+    with pytest.raises(ConfigError, match="invalid site config"):
+        load_site_config(bad)
+
+
+def test_process_group_stops_detached_grandchildren(tmp_path):
+    """The SuperLink starts its SuperExec in a new session; stopping must still reach it."""
+    import os
+    import sys
+    import time
+
+    from synthpool.coordinator.flower_processes import ProcessGroup, _alive
+
+    script = ("import subprocess, sys, time\n"
+              "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
+              " start_new_session=True)\n"
+              "print(p.pid, flush=True)\n"
+              "time.sleep(60)\n")
+    with ProcessGroup(tmp_path) as group:
+        proc = group.spawn("parent", "superlink", [sys.executable, "-c", script], os.environ)
+        deadline = time.monotonic() + 20
+        while not proc.log_tail().strip() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        grandchild = int(proc.log_tail().split()[0])
+        assert _alive(grandchild)
+    assert not proc.alive and not _alive(grandchild)
