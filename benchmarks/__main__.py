@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-ALL = ["engine", "utility"]
+ALL = ["engine", "utility", "federation"]
 
 
 def main() -> None:

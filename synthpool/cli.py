@@ -21,3 +21,7 @@ for _name, _sub in admin.APPS:  # coordinator, sites, studies, train, releases, 
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()
