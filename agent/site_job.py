@@ -75,7 +75,7 @@ class RoundConfig:
     stats_noise_multiplier: float = 0.0  # > 0: use it; 0: from the plan's preprocessing share
     target_epsilon: float = 0.0          # the study's target; the site uses min(target, own cap)
     # The generator's hyperparameters (common/generators/cvae.py).
-    learning_rate: float = 2e-3
+    learning_rate: float = 5e-3
     hidden: int = 256
     depth: int = 2
     latent: int = 32
@@ -258,7 +258,7 @@ def run_round(site: SiteState, global_weights: list[np.ndarray], cfg: RoundConfi
     if train.steps != plan.dp.steps:  # the ledger was charged for plan.dp.steps, up front
         raise RuntimeError(f"took {train.steps} DP-SGD steps, {plan.dp.steps} were charged")
     metrics = {"steps": train.steps, "noise-multiplier": plan.dp.noise_multiplier,
-               "sample-rate": plan.dp.sample_rate}
+               "sample-rate": plan.dp.sample_rate, "train-seconds": round(train.seconds, 3)}
     return generator.get_weights(), metrics
 
 
