@@ -41,7 +41,7 @@ import numpy as np
 from ..common.atomic import atomic_write_text
 from ..common.bundled import ADULT_SCHEMA
 from ..common.schema import Schema
-from ..common.stats import TableStats, cell_labels
+from ..common.stats import TableStats, cell_labels, histogram_columns
 from .checkpoint import CheckpointStore
 from .strategy import FedAvg, QuorumNotReached, SiteResult, classify_error
 
@@ -276,6 +276,8 @@ def stats_problem(result: SiteResult, schema: Schema) -> str:
         return f"unreadable statistics ({type(e).__name__})"
     if stats.schema_fingerprint != schema.fingerprint():
         return "statistics computed under another schema"
+    if set(stats.histograms) != set(histogram_columns(schema)):
+        return f"histograms of {sorted(stats.histograms)}, expected {histogram_columns(schema)}"
     for name in stats.histograms:
         try:
             want = len(cell_labels(schema, name))

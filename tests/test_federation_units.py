@@ -208,6 +208,23 @@ def test_release_guarantee_is_max_for_disjoint_sites_and_sum_for_overlapping():
         StudyRun(study="x", checkpoint_dir="/x", population="sometimes")
 
 
+def test_coordinator_rejects_statistics_it_cannot_merge(adult_schema, adult_train):
+    from synthpool.common.stats import collect_stats
+
+    good = collect_stats(adult_schema, adult_train.iloc[:500], 5.0, np.random.default_rng(0))
+    result = lambda d: strategy.SiteResult(1, "a", "ok", stats=d)  # noqa: E731
+    assert server_app.stats_problem(result(good.to_dict()), adult_schema) == ""
+    short = good.to_dict()
+    short["histograms"]["age"] = short["histograms"]["age"][:-1]
+    assert "is not 74 finite counts" in server_app.stats_problem(result(short), adult_schema)
+    missing = good.to_dict()
+    del missing["histograms"]["income"]
+    assert "expected" in server_app.stats_problem(result(missing), adult_schema)
+    other = {**good.to_dict(), "schema_fingerprint": "sha256:00"}
+    assert "another schema" in server_app.stats_problem(result(other), adult_schema)
+    assert "unreadable" in server_app.stats_problem(result({"x": 1}), adult_schema)
+
+
 # -- the protocol against real ClientApps --------------------------------------------------------
 
 def test_rounds_refusal_and_exact_charges(tmp_path, adult_slices):
