@@ -90,7 +90,7 @@ def run() -> str:
                              "s/round": "", "site DP-SGD s/round": "",
                              "messaging+aggregation s/round": "", "MB/round": "",
                              "GB AUC on adult.test": r["auc"]})
-    for n in (3, 10, 30):
+    for n in (3, 10, 30, 100):
         rows.append({"what": f"simulate {n} sites, 1 round x 20 steps", "wall s": round(_simulate(n, tmp / f"sim{n}")),
                      "s/round": "", "site DP-SGD s/round": "", "messaging+aggregation s/round": "",
                      "MB/round": "", "GB AUC on adult.test": ""})

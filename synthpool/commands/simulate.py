@@ -13,6 +13,7 @@ state dir, and each message resolves its site from the virtual node's `partition
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -39,7 +40,7 @@ class SimulatedSites:
 
 
 def simulate(
-    sites: int = typer.Option(..., "--sites", min=1, max=64, help="Number of simulated sites."),
+    sites: int = typer.Option(..., "--sites", min=1, max=256, help="Number of simulated sites."),
     rounds: int = typer.Option(3, "--rounds", min=1, help="Federated rounds."),
     steps: int = typer.Option(160, "--steps-per-round", min=1, help="DP-SGD steps per round."),
     epsilon: float = typer.Option(3.0, "--epsilon", help="Epsilon each site spends (its cap)."),
@@ -124,6 +125,7 @@ def run_simulation(server_app, client_app, sites: int) -> None:
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                "init_args": {"num_cpus": _cores(), "include_dashboard": False,
                              "logging_level": "error", "log_to_driver": False}}
+    logging.getLogger("flwr").setLevel(logging.INFO)  # Flower's per-message DEBUG lines
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # run_simulation's own deprecation notice
         flower_run_simulation(server_app=server_app, client_app=client_app,
