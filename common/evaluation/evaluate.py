@@ -22,7 +22,7 @@ from ..schema import Schema
 from .fidelity import fidelity
 from .jsonable import jsonable
 from .privacy import privacy_risk
-from .site_scores import exact_histograms
+from .grids import exact_histograms
 from .utility import tstr
 
 # Thresholds of the plain-language verdicts (documented in the report's "How to read" section).
@@ -100,7 +100,7 @@ def evaluate(schema: Schema, train: pd.DataFrame, holdout: pd.DataFrame, synthet
 
 # -- verdicts -------------------------------------------------------------------------------------
 def summarize(r: EvaluationResult) -> dict:
-    return {"useful": _useful(r), "safe": _safe(r), "privacy_spent": _spent(r.formal_privacy)}
+    return {"useful": _useful(r), "safe": _safe(r), "privacy_spent": spent_verdict(r.formal_privacy)}
 
 
 def _worst(*levels: str) -> str:
@@ -109,7 +109,8 @@ def _worst(*levels: str) -> str:
 
 
 def _useful(r: EvaluationResult) -> dict:
-    quality = r.fidelity.get("overall", math.nan)
+    quality = r.fidelity.get("overall")
+    quality = math.nan if quality is None else quality
     q_level = ("good" if quality >= QUALITY_GOOD else "fair" if quality >= QUALITY_FAIR else "poor") \
         if not math.isnan(quality) else "fair"
     lines = [f"Overall statistical quality {quality:.0%} (column shapes "
@@ -171,7 +172,7 @@ def _safe(r: EvaluationResult) -> dict:
     return {"level": level, "headline": head, "details": details}
 
 
-def _spent(privacy: dict | None) -> dict:
+def spent_verdict(privacy: dict | None) -> dict:
     per_site = per_site_epsilons(privacy)
     if privacy and privacy.get("epsilon") is None and per_site:
         # Only site budgets given: the release guarantee when each person is at one site.

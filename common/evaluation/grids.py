@@ -14,6 +14,7 @@ private deciding where the cell edges are. Every value falls in exactly one cell
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,6 +98,43 @@ def counts(col, values: pd.Series, n_bins: int = 20) -> np.ndarray:
     """Exact cell counts of one column on its public grid."""
     grid = column_grid(col, n_bins)
     return np.bincount(column_codes(col, values, n_bins), minlength=grid.size).astype(float)
+
+
+HISTOGRAM_BINS = 20
+
+
+def exact_histograms(schema, df: pd.DataFrame, *, n_bins: int = HISTOGRAM_BINS) -> dict:
+    """Exact counts of every column on its grid: for synthetic (public) rows, or for a report
+    that stays where the real rows are."""
+    return {col.name: {"kind": col.kind, "labels": column_grid(col, n_bins).labels,
+                       "edges": column_grid(col, n_bins).edges,
+                       "counts": counts(col, df[col.name], n_bins).tolist()}
+            for col in schema.columns}
+
+
+def dp_histograms(schema, df: pd.DataFrame, noise_multiplier: float, rng: np.random.Generator,
+                  *, n_bins: int = HISTOGRAM_BINS, name: str = "evaluation histograms") -> dict:
+    """Gaussian-noised counts of every column on its grid: what a site may publish of its rows.
+
+    Each row adds 1 to exactly one cell of every column's histogram, so the concatenated vector
+    has L2 sensitivity sqrt(#columns) under add/remove-one-row. Noise N(0, s^2) with
+    s = noise_multiplier * sqrt(#columns) on every cell is therefore a Gaussian mechanism with
+    noise multiplier `noise_multiplier`; the CALLER charges it to the site's ledger as ONE
+    `GaussianMechanism(name, noise_multiplier, sample_rate=1.0, steps=1)` (the returned
+    `mechanism` dict has exactly those fields) BEFORE the result leaves the site."""
+    if not noise_multiplier > 0:
+        raise ValueError("noise_multiplier must be > 0")
+    std = noise_multiplier * math.sqrt(len(schema.columns))
+    columns = {}
+    for col in schema.columns:
+        grid = column_grid(col, n_bins)
+        noisy = counts(col, df[col.name], n_bins) + rng.normal(0.0, std, grid.size)
+        columns[col.name] = {"kind": col.kind, "labels": grid.labels, "edges": grid.edges,
+                             "counts": noisy.round(3).tolist()}
+    return {"mechanism": {"name": name, "noise_multiplier": float(noise_multiplier),
+                          "sample_rate": 1.0, "steps": 1},
+            "noise_std": std, "l2_sensitivity": math.sqrt(len(schema.columns)), "n_bins": n_bins,
+            "columns": columns}
 
 
 def _fmt(v: float) -> str:

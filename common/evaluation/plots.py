@@ -90,19 +90,23 @@ def column_scores(shapes: dict) -> str:
 
 
 def association_matrices(dep: dict) -> str:
-    cols = dep["columns"]
-    real, syn = np.asarray(dep["real"], float), np.asarray(dep["synthetic"], float)
+    return matrices(dep["columns"], [("Real data", dep["real"]), ("Synthetic data", dep["synthetic"])],
+                    "association (Cramér's V): 0 none, 1 fully determined")
+
+
+def matrices(cols: list[str], panels: list[tuple[str, list]], label: str) -> str:
+    """Column-by-column heatmaps side by side on one 0..1 scale (missing values left blank)."""
     size = max(4.0, 0.33 * len(cols) + 1.5)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 0.8, size))
-    for ax, mat, title in ((axes[0], real, "Real data"), (axes[1], syn, "Synthetic data")):
-        im = ax.imshow(mat, vmin=0, vmax=1, cmap="Blues")
+    fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * size + 0.8, size))
+    for ax, (title, mat) in zip(np.atleast_1d(axes), panels):
+        im = ax.imshow(np.asarray(mat, dtype=float), vmin=0, vmax=1, cmap="Blues")
         ax.set_xticks(range(len(cols)))
         ax.set_yticks(range(len(cols)))
         ax.set_xticklabels(cols, rotation=90, fontsize=7)
-        ax.set_yticklabels(cols if ax is axes[0] else [], fontsize=7)
+        ax.set_yticklabels(cols if ax is np.atleast_1d(axes)[0] else [], fontsize=7)
         ax.set_title(title, fontsize=10)
     cbar = fig.colorbar(im, ax=axes, shrink=0.7)
-    cbar.set_label("association (Cramér's V): 0 none, 1 fully determined", fontsize=8)
+    cbar.set_label(label, fontsize=8)
     return _png(fig)
 
 

@@ -48,14 +48,15 @@ figure{margin:10px 0}figcaption{font-size:13px;color:#5b6775}
 
 
 def write_report(result: EvaluationResult | dict, out_dir: str | Path, *,
-                 title: str = "Synthetic data evaluation") -> dict[str, Path]:
-    """Write report.json and report.html into `out_dir`; returns their paths."""
+                 title: str = "Synthetic data evaluation", render=None) -> dict[str, Path]:
+    """Write report.json and report.html (by `render`, default `render_html`) into `out_dir`;
+    returns their paths."""
     data = result.to_dict() if isinstance(result, EvaluationResult) else result
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "report.json", "html": out / "report.html"}
     atomic_write_text(paths["json"], json.dumps(data, indent=1, allow_nan=False))
-    atomic_write_text(paths["html"], render_html(data, title=title))
+    atomic_write_text(paths["html"], (render or render_html)(data, title=title))
     return paths
 
 
