@@ -6,7 +6,7 @@ agent when it starts its SuperNode) and reads everything else from the site's st
 (agent/site_state.py). Sites run the synthpool installed at the site; the FAB the coordinator
 submits only names this module and carries run config.
 
-Two message types, each a function free of Flower types so it can be tested directly:
+Three message types, each a function free of Flower types so it can be tested directly:
 
 * `query.stats` -> `handle_stats`: the site's noisy histograms on the schema's public grids
   (common/stats.py), ONE Gaussian mechanism, charged before it runs. The coordinator merges
@@ -14,8 +14,11 @@ Two message types, each a function free of Flower types so it can be tested dire
 * `train` -> `handle_train`: one round of DP-SGD on the generator built from the schema and the
   merged statistics (sent with every round, checked against their digest), starting from the
   global weights.
+* `query.evaluate` -> `handle_evaluate`: score the release's synthetic sample against the site's
+  rows; aggregates and DP histograms (charged) back, the full report kept at the site
+  (agent/site_evaluation.py).
 
-Both follow the same steps:
+All follow the same steps:
 1. read the request (RoundConfig); check the study schema fingerprint and model family;
 2. a job the ledger already holds with a cached release for the same inputs: re-send those bytes
    (a job retried after a coordinator crash costs nothing and is never charged twice);
@@ -33,6 +36,7 @@ The traceback stays in the site's own log.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import traceback
@@ -43,18 +47,12 @@ import numpy as np
 
 from ..common.privacy import BudgetExceeded
 from ..common.stats import TableStats
+from ..common.wire import REFUSED, SITE_FAILED
 from . import site_job
 from .config import ConfigError
 from .ledger import LedgerConflict, composed_epsilon
 from .site_state import Release, SiteState, input_hash
 
-# Error codes of our replies (Flower's own codes are 0-8, flwr/common/constant.py:199).
-# Mirrored in coordinator/strategy.py (agent and coordinator do not import each other).
-REFUSED = 1001
-SITE_FAILED = 1002
-# Message types, mirrored in coordinator/server_app.py.
-STATS_MESSAGE = "query.stats"
-TRAIN_MESSAGE = "train"
 
 log = logging.getLogger("synthpool.agent")
 
@@ -70,6 +68,7 @@ class TrainReply:
     info: dict[str, str | bool | int] = field(default_factory=dict)
     ledger: dict = field(default_factory=dict)
     stats: dict | None = None  # the statistics stage's noisy histograms (TableStats.to_dict)
+    evaluation: dict | None = None  # the evaluation stage: scores and DP histograms
 
 
 def ledger_report(site: SiteState, study: str) -> dict:
@@ -98,7 +97,9 @@ def _parse(site: SiteState, wire: dict, stage: str) -> site_job.RoundConfig:
         cfg = site_job.RoundConfig.from_wire(wire)
     except (TypeError, ValueError) as e:
         raise Refusal(f"malformed {stage} request: {e}") from None
-    if (stage == "statistics") != (cfg.round == 0):
+    if (stage == "evaluation") != (cfg.stage == "evaluate"):
+        raise Refusal(f"a {stage} request must not carry stage {cfg.stage!r}")
+    if stage != "evaluation" and (stage == "statistics") != (cfg.round == 0):
         raise Refusal(f"a {stage} request must not carry round {cfg.round}")
     label = _label(cfg)
     if cfg.schema_fingerprint and cfg.schema_fingerprint != site.schema.fingerprint():
@@ -111,7 +112,8 @@ def _parse(site: SiteState, wire: dict, stage: str) -> site_job.RoundConfig:
 
 
 def _label(cfg: site_job.RoundConfig) -> str:
-    what = "the statistics stage" if cfg.round == 0 else f"round {cfg.round}"
+    what = ("the evaluation" if cfg.stage == "evaluate" else
+            "the statistics stage" if cfg.round == 0 else f"round {cfg.round}")
     return f"{what} of study {cfg.study!r}"
 
 
@@ -194,6 +196,35 @@ def handle_train(site: SiteState, global_weights: list[np.ndarray], wire: dict,
         raise Refusal(str(e)) from None
 
 
+def handle_evaluate(site: SiteState, wire: dict, sample: bytes) -> TrainReply:
+    """Score the release's synthetic sample against this site's rows (agent/site_evaluation.py):
+    aggregates and charged DP histograms back, the full report kept here."""
+    from .site_evaluation import BadSample, plan_evaluation, read_sample, run_evaluation, saved_plan
+
+    cfg = _parse(site, wire, "evaluation")
+    label = _label(cfg)
+    try:
+        if "sha256:" + hashlib.sha256(sample).hexdigest() != cfg.synthetic_digest:
+            raise Refusal(f"{label}: the synthetic sample does not match its digest")
+        ih = input_hash([], cfg.to_wire())
+        cached = _replay(site, cfg, ih)
+        replayed = cached is not None
+        if cached is None:
+            synthetic = read_sample(site, sample)  # refused before anything is charged
+            mechanism = plan_evaluation(site, cfg, saved_plan(site_job.plan_path(site, cfg)))
+            site.ledger.charge(cfg.study, cfg.job_id, [mechanism] if mechanism else [],
+                               label=label, meta={"input_hash": ih, "training_id": cfg.training_id})
+            payload = run_evaluation(site, cfg, synthetic, mechanism, ledger_report(site, cfg.study))
+            cached = Release([], {}, ih, {"evaluation": payload})
+            site.save_release(cfg.study, cfg.job_id, cached)
+        return TrainReply([], {}, {"site": site.name, "replayed": replayed},
+                          ledger_report(site, cfg.study), evaluation=cached.payload["evaluation"])
+    except BadSample as e:
+        raise Refusal(f"{label}: {e}") from None
+    except (BudgetExceeded, LedgerConflict, ConfigError) as e:
+        raise Refusal(str(e)) from None
+
+
 # -- Flower wiring ---------------------------------------------------------------------------------
 
 def site_from_context(context) -> SiteState:
@@ -230,14 +261,26 @@ def make_app(resolve_site: Callable[[object], SiteState] = site_from_context):
             "site": ConfigRecord(out.info),
             "ledger": ConfigRecord({"json": json.dumps(out.ledger)}),
         }
-        if out.stats is not None:
-            records["stats"] = ConfigRecord({"json": json.dumps(out.stats)})
+        for key in ("stats", "evaluation"):
+            if getattr(out, key) is not None:
+                records[key] = ConfigRecord({"json": json.dumps(getattr(out, key))})
         return Message(RecordDict(records), reply_to=msg)
 
     @app.query("stats")
     def stats(msg: Message, context: Context) -> Message:
         return answer(msg, context, lambda site, content: handle_stats(
             site, dict(content.config_records["config"])))
+
+    @app.query("evaluate")
+    def evaluate(msg: Message, context: Context) -> Message:
+        def work(site: SiteState, content) -> TrainReply:
+            record = content.config_records.get("synthetic")
+            if record is None or "parquet" not in record:
+                raise Refusal("the evaluation request carries no synthetic sample")
+            return handle_evaluate(site, dict(content.config_records["config"]),
+                                   bytes(record["parquet"]))
+
+        return answer(msg, context, work)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -24,6 +24,10 @@ Example::
     [supernode]
     port = 9094                        # the node's local Runtime API port
 
+    [evaluation]
+    holdout_fraction = 0.15            # rows set aside before training, to score releases on
+    share_scores = true                # false: only DP histograms leave the site when scoring
+
     [budgets.adult]                    # one table per study this site takes part in
     epsilon = 3.0
     delta = 1e-5
@@ -91,11 +95,24 @@ class SuperNodeSection(BaseModel):
     extra_args: list[str] = Field(default_factory=list)
 
 
+class EvaluationSection(BaseModel):
+    """How the site scores a release (agent/site_evaluation.py). The hold-out split is made once,
+    before any training, from a secret key in the state dir: the same rows stay aside for every
+    study, so scoring never sees a row the generator was trained on."""
+
+    model_config = ConfigDict(extra="forbid")
+    holdout_fraction: float = Field(default=0.15, ge=0.0, le=0.5)
+    # The aggregate scores are not DP (each is one number averaged over the site's rows); the
+    # owner may keep them and send only the DP histograms.
+    share_scores: bool = True
+
+
 class SiteConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     site: SiteSection
     superlink: SuperLinkSection
     supernode: SuperNodeSection = Field(default_factory=SuperNodeSection)
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
     budgets: dict[str, Budget] = Field(default_factory=dict)
     path: Path | None = Field(default=None, exclude=True)
 

@@ -35,97 +35,60 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..common.atomic import atomic_write_text
 from ..common.generators.base import DPSGDConfig
-from ..common.planning import TrainingPlan, preprocessing_noise, sample_rate_for
+from ..common.planning import preprocessing_noise, sample_rate_for
 from ..common.privacy import GaussianMechanism, calibrate_noise
 from ..common.stats import TableStats, collect_stats
+from ..common.wire import TrainingSpec, as_wire, fields_from_wire
 from .ledger import NoBudget
 from .site_state import ReportedSize, SiteState, _safe
 
-FAMILY = "cvae"
 STATS_MECHANISM = "preprocessing histograms"  # the name common/stats.py:collect_stats gives it
 
 
-@dataclass(frozen=True)
-class RoundConfig:
-    """The coordinator's request for the statistics stage (round 0) or one round, as the site
-    reads it (unknown keys ignored, missing keys take these defaults). Keys on the wire use
-    dashes: `local-steps`. Mirrored by coordinator/server_app.py:StudyRun.round_wire (a test
-    checks that both sides name the same keys)."""
+@dataclass(frozen=True, kw_only=True)
+class RoundConfig(TrainingSpec):
+    """The coordinator's request for one stage, as the site reads it: the study's TrainingSpec
+    (common/wire.py; unknown keys ignored, missing keys take its defaults) and which stage of
+    which training it is."""
 
     study: str
     training_id: str
     round: int                       # 0: the statistics stage
-    num_rounds: int
     schema_fingerprint: str = ""
-    family: str = FAMILY
-    # The DP plan (common/planning.py:TrainingPlan); total steps = num_rounds x local_steps.
-    local_steps: int = 160
-    sample_rate: float = 0.125
-    max_batch: int = 8192
-    max_grad_norm: float = 1.0
-    preprocessing_share: float = 0.1
-    max_bins: int = 20
-    noise_multiplier: float = 0.0        # > 0: use it; 0: the site calibrates from target_epsilon
-    stats_noise_multiplier: float = 0.0  # > 0: use it; 0: from the plan's preprocessing share
-    target_epsilon: float = 0.0          # the study's target; the site uses min(target, own cap)
-    # The generator's hyperparameters (common/generators/cvae.py).
-    learning_rate: float = 5e-3
-    hidden: int = 256
-    depth: int = 2
-    latent: int = 32
-    beta: float = 1.0
-    proximal_mu: float = 0.0
-    seed: int = 0
     stats_digest: str = ""           # sha256 of the merged statistics sent with a round
+    stage: str = ""                  # "evaluate" for the evaluation; else told by `round`
+    synthetic_digest: str = ""       # evaluation: sha256 of the synthetic sample sent with it
 
     @property
     def job_id(self) -> str:
         """The ledger job id: stable across coordinator restarts of the same training, different
         for a new training of the same study."""
+        if self.stage == "evaluate":
+            return f"{self.training_id}/evaluate"
         return self.stats_job_id if self.round == 0 else f"{self.training_id}/round-{self.round}"
 
     @property
     def stats_job_id(self) -> str:
         return f"{self.training_id}/stats"
 
-    @property
-    def plan(self) -> TrainingPlan:
-        return TrainingPlan(steps=self.num_rounds * self.local_steps, sample_rate=self.sample_rate,
-                            max_batch=self.max_batch, max_grad_norm=self.max_grad_norm,
-                            preprocessing_share=self.preprocessing_share, max_bins=self.max_bins)
-
-    @property
-    def hyperparameters(self) -> dict:
-        return {"hidden": self.hidden, "depth": self.depth, "latent": self.latent,
-                "beta": self.beta, "lr": self.learning_rate}
-
     @classmethod
     def from_wire(cls, record: dict) -> "RoundConfig":
-        known = {f.name: f for f in fields(cls)}
-        kwargs = {}
-        for key, value in record.items():
-            name = key.replace("-", "_")
-            if name in known:
-                kwargs[name] = value
-        missing = [n for n in ("study", "training_id", "round", "num_rounds") if n not in kwargs]
+        missing = [k for k in ("study", "training-id", "round", "num-rounds") if k not in record]
         if missing:
-            raise ValueError(f"round request lacks {missing}")
-        casts = {"int": int, "float": float, "str": str}
-        for name in kwargs:  # ConfigRecord may carry an int where a float is declared
-            kwargs[name] = casts[known[name].type](kwargs[name])
-        cfg = cls(**kwargs)
+            raise ValueError(f"request lacks {missing}")
+        cfg = cls(**fields_from_wire(cls, record))
         if cfg.num_rounds < 1 or cfg.local_steps < 1 or not 0 <= cfg.round <= cfg.num_rounds:
             raise ValueError(f"round {cfg.round} of {cfg.num_rounds} with {cfg.local_steps} steps")
         return cfg
 
     def to_wire(self) -> dict:
-        return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+        return as_wire(self)
 
 
 @dataclass(frozen=True)
@@ -139,7 +102,7 @@ def stats_digest(stats_json: str) -> str:
     return "sha256:" + hashlib.sha256(stats_json.encode()).hexdigest()
 
 
-def _budget(site: SiteState, cfg: RoundConfig) -> tuple[float, float]:
+def budget(site: SiteState, cfg: RoundConfig) -> tuple[float, float]:
     """(epsilon, delta) this site lets the study spend: min(study target, own cap)."""
     cap = site.ledger.cap(cfg.study)
     if cap is None:
@@ -155,7 +118,7 @@ def plan_stats(site: SiteState, cfg: RoundConfig) -> GaussianMechanism:
     if cfg.stats_noise_multiplier > 0:
         sigma = float(cfg.stats_noise_multiplier)
     else:
-        epsilon, delta = _budget(site, cfg)
+        epsilon, delta = budget(site, cfg)
         sigma = preprocessing_noise(cfg.plan, epsilon, delta)
     return GaussianMechanism(STATS_MECHANISM, sigma, 1.0, 1)
 
@@ -187,7 +150,7 @@ def reported_size(site: SiteState, stats: TableStats) -> ReportedSize:
 
 # -- one round --------------------------------------------------------------------------------------
 
-def _plan_path(site: SiteState, cfg: RoundConfig):
+def plan_path(site: SiteState, cfg: RoundConfig):
     return site.state_dir / "plans" / _safe(cfg.study) / f"{_safe(cfg.training_id)}.json"
 
 
@@ -196,25 +159,33 @@ def plan_round(site: SiteState, cfg: RoundConfig, size: ReportedSize) -> RoundPl
     for the whole schedule (num_rounds x local_steps), composed with everything the ledger already
     holds for the study (the statistics stage included), against min(study target, own cap), and
     persists it so every round of the training uses the same sigma (DESIGN.md: plan the noise up
-    front; never one accountant per round)."""
+    front; never one accountant per round). The evaluation histograms the study may ask for
+    later are part of that schedule: their noise is fixed here and reserved."""
     plan = cfg.plan
     q = sample_rate_for(plan, size.rows)
     if cfg.noise_multiplier > 0:
         sigma, source = float(cfg.noise_multiplier), "coordinator"
     else:
-        path = _plan_path(site, cfg)
+        path = plan_path(site, cfg)
         if path.exists():
             saved = json.loads(path.read_text())
             sigma, q = saved["noise_multiplier"], saved["sample_rate"]
         else:
-            epsilon, _delta = _budget(site, cfg)
+            from .site_evaluation import EVALUATION_MECHANISM, evaluation_noise
+
+            epsilon, delta = budget(site, cfg)
             prior = site.ledger.spent(cfg.study)
+            # Budget for the evaluation histograms is reserved now, so that training and the
+            # evaluation of its release together spend the target.
+            eval_sigma = evaluation_noise(cfg, epsilon, delta)
+            reserved = [GaussianMechanism(EVALUATION_MECHANISM, eval_sigma, 1.0, 1)] if eval_sigma else []
             sigma = calibrate_noise(epsilon, prior.accountant_delta, q, plan.steps,
-                                    prior=prior.mechanisms,
+                                    prior=[*prior.mechanisms, *reserved],
                                     pure_epsilon=sum(p.epsilon for p in prior.pure))
             atomic_write_text(path, json.dumps({
                 "noise_multiplier": sigma, "sample_rate": q, "target_epsilon": epsilon,
-                "steps": plan.steps, "calibrated_at_round": cfg.round}))
+                "steps": plan.steps, "calibrated_at_round": cfg.round,
+                **({"evaluation_noise_multiplier": eval_sigma} if eval_sigma else {})}))
         source = "calibrated"
     dp = DPSGDConfig(steps=cfg.local_steps, sample_rate=q, noise_multiplier=sigma,
                      max_grad_norm=cfg.max_grad_norm)

@@ -4,6 +4,8 @@ Why on disk: Flower starts a NEW `flwr-clientapp` process for every message (DES
 1.42 facts"), so nothing in memory survives from one round to the next. The state dir holds:
 
     ledger.sqlite            the privacy ledger (agent/ledger.py)
+    holdout.key              the secret key of the evaluation hold-out split (made once)
+    reports/<study>/...      the site's full local evaluation report of each release
     releases/<study>/...     every output this site released (noisy histograms of a training's
                              statistics stage, the weights of each round), keyed by ledger job id,
                              so a retried job returns the SAME output instead of a second draw
@@ -20,6 +22,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import secrets
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -112,23 +116,67 @@ class SiteState:
         atomic_write_text(memo, json.dumps({"key": key, "sha256": h.hexdigest()}))
         return h.hexdigest()
 
-    def load_rows(self) -> pd.DataFrame:
-        """The site's table, validated against the study schema (common/loading.py). Invalid
-        cells raise `DataError` unless the owner set `on_invalid = "drop"`; either way the
+    def load_table(self) -> pd.DataFrame:
+        """The site's whole table, validated against the study schema (common/loading.py).
+        Invalid cells raise `DataError` unless the owner set `on_invalid = "drop"`; either way the
         details stay in the site's log (the ClientApp sends only the error type)."""
-        if "rows" not in self._memo:
+        if "table" not in self._memo:
             from ..common.loading import load_table
 
             df, _report = load_table(self.config.site.data, self.schema,
                                      on_invalid=self.config.site.on_invalid)
-            self._memo["rows"] = df
-        return self._memo["rows"]
+            self._memo["table"] = df
+        return self._memo["table"]
+
+    def load_rows(self) -> pd.DataFrame:
+        """The rows every training uses: the table minus the evaluation hold-out."""
+        return self._split()[0]
+
+    def load_holdout(self) -> pd.DataFrame:
+        """Rows no training ever sees, kept to score releases against (membership attacks and
+        train-on-synthetic-test-on-real need real rows the generator did not learn from)."""
+        return self._split()[1]
+
+    def _split(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Each row goes to the hold-out when a keyed hash of its values falls below the hold-out
+        fraction: stable across restarts, row order and appended rows, identical rows on the same
+        side, and the key (secret, in the state dir) keeps anyone from steering a row's side."""
+        if "split" not in self._memo:
+            df = self.load_table()
+            fraction = self.config.evaluation.holdout_fraction
+            h = pd.util.hash_pandas_object(df, index=False, hash_key=self._holdout_key())
+            aside = (h.to_numpy(np.uint64) / np.float64(2**64)) < fraction
+            self._memo["split"] = (df[~aside].reset_index(drop=True),
+                                   df[aside].reset_index(drop=True))
+        return self._memo["split"]
+
+    def _holdout_key(self) -> str:
+        path = self.state_dir / "holdout.key"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            key = path.read_text().strip()
+            if len(key) != 16:
+                raise RuntimeError(f"{path}: damaged hold-out key (expected 16 characters)") from None
+            return key
+        key = secrets.token_hex(8)
+        try:
+            os.write(fd, key.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return key
+
+    @property
+    def split_spec(self) -> str:
+        return f"holdout={self.config.evaluation.holdout_fraction}:{self._holdout_key()}"
 
     def cached_array(self, kind: str, build) -> np.ndarray:
         """An array derived from the rows (e.g. an encoding), cached in the state dir under the
         data and schema fingerprints so later messages skip the parse."""
         key = hashlib.sha256(
-            f"{kind}:{self.data_fingerprint()}:{self.schema.fingerprint()}".encode()
+            f"{kind}:{self.data_fingerprint()}:{self.schema.fingerprint()}:{self.split_spec}".encode()
         ).hexdigest()[:24]
         path = self.state_dir / "cache" / f"{kind}-{key}.npy"
         if path.exists():

@@ -16,6 +16,8 @@ Layout of a checkpoint dir::
     latest.json            {"round": 3}: the commit point, written LAST
     events.jsonl           one JSON object per line: round started/completed/failed, a site's
                            refusal, failure or absence (fsync'ed per event)
+    transcript.jsonl       every reply every site sent: config and metric records in full, arrays
+                           as shape + sha256 (what left each site, for audit)
 
 Every file is written to a temp file beside it and `os.replace`d (common/atomic.py), so a reader
 sees the old or the new version, never half; the .npz/.json pair is committed by latest.json, so
@@ -54,6 +56,8 @@ class CheckpointStore:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.events = EventLog(self.dir / "events.jsonl")
+        # Every reply every site sent (server_app.record_transcript), for audit.
+        self.transcript = EventLog(self.dir / "transcript.jsonl")
 
     # -- training identity ---------------------------------------------------------------------
     def training(self, study: str, run_config: dict) -> dict:

@@ -28,9 +28,11 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from ..common.schema import Schema
 from ..common.stats import TableStats
@@ -87,11 +89,15 @@ def _site_privacy(report: dict) -> dict:
     return {k: report[k] for k in keep if k in report}
 
 
-def write_release(run, store: CheckpointStore, schema: Schema, start: dict) -> dict:
-    """Sample the latest pooled model into `run.release_path`; returns the manifest."""
-    from ..common.synthesis import package_versions
-    from ..common.table_io import write_json, write_table
+@dataclass
+class Sample:
+    frame: pd.DataFrame
+    seed: int
+    seconds: float
 
+
+def sample_release(run, store: CheckpointStore, schema: Schema, start: dict) -> Sample:
+    """Rows from the latest pooled model: `release-rows`, or the merged statistics' DP total."""
     ckpt = store.load()
     if ckpt is None:
         raise RuntimeError("no completed round to release")
@@ -99,11 +105,22 @@ def write_release(run, store: CheckpointStore, schema: Schema, start: dict) -> d
     generator = build_generator(run, schema, stats)
     generator.set_weights(ckpt.weights)
     n = int(run.release_rows) or max(1, round(stats.noisy_rows()))
-    sample_seed = run.seed + 1
     t0 = time.perf_counter()
-    synthetic = generator.sample(n, seed=sample_seed)
+    frame = generator.sample(n, seed=run.seed + 1)
+    return Sample(frame, run.seed + 1, time.perf_counter() - t0)
+
+
+def write_release(run, store: CheckpointStore, schema: Schema, start: dict, sample: Sample,
+                  ledgers: dict[str, dict], evaluation=None) -> dict:
+    """Data, the shared report (when the sites evaluated the release), manifest, signature into
+    `run.release_path`; returns the manifest. `ledgers`: each site's latest ledger report."""
+    from ..common.synthesis import package_versions
+    from ..common.table_io import write_json, write_table
+
+    ckpt = store.load()
+    stats = TableStats.from_dict(json.loads(start["stats_json"]))
     out = run.release_path
-    write_table(synthetic, out / DATA_FILE)
+    write_table(sample.frame, out / DATA_FILE)
     data_sha = hashlib.sha256((out / DATA_FILE).read_bytes()).hexdigest()
 
     rounds = []
@@ -111,13 +128,18 @@ def write_release(run, store: CheckpointStore, schema: Schema, start: dict) -> d
         meta = store.load(rnd).meta
         rounds.append({"round": rnd, "sites": meta.get("used", []),
                        "dropped": meta.get("dropped", [])})
-    ledgers = {**start.get("ledgers", {}), **ckpt.meta.get("ledgers", {})}
-    # Every site whose rows shaped the release: the merged statistics and any round.
-    contributors = sorted(set(start["sites"]) | {s for r in rounds for s in r["sites"]})
+    # Every site whose rows shaped the release or its report: the merged statistics, any round,
+    # the evaluation.
+    contributors = sorted(set(start["sites"]) | {s for r in rounds for s in r["sites"]}
+                          | set(evaluation.sites if evaluation else ()))
     missing = [s for s in contributors if s not in ledgers]
     if missing:
         raise RuntimeError(f"no ledger report from {missing}: cannot state the guarantee")
     per_site = {s: _site_privacy(ledgers[s]) for s in contributors}
+    guarantee = release_guarantee(per_site, run.population)
+    report = None
+    if evaluation is not None:
+        report = _write_report(run, schema, sample, evaluation, per_site, guarantee, out)
     weights_sha = hashlib.sha256(b"".join(np.ascontiguousarray(w).tobytes()
                                           for w in ckpt.weights)).hexdigest()
     manifest = {
@@ -127,18 +149,16 @@ def write_release(run, store: CheckpointStore, schema: Schema, start: dict) -> d
         "training_id": start.get("training_id", ckpt.meta.get("training_id")),
         "schema": {"name": schema.name, "fingerprint": schema.fingerprint(),
                    "target": schema.target},
-        "data": {"file": DATA_FILE, "rows": n, "columns": list(synthetic.columns),
-                 "sha256": data_sha, "sample_seed": sample_seed,
-                 "sampling_seconds": round(time.perf_counter() - t0, 2)},
+        "data": {"file": DATA_FILE, "rows": len(sample.frame), "columns": list(sample.frame.columns),
+                 "sha256": data_sha, "sample_seed": sample.seed,
+                 "sampling_seconds": round(sample.seconds, 2)},
         "model": {"family": run.family, "hyperparameters": run.hyperparameters,
                   "parameters": int(sum(w.size for w in ckpt.weights)),
                   "weights_sha256": weights_sha, "init_seed": run.seed},
         "training": {
             "rounds": ckpt.round,
             "steps_per_round": run.local_steps,
-            "plan": {"steps": run.num_rounds * run.local_steps, "sample_rate": run.sample_rate,
-                     "max_batch": run.max_batch, "max_grad_norm": run.max_grad_norm,
-                     "preprocessing_share": run.preprocessing_share, "max_bins": run.max_bins},
+            "plan": run.plan.to_dict(),
             "aggregation": "FedProx" if run.proximal_mu > 0 else "FedAvg",
             "proximal_mu": run.proximal_mu,
             "weights": "each site's DP row estimate from its statistics stage (or its declared "
@@ -157,9 +177,12 @@ def write_release(run, store: CheckpointStore, schema: Schema, start: dict) -> d
             "unit": "one row of one site's table (add/remove neighbouring datasets)",
             "population": run.population,
             "per_site": per_site,
-            "release": release_guarantee(per_site, run.population),
+            "release": guarantee,
+            "covers": "everything in this folder: the data, and the DP histograms in the report "
+                      "(each site's ledger includes them); not the report's aggregate scores",
             "source": "each site's ledger as the site last reported it to the coordinator",
         },
+        "evaluation": _evaluation_summary(evaluation, report),
         "versions": package_versions(),
     }
     write_json(manifest, out / MANIFEST_FILE)
@@ -168,6 +191,46 @@ def write_release(run, store: CheckpointStore, schema: Schema, start: dict) -> d
 
         manifest = seal(out, load_or_create_key(Path(run.signing_key)))
     return manifest
+
+
+def _write_report(run, schema, sample: Sample, evaluation, per_site, guarantee, out: Path) -> dict:
+    from ..common.evaluation.federated_report import render_federated_html
+    from ..common.evaluation.pooled import pool
+    from ..common.evaluation.report import write_report
+
+    privacy = {"epsilon": guarantee["epsilon"], "delta": guarantee["delta"],
+               "composition": guarantee["composition"],
+               "per_site": {s: {"epsilon": v["epsilon"], "delta": v["delta"]} for s, v in per_site.items()}}
+    report = pool(schema, sample.frame.head(evaluation.rows), evaluation.sites, privacy=privacy,
+                  seed=run.seed)
+    write_report(report, out, title=f"Synthetic release of study {run.study}",
+                 render=render_federated_html)
+    return report
+
+
+def _evaluation_summary(evaluation, report: dict | None) -> dict:
+    if evaluation is None or report is None:
+        return {"performed": False}
+    fid, risk = report["fidelity"], report["privacy_risk"]
+    models = report["utility"].get("models", {})
+    mia = risk.get("membership_inference", {})
+    return {
+        "performed": True, "report": "report.html", "numbers": "report.json",
+        "rows_scored": evaluation.rows, "sample_sha256": evaluation.digest,
+        "sites": sorted(evaluation.sites), "not_evaluated": evaluation.not_evaluated,
+        "dp_histograms_from": sorted(s for s, e in evaluation.sites.items() if e.histograms),
+        "scores": {
+            "overall_quality": fid.get("overall"),
+            "column_shapes": (fid.get("column_shapes") or {}).get("score"),
+            "column_pair_trends": (fid.get("column_pair_trends") or {}).get("score"),
+            "tstr_roc_auc": {m: {src: r.get("roc_auc") for src, r in by.items()}
+                             for m, by in models.items()},
+            "worst_site_attack_auc": max((a.get("auc") or 0.0 for a in mia.values()), default=None),
+        },
+        "scores_are": "size-weighted means of the sites' aggregates (privacy: the worst site); "
+                      "not differentially private",
+        "verdicts": {k: v["level"] for k, v in report["summary"].items()},
+    }
 
 
 def read_manifest(release_dir: str | Path) -> dict:

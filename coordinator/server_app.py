@@ -16,7 +16,9 @@ One run = `run_study(grid, StudyRun)`:
   passed, or the round timeout hit; classify every site (ok / refused / failed / unavailable /
   missing / invalid) into the event log with the site's name and reason; FedAvg the valid
   updates; checkpoint atomically; next round;
-* release (coordinator/release.py): sample the pooled model into data + manifest, with each
+* evaluation (coordinator/evaluation_stage.py): the sites score a sample of the release against
+  their own rows; aggregates and DP histograms come back and are pooled into the shared report;
+* release (coordinator/release.py): sample the pooled model into data + report + manifest, with each
   site's ledger as it reported it and the release-level guarantee.
 
 A stage with fewer than `min-sites` valid answers fails the run (event `round_failed`), leaving
@@ -33,7 +35,7 @@ import json
 import logging
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,15 +44,13 @@ from ..common.atomic import atomic_write_text
 from ..common.bundled import ADULT_SCHEMA
 from ..common.schema import Schema
 from ..common.stats import TableStats, cell_labels, histogram_columns
+from ..common.wire import STATS_MESSAGE, TRAIN_MESSAGE, TrainingSpec, fields_from_wire
 from .checkpoint import CheckpointStore
 from .strategy import FedAvg, QuorumNotReached, SiteResult, classify_error
 
 log = logging.getLogger("synthpool.coordinator")
 
 BUNDLED_SCHEMAS = {"bundled:adult": ADULT_SCHEMA}
-# Message types, mirrored in agent/client_app.py.
-STATS_MESSAGE = "query.stats"
-TRAIN_MESSAGE = "train"
 POPULATIONS = ("disjoint", "overlap")
 
 
@@ -58,44 +58,20 @@ class RoundFailed(RuntimeError):
     pass
 
 
-@dataclass(frozen=True)
-class StudyRun:
-    """The run config of a training (keys in the FAB's pyproject use dashes)."""
+@dataclass(frozen=True, kw_only=True)
+class StudyRun(TrainingSpec):
+    """The run config of a training (keys in the FAB's pyproject use dashes): the TrainingSpec
+    every site receives (common/wire.py), plus what only the coordinator needs."""
 
     study: str
     checkpoint_dir: str
     schema: str = "bundled:adult"
-    family: str = "cvae"
-    num_rounds: int = 3
     min_sites: int = 2
     expected_sites: int = 0          # wait for this many nodes before the first stage (0: min_sites)
     node_wait_timeout: float = 120.0
     round_timeout: float = 300.0
     straggler_grace: float = 10.0    # once min_sites answered, wait this long for the rest
     poll_interval: float = 0.5
-    # The DP plan (common/planning.py:TrainingPlan); each site spends its budget over
-    # num_rounds x local_steps DP-SGD steps composed with its statistics stage.
-    local_steps: int = 160
-    sample_rate: float = 0.125
-    max_batch: int = 8192
-    max_grad_norm: float = 1.0
-    preprocessing_share: float = 0.1
-    max_bins: int = 20
-    noise_multiplier: float = 0.0    # 0: each site calibrates for target_epsilon over the schedule
-    stats_noise_multiplier: float = 0.0  # 0: each site's plan gives the histograms their share
-    target_epsilon: float = 0.0
-    # The generator (common/generators/): family above, hyperparameters here. The learning rate is
-    # higher than the single-site CVAE's 2e-3: FedAvg averages displacements that are partly DP
-    # noise, which shrinks the pooled step. Adult, 3 iid sites, eps 3, 3 x 160 steps, one run
-    # each: GB AUC / column shapes 0.867 / 0.983 at 2e-3, 0.879 / 0.981 at 3e-3, 0.889 / 0.968
-    # at 5e-3 (8e-3: AUC 0.888); one site with all rows: AUC 0.893.
-    learning_rate: float = 5e-3
-    hidden: int = 256
-    depth: int = 2
-    latent: int = 32
-    beta: float = 1.0
-    proximal_mu: float = 0.0
-    seed: int = 0
     # JSON file mapping SuperNode ids to site names, shared by the trainings of this coordinator
     # so a site that drops before it ever answered a training is still named in the event log.
     # Default: nodes.json beside the checkpoint dir.
@@ -106,6 +82,10 @@ class StudyRun:
     release_dir: str = ""
     release_rows: int = 0
     population: str = "disjoint"
+    # Federated evaluation of the release (coordinator/evaluation_stage.py): on/off, and how many
+    # of the release's rows each site scores.
+    evaluate: bool = True
+    evaluation_rows: int = 10000
     # Ed25519 key (PEM, created if absent) that signs the release (common/signing.py); "": unsigned.
     signing_key: str = ""
 
@@ -121,20 +101,9 @@ class StudyRun:
     def release_path(self) -> Path:
         return Path(self.release_dir or Path(self.checkpoint_dir) / "release")
 
-    @property
-    def hyperparameters(self) -> dict:
-        return {"hidden": self.hidden, "depth": self.depth, "latent": self.latent,
-                "beta": self.beta, "lr": self.learning_rate}
-
     @classmethod
     def from_run_config(cls, config: dict) -> "StudyRun":
-        known = {f.name: f for f in fields(cls)}
-        casts = {"int": int, "float": float, "str": str}
-        kwargs = {}
-        for key, value in config.items():
-            name = key.replace("-", "_")
-            if name in known:
-                kwargs[name] = casts[known[name].type](value)
+        kwargs = fields_from_wire(cls, config)
         if not kwargs.get("checkpoint_dir"):
             raise ValueError("run config 'checkpoint-dir' is required (where the coordinator "
                              "keeps the pooled weights between rounds and restarts)")
@@ -146,25 +115,12 @@ class StudyRun:
     def schema_fingerprint(self) -> str:
         return self.load_schema().fingerprint()
 
-    def round_wire(self, training_id: str, rnd: int, fingerprint: str,
-                   stats_digest: str = "") -> dict:
-        """What every site receives with the statistics stage (round 0) and each round
-        (agent/site_job.py:RoundConfig reads it)."""
-        return {
-            "study": self.study, "training-id": training_id, "round": rnd,
-            "num-rounds": self.num_rounds, "schema-fingerprint": fingerprint,
-            "family": self.family, "local-steps": self.local_steps,
-            "sample-rate": float(self.sample_rate), "max-batch": self.max_batch,
-            "max-grad-norm": float(self.max_grad_norm),
-            "preprocessing-share": float(self.preprocessing_share), "max-bins": self.max_bins,
-            "noise-multiplier": float(self.noise_multiplier),
-            "stats-noise-multiplier": float(self.stats_noise_multiplier),
-            "target-epsilon": float(self.target_epsilon),
-            "learning-rate": float(self.learning_rate), "hidden": self.hidden,
-            "depth": self.depth, "latent": self.latent, "beta": float(self.beta),
-            "proximal-mu": float(self.proximal_mu), "seed": self.seed,
-            "stats-digest": stats_digest,
-        }
+    def round_wire(self, training_id: str, rnd: int, fingerprint: str, stats_digest: str = "",
+                   *, stage: str = "", synthetic_digest: str = "") -> dict:
+        """What every site receives with a stage (agent/site_job.py:RoundConfig reads it)."""
+        return {**self.spec_wire(), "study": self.study, "training-id": training_id,
+                "round": rnd, "schema-fingerprint": fingerprint, "stats-digest": stats_digest,
+                "stage": stage, "synthetic-digest": synthetic_digest}
 
 
 def wait_for_nodes(grid, want: int, need: int, timeout: float, poll: float = 0.5) -> list[int]:
@@ -183,8 +139,10 @@ def wait_for_nodes(grid, want: int, need: int, timeout: float, poll: float = 0.5
 
 def exchange(grid, nodes: list[int], weights: list[np.ndarray], wire: dict, rnd: int,
              run: StudyRun, names: dict[str, str], *, message_type: str = TRAIN_MESSAGE,
-             stats_json: str | None = None) -> list[SiteResult]:
-    """One round trip to `nodes`; returns one classified SiteResult per node."""
+             extra: dict[str, dict] | None = None, transcript=None,
+             group: str | None = None) -> list[SiteResult]:
+    """One round trip to `nodes`; returns one classified SiteResult per node. `extra`: more
+    ConfigRecords to send (name -> content); `transcript`: where every reply is recorded."""
     from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
     messages = []
@@ -192,12 +150,11 @@ def exchange(grid, nodes: list[int], weights: list[np.ndarray], wire: dict, rnd:
         records = {
             "arrays": ArrayRecord([np.asarray(w) for w in weights]) if weights else ArrayRecord(),
             "config": ConfigRecord(dict(wire)),
+            **{name: ConfigRecord(dict(content)) for name, content in (extra or {}).items()},
         }
-        if stats_json is not None:
-            records["stats"] = ConfigRecord({"json": stats_json})
         # TTL = round timeout: a node that comes back later must not train on a stale round.
         messages.append(Message(RecordDict(records), dst_node_id=node, message_type=message_type,
-                                group_id=f"round-{rnd}", ttl=run.round_timeout + 30))
+                                group_id=group or f"round-{rnd}", ttl=run.round_timeout + 30))
     ids = list(grid.push_messages(messages))
     pending = {mid: node for mid, node in zip(ids, nodes) if mid}
     results: dict[int, SiteResult] = {
@@ -213,6 +170,10 @@ def exchange(grid, nodes: list[int], weights: list[np.ndarray], wire: dict, rnd:
             if node is None:
                 continue
             results[node] = _read_reply(node, reply, names)
+            if transcript is not None:
+                transcript.write("reply", round=rnd, message_type=message_type, node=node,
+                                 site=results[node].site, status=results[node].status,
+                                 **record_transcript(reply))
         ok = sum(r.status == "ok" for r in results.values())
         if quorum_at is None and ok >= run.min_sites:
             quorum_at = time.monotonic()
@@ -247,13 +208,37 @@ def _read_reply(node: int, reply, names: dict[str, str]) -> SiteResult:
         num_examples=float(metrics.get("num-examples", 0)), metrics=metrics, info=info,
     )
     try:
-        for key in ("ledger", "stats"):
+        for key in ("ledger", "stats", "evaluation"):
             record = content.config_records.get(key)
             if record is not None and "json" in record:
                 setattr(result, key, json.loads(str(record["json"])))
     except ValueError:
         result.status, result.reason = "invalid", f"unreadable {key} record"
     return result
+
+
+def record_transcript(reply) -> dict:
+    """What a site sent, for the audit transcript: every config and metric record in full,
+    arrays as dtype, shape and sha256 (model weights are DP outputs; their bytes are in the
+    checkpoints), or the error."""
+    if reply.has_error():
+        return {"error": {"code": reply.error.code, "reason": reply.error.reason}}
+    content = reply.content
+
+    def value(v):
+        if isinstance(v, bytes):
+            return {"bytes": len(v), "sha256": hashlib.sha256(v).hexdigest()}
+        return v
+
+    return {
+        "config": {name: {k: value(v) for k, v in rec.items()}
+                   for name, rec in content.config_records.items()},
+        "metrics": {name: dict(rec) for name, rec in content.metric_records.items()},
+        "arrays": {name: [{"dtype": str(a.dtype), "shape": list(a.shape),
+                           "sha256": hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()}
+                          for a in rec.to_numpy_ndarrays()]
+                   for name, rec in content.array_records.items()},
+    }
 
 
 def _reference_shapes(weights: list[np.ndarray], results: list[SiteResult]):
@@ -293,13 +278,13 @@ def stats_problem(result: SiteResult, schema: Schema) -> str:
 
 
 def statistics_stage(grid, run: StudyRun, training_id: str, schema: Schema,
-                     names: dict[str, str], events) -> tuple[dict, list[np.ndarray]]:
+                     names: dict[str, str], events, transcript=None) -> tuple[dict, list[np.ndarray]]:
     """Ask every connected site for its noisy histograms; merge; build the initial model."""
     nodes = sorted(grid.get_node_ids())
     events.write("stats_started", nodes=nodes, training_id=training_id)
     fingerprint = schema.fingerprint()
     results = exchange(grid, nodes, [], run.round_wire(training_id, 0, fingerprint), 0, run,
-                       names, message_type=STATS_MESSAGE)
+                       names, message_type=STATS_MESSAGE, transcript=transcript)
     parts: dict[str, TableStats] = {}
     for r in results:
         if r.status == "ok":
@@ -361,11 +346,12 @@ def run_study(grid, run: StudyRun) -> dict:
                  resume_after_round=first - 1, num_rounds=run.num_rounds)
     _say(f"training {training_id} of study {run.study!r}: rounds {first}..{run.num_rounds}"
          + (f" (resumed after round {first - 1})" if first > 1 else ""))
-    if saved is None or first <= run.num_rounds:
+    if saved is None or first <= run.num_rounds or run.evaluate:
         wait_for_nodes(grid, run.expected_sites or run.min_sites, run.min_sites,
                        run.node_wait_timeout, run.poll_interval)
     if saved is None:
-        start, initial = statistics_stage(grid, run, training_id, schema, names, events)
+        start, initial = statistics_stage(grid, run, training_id, schema, names, events,
+                                          store.transcript)
         store.save_start(start, initial)
         _save_registry(run.registry_path, names)
     else:
@@ -380,7 +366,8 @@ def run_study(grid, run: StudyRun) -> dict:
         t0 = time.monotonic()
         wire = run.round_wire(training_id, rnd, fingerprint, start["stats_digest"])
         results = exchange(grid, nodes, weights, wire, rnd, run, names,
-                           stats_json=start["stats_json"])
+                           extra={"stats": {"json": start["stats_json"]}},
+                           transcript=store.transcript)
         for r in results:
             # FedAvg weights are fixed by the statistics stage, whatever a round reply claims.
             if r.status == "ok" and r.site not in sizes:
@@ -417,9 +404,21 @@ def run_study(grid, run: StudyRun) -> dict:
         _say(f"round {rnd} completed with {used}" + (f"; dropped {dropped}" if dropped else ""))
     events.write("training_completed", run_id=run_id, training_id=training_id,
                  rounds=run.num_rounds)
-    from .release import write_release
+    from .release import sample_release, write_release
 
-    manifest = write_release(run, store, schema, start)
+    sample = sample_release(run, store, schema, start)
+    evaluation = None
+    if run.evaluate:
+        from .evaluation_stage import evaluation_stage
+
+        _say(f"evaluation: {min(len(sample.frame), run.evaluation_rows)} synthetic rows sent to "
+             "the sites to score against their own rows")
+        evaluation = evaluation_stage(grid, run, training_id, schema, sample.frame, names, sizes,
+                                      events, store.transcript)
+        ledgers.update(evaluation.ledgers)
+        for site, reason in evaluation.not_evaluated.items():
+            _say(f"evaluation: site {site} {reason}")
+    manifest = write_release(run, store, schema, start, sample, ledgers, evaluation)
     events.write("release_written", run_id=run_id, training_id=training_id,
                  path=str(run.release_path), rows=manifest["data"]["rows"],
                  epsilon=manifest["privacy"]["release"]["epsilon"])

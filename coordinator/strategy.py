@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# Error codes of the site's replies (agent/client_app.py; mirrored, the two do not import each
-# other) and Flower's own (flwr/common/constant.py:199).
-REFUSED = 1001
-SITE_FAILED = 1002
+from ..common.wire import REFUSED, SITE_FAILED
+
+# Flower's own error codes (flwr/common/constant.py:199).
 NODE_UNAVAILABLE = 5
 FLOWER_CODES = {0: "unknown", 1: "load-clientapp", 2: "clientapp-exception",
                 3: "message-unavailable", 4: "reply-unavailable", 5: "node-unavailable",
@@ -43,6 +42,7 @@ class SiteResult:
     reason: str = ""
     ledger: dict = field(default_factory=dict)   # the site's ledger report for the study
     stats: dict | None = None                    # statistics stage: TableStats.to_dict()
+    evaluation: dict | None = None               # evaluation stage: scores and DP histograms
 
     def summary(self) -> dict:
         out = {"node_id": self.node_id, "site": self.site, "status": self.status}

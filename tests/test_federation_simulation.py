@@ -38,11 +38,13 @@ def test_simulation_engine_runs_the_same_apps(tmp_path):
     run_simulation(make_server_app(run), make_client_app(SimulatedSites(tuple(configs))), 3)
     manifest = read_manifest(run.release_path)
     assert manifest["participation"][0]["dropped"] == []
+    assert manifest["evaluation"]["sites"] == ["site-0", "site-1", "site-2"]
+    assert (run.release_path / "report.html").exists()
     assert sorted(manifest["participation"][0]["sites"]) == ["site-0", "site-1", "site-2"]
     for i in range(3):
         with Ledger(tmp_path / f"site-{i}" / "state") as led:
             jobs = [c.job_id.split("/")[1] for c in led.charges("adult")]
-            assert jobs == ["stats", "round-1"]
+            assert jobs == ["stats", "round-1", "evaluate"]  # the sites scored the release
             assert manifest["privacy"]["per_site"][f"site-{i}"]["epsilon"] == \
                 pytest.approx(led.spent("adult").epsilon, rel=1e-9)
             assert led.cap("adult").epsilon == caps[i]

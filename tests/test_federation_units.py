@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,7 @@ from synthpool.agent.ledger import Ledger
 from synthpool.agent.site_state import SiteState
 from synthpool.common.bundled import ADULT_TRAIN
 from synthpool.common.privacy import GaussianMechanism, epsilon_of
+from synthpool.common.wire import TrainingSpec
 from synthpool.coordinator import release, server_app, strategy
 from synthpool.coordinator.checkpoint import CheckpointError, CheckpointStore
 from synthpool.coordinator.federation import split_rows
@@ -113,7 +115,7 @@ def make_run(tmp_path, **kw) -> StudyRun:
     base = dict(study="adult", checkpoint_dir=str(tmp_path / "ckpt"), num_rounds=2, min_sites=2,
                 expected_sites=3, node_wait_timeout=1, round_timeout=2, straggler_grace=0.2,
                 poll_interval=0.01, noise_multiplier=2.0, stats_noise_multiplier=STATS_SIGMA,
-                **TINY)
+                evaluate=False, **TINY)
     base.update(kw)
     return StudyRun(**base)
 
@@ -128,15 +130,18 @@ def stats_mech() -> GaussianMechanism:
 
 # -- wire agreement (agent and coordinator do not import each other) ----------------------------
 
-def test_round_request_keys_are_the_ones_sites_read():
-    wire = make_run(__import__("pathlib").Path("/tmp")).round_wire("t", 1, "sha256:x", "sha256:y")
-    known = {f.name.replace("_", "-") for f in dataclasses.fields(site_job.RoundConfig)}
-    assert set(wire) == known
-    assert client_app.REFUSED == strategy.REFUSED and client_app.SITE_FAILED == strategy.SITE_FAILED
-    assert (client_app.STATS_MESSAGE, client_app.TRAIN_MESSAGE) == \
-        (server_app.STATS_MESSAGE, server_app.TRAIN_MESSAGE)
-    cfg = site_job.RoundConfig.from_wire(wire)
-    assert cfg.plan.steps == cfg.num_rounds * cfg.local_steps
+def test_a_site_reads_back_every_setting_the_coordinator_sends():
+    run = make_run(__import__("pathlib").Path("/tmp"), learning_rate=7e-3, evaluation_share=0.2,
+                   proximal_mu=0.1, target_epsilon=2.5)
+    cfg = site_job.RoundConfig.from_wire(run.round_wire("t", 1, "sha256:x", "sha256:y"))
+    for f in dataclasses.fields(TrainingSpec):
+        assert getattr(cfg, f.name) == getattr(run, f.name), f.name
+    assert (cfg.study, cfg.training_id, cfg.round, cfg.stats_digest) == ("adult", "t", 1, "sha256:y")
+    assert cfg.job_id == "t/round-1" and cfg.plan.steps == cfg.num_rounds * cfg.local_steps
+    ev = site_job.RoundConfig.from_wire(run.round_wire("t", 2, "sha256:x", stage="evaluate"))
+    assert ev.job_id == "t/evaluate"
+    with pytest.raises(ValueError, match="lacks"):
+        site_job.RoundConfig.from_wire({"study": "adult"})
 
 
 def test_app_run_config_matches_study_run():
@@ -272,7 +277,7 @@ def test_estimated_size_is_the_stats_total_and_the_fedavg_weight(tmp_path, adult
         own = site_job.own_stats(site, site_job.RoundConfig.from_wire(
             run.round_wire(start["training_id"], 0, site.schema.fingerprint())))
         rows = start["sites"][name]["rows"]
-        assert rows == round(own.noisy_rows(), 3) and abs(rows - 1500) < 300
+        assert rows == round(own.noisy_rows(), 3) and abs(rows - len(site.load_rows())) < 300
         assert start["sites"][name]["size_source"] == "estimated"
         # No separate size query: the statistics and one round, nothing else.
         assert [c.job_id.split("/")[1] for c in ledger_of(cfg).charges("adult")] == \
@@ -453,3 +458,52 @@ def test_process_group_stops_detached_grandchildren(tmp_path):
         grandchild = int(proc.log_tail().split()[0])
         assert _alive(grandchild)
     assert not proc.alive and not _alive(grandchild)
+
+
+# -- federated evaluation ------------------------------------------------------------------------
+
+def test_sites_score_the_release_and_the_budget_reserved_for_it_lands_on_target(tmp_path, adult_slices):
+    """Calibrated noise, target epsilon 3: statistics + DP-SGD + the evaluation histograms that
+    training reserved budget for compose to the target; the release carries the pooled report,
+    each site keeps its own, and what came back holds no list longer than a histogram."""
+    configs = {i: write_site(tmp_path, n, adult_slices[i - 1]) for i, n in [(1, "a"), (2, "b")]}
+    run = make_run(tmp_path, num_rounds=1, expected_sites=2, noise_multiplier=0.0,
+                   stats_noise_multiplier=0.0, target_epsilon=3.0, evaluate=True,
+                   release_rows=600)
+    run_study(FakeGrid(configs), run)
+    manifest = release.read_manifest(run.release_path)
+    ev = manifest["evaluation"]
+    assert ev["performed"] and ev["sites"] == ["a", "b"] and ev["dp_histograms_from"] == ["a", "b"]
+    assert (run.release_path / "report.html").exists()
+    report = json.loads((run.release_path / "report.json").read_text())
+    assert set(report["sites"]) == {"a", "b"} and report["histograms"]["real_sites"] == 2
+    for name, cfg in zip("ab", configs.values()):
+        with ledger_of(cfg) as led:
+            charges = led.charges("adult")
+            spend = led.spent("adult")
+        assert [c.job_id.split("/")[1] for c in charges] == ["stats", "round-1", "evaluate"]
+        site = SiteState.from_config_path(cfg)
+        plan = json.loads(next((site.state_dir / "plans").rglob("*.json")).read_text())
+        assert charges[-1].mechanisms[0].noise_multiplier == plan["evaluation_noise_multiplier"]
+        assert epsilon_of(spend.mechanisms, DELTA) == pytest.approx(3.0, abs=0.02)
+        assert manifest["privacy"]["per_site"][name]["epsilon"] == pytest.approx(3.0, abs=0.02)
+        assert list(site.state_dir.glob("reports/*/*/report.html"))  # the site's own report
+    replies = [json.loads(line) for line in (Path(run.checkpoint_dir) / "transcript.jsonl").read_text().splitlines()]
+    evals = [r for r in replies if r["message_type"] == "query.evaluate"]
+    assert len(evals) == 2 and all(r["status"] == "ok" for r in evals)
+    for r in evals:
+        assert set(r["config"]) == {"site", "ledger", "evaluation"} and not any(r["arrays"].values())
+        longest = max(_list_lengths(json.loads(r["config"]["evaluation"]["json"])))
+        assert longest <= max(len(h["labels"]) for h in report["histograms"]["synthetic"].values())
+
+
+def _list_lengths(tree):
+    if isinstance(tree, dict):
+        for v in tree.values():
+            yield from _list_lengths(v)
+    elif isinstance(tree, list):
+        yield len(tree)
+        for v in tree:
+            yield from _list_lengths(v)
+    else:
+        yield 0

@@ -1,0 +1,104 @@
+"""What a site computes when the coordinator asks it to score a release.
+
+The coordinator sends a synthetic sample (Parquet bytes, with its sha256 in the request). The site
+scores it against its own rows (`common.evaluation.evaluate`: training rows, and the hold-out set
+aside before any training, agent/site_state.py) and:
+
+* keeps the FULL report (real distributions, association matrices, curves, distance quantiles) in
+  its state dir, `reports/<study>/<training>/report.html`, for its own staff;
+* returns only `site_scores` (aggregates; not DP, shared by the owner's choice in site.toml) and
+  DP histograms of its training rows on the schema's public grid: ONE Gaussian mechanism, planned
+  when the training was calibrated (its share of the budget reserved then, so training plus
+  evaluation land on the study's target) and charged to the ledger before it runs.
+
+The ClientApp (agent/client_app.py) owns parsing, the write-ahead charge and the replay cache, as
+for the other stages.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+
+from ..common.privacy import GaussianMechanism, histogram_noise_for
+from .site_state import SiteState, _safe
+
+EVALUATION_MECHANISM = "evaluation histograms"
+MAX_SYNTHETIC_ROWS = 200_000  # a sample beyond this is a mistake or an attack on the site's CPU
+
+
+class BadSample(ValueError):
+    """The synthetic sample sent to the site cannot be scored."""
+
+
+def evaluation_noise(cfg, epsilon: float, delta: float) -> float | None:
+    """The noise multiplier of the evaluation histograms for budget (epsilon, delta): fixed by
+    the study, or its evaluation share of epsilon; None when the study shares none."""
+    if cfg.evaluation_noise_multiplier > 0:
+        return float(cfg.evaluation_noise_multiplier)
+    if cfg.evaluation_share > 0:
+        return histogram_noise_for(cfg.evaluation_share * epsilon, delta)
+    return None
+
+
+def plan_evaluation(site: SiteState, cfg, planned: dict | None) -> GaussianMechanism | None:
+    """The mechanism to charge: the one reserved when the training was calibrated (`planned`,
+    the site's saved plan of the training), else one sized from the study settings."""
+    if planned and "evaluation_noise_multiplier" in planned:
+        sigma = planned["evaluation_noise_multiplier"]
+    else:
+        from .site_job import budget
+
+        sigma = evaluation_noise(cfg, *budget(site, cfg))
+    return None if sigma is None else GaussianMechanism(EVALUATION_MECHANISM, float(sigma), 1.0, 1)
+
+
+def read_sample(site: SiteState, data: bytes) -> pd.DataFrame:
+    from ..common.evaluation.tables import conform
+
+    try:
+        df = pd.read_parquet(io.BytesIO(data))
+    except Exception as e:  # noqa: BLE001 - pyarrow raises many types for a bad file
+        raise BadSample(f"the synthetic sample is not a readable Parquet file ({type(e).__name__})") from None
+    missing = [c for c in site.schema.names if c not in df.columns]
+    if missing:
+        raise BadSample(f"the synthetic sample lacks the study's columns {missing}")
+    if not 0 < len(df) <= MAX_SYNTHETIC_ROWS:
+        raise BadSample(f"the synthetic sample has {len(df)} rows; 1 to {MAX_SYNTHETIC_ROWS} expected")
+    return conform(df, site.schema)
+
+
+def run_evaluation(site: SiteState, cfg, synthetic: pd.DataFrame,
+                   mechanism: GaussianMechanism | None, ledger: dict) -> dict:
+    """Score `synthetic`; write the site's own report; return what may leave the site."""
+    from ..common.evaluation.evaluate import evaluate
+    from ..common.evaluation.grids import dp_histograms
+    from ..common.evaluation.report import write_report
+    from ..common.evaluation.site_scores import site_scores
+
+    schema, train = site.schema, site.load_rows()
+    privacy = {"epsilon": ledger["epsilon"], "delta": ledger["delta"],
+               "per_site": {site.name: {"epsilon": ledger["epsilon"], "delta": ledger["delta"]}}}
+    result = evaluate(schema, train, site.load_holdout(), synthetic, privacy=privacy, seed=cfg.seed)
+    report_dir = site.state_dir / "reports" / _safe(cfg.study) / _safe(cfg.training_id)
+    write_report(result, report_dir, title=f"{site.name}: evaluation of training {cfg.training_id} "
+                                           "(this site's own copy: contains its real distributions)")
+    histograms = None
+    if mechanism is not None:
+        # Noise from OS entropy (unseeded), like every DP mechanism at a site.
+        histograms = dp_histograms(schema, train, mechanism.noise_multiplier,
+                                   np.random.default_rng(), name=mechanism.name)
+        if GaussianMechanism.from_dict(histograms["mechanism"]) != mechanism:
+            raise RuntimeError("the evaluation histograms ran another mechanism than was charged")
+    return {"scores": site_scores(result) if site.config.evaluation.share_scores else None,
+            "histograms": histograms}
+
+
+def saved_plan(path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
