@@ -38,7 +38,7 @@ STATS_SIGMA = 5.0
 RUN = {"min-sites": 2, "expected-sites": 3, "noise-multiplier": 2.0,
        "stats-noise-multiplier": STATS_SIGMA, "local-steps": 3, "hidden": 16, "depth": 1,
        "latent": 4, "release-rows": 300, "straggler-grace": 5.0, "round-timeout": 150.0,
-       "node-wait-timeout": 90.0, "poll-interval": 0.3}
+       "node-wait-timeout": 90.0, "poll-interval": 0.3, "evaluate": False}
 
 
 def _one_round_eps() -> tuple[float, float]:
@@ -80,17 +80,19 @@ def _fail(fed, msg: str):
 
 @pytest.fixture(scope="module")
 def tight_run(fed):
-    """Two rounds of study "tight": s2's own cap lets it join round 1 and refuse round 2."""
+    """Two rounds of study "tight": s2's own cap lets it join round 1 and refuse round 2; what it
+    has left still pays for the evaluation histograms, so all three score the release."""
     fed.checkpoint_dir = fed.coord_dir / "ckpt-tight"
     t0 = time.monotonic()
-    out = fed.run({**RUN, "study": "tight", "num-rounds": 2}, timeout=260)
+    out = fed.run({**RUN, "study": "tight", "num-rounds": 2, "evaluate": True,
+                   "release-rows": 1000}, timeout=320)
     out.seconds = time.monotonic() - t0
     if out.returncode != 0 or not out.of("release_written"):
         _fail(fed, f"run failed rc={out.returncode}:\n{out.output}")
     return out
 
 
-@pytest.mark.timeout(320)
+@pytest.mark.timeout(380)
 def test_stats_two_rounds_and_a_release(fed, tight_run):
     store = CheckpointStore(fed.checkpoint_dir)
     assert store.latest_round() == 2
@@ -100,10 +102,11 @@ def test_stats_two_rounds_and_a_release(fed, tight_run):
     assert [e["round"] for e in tight_run.of("round_completed")] == [1, 2]
     assert sorted(store.load(1).meta["used"]) == ["s0", "s1", "s2"]
     tid = _training_id(fed)
-    assert _charges(fed, "s0", "tight") == [f"{tid}/stats", f"{tid}/round-1", f"{tid}/round-2"]
+    assert _charges(fed, "s0", "tight") == [f"{tid}/stats", f"{tid}/round-1", f"{tid}/round-2",
+                                            f"{tid}/evaluate"]
     release = fed.checkpoint_dir / "release"
     assert (release / "synthetic.csv").read_text().splitlines()[0].endswith(",income")
-    print(f"statistics + 2 rounds + release: {tight_run.seconds:.0f} s")
+    print(f"statistics + 2 rounds + evaluation + release: {tight_run.seconds:.0f} s")
 
 
 @pytest.mark.timeout(60)
@@ -125,15 +128,92 @@ def test_release_manifest_carries_each_sites_ledger(fed, tight_run):
 
 @pytest.mark.timeout(60)
 def test_over_budget_round_is_refused_and_the_coordinator_sees_why(fed, tight_run):
-    refused = tight_run.of("site_refused")
+    refused = [e for e in tight_run.of("site_refused") if e.get("stage") != "evaluation"]
     assert [(e["site"], e["round"]) for e in refused] == [("s2", 2)]
     reason = refused[0]["reason"]
     assert "site s2 refuses: round 2 of study 'tight' would spend epsilon" in reason
     assert "> cap" in reason and "spent so far" in reason
     assert "site s2 refused" in tight_run.output  # shown to whoever ran `flwr run --stream`
     assert sorted(CheckpointStore(fed.checkpoint_dir).load().meta["used"]) == ["s0", "s1"]
-    assert len(_charges(fed, "s2", "tight")) == 2  # statistics + round 1: the refusal left no charge
-    assert len(_charges(fed, "s0", "tight")) == 3
+    tid = _training_id(fed)
+    # Statistics, round 1, evaluation: the refusal of round 2 left no charge.
+    assert _charges(fed, "s2", "tight") == [f"{tid}/stats", f"{tid}/round-1", f"{tid}/evaluate"]
+    assert len(_charges(fed, "s0", "tight")) == 4
+
+
+@pytest.mark.timeout(60)
+def test_federated_evaluation_no_reply_carries_a_real_row(fed, tight_run):
+    """Every reply the coordinator received (its transcript, recorded as the replies came off
+    the SuperLink): no value of any site's real rows, no list longer than a histogram, and the
+    evaluation replies hold only scores, charged DP histograms and the ledger."""
+    from synthpool.common.bundled import ADULT_SCHEMA
+    from synthpool.common.evaluation.grids import column_grid
+    from synthpool.common.loading import load_table
+    from synthpool.common.schema import Schema
+    from synthpool.coordinator.release import read_manifest
+
+    schema = Schema.load(ADULT_SCHEMA)
+    real = [load_table(fed.sites[s].data, schema)[0] for s in ("s0", "s1", "s2")]
+    # fnlwgt is close to a row identifier (census weights, 6 digits): if any row, or any per-row
+    # value, had left a site, its fnlwgt would be somewhere in what came back.
+    sentinels = {float(v) for df in real for v in df["fnlwgt"].dropna()}
+    longest_grid = max(column_grid(c).size for c in schema.columns)
+    replies = [json.loads(line) for line in (fed.checkpoint_dir / "transcript.jsonl").read_text().splitlines()]
+    evaluations = [r for r in replies if r["message_type"] == "query.evaluate"]
+    assert sorted((r["site"], r["status"]) for r in evaluations) == \
+        [("s0", "ok"), ("s1", "ok"), ("s2", "ok")]
+    for r in replies:
+        for name, record in r.get("config", {}).items():
+            for key, value in record.items():
+                assert not isinstance(value, dict), (name, key)  # no bytes came back
+                tree = json.loads(value) if key == "json" else value
+                numbers = list(_numbers(tree))
+                assert not sentinels & set(numbers), (r["site"], name)
+                assert max(_list_lengths(tree), default=0) <= longest_grid, (r["site"], name)
+    for r in evaluations:
+        if r["status"] == "ok":
+            assert set(r["config"]) == {"site", "ledger", "evaluation"}
+            assert not any(r["arrays"].values())
+            payload = json.loads(r["config"]["evaluation"]["json"])
+            assert set(payload) == {"scores", "histograms"}
+            assert payload["histograms"]["mechanism"]["name"] == "evaluation histograms"
+    manifest = read_manifest(fed.checkpoint_dir / "release")
+    assert manifest["evaluation"]["sites"] == ["s0", "s1", "s2"]
+    assert manifest["evaluation"]["not_evaluated"] == {}
+    assert (fed.checkpoint_dir / "release" / "report.html").exists()
+    for site in ("s0", "s1", "s2"):  # the charge is in the ledger the manifest states
+        with Ledger(fed.site_state_dir(site)) as led:
+            names = [m.name for m in led.spent("tight").mechanisms]
+        assert names[-1] == "evaluation histograms"
+        assert [m["name"] for m in manifest["privacy"]["per_site"][site]["mechanisms"]] == names
+        assert list(fed.site_state_dir(site).glob("reports/*/*/report.html"))
+
+
+def _numbers(tree):
+    if isinstance(tree, dict):
+        for v in tree.values():
+            yield from _numbers(v)
+    elif isinstance(tree, list):
+        for v in tree:
+            yield from _numbers(v)
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        yield float(tree)
+    elif isinstance(tree, str):
+        for token in tree.replace(",", " ").split():
+            try:
+                yield float(token)
+            except ValueError:
+                pass
+
+
+def _list_lengths(tree):
+    if isinstance(tree, dict):
+        for v in tree.values():
+            yield from _list_lengths(v)
+    elif isinstance(tree, list):
+        yield len(tree)
+        for v in tree:
+            yield from _list_lengths(v)
 
 
 @pytest.mark.timeout(400)

@@ -1,37 +1,32 @@
-"""The empirical privacy estimate of Triastcyn & Faltings, adapted to a finished synthetic table.
+"""An empirical privacy estimate in the manner of Triastcyn & Faltings, for a finished table.
 
 Source: A. Triastcyn and B. Faltings, "Generating Artificial Data for Private Deep Learning"
-(PAL workshop at AAAI 2019; arXiv 1803.03148). Their idea, in the form we use:
+(arXiv 1803.03148, v1 titled "Generating Differentially Private Datasets Using GANs"; CEUR
+Vol-2335, AAAI Spring Symposium PAL 2019). They estimate, after training, the EXPECTED privacy
+loss of releasing artificial data (a KL divergence between the outputs on neighbouring data sets)
+and its spread, and turn the two into a DP-like (epsilon, delta) statement with Chebyshev's
+inequality: an average-case notion (Triastcyn later called it average-case DP), not a worst case.
+Their exact estimator (which model's outputs, how D' is formed, which confidence correction) is
+NOT reproduced here: we could not check it against the paper's text, so nothing below should be
+read as their numbers. What we compute instead, from the released rows only:
 
-1. The privacy loss of a record x is how much the output distribution of the data-release
-   mechanism changes when x is in the training set D versus not (D' = D without x):
-   L(x) = log q_D(o) / q_D'(o), whose expectation over outputs o ~ q_D is the KL divergence
-   KL(q_D || q_D') -- the "expected privacy loss" that DP bounds by epsilon.
-2. Instead of a worst case over all D, D' (what DP proves), estimate the mean mu and variance
-   sigma^2 of the loss over a sample of records.
-3. Chebyshev's inequality, P(|L - mu| >= k sigma) <= 1/k^2, turns them into a DP-like pair:
-   the loss exceeds eps_hat = mu + k sigma for at most a share delta_hat = 1/k^2 of records.
-   (Plug-in estimates of mu and sigma are used; with thousands of records the sampling error of
-   those is small next to k sigma.)
-
-Adaptation (the paper retrains/inspects the generator; we only have its output): q_D is estimated
-by a Gaussian kernel density on the synthetic rows, and the counterfactual q_D' at a record by the
-density that a reference sample of the population (real rows the generator never saw) puts there,
-so the per-record statistic is ell(x) = log q_syn(x) - log p_ref(x). A generator's own bias makes
-ell non-zero for everybody; the records it never saw (non-members) measure that, so
-
-    mu_hat    = mean ell(members) - mean ell(non-members)          (expected privacy loss)
+    ell(x)    = log q_syn(x) - log p_ref(x)     Gaussian kernel densities: the synthetic rows, and
+                                                real rows the generator never saw (the reference)
+    mu_hat    = mean ell(members) - mean ell(non-members)
+                (how much more the synthetic data crowds around people it was trained on than
+                 around people it was not: the generator's general bias cancels out)
     sigma_hat = sqrt(max(0, var ell(members) - var ell(non-members) - 2 SE))
-                                         (spread beyond estimator noise; ell is heavy-tailed, so a
-                                          difference of variances within 2 standard errors of 0
-                                          is sampling noise and counts as 0)
+                (spread beyond the non-members' and beyond estimator noise: a heuristic, NOT the
+                 standard deviation of a privacy-loss variable)
     eps_hat(delta_hat) = max(0, mu_hat + sigma_hat / sqrt(delta_hat))
+                (two-sided Chebyshev, P(|L - mu| >= sigma / sqrt(delta)) <= delta, applied to
+                 the plug-in mu_hat and sigma_hat; no confidence level is attached)
 
-What it shows: an average-case, record-level sensitivity of the released rows, at the data set we
-have; a copying or overfitting generator gets a large eps_hat, an independent-columns one ~0.
-What it does NOT prove: any differential-privacy guarantee. It is an estimate on one data set,
-averaged over records (outliers, the people most at risk, can exceed it), and limited by the
-density estimator; a small eps_hat never replaces the formal (epsilon, delta) of the training.
+What it shows: an average-case, record-level sensitivity of the released rows on this data set; a
+copying or overfitting generator gets a large eps_hat, an independent-columns one ~0.
+What it does NOT prove: any differential-privacy guarantee, or even an upper bound (sigma_hat can
+understate the spread; outliers, the people most at risk, are averaged away; the kernel density
+limits what it sees). A small eps_hat never replaces the formal (epsilon, delta) of the training.
 """
 
 from __future__ import annotations
@@ -52,7 +47,7 @@ def _var_se2(x: np.ndarray) -> float:
 
 
 def chebyshev_epsilon(mu: float, sigma: float, delta_hat: float) -> float:
-    """Smallest eps_hat with P(L >= eps_hat) <= delta_hat by Chebyshev: mu + sigma / sqrt(delta)."""
+    """The eps_hat that two-sided Chebyshev gives for share delta_hat: mu + sigma / sqrt(delta)."""
     return max(0.0, mu + sigma / math.sqrt(delta_hat))
 
 
@@ -67,7 +62,8 @@ def empirical_privacy(ell_members: np.ndarray, ell_nonmembers: np.ndarray) -> di
     excess = m.var(ddof=1) - n.var(ddof=1) - NOISE_SE * math.sqrt(_var_se2(m) + _var_se2(n))
     sigma = float(math.sqrt(max(0.0, excess)))
     return {
-        "method": "Triastcyn & Faltings (2019) empirical privacy, black-box density-ratio adaptation",
+        "method": "empirical privacy in the manner of Triastcyn & Faltings (2019): black-box "
+                  "density-ratio estimate with a Chebyshev bound (not their exact estimator)",
         "expected_privacy_loss": mu,
         "expected_privacy_loss_se": mu_se,
         "excess_std": sigma,

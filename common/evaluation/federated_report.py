@@ -44,7 +44,7 @@ def _per_site(d: dict) -> str:
             "<th>gradient boosting AUC, trained on synthetic / real</th><th>best attack AUC</th>"
             "<th>exact copies</th><th>shared DP distributions</th></tr>")
     rows = []
-    for name, s in d["sites"].items():
+    for name, s in sorted(d["sites"].items()):
         sc = s.get("scores") or {}
         gb = (sc.get("utility", {}).get("models", {}) or {}).get("hist_gradient_boosting", {})
         risk = sc.get("privacy_risk", {})
@@ -121,7 +121,7 @@ def _attacks(d: dict) -> str:
         for k, name in (("distance", "distance"), ("density_ratio", "density ratio")))
     emp_line = ""
     if emp.get("epsilon_hat") is not None:
-        emp_line = (f"<p class='explain'>Empirical privacy estimate (Triastcyn &amp; Faltings; "
+        emp_line = (f"<p class='explain'>Empirical privacy estimate (in the manner of Triastcyn &amp; Faltings; "
                     f"site {escape(emp['site'])}): the shift towards a person exceeds "
                     f"<b>{_num(emp['epsilon_hat'], 2)}</b> for at most {_pct(emp.get('delta_hat'))} "
                     "of people. An estimate on that site's data, not a guarantee.</p>")

@@ -241,7 +241,7 @@ def _privacy_checks(d: dict) -> str:
         "</table>")
     if "epsilon_hat" in emp:
         body.append(
-            "<h3>Empirical privacy estimate</h3><p class='explain'>Following Triastcyn &amp; "
+            "<h3>Empirical privacy estimate</h3><p class='explain'>In the manner of Triastcyn &amp; "
             "Faltings, we estimate how much the synthetic data's distribution shifts towards a "
             "person because they were in the training data, averaged over people, and turn the "
             f"spread into a bound with Chebyshev's inequality: the shift exceeds "

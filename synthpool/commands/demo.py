@@ -4,8 +4,11 @@ A coordinator (Flower SuperLink + our ServerApp) and N site agents (each `synthp
 -> its own SuperNode) start as separate processes on loopback (coordinator/federation.py). Each
 site holds a different slice of the Adult training rows and a privacy cap in its own site.toml.
 The sites release DP histograms, train the CVAE with DP-SGD for a few rounds, the coordinator
-pools the updates and samples a release (data + manifest). The demo then evaluates the release
-against the Adult hold-out (rows no site ever held) and writes the report beside it.
+pools the updates and samples a release; each site scores it against its own rows and the
+coordinator pools their answers into the release's report (data + report + manifest, signed).
+Because Adult is public, the demo can also do what no real study can: score the release against
+the union of the sites' rows and the Adult hold-out (rows no site ever held), in
+`adult-test-report/` beside the release.
 
 Everything is stopped by PID on success, failure, Ctrl-C, SIGTERM or the outer timeout.
 """
@@ -95,11 +98,12 @@ def demo(
         console.print(f"logs: {work / 'logs'}")
         raise typer.Exit(1) from None
     trained = time.monotonic() - started
-    result = evaluate_release(release_dir, [Path(p) for p in data], manifest, seed=seed,
-                              title=f"synthpool demo: Adult across {sites} sites ({split})")
+    result = evaluate_release(release_dir, [Path(p) for p in data], manifest, out / "adult-test-report",
+                              seed=seed, title=f"synthpool demo: Adult across {sites} sites "
+                                                f"({split}), judged on the public Adult hold-out")
+    print_summary(manifest, result, release_dir, out / "adult-test-report", trained,
+                  time.monotonic() - started)
     key = Path(run_config["signing-key"])
-    reseal(release_dir, key)  # the report joins the signed release
-    print_summary(manifest, result, release_dir, trained, time.monotonic() - started)
     console.print(f"signed: synthpool release verify {release_dir} --public-key "
                   f"{key.with_suffix('.pub')}")
 
@@ -113,7 +117,7 @@ def run_federation(fed, run_config: dict, rounds: int, timeout: float, started: 
     from synthpool.coordinator.release import read_manifest
 
     deadline = started + timeout
-    total = rounds + 2  # statistics, rounds, release
+    total = rounds + 3  # statistics, rounds, evaluation at the sites, release
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False) as bar:
         task = bar.add_task("starting the coordinator and the sites", total=total)
@@ -134,6 +138,10 @@ def run_federation(fed, run_config: dict, rounds: int, timeout: float, started: 
                     bar.update(task, completed=1 + done,
                                description=f"round {done + 1}/{rounds}" if done < rounds
                                else "sampling the release")
+                elif kind == "evaluation_started":
+                    bar.update(task, description="the sites score the release against their rows")
+                elif kind == "evaluation_completed":
+                    bar.update(task, completed=rounds + 2, description="writing the release")
                 elif kind.startswith("site_"):
                     bar.console.print(f"[yellow]{e.get('site')} {kind[5:]}[/yellow] "
                                       f"(round {e.get('round')}): {e.get('reason', '')}")
@@ -165,10 +173,11 @@ def site_rows(paths: list[Path]):
     return schema, pd.concat([load_table(p, schema)[0] for p in paths], ignore_index=True)
 
 
-def evaluate_release(release_dir: Path, site_files: list[Path], manifest: dict, *, seed: int,
-                     title: str):
+def evaluate_release(release_dir: Path, site_files: list[Path], manifest: dict, out: Path, *,
+                     seed: int, title: str):
     """Score the release against the union of the sites' rows and the Adult hold-out; write
-    report.html / report.json into the release dir."""
+    report.html / report.json into `out` (outside the signed release: only a public data set
+    allows this view)."""
     from synthpool.common.bundled import ADULT_TEST
     from synthpool.common.evaluation.evaluate import evaluate
     from synthpool.common.evaluation.report import write_report
@@ -186,18 +195,14 @@ def evaluate_release(release_dir: Path, site_files: list[Path], manifest: dict, 
     with console.status("evaluating the release against the Adult hold-out") as status:
         result = evaluate(schema, train, holdout, synthetic, privacy=privacy, seed=seed,
                           progress=status.update)
-        write_report(result, release_dir, title=title)
+        write_report(result, out, title=title)
     return result
 
 
-def reseal(release_dir: Path, key: Path) -> None:
-    """Sign the release again with the coordinator's key once the report is in the folder."""
-    from synthpool.common.signing import load_or_create_key, seal
-
-    seal(release_dir, load_or_create_key(key))
-
-
-def print_summary(manifest: dict, result, release_dir: Path, trained: float, total: float) -> None:
+def print_summary(manifest: dict, result, release_dir: Path, public_report: Path | None,
+                  trained: float, total: float) -> None:
+    """Rows, epsilon per site, the sites' verdicts (the release's own report) and, for the
+    public Adult data only, utility on the Adult hold-out."""
     p = manifest["privacy"]
     console.print(f"\n[bold]{manifest['data']['rows']} synthetic rows[/bold] in "
                   f"{release_dir / manifest['data']['file']}")
@@ -206,16 +211,28 @@ def print_summary(manifest: dict, result, release_dir: Path, trained: float, tot
                       f"delta {v['delta']:g}")
     console.print(f"release: epsilon {p['release']['epsilon']:.3f}, delta "
                   f"{p['release']['delta']:g} ({p['release']['composition']})")
-    gb = result.utility.get("models", {}).get("hist_gradient_boosting", {})
-    if gb:
-        console.print(f"gradient boosting ROC AUC on the real hold-out: trained on synthetic "
-                      f"{gb['synthetic']['roc_auc']:.3f}, on the sites' real rows "
-                      f"{gb['real']['roc_auc']:.3f}")
-    shapes = result.fidelity.get("column_shapes", {}).get("score")
-    if shapes is not None:
-        console.print(f"column shapes {shapes:.3f}, overall quality "
-                      f"{result.fidelity.get('overall', float('nan')):.3f}")
-    for key in ("useful", "safe", "privacy_spent"):
-        console.print(f"{key.replace('_', ' ')}: {result.summary[key]['headline']}")
-    console.print(f"report: {release_dir / 'report.html'}  (training {trained:.0f} s, "
-                  f"total {total:.0f} s)")
+    ev = manifest.get("evaluation", {})
+    if ev.get("performed"):
+        sc = ev["scores"]
+        gb = sc["tstr_roc_auc"].get("hist_gradient_boosting", {})
+        console.print(f"scored at the sites ({', '.join(ev['sites'])}): overall quality "
+                      f"{_fmt(sc['overall_quality'])}, gradient boosting AUC on their set-aside "
+                      f"rows {_fmt(gb.get('synthetic'))} (trained on their real rows "
+                      f"{_fmt(gb.get('real'))}), worst attack AUC {_fmt(sc['worst_site_attack_auc'])}")
+        for site, why in ev["not_evaluated"].items():
+            console.print(f"  [yellow]{site} did not score the release[/yellow]: {why}")
+    if result is not None:
+        gb = result.utility.get("models", {}).get("hist_gradient_boosting", {})
+        if gb:
+            console.print(f"gradient boosting ROC AUC on the Adult hold-out: trained on synthetic "
+                          f"{gb['synthetic']['roc_auc']:.3f}, on the sites' real rows "
+                          f"{gb['real']['roc_auc']:.3f}")
+        for key in ("useful", "safe", "privacy_spent"):
+            console.print(f"{key.replace('_', ' ')}: {result.summary[key]['headline']}")
+    console.print(f"report: {release_dir / 'report.html'}"
+                  + (f" (and {public_report / 'report.html'})" if public_report else "")
+                  + f"  (training {trained:.0f} s, total {total:.0f} s)")
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"

@@ -47,8 +47,10 @@ def simulate(
     split: str = typer.Option("iid", "--split", help="iid or skewed (age bands)."),
     out: Path = typer.Option(Path("simulate-out"), "--out", help="Folder for sites, checkpoints "
                                                                  "and the release."),
+    site_evaluation: bool = typer.Option(True, "--site-evaluation/--no-site-evaluation",
+                                         help="The sites score the release (the release's report)."),
     evaluate: bool = typer.Option(False, "--evaluate/--no-evaluate",
-                                  help="Score the release against the Adult hold-out."),
+                                  help="Also score the release against the Adult hold-out."),
     timeout: int = typer.Option(1800, "--timeout", help="Give up after this many seconds."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
@@ -80,7 +82,7 @@ def simulate(
         num_rounds=rounds, local_steps=steps, target_epsilon=epsilon, expected_sites=sites,
         min_sites=min(2, sites), node_wait_timeout=60.0, round_timeout=float(timeout),
         straggler_grace=float(timeout), poll_interval=0.2, seed=seed,
-        release_dir=str(out / "release"), population="disjoint",
+        release_dir=str(out / "release"), population="disjoint", evaluate=site_evaluation,
     )
     console.print(f"[bold]synthpool simulate[/bold]: {sites} sites ({split}), epsilon "
                   f"{epsilon:g} per site, {rounds} rounds x {steps} steps, Flower simulation "
@@ -107,9 +109,14 @@ def simulate(
     manifest = read_manifest(run.release_path)
     trained = time.monotonic() - started
     if evaluate:
-        result = evaluate_release(run.release_path, data, manifest, seed=seed,
+        public = out / "adult-test-report"
+        result = evaluate_release(run.release_path, data, manifest, public, seed=seed,
                                   title=f"synthpool simulate: Adult across {sites} sites")
-        print_summary(manifest, result, run.release_path, trained, time.monotonic() - started)
+        print_summary(manifest, result, run.release_path, public, trained,
+                      time.monotonic() - started)
+        return
+    if site_evaluation:
+        print_summary(manifest, None, run.release_path, None, trained, time.monotonic() - started)
         return
     p = manifest["privacy"]
     console.print(f"{manifest['data']['rows']} synthetic rows in {run.release_path}; release "
