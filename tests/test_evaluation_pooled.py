@@ -87,3 +87,22 @@ def test_without_scores_the_report_still_shows_the_budget_and_distributions():
     assert d["summary"]["useful"]["headline"].startswith("Not measured")
     html = render_federated_html(d, title="r")
     assert "id='columns'" in html and "id='privacy-budget'" in html
+
+
+def test_federated_report_renders_in_headless_chromium(pooled, tmp_path):
+    import re
+    import subprocess
+
+    from test_evaluation_report import CHROMIUM_FLAGS, IMG_CHECK, _chromium
+
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no chromium on this machine: apt-get install -y chromium (CI installs it)")
+    *_, d = pooled
+    page = tmp_path / "report.html"
+    page.write_text(render_federated_html(d, title="r").replace("</body>", IMG_CHECK + "</body>"))
+    dom = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                          "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    m = re.search(r'<pre id="img-check">(\d+)/(\d+)</pre>', dom)
+    assert m and m.group(1) == m.group(2) == "19", m and m.group(0)

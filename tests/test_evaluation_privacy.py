@@ -110,3 +110,20 @@ def test_empirical_privacy_separates_shift_from_noise():
     assert leak["expected_privacy_loss"] == pytest.approx(2.0, abs=0.2)
     assert leak["excess_std"] == pytest.approx(np.sqrt(8.0), rel=0.15)
     assert leak["epsilon_hat"] == pytest.approx(2.0 + np.sqrt(8.0) / np.sqrt(0.05), rel=0.15)
+
+
+def test_a_dp_release_at_epsilon_3_is_not_caught(data):
+    """The other end of the scale: the same attacks on rows from a generator trained with DP-SGD
+    at epsilon 3 on the training rows (fewer steps than the default, to stay fast; the epsilon
+    is the accountant's for the steps taken) cannot tell members from non-members."""
+    from synthpool.common.planning import TrainingPlan
+    from synthpool.common.synthesis import train_single_site
+
+    train, holdout, _ = data
+    result = train_single_site(adult_schema(), train, epsilon=3.0, delta=1e-5, device="cpu",
+                               plan=TrainingPlan(steps=200, sample_rate=0.1))
+    assert result.spend.epsilon == pytest.approx(3.0, abs=0.01)
+    risk = privacy_risk(adult_schema(), train, holdout, result.generator.sample(N, seed=1), seed=0)
+    mia = risk["membership_inference"]
+    assert mia["distance"]["auc"] <= 0.55 and mia["density_ratio"]["auc"] <= 0.55, mia
+    assert risk["dcr"]["exact_copy_rate"] <= risk["dcr"]["holdout_exact_match_rate"] + 0.01

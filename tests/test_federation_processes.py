@@ -20,7 +20,7 @@ import pytest
 
 from synthpool.agent.ledger import Ledger
 from synthpool.common.bundled import ADULT_TRAIN
-from synthpool.common.privacy import GaussianMechanism, epsilon_of
+from synthpool.common.privacy import ALPHAS, GaussianMechanism, epsilon_of
 from synthpool.coordinator.checkpoint import CheckpointStore
 from synthpool.coordinator.federation import LocalFederation, SiteSpec, split_rows
 from synthpool.coordinator.flower_processes import bin_dir
@@ -150,6 +150,7 @@ def test_federated_evaluation_no_reply_carries_a_real_row(fed, tight_run):
     from synthpool.common.evaluation.grids import column_grid
     from synthpool.common.loading import load_table
     from synthpool.common.schema import Schema
+    from synthpool.common.stats import cell_labels, histogram_columns
     from synthpool.coordinator.release import read_manifest
 
     schema = Schema.load(ADULT_SCHEMA)
@@ -157,7 +158,10 @@ def test_federated_evaluation_no_reply_carries_a_real_row(fed, tight_run):
     # fnlwgt is close to a row identifier (census weights, 6 digits): if any row, or any per-row
     # value, had left a site, its fnlwgt would be somewhere in what came back.
     sentinels = {float(v) for df in real for v in df["fnlwgt"].dropna()}
-    longest_grid = max(column_grid(c).size for c in schema.columns)
+    # The longest list that may come back: a histogram on a public grid (evaluation's, or the
+    # statistics stage's finer one).
+    longest_grid = max([column_grid(c).size for c in schema.columns]
+                       + [len(cell_labels(schema, n)) for n in histogram_columns(schema)])
     replies = [json.loads(line) for line in (fed.checkpoint_dir / "transcript.jsonl").read_text().splitlines()]
     evaluations = [r for r in replies if r["message_type"] == "query.evaluate"]
     assert sorted((r["site"], r["status"]) for r in evaluations) == \
@@ -167,6 +171,8 @@ def test_federated_evaluation_no_reply_carries_a_real_row(fed, tight_run):
             for key, value in record.items():
                 assert not isinstance(value, dict), (name, key)  # no bytes came back
                 tree = json.loads(value) if key == "json" else value
+                if name == "ledger":  # the accountant's RDP orders: a public constant
+                    assert tree.pop("alphas") == list(ALPHAS)
                 numbers = list(_numbers(tree))
                 assert not sentinels & set(numbers), (r["site"], name)
                 assert max(_list_lengths(tree), default=0) <= longest_grid, (r["site"], name)
