@@ -1,5 +1,7 @@
 """`synthpool-agent`: the command a data owner runs at their site.
 
+    synthpool-agent enroll --config site.toml --token T --coordinator HOST:PORT --ca ca.pem
+                                                 make this site's key pair, register its public key
     synthpool-agent run --config site.toml       join the federation (caps applied first)
     synthpool-agent ledger --state-dir DIR       what has been spent on this site's rows
 """
@@ -32,6 +34,53 @@ def run(config: Path = typer.Option(..., "--config", "-c", exists=True, dir_okay
         typer.echo(str(e), err=True)
         raise typer.Exit(2) from None
     raise typer.Exit(code)
+
+
+@app.command()
+def enroll(config: Path = typer.Option(..., "--config", "-c", exists=True, dir_okay=False,
+                                       help="The site's site.toml"),
+           token: str = typer.Option(None, "--token", help="The one-time invitation token from "
+                                                          "the coordinator's administrator"),
+           coordinator: str = typer.Option(None, "--coordinator",
+                                           help="The coordinator's admin API, HOST:PORT"),
+           ca: Path = typer.Option(None, "--ca", exists=True, dir_okay=False,
+                                   help="The coordinator's CA certificate (TLS)")) -> None:
+    """Create this site's key pair (the private key stays in the state dir) and, with a token,
+    register the public key with the coordinator. Then tell the coordinator's administrator the
+    fingerprint printed here, so they approve exactly this key."""
+    from ..common.signing import ssh_key_fingerprint
+    from . import identity
+    from .config import ConfigError, load_site_config
+
+    try:
+        cfg = load_site_config(config)
+    except ConfigError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+    public = identity.ensure_node_key(cfg.state_dir)
+    typer.echo(f"site {cfg.name}: key {identity.key_path(cfg.state_dir)}")
+    typer.echo(f"public key: {public}")
+    typer.echo(f"fingerprint: {ssh_key_fingerprint(public)}")
+    if token is None:
+        return
+    if coordinator is None or ca is None:
+        typer.echo("--token needs --coordinator HOST:PORT and --ca FILE", err=True)
+        raise typer.Exit(2)
+    import grpc
+
+    from ..protos import admin_pb2 as pb, admin_pb2_grpc
+
+    channel = grpc.secure_channel(coordinator, grpc.ssl_channel_credentials(ca.read_bytes()))
+    try:
+        reply = admin_pb2_grpc.AdminStub(channel).RegisterSite(
+            pb.RegisterSiteRequest(token=token, public_key=public), timeout=30)
+    except grpc.RpcError as e:
+        typer.echo(f"the coordinator refused the enrollment: {e.details()}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        channel.close()
+    typer.echo(f"registered as {reply.site.name!r}; the coordinator's administrator must now "
+               f"approve fingerprint {reply.site.public_key_fingerprint}")
 
 
 @app.command()

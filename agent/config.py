@@ -19,10 +19,12 @@ Example::
 
     [superlink]
     address = "127.0.0.1:9092"
-    insecure = true                    # TLS comes later: root_certificates = "ca.pem"
+    insecure = false
+    root_certificates = "ca.pem"       # the coordinator's CA (TLS); insecure = true on loopback only
 
     [supernode]
     port = 9094                        # the node's local Runtime API port
+    authenticate = true                # sign with the key made by `synthpool-agent enroll`
 
     [evaluation]
     holdout_fraction = 0.15            # rows set aside before training, to score releases on
@@ -87,10 +89,19 @@ class SuperLinkSection(BaseModel):
     insecure: bool = True
     root_certificates: Path | None = None
 
+    @model_validator(mode="after")
+    def _tls(self) -> "SuperLinkSection":
+        if not self.insecure and self.root_certificates is None:
+            raise ValueError("insecure = false needs root_certificates (the coordinator's CA)")
+        return self
+
 
 class SuperNodeSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
     port: int = Field(default=9094, gt=0, lt=65536)
+    # Sign every request with the site's enrolled key (agent/identity.py): required when the
+    # coordinator's SuperLink admits enrolled sites only.
+    authenticate: bool = False
     # Extra flags passed to flower-supernode verbatim (e.g. auth keys), owner's choice.
     extra_args: list[str] = Field(default_factory=list)
 

@@ -24,6 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import identity
 from .config import SiteConfig
 from .ledger import Ledger
 from .site_state import NODE_CONFIG_KEY
@@ -39,8 +40,14 @@ def supernode_argv(cfg: SiteConfig) -> list[str]:
             "--node-config", f'{NODE_CONFIG_KEY}="{path}"']
     if cfg.superlink.insecure:
         argv.append("--insecure")
-    elif cfg.superlink.root_certificates is not None:
+    else:
         argv += ["--root-certificates", str(cfg.superlink.root_certificates)]
+    if cfg.supernode.authenticate:
+        key = identity.key_path(cfg.state_dir)
+        if not key.exists():
+            raise FileNotFoundError(f"{key}: this site has no key yet; run `synthpool-agent enroll "
+                                    f"--config {cfg.path}` first")
+        argv += ["--auth-supernode-private-key", str(key)]
     return argv + list(cfg.supernode.extra_args)
 
 

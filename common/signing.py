@@ -115,3 +115,10 @@ def verify(folder: Path, public_key: Ed25519PublicKey) -> Verification:
             problems.append(f"{name}: content differs from the signed hash")
     problems += [f"{name}: not part of the signed release" for name in present if name not in listed]
     return Verification(not problems, problems, len(listed))
+
+
+def ssh_key_fingerprint(openssh_public_key: str) -> str:
+    """SHA256 fingerprint of an OpenSSH public key as `ssh-keygen -l` prints it: what a site's
+    and the coordinator's administrators compare by phone before the site is approved."""
+    blob = base64.b64decode(openssh_public_key.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ from typing import Mapping
 
 from .checkpoint import CheckpointStore
 from .flower_processes import (
-    LOOPBACK, ManagedProcess, ProcessGroup, bin_dir, flower_env, free_port, write_connection,
+    LOOPBACK, ManagedProcess, ProcessGroup, TLSFiles, bin_dir, flower_env, free_port,
+    register_supernode, unregister_supernode, write_connection,
 )
 
 APP_DIR = Path(__file__).resolve().parent.parent / "deploy" / "app"
@@ -74,7 +76,8 @@ class SiteSpec:
 
 
 def write_site_config(path: Path, spec: SiteSpec, state_dir: Path, address: str,
-                      port: int) -> Path:
+                      port: int, *, root_certificates: Path | None = None,
+                      authenticate: bool = False) -> Path:
     """A site.toml in the format agent/config.py reads (written here as text because the
     coordinator package never imports the agent's)."""
     lines = ["[site]", f"name = {json.dumps(spec.name)}",
@@ -85,8 +88,13 @@ def write_site_config(path: Path, spec: SiteSpec, state_dir: Path, address: str,
         lines.append(f"declared_rows = {int(spec.declared_rows)}")
     if spec.torch_threads:
         lines.append(f"torch_threads = {int(spec.torch_threads)}")
-    lines += ["", "[superlink]", f"address = {json.dumps(address)}", "insecure = true",
-              "", "[supernode]", f"port = {int(port)}"]
+    lines += ["", "[superlink]", f"address = {json.dumps(address)}"]
+    if root_certificates is None:
+        lines.append("insecure = true")
+    else:
+        lines += ["insecure = false", f"root_certificates = {json.dumps(str(root_certificates))}"]
+    lines += ["", "[supernode]", f"port = {int(port)}",
+              f"authenticate = {'true' if authenticate else 'false'}"]
     for study, (eps, delta) in spec.budgets.items():
         lines += ["", f"[budgets.{json.dumps(study)}]", f"epsilon = {float(eps)!r}",
                   f"delta = {float(delta)!r}"]
@@ -107,7 +115,19 @@ class RunOutcome:
 
 
 class LocalFederation:
-    def __init__(self, workdir: Path, sites: list[SiteSpec], *, app_dir: Path = APP_DIR) -> None:
+    """A SuperLink and one `synthpool-agent run` per site, as processes on loopback.
+
+    `tls=True`: the coordinator's PKI (coordinator/pki.py) is created, every Flower API is served
+    over TLS and every site verifies it with the CA. `node_auth=True` (needs TLS): the SuperLink
+    admits only enrolled SuperNodes: `enroll(name)` makes the site's key pair AT THE SITE
+    (`synthpool-agent enroll`) and registers its public key; `revoke(name)` unregisters it."""
+
+    def __init__(self, workdir: Path, sites: list[SiteSpec], *, app_dir: Path = APP_DIR,
+                 tls: bool = False, node_auth: bool = False) -> None:
+        if node_auth and not tls:
+            raise ValueError("SuperNode authentication needs TLS")
+        self.tls, self.node_auth = tls, node_auth
+        self.node_ids: dict[str, int] = {}
         self.workdir = Path(workdir)
         self.sites = {s.name: s for s in sites}
         self.app_dir = app_dir
@@ -133,11 +153,38 @@ class LocalFederation:
 
     def start_coordinator(self) -> ManagedProcess:
         """The SuperLink on its fixed port with its database: a restart finds its state."""
+        tls = None
+        if self.tls:
+            from .pki import init_coordinator
+
+            pki = init_coordinator(self.coord_dir / "state", [LOOPBACK])
+            tls = TLSFiles(pki.ca_cert, pki.server_cert, pki.server_key)
         proc = self.procs.start_superlink(name="superlink", port=self.port,
                                           database=self.coord_dir / "superlink.db",
-                                          flwr_home=self.coord_dir / "superlink-home")
-        write_connection(self.cli_home, self.address)
+                                          flwr_home=self.coord_dir / "superlink-home",
+                                          tls=tls, node_auth=self.node_auth)
+        write_connection(self.cli_home, self.address, insecure=tls is None,
+                         root_certificates=tls.ca_cert if tls else None)
         return proc
+
+    @property
+    def ca_cert(self) -> Path | None:
+        return self.coord_dir / "state" / "pki" / "ca.pem" if self.tls else None
+
+    def enroll(self, name: str) -> int:
+        """The site makes its key pair (`synthpool-agent enroll`); its public key is registered
+        with the SuperLink. Returns the SuperNode id."""
+        out = subprocess.run([str(bin_dir() / "synthpool-agent"), "enroll", "--config",
+                              str(self.site_config(name))], capture_output=True, text=True,
+                             timeout=60)
+        if out.returncode != 0:
+            raise RuntimeError(f"synthpool-agent enroll for {name} failed: {out.stderr}")
+        self.node_ids[name] = register_supernode(
+            self.cli_home, self.site_state_dir(name) / "identity" / "supernode.pub")
+        return self.node_ids[name]
+
+    def revoke(self, name: str) -> None:
+        unregister_supernode(self.cli_home, self.node_ids.pop(name))
 
     def site_dir(self, name: str) -> Path:
         return self.workdir / "sites" / name
@@ -150,7 +197,8 @@ class LocalFederation:
         path = self.site_dir(name) / "site.toml"
         if not path.exists():
             write_site_config(path, self.sites[name], self.site_state_dir(name), self.address,
-                              free_port())
+                              free_port(), root_certificates=self.ca_cert,
+                              authenticate=self.node_auth)
         return path
 
     def start_site(self, name: str) -> ManagedProcess:

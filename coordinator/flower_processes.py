@@ -127,6 +127,37 @@ def write_connection(flwr_home: Path, address: str, *, name: str = CONNECTION,
     return path
 
 
+@dataclass(frozen=True)
+class TLSFiles:
+    ca_cert: Path
+    cert: Path
+    key: Path
+
+
+def _flwr_json(argv: list[str], flwr_home: Path) -> dict:
+    out = subprocess.run([str(bin_dir() / "flwr"), *argv, "--format", "json"],
+                         env=flower_env(flwr_home), capture_output=True, text=True, timeout=60)
+    try:
+        reply = json.loads(out.stdout)
+    except ValueError:
+        reply = {"success": False, "error-message": (out.stdout + out.stderr)[-2000:]}
+    if not reply.get("success"):
+        raise RuntimeError(f"flwr {' '.join(argv[:2])} failed: "
+                           f"{reply.get('error-message', '').strip()}")
+    return reply
+
+
+def register_supernode(flwr_home: Path, public_key: Path, connection: str = CONNECTION) -> int:
+    """Admit the SuperNode holding `public_key`'s private half (OpenSSH public key file) to the
+    SuperLink named by `connection`; returns the node id the SuperLink gave it."""
+    return int(_flwr_json(["supernode", "register", str(public_key), connection], flwr_home)["node-id"])
+
+
+def unregister_supernode(flwr_home: Path, node_id: int, connection: str = CONNECTION) -> None:
+    """Shut the node out: its next request is refused, and it cannot register again by itself."""
+    _flwr_json(["supernode", "unregister", str(node_id), connection], flwr_home)
+
+
 # -- process trees --------------------------------------------------------------------------------
 
 def _ppid_map() -> dict[int, list[int]]:
@@ -294,16 +325,27 @@ class ProcessGroup:
     # -- Flower --------------------------------------------------------------------------------
     def start_superlink(self, *, name: str = "superlink", port: int | None = None,
                         database: Path | None = None, flwr_home: Path | None = None,
+                        tls: "TLSFiles | None" = None, node_auth: bool = False,
                         ready_timeout: float = 60.0) -> ManagedProcess:
-        """`flower-superlink --insecure` on 127.0.0.1:PORT (Fleet, Control and Runtime APIs on
-        the one port). `database` keeps runs, nodes and messages across restarts. TLS: later."""
+        """`flower-superlink` on 127.0.0.1:PORT (Fleet, Control and Runtime APIs on the one
+        port). `database` keeps runs, nodes and messages across restarts. `tls`: serve every API
+        over TLS with the coordinator's certificate; `node_auth`: admit only SuperNodes whose
+        public key was registered (`register_supernode`); Flower requires TLS for it."""
+        if node_auth and tls is None:
+            raise ValueError("SuperNode authentication needs TLS")
         port = port or free_port()
         home = flwr_home or self.workdir / name / "flwr-home"
         database = Path(database or self.workdir / name / "state.db")
         database.parent.mkdir(parents=True, exist_ok=True)
-        argv = [str(bin_dir() / "flower-superlink"), "--insecure",
-                "--disable-runtime-dependency-installation",
+        argv = [str(bin_dir() / "flower-superlink"), "--disable-runtime-dependency-installation",
                 "--host", LOOPBACK, "--port", str(port), "--database", str(database)]
+        if tls is None:
+            argv.append("--insecure")
+        else:
+            argv += ["--ssl-ca-certfile", str(tls.ca_cert), "--ssl-certfile", str(tls.cert),
+                     "--ssl-keyfile", str(tls.key)]
+        if node_auth:
+            argv.append("--enable-supernode-auth")
         proc = self.spawn(name, "superlink", argv, flower_env(home),
                           meta={"port": port, "address": f"{LOOPBACK}:{port}",
                                 "database": str(database), "flwr_home": str(home)})

@@ -25,9 +25,7 @@ what Flower's own TLS examples use.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import hashlib
 import ipaddress
 import os
 from dataclasses import dataclass
@@ -41,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from synthpool.common.atomic import atomic_write_bytes
-from synthpool.common.signing import generate_key
+from synthpool.common.signing import generate_key, ssh_key_fingerprint
 
 ORGANIZATION = "synthpool"
 #: The organisational unit that marks an administrator's client certificate. The admin server
@@ -218,10 +216,8 @@ def site_public_key(text: str) -> tuple[str, str]:
         raise ValueError("the site key must be an EC key on a NIST curve (P-256, P-384 or "
                          "P-521): Flower's SuperNode authentication accepts nothing else")
     openssh = key.public_bytes(serialization.Encoding.OpenSSH,
-                               serialization.PublicFormat.OpenSSH)
-    blob = base64.b64decode(openssh.split()[1])
-    fingerprint = "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-    return openssh.decode(), fingerprint
+                               serialization.PublicFormat.OpenSSH).decode()
+    return openssh, ssh_key_fingerprint(openssh)
 
 
 # -- internals --------------------------------------------------------------------------------

@@ -1,0 +1,72 @@
+"""Transport and identity with real processes: every Flower API over TLS with the coordinator's
+CA, SuperNode authentication on. Two sites enroll (each makes its key pair at the site with
+`synthpool-agent enroll`; the coordinator registers the public key), a third runs with a key
+nobody registered: the study trains with the two. Then one is revoked and is shut out of the next
+training. Sites run on loopback; network namespaces need privileges this machine's CI lacks."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+
+import pytest
+
+from synthpool.common.bundled import ADULT_TRAIN
+from synthpool.coordinator.federation import LocalFederation, SiteSpec, split_rows
+from synthpool.coordinator.flower_processes import LOOPBACK, bin_dir
+from synthpool.coordinator.release import read_manifest
+
+pytestmark = [
+    pytest.mark.skipif(sys.platform != "linux", reason="process plumbing reads /proc"),
+    pytest.mark.skipif(shutil.which("synthpool-agent", path=str(bin_dir())) is None,
+                       reason="synthpool-agent not installed in this venv"),
+]
+
+ROWS = 1200
+RUN = {"study": "adult", "num-rounds": 1, "local-steps": 2, "hidden": 16, "depth": 1, "latent": 4,
+       "release-rows": 200, "noise-multiplier": 2.0, "stats-noise-multiplier": 5.0,
+       "evaluate": False, "min-sites": 2, "expected-sites": 2, "node-wait-timeout": 60.0,
+       "round-timeout": 120.0, "straggler-grace": 3.0, "poll-interval": 0.3}
+
+
+@pytest.mark.timeout(420)
+def test_only_enrolled_sites_join_over_tls_and_a_revoked_site_is_shut_out(tmp_path):
+    data = split_rows(ADULT_TRAIN, tmp_path / "data", 3, rows_per_site=ROWS)
+    sites = [SiteSpec(f"s{i}", p, {"adult": (10.0, 1e-5)}, size="declared", declared_rows=ROWS,
+                      torch_threads=1) for i, p in enumerate(data)]
+    with LocalFederation(tmp_path / "fed", sites, tls=True, node_auth=True) as fed:
+        fed.start_coordinator()
+        # The SuperLink speaks TLS only, with a certificate the coordinator's CA vouches for.
+        ctx = ssl.create_default_context(cafile=str(fed.ca_cert))
+        ctx.set_alpn_protocols(["h2"])
+        with socket.create_connection((LOOPBACK, fed.port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname=LOOPBACK) as tls:
+                assert tls.version() in ("TLSv1.2", "TLSv1.3")
+        ids = {name: fed.enroll(name) for name in ("s0", "s1")}
+        assert len(set(ids.values())) == 2
+        # s2 made a key pair but nobody registered it.
+        subprocess.run([str(bin_dir() / "synthpool-agent"), "enroll", "--config",
+                        str(fed.site_config("s2"))], check=True, capture_output=True, timeout=60)
+        key = fed.site_state_dir("s2") / "identity" / "supernode.key"
+        assert key.stat().st_mode & 0o077 == 0  # the private key is the site's alone
+        for name in fed.sites:
+            fed.start_site(name)
+
+        first = fed.run(RUN, timeout=240, name="run-enrolled")
+        assert first.returncode == 0 and first.of("release_written"), first.output[-3000:]
+        manifest = read_manifest(fed.checkpoint_dir / "release")
+        assert [sorted(r["sites"]) for r in manifest["participation"]] == [["s0", "s1"]]
+        assert sorted(manifest["privacy"]["per_site"]) == ["s0", "s1"]
+        log = fed.procs.by_name("site-s2").log_tail(20000)
+        assert "305" in log or "authentic" in log.lower(), log[-2000:]
+
+        fed.revoke("s1")
+        fed.checkpoint_dir = fed.coord_dir / "ckpt-after-revoke"
+        second = fed.run({**RUN, "min-sites": 1, "node-wait-timeout": 15.0}, timeout=240,
+                         name="run-after-revoke")
+        assert second.returncode == 0 and second.of("release_written"), second.output[-3000:]
+        manifest = read_manifest(fed.checkpoint_dir / "release")
+        assert [r["sites"] for r in manifest["participation"]] == [["s0"]]
