@@ -43,7 +43,7 @@ class AdminServer:
     def __init__(self, state_dir: Path, *, listen: str = DEFAULT_LISTEN,
                  mtls_listen: str | None = DEFAULT_MTLS_LISTEN, database_url: str | None = None,
                  releases_dir: Path | None = None, runner: TrainingRunner | None = None,
-                 max_workers: int = 16, state: State | None = None) -> None:
+                 fleet=None, max_workers: int = 16, state: State | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.pki = CoordinatorPKI(self.state_dir)
         missing = [p for p in (self.pki.ca_cert, self.pki.server_cert, self.pki.server_key,
@@ -58,7 +58,7 @@ class AdminServer:
         self.service = AdminService(
             self.state, ca_pem=ca_pem, signing_public_key=self.pki.signing_public_key,
             releases_dir=Path(releases_dir) if releases_dir else self.state_dir / "releases",
-            runner=runner)
+            runner=runner, fleet=fleet)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
                                                               thread_name_prefix="synthpool-admin"),
                                    maximum_concurrent_rpcs=max_workers * 4)

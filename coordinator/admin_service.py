@@ -309,11 +309,22 @@ class ReleaseStore:
 
 # -- the servicer --------------------------------------------------------------------------------
 
+@runtime_checkable
+class FleetAccess(Protocol):
+    """Who the SuperLink lets in (coordinator/flower_processes.py:SuperLinkAccess): approving
+    a site admits its key, revoking shuts its SuperNode out."""
+
+    def admit(self, site_name: str, public_key: str) -> int: ...
+
+    def shut_out(self, node_id: int) -> None: ...
+
+
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, state: st.State, *, ca_pem: bytes, signing_public_key: Path,
                  releases_dir: Path, runner: TrainingRunner | None = None,
-                 clock=time.time, mtls_hint: str = "") -> None:
+                 fleet: FleetAccess | None = None, clock=time.time, mtls_hint: str = "") -> None:
         self.state = state
+        self.fleet = fleet
         self.ca_pem = ca_pem
         self.signing_public_key = Path(signing_public_key)
         self.releases = ReleaseStore(releases_dir, state)
@@ -359,13 +370,17 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     def ApproveSite(self, request, context):
         with self._call(context, "ApproveSite", request) as call:
-            site = self.state.approve_site(request.name, call.actor, request.expected_fingerprint)
-            call.detail = f"key {site.public_key_fingerprint}"
+            admit = (lambda s: self.fleet.admit(s.name, s.public_key)) if self.fleet else None
+            site = self.state.approve_site(request.name, call.actor, request.expected_fingerprint,
+                                           admit=admit)
+            call.detail = f"key {site.public_key_fingerprint}" + (
+                f", SuperNode {site.flower_node_id}" if site.flower_node_id is not None else "")
         return _site(site)
 
     def RevokeSite(self, request, context):
         with self._call(context, "RevokeSite", request) as call:
-            site = self.state.revoke_site(request.name, call.actor, request.reason)
+            site = self.state.revoke_site(request.name, call.actor, request.reason,
+                                          shut_out=self.fleet.shut_out if self.fleet else None)
         return _site(site)
 
     def RegisterSite(self, request, context):

@@ -158,6 +158,25 @@ def unregister_supernode(flwr_home: Path, node_id: int, connection: str = CONNEC
     _flwr_json(["supernode", "unregister", str(node_id), connection], flwr_home)
 
 
+class SuperLinkAccess:
+    """The admin API's hold on the SuperLink's door (admin_service.FleetAccess), through the
+    Flower CLI's Control API connection in `flwr_home` (config.toml names it)."""
+
+    def __init__(self, flwr_home: Path, connection: str = CONNECTION) -> None:
+        self.flwr_home, self.connection = Path(flwr_home), connection
+
+    def admit(self, site_name: str, public_key: str) -> int:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"{site_name}.pub"
+            path.write_text(public_key.strip() + "\n")
+            return register_supernode(self.flwr_home, path, self.connection)
+
+    def shut_out(self, node_id: int) -> None:
+        unregister_supernode(self.flwr_home, node_id, self.connection)
+
+
 # -- process trees --------------------------------------------------------------------------------
 
 def _ppid_map() -> dict[int, list[int]]:

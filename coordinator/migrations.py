@@ -157,10 +157,17 @@ def _m2_audit_append_only(conn: Connection) -> None:
         conn.exec_driver_sql(statement)
 
 
+def _m3_site_node_ids(conn: Connection) -> None:
+    """The Flower SuperNode id the SuperLink gave an approved site's key (to shut it out on
+    revocation). Text: Flower's ids are unsigned 64-bit, beyond a signed BIGINT."""
+    conn.exec_driver_sql("ALTER TABLE sites ADD COLUMN flower_node_id VARCHAR(20)")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "sites, admin tokens, studies, runs, run events, releases, audit log",
               _m1_initial),
     Migration(2, "audit log append-only (database triggers)", _m2_audit_append_only),
+    Migration(3, "sites: Flower SuperNode id of the approved key", _m3_site_node_ids),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -107,6 +107,7 @@ sites = sa.Table(
     sa.Column("revoked_at", sa.Float),
     sa.Column("revoked_by", sa.String(200)),
     sa.Column("revoke_reason", sa.Text),
+    sa.Column("flower_node_id", sa.String(20)),  # Flower's unsigned 64-bit SuperNode id
 )
 admin_tokens = sa.Table(
     "admin_tokens", metadata,
@@ -190,6 +191,7 @@ class SiteRecord:
     revoked_at: float | None
     revoked_by: str | None
     revoke_reason: str | None
+    flower_node_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -428,7 +430,10 @@ class State:
             name = conn.execute(sa.select(sites.c.name).where(sites.c.token_hash == h)).scalar_one()
             return self.get_site(name)
 
-    def approve_site(self, name: str, by: str, expected_fingerprint: str = "") -> SiteRecord:
+    def approve_site(self, name: str, by: str, expected_fingerprint: str = "",
+                     admit: Callable[[SiteRecord], int] | None = None) -> SiteRecord:
+        """Approve a registered site; `admit(site)` lets its key into the SuperLink and returns
+        the node id, inside the transaction, so a failed admission approves nothing."""
         with self.transaction() as conn:
             site = self.get_site(name)
             if site.status == SITE_APPROVED:
@@ -439,19 +444,25 @@ class State:
             if expected_fingerprint and expected_fingerprint != site.public_key_fingerprint:
                 raise Precondition(f"site {name!r} registered key {site.public_key_fingerprint}, "
                                    f"not {expected_fingerprint}: do not approve")
+            node_id = str(admit(site)) if admit else None
             conn.execute(sites.update().where(sites.c.name == name).values(
-                status=SITE_APPROVED, approved_at=self.clock(), approved_by=by))
+                status=SITE_APPROVED, approved_at=self.clock(), approved_by=by,
+                flower_node_id=node_id))
             return self.get_site(name)
 
-    def revoke_site(self, name: str, by: str, reason: str = "") -> SiteRecord:
-        """Revoke a site in any state; a pending invitation token dies with it."""
+    def revoke_site(self, name: str, by: str, reason: str = "",
+                    shut_out: Callable[[int], None] | None = None) -> SiteRecord:
+        """Revoke a site in any state; a pending invitation token dies with it, and an admitted
+        SuperNode is shut out (`shut_out(node_id)`) before the revocation is recorded."""
         with self.transaction() as conn:
             site = self.get_site(name)
             if site.status == SITE_REVOKED:
                 return site
+            if site.flower_node_id is not None and shut_out is not None:
+                shut_out(int(site.flower_node_id))
             conn.execute(sites.update().where(sites.c.name == name).values(
                 status=SITE_REVOKED, revoked_at=self.clock(), revoked_by=by,
-                revoke_reason=reason, token_hash=None))
+                revoke_reason=reason, token_hash=None, flower_node_id=None))
             return self.get_site(name)
 
     def get_site(self, name: str) -> SiteRecord:

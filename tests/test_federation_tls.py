@@ -70,3 +70,65 @@ def test_only_enrolled_sites_join_over_tls_and_a_revoked_site_is_shut_out(tmp_pa
         assert second.returncode == 0 and second.of("release_written"), second.output[-3000:]
         manifest = read_manifest(fed.checkpoint_dir / "release")
         assert [r["sites"] for r in manifest["participation"]] == [["s0"]]
+
+
+@pytest.mark.timeout(180)
+def test_admin_approval_admits_the_sites_key_to_the_superlink_and_revocation_removes_it(tmp_path):
+    """The whole enrollment path with real parts: the admin invites, the site agent makes its key
+    and registers it with the one-time token (TLS to the admin API), the admin approves (the key
+    is registered with a TLS + node-auth SuperLink), then revokes (unregistered)."""
+    import json
+
+    from synthpool.commands.admin import AdminClient
+    from synthpool.coordinator.admin_server import AdminServer
+    from synthpool.coordinator.federation import write_site_config
+    from synthpool.coordinator.flower_processes import (
+        ProcessGroup, SuperLinkAccess, TLSFiles, flower_env, free_port, write_connection,
+    )
+    from synthpool.coordinator.pki import init_coordinator
+    from synthpool.protos import admin_pb2 as pb
+
+    pki = init_coordinator(tmp_path / "coord", [LOOPBACK])
+    cli_home = tmp_path / "cli-home"
+    with ProcessGroup(tmp_path / "procs") as procs:
+        link = procs.start_superlink(tls=TLSFiles(pki.ca_cert, pki.server_cert, pki.server_key),
+                                     node_auth=True)
+        write_connection(cli_home, link.meta["address"], insecure=False,
+                         root_certificates=pki.ca_cert)
+        server = AdminServer(pki.state_dir, listen=f"{LOOPBACK}:0", mtls_listen=None,
+                             fleet=SuperLinkAccess(cli_home)).start()
+        try:
+            token = server.state.add_admin_token("tester")
+            with AdminClient(server.address, pki.ca_cert, token=token, timeout=30) as admin:
+                invite = admin.InviteSite(pb.InviteSiteRequest(name="hosp-a")).token
+                site_toml = write_site_config(
+                    tmp_path / "site" / "site.toml",
+                    SiteSpec("hosp-a", tmp_path / "none.csv", {"adult": (3.0, 1e-5)}),
+                    tmp_path / "site" / "state", link.meta["address"], free_port(),
+                    root_certificates=pki.ca_cert, authenticate=True)
+                out = subprocess.run([str(bin_dir() / "synthpool-agent"), "enroll", "--config",
+                                      str(site_toml), "--token", invite, "--coordinator",
+                                      server.address, "--ca", str(pki.ca_cert)],
+                                     capture_output=True, text=True, timeout=60)
+                assert out.returncode == 0, out.stderr
+                fingerprint = out.stdout.split("fingerprint: ")[1].split()[0]
+                site = admin.ApproveSite(pb.ApproveSiteRequest(
+                    name="hosp-a", expected_fingerprint=fingerprint))
+                assert site.status == pb.SITE_STATUS_APPROVED
+                node_id = int(server.state.get_site("hosp-a").flower_node_id)
+
+                def listed() -> dict:
+                    r = subprocess.run([str(bin_dir() / "flwr"), "supernode", "list", "synthpool",
+                                        "--format", "json"], env=flower_env(cli_home),
+                                       capture_output=True, text=True, timeout=60)
+                    return {int(n["node-id"]): n for n in json.loads(r.stdout)["nodes"]}
+
+                assert node_id in listed()
+                admin.RevokeSite(pb.RevokeSiteRequest(name="hosp-a", reason="test"))
+                assert server.state.get_site("hosp-a").flower_node_id is None
+                gone = listed().get(node_id)
+                assert gone is None or gone["deleted-at"] != "N/A", gone
+                actions = [e.action for e in server.state.audit_entries()]
+                assert {"InviteSite", "RegisterSite", "ApproveSite", "RevokeSite"} <= set(actions)
+        finally:
+            server.stop(0)

@@ -124,7 +124,7 @@ def state(db_url, clock):
 
 def test_migrations_apply_once_and_survive_restart(db_url):
     engine = st.create_engine(db_url)
-    assert migrations.migrate(engine) == [1, 2]
+    assert migrations.migrate(engine) == [1, 2, 3]
     assert migrations.migrate(engine) == []  # idempotent
     engine.dispose()
 
@@ -133,7 +133,7 @@ def test_migrations_apply_once_and_survive_restart(db_url):
     first.close()
     again = State(db_url)  # a restarted coordinator: migrates (nothing to do), keeps the data
     assert [s.name for s in again.list_sites()] == ["hosp-a"]
-    assert [v for v, _ in migrations.applied(again.engine)] == [1, 2]
+    assert [v for v, _ in migrations.applied(again.engine)] == [1, 2, 3]
     again.close()
 
 
@@ -144,8 +144,8 @@ def test_upgrade_from_an_older_schema_keeps_data(db_url):
         conn.execute(st.audit_log.insert().values(at=1.0, actor="x", action="Old", arguments="{}",
                                                   outcome="OK", detail="", peer=""))
     engine.dispose()
-    s = State(db_url)  # applies migration 2 only
-    assert [v for v, _ in migrations.applied(s.engine)] == [1, 2]
+    s = State(db_url)  # applies migrations 2 and 3 only
+    assert [v for v, _ in migrations.applied(s.engine)] == [1, 2, 3]
     assert [e.action for e in s.audit_entries()] == ["Old"]
     with pytest.raises(sa.exc.DBAPIError, match="append-only"):
         with s.engine.begin() as conn:

@@ -300,6 +300,10 @@ def coordinator_serve_admin(
     runner: Optional[str] = typer.Option(None, "--runner",
                                          help="MODULE:NAME of the training runner, e.g. "
                                               "synthpool.coordinator.admin_service:InMemoryRunner."),
+    superlink_flwr_home: Optional[Path] = typer.Option(
+        None, "--superlink-flwr-home", file_okay=False,
+        help="A FLWR_HOME whose config.toml names the SuperLink (connection 'synthpool'): "
+             "approving a site then admits its key to the SuperLink, revoking shuts it out."),
     as_json: bool = typer.Option(False, "--json", help="Print the bound addresses as JSON."),
 ) -> None:
     """Serve the admin API until interrupted."""
@@ -309,9 +313,12 @@ def coordinator_serve_admin(
     from synthpool.coordinator.admin_server import AdminServer, load_runner
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from synthpool.coordinator.flower_processes import SuperLinkAccess
+
+    fleet = SuperLinkAccess(superlink_flwr_home) if superlink_flwr_home else None
     server = AdminServer(state_dir, listen=listen, mtls_listen=mtls_listen or None,
                          database_url=database_url, releases_dir=releases_dir,
-                         runner=load_runner(runner)).start()
+                         runner=load_runner(runner), fleet=fleet).start()
     info = {"address": server.address, "mtls_address": server.mtls_address}
     _out(as_json, info, lambda: print(f"admin API on {server.address} (TLS, tokens)"
                                       + (f" and {server.mtls_address} (mTLS, certificates)"
