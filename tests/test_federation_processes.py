@@ -24,6 +24,7 @@ from synthpool.common.privacy import ALPHAS, GaussianMechanism, epsilon_of
 from synthpool.coordinator.checkpoint import CheckpointStore
 from synthpool.coordinator.federation import LocalFederation, SiteSpec, split_rows
 from synthpool.coordinator.flower_processes import bin_dir
+from payloads import list_lengths, numbers
 
 pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="process plumbing reads /proc"),
@@ -173,9 +174,8 @@ def test_federated_evaluation_no_reply_carries_a_real_row(fed, tight_run):
                 tree = json.loads(value) if key == "json" else value
                 if name == "ledger":  # the accountant's RDP orders: a public constant
                     assert tree.pop("alphas") == list(ALPHAS)
-                numbers = list(_numbers(tree))
-                assert not sentinels & set(numbers), (r["site"], name)
-                assert max(_list_lengths(tree), default=0) <= longest_grid, (r["site"], name)
+                assert not sentinels & set(numbers(tree)), (r["site"], name)
+                assert max(list_lengths(tree), default=0) <= longest_grid, (r["site"], name)
     for r in evaluations:
         if r["status"] == "ok":
             assert set(r["config"]) == {"site", "ledger", "evaluation"}
@@ -193,33 +193,6 @@ def test_federated_evaluation_no_reply_carries_a_real_row(fed, tight_run):
         assert names[-1] == "evaluation histograms"
         assert [m["name"] for m in manifest["privacy"]["per_site"][site]["mechanisms"]] == names
         assert list(fed.site_state_dir(site).glob("reports/*/*/report.html"))
-
-
-def _numbers(tree):
-    if isinstance(tree, dict):
-        for v in tree.values():
-            yield from _numbers(v)
-    elif isinstance(tree, list):
-        for v in tree:
-            yield from _numbers(v)
-    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
-        yield float(tree)
-    elif isinstance(tree, str):
-        for token in tree.replace(",", " ").split():
-            try:
-                yield float(token)
-            except ValueError:
-                pass
-
-
-def _list_lengths(tree):
-    if isinstance(tree, dict):
-        for v in tree.values():
-            yield from _list_lengths(v)
-    elif isinstance(tree, list):
-        yield len(tree)
-        for v in tree:
-            yield from _list_lengths(v)
 
 
 @pytest.mark.timeout(400)

@@ -26,6 +26,7 @@ from synthpool.coordinator.checkpoint import CheckpointError, CheckpointStore
 from synthpool.coordinator.federation import split_rows
 from synthpool.coordinator.flower_processes import format_node_config
 from synthpool.coordinator.server_app import RoundFailed, StudyRun, run_study
+from payloads import list_lengths
 
 DELTA = 1e-5
 
@@ -493,17 +494,6 @@ def test_sites_score_the_release_and_the_budget_reserved_for_it_lands_on_target(
     assert len(evals) == 2 and all(r["status"] == "ok" for r in evals)
     for r in evals:
         assert set(r["config"]) == {"site", "ledger", "evaluation"} and not any(r["arrays"].values())
-        longest = max(_list_lengths(json.loads(r["config"]["evaluation"]["json"])))
+        longest = max(list_lengths(json.loads(r["config"]["evaluation"]["json"])))
         assert longest <= max(len(h["labels"]) for h in report["histograms"]["synthetic"].values())
 
-
-def _list_lengths(tree):
-    if isinstance(tree, dict):
-        for v in tree.values():
-            yield from _list_lengths(v)
-    elif isinstance(tree, list):
-        yield len(tree)
-        for v in tree:
-            yield from _list_lengths(v)
-    else:
-        yield 0
