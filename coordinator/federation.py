@@ -120,10 +120,13 @@ class LocalFederation:
     `tls=True`: the coordinator's PKI (coordinator/pki.py) is created, every Flower API is served
     over TLS and every site verifies it with the CA. `node_auth=True` (needs TLS): the SuperLink
     admits only enrolled SuperNodes: `enroll(name)` makes the site's key pair AT THE SITE
-    (`synthpool-agent enroll`) and registers its public key; `revoke(name)` unregisters it."""
+    (`synthpool-agent enroll`) and registers its public key; `revoke(name)` unregisters it.
+    `host`: the address the SuperLink listens on and the sites dial; `site_prefix[name]`: argv
+    put before a site's agent (e.g. `ip netns exec NS` to run it in its own network)."""
 
     def __init__(self, workdir: Path, sites: list[SiteSpec], *, app_dir: Path = APP_DIR,
-                 tls: bool = False, node_auth: bool = False) -> None:
+                 tls: bool = False, node_auth: bool = False, host: str = LOOPBACK,
+                 site_prefix: Mapping[str, list[str]] | None = None) -> None:
         if node_auth and not tls:
             raise ValueError("SuperNode authentication needs TLS")
         self.tls, self.node_auth = tls, node_auth
@@ -135,8 +138,9 @@ class LocalFederation:
         self.coord_dir = self.workdir / "coordinator"
         self.cli_home = self.coord_dir / "cli-home"
         self.checkpoint_dir = self.coord_dir / "checkpoints"
-        self.port = free_port()
-        self.address = f"{LOOPBACK}:{self.port}"
+        self.host, self.site_prefix = host, dict(site_prefix or {})
+        self.port = free_port(host)
+        self.address = f"{host}:{self.port}"
 
     # -- lifecycle -----------------------------------------------------------------------------
     def __enter__(self) -> "LocalFederation":
@@ -157,12 +161,12 @@ class LocalFederation:
         if self.tls:
             from .pki import init_coordinator
 
-            pki = init_coordinator(self.coord_dir / "state", [LOOPBACK])
+            pki = init_coordinator(self.coord_dir / "state", [self.host, LOOPBACK])
             tls = TLSFiles(pki.ca_cert, pki.server_cert, pki.server_key)
         proc = self.procs.start_superlink(name="superlink", port=self.port,
                                           database=self.coord_dir / "superlink.db",
                                           flwr_home=self.coord_dir / "superlink-home",
-                                          tls=tls, node_auth=self.node_auth)
+                                          tls=tls, node_auth=self.node_auth, host=self.host)
         write_connection(self.cli_home, self.address, insecure=tls is None,
                          root_certificates=tls.ca_cert if tls else None)
         return proc
@@ -202,7 +206,8 @@ class LocalFederation:
         return path
 
     def start_site(self, name: str) -> ManagedProcess:
-        argv = [str(bin_dir() / "synthpool-agent"), "run", "--config", str(self.site_config(name))]
+        argv = [*self.site_prefix.get(name, []), str(bin_dir() / "synthpool-agent"), "run",
+                "--config", str(self.site_config(name))]
         env = flower_env(self.site_dir(name) / "state" / "flwr-home")
         return self.procs.spawn(f"site-{name}", "agent", argv, env)
 

@@ -345,19 +345,19 @@ class ProcessGroup:
     def start_superlink(self, *, name: str = "superlink", port: int | None = None,
                         database: Path | None = None, flwr_home: Path | None = None,
                         tls: "TLSFiles | None" = None, node_auth: bool = False,
-                        ready_timeout: float = 60.0) -> ManagedProcess:
-        """`flower-superlink` on 127.0.0.1:PORT (Fleet, Control and Runtime APIs on the one
-        port). `database` keeps runs, nodes and messages across restarts. `tls`: serve every API
+                        host: str = LOOPBACK, ready_timeout: float = 60.0) -> ManagedProcess:
+        """`flower-superlink` on HOST:PORT (Fleet, Control and Runtime APIs on the one
+        port; HOST 127.0.0.1 unless sites dial it from elsewhere). `database` keeps runs, nodes and messages across restarts. `tls`: serve every API
         over TLS with the coordinator's certificate; `node_auth`: admit only SuperNodes whose
         public key was registered (`register_supernode`); Flower requires TLS for it."""
         if node_auth and tls is None:
             raise ValueError("SuperNode authentication needs TLS")
-        port = port or free_port()
+        port = port or free_port(host)
         home = flwr_home or self.workdir / name / "flwr-home"
         database = Path(database or self.workdir / name / "state.db")
         database.parent.mkdir(parents=True, exist_ok=True)
         argv = [str(bin_dir() / "flower-superlink"), "--disable-runtime-dependency-installation",
-                "--host", LOOPBACK, "--port", str(port), "--database", str(database)]
+                "--host", host, "--port", str(port), "--database", str(database)]
         if tls is None:
             argv.append("--insecure")
         else:
@@ -366,9 +366,9 @@ class ProcessGroup:
         if node_auth:
             argv.append("--enable-supernode-auth")
         proc = self.spawn(name, "superlink", argv, flower_env(home),
-                          meta={"port": port, "address": f"{LOOPBACK}:{port}",
+                          meta={"port": port, "address": f"{host}:{port}",
                                 "database": str(database), "flwr_home": str(home)})
-        wait_for_port(LOOPBACK, port, ready_timeout, proc)
+        wait_for_port(host, port, ready_timeout, proc)
         return proc
 
     def start_supernode(self, name: str, superlink: str, *, node_config: Mapping[str, object],

@@ -132,3 +132,79 @@ def test_admin_approval_admits_the_sites_key_to_the_superlink_and_revocation_rem
                 assert {"InviteSite", "RegisterSite", "ApproveSite", "RevokeSite"} <= set(actions)
         finally:
             server.stop(0)
+
+
+# -- sites in their own network namespaces --------------------------------------------------------
+
+BRIDGE, SUBNET = "spbr0", "10.77.0"
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=30)
+
+
+def _netns_available() -> str:
+    """'' when this machine lets us create namespaces and links, else why not."""
+    if shutil.which("ip") is None:
+        return "no `ip` command (iproute2)"
+    probe = "sp-probe"
+    out = _ip("netns", "add", probe, check=False)
+    if out.returncode != 0:
+        return f"cannot create a network namespace here: {out.stderr.strip()}"
+    _ip("netns", "del", probe, check=False)
+    return ""
+
+
+@pytest.fixture
+def site_networks():
+    """A bridge at 10.77.0.1 (the coordinator's address) and one namespace per site, each with
+    its own address on the bridge and nothing else: the sites reach the coordinator over a
+    network, not over the host's loopback."""
+    why = _netns_available()
+    if why:
+        pytest.skip(why)
+    names = [f"sp-s{i}" for i in range(3)]
+    try:
+        _ip("link", "add", BRIDGE, "type", "bridge")
+        _ip("addr", "add", f"{SUBNET}.1/24", "dev", BRIDGE)
+        _ip("link", "set", BRIDGE, "up")
+        for i, ns in enumerate(names):
+            _ip("netns", "add", ns)
+            _ip("link", "add", f"sph{i}", "type", "veth", "peer", "name", f"spn{i}")
+            _ip("link", "set", f"sph{i}", "master", BRIDGE)
+            _ip("link", "set", f"sph{i}", "up")
+            _ip("link", "set", f"spn{i}", "netns", ns)
+            _ip("-n", ns, "addr", "add", f"{SUBNET}.{10 + i}/24", "dev", f"spn{i}")
+            _ip("-n", ns, "link", "set", f"spn{i}", "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+        yield {f"s{i}": ns for i, ns in enumerate(names)}
+    finally:
+        for i, ns in enumerate(names):
+            _ip("link", "del", f"sph{i}", check=False)
+            _ip("netns", "del", ns, check=False)
+        _ip("link", "del", BRIDGE, check=False)
+
+
+@pytest.mark.timeout(360)
+def test_sites_in_their_own_network_namespaces_train_over_tls(tmp_path, site_networks):
+    import os
+
+    data = split_rows(ADULT_TRAIN, tmp_path / "data", 3, rows_per_site=ROWS)
+    sites = [SiteSpec(f"s{i}", p, {"adult": (10.0, 1e-5)}, size="declared", declared_rows=ROWS,
+                      torch_threads=1) for i, p in enumerate(data)]
+    prefix = {name: ["ip", "netns", "exec", ns] for name, ns in site_networks.items()}
+    with LocalFederation(tmp_path / "fed", sites, tls=True, node_auth=True,
+                         host=f"{SUBNET}.1", site_prefix=prefix) as fed:
+        fed.start_coordinator()
+        for name in fed.sites:
+            fed.enroll(name)
+            fed.start_site(name)
+        out = fed.run({**RUN, "expected-sites": 3}, timeout=240)
+        assert out.returncode == 0 and out.of("release_written"), out.output[-3000:]
+        manifest = read_manifest(fed.checkpoint_dir / "release")
+        assert [sorted(r["sites"]) for r in manifest["participation"]] == [["s0", "s1", "s2"]]
+        # Each agent really ran in its own network namespace, none in the coordinator's.
+        own = os.stat("/proc/self/ns/net").st_ino
+        spaces = {name: os.stat(f"/proc/{fed.procs.by_name(f'site-{name}').pid}/ns/net").st_ino
+                  for name in fed.sites}
+        assert own not in spaces.values() and len(set(spaces.values())) == 3
