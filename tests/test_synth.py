@@ -100,3 +100,24 @@ def test_adult_utility_after_short_dp_training(adult_schema, adult_train, adult_
     assert auc > 0.84
     # Label balance follows the DP histogram (real: 24%).
     assert abs((syn["income"] == ">50K").mean() - 0.24) < 0.03
+
+
+def test_token_draws_follow_each_columns_softmax():
+    """The sampler's inverse-CDF draw has exactly the softmax's distribution, per column, and
+    never leaves a column's block (also for a uniform at the very top of the CDF)."""
+    import torch
+
+    from synthpool.common.generators.cvae import draw_tokens
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.tensor([[2.0, 0.0, -1.0, 0.5, 3.0, -2.0]])  # blocks of 3, 1 and 2 tokens
+    blocks = [(0, 3), (3, 1), (4, 2)]
+    n = 200_000
+    u = torch.rand(n, 3, generator=gen)
+    u[0] = 1.0
+    tokens = draw_tokens(logits.expand(n, -1), blocks, u)
+    for j, (start, size) in enumerate(blocks):
+        freq = torch.bincount(tokens[:, j], minlength=size).double() / n
+        want = torch.softmax(logits[0, start:start + size].double(), 0)
+        assert freq.shape == (size,)
+        assert torch.allclose(freq, want, atol=0.004), (j, freq, want)

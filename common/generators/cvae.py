@@ -134,10 +134,20 @@ class CVAEGenerator:
                 y[torch.arange(hi - lo), torch.as_tensor(y_tok[lo:hi])] = 1.0
             z = torch.randn(hi - lo, self.net.latent, generator=gen, device=self.device)
             logits = self.net.decode(z, y)
-            # Gumbel-max: argmax(logits + Gumbel noise) draws from each column's softmax; one
-            # noise tensor for all columns is ~5x faster than a multinomial per column.
-            u = torch.rand(logits.shape, generator=gen, device=self.device).clamp_(1e-20, 1.0)
-            logits -= torch.log(-torch.log(u))
-            for j, b in enumerate(t.blocks):
-                feature_tokens[lo:hi, j] = logits[:, b.start:b.start + b.size].argmax(1).cpu().numpy()
+            u = torch.rand(hi - lo, len(t.blocks), generator=gen, device=self.device)
+            feature_tokens[lo:hi] = draw_tokens(logits, [(b.start, b.size) for b in t.blocks],
+                                                u).cpu().numpy()
         return t.decode(feature_tokens, y_tok if t.target_dim else None, rng)
+
+
+def draw_tokens(logits: torch.Tensor, blocks: list[tuple[int, int]],
+                u: torch.Tensor) -> torch.Tensor:
+    """One token per row and column (block = (start, size) of its logits) from the column's
+    softmax, by inverse CDF with the uniforms `u` (rows x columns). Same distribution as
+    Gumbel-max, but one random number per column instead of one per token and no logs: 1M Adult
+    rows sample in 9.5 s instead of 14 s on 2 cores (torch.multinomial per column is slower still)."""
+    out = torch.empty(logits.shape[0], len(blocks), dtype=torch.int64, device=logits.device)
+    for j, (start, size) in enumerate(blocks):
+        cdf = torch.softmax(logits[:, start:start + size], dim=1).cumsum_(1)
+        out[:, j] = (cdf < u[:, j:j + 1]).sum(1).clamp_(max=size - 1)
+    return out
