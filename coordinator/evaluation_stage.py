@@ -28,6 +28,8 @@ from ..common.evaluation.pooled import SiteEvaluation
 from ..common.schema import Schema
 from ..common.wire import EVALUATE_MESSAGE
 
+MAX_BINS = 256  # a histogram grid beyond this is not one the study asked for
+
 
 @dataclass
 class EvaluationOutcome:
@@ -60,6 +62,8 @@ def evaluation_problem(payload: dict | None, schema: Schema) -> str:
         mech = hist["mechanism"]
         if (mech["sample_rate"], mech["steps"]) != (1.0, 1) or not mech["noise_multiplier"] > 0:
             return "the histograms were not released by one Gaussian mechanism"
+        if not 1 <= int(hist["n_bins"]) <= MAX_BINS:
+            return f"histograms with {hist['n_bins']!r} bins"
         if set(hist["columns"]) != set(schema.names):
             return "the histograms do not cover exactly the schema's columns"
         for col in schema.columns:
