@@ -150,8 +150,11 @@ class LocalFederation:
         self.procs.stop_all()
 
     def start(self) -> "LocalFederation":
+        """The coordinator, then every site (enrolled first when the SuperLink checks keys)."""
         self.start_coordinator()
         for name in self.sites:
+            if self.node_auth and name not in self.node_ids:
+                self.enroll(name)
             self.start_site(name)
         return self
 

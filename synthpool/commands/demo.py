@@ -59,6 +59,9 @@ def demo(
                                                            "after this many seconds of training."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, the model's initialisation "
                                                "and sampling (never of the DP noise)."),
+    secure: bool = typer.Option(True, "--secure/--insecure",
+                                help="TLS on every Flower API and SuperNode authentication: "
+                                     "each site makes its key and is enrolled before it joins."),
 ) -> None:
     """Federated DP synthesis of Adult across SITES local processes, evaluated on the hold-out."""
     from synthpool.common.bundled import ADULT_TRAIN
@@ -86,9 +89,10 @@ def demo(
         "signing-key": str((work / "coordinator" / "release-key.pem").resolve()),
     }
     console.print(f"[bold]synthpool demo[/bold]: {sites} sites ({split} split of Adult), "
-                  f"epsilon {epsilon:g} per site, {rounds} rounds x {steps} DP-SGD steps")
+                  f"epsilon {epsilon:g} per site, {rounds} rounds x {steps} DP-SGD steps"
+                  + (", TLS + enrolled SuperNodes" if secure else ", no TLS (loopback)"))
     try:
-        with LocalFederation(work, specs) as fed:
+        with LocalFederation(work, specs, tls=secure, node_auth=secure) as fed:
             manifest = run_federation(fed, run_config, rounds, timeout, started)
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]: every process was stopped")
