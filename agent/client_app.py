@@ -199,7 +199,7 @@ def handle_train(site: SiteState, global_weights: list[np.ndarray], wire: dict,
 def handle_evaluate(site: SiteState, wire: dict, sample: bytes) -> TrainReply:
     """Score the release's synthetic sample against this site's rows (agent/site_evaluation.py):
     aggregates and charged DP histograms back, the full report kept here."""
-    from .site_evaluation import BadSample, plan_evaluation, read_sample, run_evaluation, saved_plan
+    from .site_evaluation import BadSample, plan_evaluation, read_sample, run_evaluation
 
     cfg = _parse(site, wire, "evaluation")
     label = _label(cfg)
@@ -211,7 +211,7 @@ def handle_evaluate(site: SiteState, wire: dict, sample: bytes) -> TrainReply:
         replayed = cached is not None
         if cached is None:
             synthetic = read_sample(site, sample)  # refused before anything is charged
-            mechanism = plan_evaluation(site, cfg, saved_plan(site_job.plan_path(site, cfg)))
+            mechanism = plan_evaluation(site, cfg, site_job.load_plan(site, cfg))
             site.ledger.charge(cfg.study, cfg.job_id, [mechanism] if mechanism else [],
                                label=label, meta={"input_hash": ih, "training_id": cfg.training_id})
             payload = run_evaluation(site, cfg, synthetic, mechanism, ledger_report(site, cfg.study))

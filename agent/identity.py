@@ -10,11 +10,12 @@ Flower reads the private key in OpenSSH format and accepts EC keys only; P-384 h
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from ..common.atomic import atomic_write_bytes, create_once
 
 KEY_FILE = "identity/supernode.key"
 PUBLIC_FILE = "identity/supernode.pub"
@@ -28,21 +29,14 @@ def ensure_node_key(state_dir: Path) -> str:
     """This site's public key (OpenSSH), creating the pair on first use."""
     private, public = key_path(state_dir), Path(state_dir) / PUBLIC_FILE
     if not private.exists():
-        private.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(private.parent, 0o700)
+        private.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         key = ec.generate_private_key(ec.SECP384R1())
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption())
-        fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-            f.flush()
-            os.fsync(f.fileno())
-        public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                         serialization.PublicFormat.OpenSSH))
-    if not public.exists():  # derived again if only the public half went missing
+        create_once(private, key.private_bytes(serialization.Encoding.PEM,
+                                               serialization.PrivateFormat.OpenSSH,
+                                               serialization.NoEncryption()))
+    if not public.exists():  # derived from the private key (which may be another call's)
         key = serialization.load_ssh_private_key(private.read_bytes(), password=None)
-        public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                         serialization.PublicFormat.OpenSSH))
+        atomic_write_bytes(public, key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
     return public.read_text().strip()
 

@@ -18,7 +18,6 @@ for the other stages.
 from __future__ import annotations
 
 import io
-import json
 
 import numpy as np
 import pandas as pd
@@ -95,10 +94,3 @@ def run_evaluation(site: SiteState, cfg, synthetic: pd.DataFrame,
             raise RuntimeError("the evaluation histograms ran another mechanism than was charged")
     return {"scores": site_scores(result) if site.config.evaluation.share_scores else None,
             "histograms": histograms}
-
-
-def saved_plan(path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None

@@ -154,6 +154,12 @@ def plan_path(site: SiteState, cfg: RoundConfig):
     return site.state_dir / "plans" / _safe(cfg.study) / f"{_safe(cfg.training_id)}.json"
 
 
+def load_plan(site: SiteState, cfg: RoundConfig) -> dict | None:
+    """The plan this site calibrated for the training (None before its first round)."""
+    path = plan_path(site, cfg)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def plan_round(site: SiteState, cfg: RoundConfig, size: ReportedSize) -> RoundPlan:
     """The DP-SGD job of this round. With `noise_multiplier` 0 the site calibrates the noise ONCE
     for the whole schedule (num_rounds x local_steps), composed with everything the ledger already
@@ -166,9 +172,8 @@ def plan_round(site: SiteState, cfg: RoundConfig, size: ReportedSize) -> RoundPl
     if cfg.noise_multiplier > 0:
         sigma, source = float(cfg.noise_multiplier), "coordinator"
     else:
-        path = plan_path(site, cfg)
-        if path.exists():
-            saved = json.loads(path.read_text())
+        saved = load_plan(site, cfg)
+        if saved is not None:
             sigma, q = saved["noise_multiplier"], saved["sample_rate"]
         else:
             from .site_evaluation import EVALUATION_MECHANISM, evaluation_noise
@@ -182,7 +187,7 @@ def plan_round(site: SiteState, cfg: RoundConfig, size: ReportedSize) -> RoundPl
             sigma = calibrate_noise(epsilon, prior.accountant_delta, q, plan.steps,
                                     prior=[*prior.mechanisms, *reserved],
                                     pure_epsilon=sum(p.epsilon for p in prior.pure))
-            atomic_write_text(path, json.dumps({
+            atomic_write_text(plan_path(site, cfg), json.dumps({
                 "noise_multiplier": sigma, "sample_rate": q, "target_epsilon": epsilon,
                 "steps": plan.steps, "calibrated_at_round": cfg.round,
                 **({"evaluation_noise_multiplier": eval_sigma} if eval_sigma else {})}))

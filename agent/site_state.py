@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import secrets
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..common.atomic import atomic_write_bytes, atomic_write_text
+from ..common.atomic import atomic_write_bytes, atomic_write_text, create_once
 from ..common.schema import Schema
 from .config import SiteConfig, load_site_config
 from .ledger import Ledger
@@ -151,22 +150,14 @@ class SiteState:
         return self._memo["split"]
 
     def _holdout_key(self) -> str:
-        path = self.state_dir / "holdout.key"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
+        if "holdout_key" not in self._memo:
+            path = self.state_dir / "holdout.key"
+            create_once(path, secrets.token_hex(8).encode())
             key = path.read_text().strip()
             if len(key) != 16:
-                raise RuntimeError(f"{path}: damaged hold-out key (expected 16 characters)") from None
-            return key
-        key = secrets.token_hex(8)
-        try:
-            os.write(fd, key.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return key
+                raise RuntimeError(f"{path}: damaged hold-out key (expected 16 characters)")
+            self._memo["holdout_key"] = key
+        return self._memo["holdout_key"]
 
     @property
     def split_spec(self) -> str:

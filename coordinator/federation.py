@@ -176,7 +176,9 @@ class LocalFederation:
 
     @property
     def ca_cert(self) -> Path | None:
-        return self.coord_dir / "state" / "pki" / "ca.pem" if self.tls else None
+        from .pki import CoordinatorPKI
+
+        return CoordinatorPKI(self.coord_dir / "state").ca_cert if self.tls else None
 
     def enroll(self, name: str) -> int:
         """The site makes its key pair (`synthpool-agent enroll`); its public key is registered

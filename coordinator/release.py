@@ -36,7 +36,7 @@ import pandas as pd
 
 from ..common.schema import Schema
 from ..common.stats import TableStats
-from .checkpoint import CheckpointStore
+from .checkpoint import Checkpoint, CheckpointStore
 
 DATA_FILE = "synthetic.csv"
 MANIFEST_FILE = "manifest.json"
@@ -91,9 +91,13 @@ def _site_privacy(report: dict) -> dict:
 
 @dataclass
 class Sample:
+    """Rows drawn from the pooled model, with the checkpoint and statistics they came from."""
+
     frame: pd.DataFrame
     seed: int
     seconds: float
+    checkpoint: Checkpoint
+    stats: TableStats
 
 
 def sample_release(run, store: CheckpointStore, schema: Schema, start: dict) -> Sample:
@@ -107,7 +111,7 @@ def sample_release(run, store: CheckpointStore, schema: Schema, start: dict) -> 
     n = int(run.release_rows) or max(1, round(stats.noisy_rows()))
     t0 = time.perf_counter()
     frame = generator.sample(n, seed=run.seed + 1)
-    return Sample(frame, run.seed + 1, time.perf_counter() - t0)
+    return Sample(frame, run.seed + 1, time.perf_counter() - t0, ckpt, stats)
 
 
 def write_release(run, store: CheckpointStore, schema: Schema, start: dict, sample: Sample,
@@ -117,8 +121,7 @@ def write_release(run, store: CheckpointStore, schema: Schema, start: dict, samp
     from ..common.synthesis import package_versions
     from ..common.table_io import write_json, write_table
 
-    ckpt = store.load()
-    stats = TableStats.from_dict(json.loads(start["stats_json"]))
+    ckpt, stats = sample.checkpoint, sample.stats
     out = run.release_path
     write_table(sample.frame, out / DATA_FILE)
     data_sha = hashlib.sha256((out / DATA_FILE).read_bytes()).hexdigest()
