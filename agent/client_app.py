@@ -51,6 +51,9 @@ from ..common.wire import REFUSED, SITE_FAILED
 from . import site_job
 from .config import ConfigError
 from .ledger import LedgerConflict, composed_epsilon
+from .secure_aggregation import (
+    fitres_records, is_secure_round, read_fitins, secure_aggregation_mod, update_of,
+)
 from .site_state import Release, SiteState, input_hash
 
 
@@ -240,7 +243,31 @@ def make_app(resolve_site: Callable[[object], SiteState] = site_from_context):
 
     app = ClientApp()
 
-    def answer(msg: Message, context: Context, work) -> Message:
+    def secure_work(site: SiteState, content) -> TrainReply:
+        """A SecAgg+ round: the same DP-SGD round, answered with the update (displacement from
+        the global weights) that Flower's mod then weights, quantizes and masks."""
+        try:
+            global_weights, wire, stats_json = read_fitins(content)
+        except (KeyError, ValueError) as e:
+            raise Refusal(f"malformed secure round: {e}") from None
+        out = handle_train(site, global_weights, wire, stats_json)
+        out.weights = update_of(global_weights, out.weights)
+        return out
+
+    def records(out: TrainReply) -> RecordDict:
+        records = {
+            "arrays": ArrayRecord([np.asarray(w) for w in out.weights]),
+            "metrics": MetricRecord({k: v for k, v in out.metrics.items()
+                                     if isinstance(v, (int, float))}),
+            "site": ConfigRecord(out.info),
+            "ledger": ConfigRecord({"json": json.dumps(out.ledger)}),
+        }
+        for key in ("stats", "evaluation"):
+            if getattr(out, key) is not None:
+                records[key] = ConfigRecord({"json": json.dumps(getattr(out, key))})
+        return RecordDict(records)
+
+    def answer(msg: Message, context: Context, work, encode=records) -> Message:
         name = "?"
         try:
             site = resolve_site(context)
@@ -254,17 +281,7 @@ def make_app(resolve_site: Callable[[object], SiteState] = site_from_context):
             return Message(Error(code=SITE_FAILED,
                                  reason=f"site {name} failed with {type(e).__name__} "
                                         "(details in the site's log)"), reply_to=msg)
-        records = {
-            "arrays": ArrayRecord([np.asarray(w) for w in out.weights]),
-            "metrics": MetricRecord({k: v for k, v in out.metrics.items()
-                                     if isinstance(v, (int, float))}),
-            "site": ConfigRecord(out.info),
-            "ledger": ConfigRecord({"json": json.dumps(out.ledger)}),
-        }
-        for key in ("stats", "evaluation"):
-            if getattr(out, key) is not None:
-                records[key] = ConfigRecord({"json": json.dumps(getattr(out, key))})
-        return Message(RecordDict(records), reply_to=msg)
+        return Message(encode(out), reply_to=msg)
 
     @app.query("stats")
     def stats(msg: Message, context: Context) -> Message:
@@ -282,8 +299,12 @@ def make_app(resolve_site: Callable[[object], SiteState] = site_from_context):
 
         return answer(msg, context, work)
 
-    @app.train()
+    @app.train(mods=[secure_aggregation_mod])
     def train(msg: Message, context: Context) -> Message:
+        if is_secure_round(msg.content):
+            return answer(msg, context, secure_work, encode=lambda out: fitres_records(
+                out.weights, out.metrics["num-examples"], out.metrics, out.info, out.ledger))
+
         def work(site: SiteState, content) -> TrainReply:
             arrays = content.array_records.get("arrays")
             weights = arrays.to_numpy_ndarrays() if arrays is not None and len(arrays) else []

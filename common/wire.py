@@ -23,6 +23,10 @@ STATS_MESSAGE = "query.stats"        # statistics stage: noisy histograms of the
 TRAIN_MESSAGE = "train"              # one round of DP-SGD
 EVALUATE_MESSAGE = "query.evaluate"  # score a synthetic sample against the site's rows
 
+# A secure-aggregation round (Flower's SecAgg+, legacy FitIns format) carries the merged
+# statistics under this key of its FitIns config instead of a record of their own.
+SECAGG_STATS_KEY = "merged-stats-json"
+
 # Error codes of a site's replies (Flower's own codes are 0-8, flwr/common/constant.py).
 REFUSED = 1001
 SITE_FAILED = 1002

@@ -162,7 +162,8 @@ def write_release(run, store: CheckpointStore, schema: Schema, start: dict, samp
             "rounds": ckpt.round,
             "steps_per_round": run.local_steps,
             "plan": run.plan.to_dict(),
-            "aggregation": "FedProx" if run.proximal_mu > 0 else "FedAvg",
+            "aggregation": ("FedProx" if run.proximal_mu > 0 else "FedAvg")
+                       + (" under SecAgg+" if run.secure_aggregation else ""),
             "proximal_mu": run.proximal_mu,
             "weights": "each site's DP row estimate from its statistics stage (or its declared "
                        "public size)",

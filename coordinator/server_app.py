@@ -88,10 +88,28 @@ class StudyRun(TrainingSpec):
     evaluation_rows: int = 10000
     # Ed25519 key (PEM, created if absent) that signs the release (common/signing.py); "": unsigned.
     signing_key: str = ""
+    # Secure aggregation (Flower's SecAgg+, coordinator/secure_aggregation.py): the coordinator
+    # sees only the weighted mean of the sites' updates. The threshold is the share of a site's
+    # key shares needed to unmask (and so how many sites may drop out of a round); the clipping
+    # range bounds each coordinate of a site's weighted update before quantization.
+    secure_aggregation: bool = False
+    secagg_threshold: float = 0.6
+    secagg_clipping_range: float = 8.0
 
     def __post_init__(self) -> None:
         if self.population not in POPULATIONS:
             raise ValueError(f"population must be one of {POPULATIONS}, not {self.population!r}")
+        if self.secure_aggregation and self.min_sites < 2:
+            raise ValueError("secure aggregation needs min-sites >= 2: the mean of one site's "
+                             "update is that update")
+
+    @property
+    def secagg(self):
+        from .secure_aggregation import SecAggSettings
+
+        return SecAggSettings(threshold=self.secagg_threshold,
+                              clipping_range=self.secagg_clipping_range,
+                              timeout=self.round_timeout, poll_interval=self.poll_interval)
 
     @property
     def registry_path(self) -> Path:
@@ -365,17 +383,27 @@ def run_study(grid, run: StudyRun) -> dict:
         events.write("round_started", round=rnd, run_id=run_id, nodes=nodes)
         t0 = time.monotonic()
         wire = run.round_wire(training_id, rnd, fingerprint, start["stats_digest"])
-        results = exchange(grid, nodes, weights, wire, rnd, run, names,
-                           extra={"stats": {"json": start["stats_json"]}},
-                           transcript=store.transcript)
+        if run.secure_aggregation:
+            pooled, results = _secure_round(grid, nodes, weights, wire, start, rnd, run, sizes,
+                                            names, store)
+        else:
+            results = exchange(grid, nodes, weights, wire, rnd, run, names,
+                               extra={"stats": {"json": start["stats_json"]}},
+                               transcript=store.transcript)
         for r in results:
             # FedAvg weights are fixed by the statistics stage, whatever a round reply claims.
             if r.status == "ok" and r.site not in sizes:
                 r.status, r.reason = "invalid", "the site released no statistics in this training"
+            elif r.status == "ok" and run.secure_aggregation:
+                # The site weighted its own masked update: it must have used its DP size.
+                if abs(r.num_examples - round(sizes[r.site])) > 1:
+                    events.write("site_weight_mismatch", round=rnd, site=r.site,
+                                 claimed=r.num_examples, statistics=sizes[r.site])
             elif r.status == "ok":
                 r.num_examples = sizes[r.site]
-        reference = _reference_shapes(weights, results)
-        results = [strategy.validate(r, reference) for r in results]
+        if not run.secure_aggregation:
+            reference = _reference_shapes(weights, results)
+            results = [strategy.validate(r, reference) for r in results]
         for r in results:
             if not r.site.startswith("node-"):
                 names[str(r.node_id)] = r.site
@@ -385,7 +413,8 @@ def run_study(grid, run: StudyRun) -> dict:
                 events.write(f"site_{r.status}", round=rnd, run_id=run_id, **r.summary())
                 _say(f"round {rnd}: site {r.site} {r.status}: {r.reason}")
         try:
-            weights = strategy.aggregate(results)
+            weights = _secure_pool(pooled, results, run) if run.secure_aggregation \
+                else strategy.aggregate(results)
         except QuorumNotReached as e:
             events.write("round_failed", round=rnd, run_id=run_id, reason=str(e),
                          sites=[r.summary() for r in results])
@@ -426,6 +455,23 @@ def run_study(grid, run: StudyRun) -> dict:
          f"{manifest['privacy']['release']['epsilon']:.3f} ({run.population} sites)")
     return {"training_id": training_id, "rounds": run.num_rounds, "checkpoint_dir": str(store.dir),
             "release_dir": str(run.release_path)}
+
+
+def _secure_round(grid, nodes, weights, wire, start, rnd, run, sizes, names, store):
+    from .secure_aggregation import secure_round
+
+    # Only sites of the statistics stage can weight their update consistently.
+    nodes = [n for n in nodes if names.get(str(n)) in sizes]
+    return secure_round(grid, nodes, weights, wire, start["stats_json"], rnd, run.secagg,
+                        {s: sizes[s] for s in (names.get(str(n)) for n in nodes)}, names,
+                        store.events, store.transcript)
+
+
+def _secure_pool(pooled, results: list[SiteResult], run: StudyRun) -> list[np.ndarray]:
+    ok = sum(r.status == "ok" for r in results)
+    if pooled is None or ok < run.min_sites:
+        raise QuorumNotReached(ok if pooled is not None else 0, run.min_sites)
+    return pooled
 
 
 def _load_registry(path: Path) -> dict[str, str]:

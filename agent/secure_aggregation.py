@@ -1,0 +1,96 @@
+"""The site's side of a SecAgg+ round (coordinator/secure_aggregation.py has the protocol).
+
+Flower's `secaggplus_mod` runs the key agreement, and in its "collect masked vectors" stage it
+calls our `train` handler, then weights, quantizes and masks what the handler returned. Two things
+here make it fit our ClientApp:
+
+* `secure_aggregation_mod` applies Flower's mod only to messages that carry SecAgg+ configs; a
+  plain round's `train` message passes straight through (Flower's mod on its own raises KeyError
+  on it), so one installed ClientApp serves both kinds of study;
+* a refusal (budget, schema) stays a refusal: Flower's mod would try to read model weights out of
+  our error reply and crash, so the coordinator would only see "clientapp-exception". The error
+  reply is passed back as it is, with the site's reason.
+
+What the handler returns in a secure round is the update as a displacement from the global weights
+(`update_of`), checked at the site before it is masked, because once masked nobody can check it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from ..common.wire import SECAGG_STATS_KEY
+
+SECAGG_CONFIGS = "secaggplus_configs"  # flwr.common.secure_aggregation.secaggplus_constants
+
+
+class _Declined(Exception):
+    def __init__(self, reply) -> None:
+        super().__init__("the site declined the round")
+        self.reply = reply
+
+
+def secure_aggregation_mod(msg, ctxt, call_next):
+    from flwr.app import Message
+    from flwr.client.mod import secaggplus_mod
+
+    if SECAGG_CONFIGS not in msg.content.config_records:
+        return call_next(msg, ctxt)
+
+    def train_or_decline(inner, inner_ctxt):
+        reply = call_next(inner, inner_ctxt)
+        if reply.has_error():
+            raise _Declined(reply)
+        return reply
+
+    try:
+        return secaggplus_mod(msg, ctxt, train_or_decline)
+    except _Declined as declined:
+        return Message(declined.reply.error, reply_to=msg)
+
+
+def is_secure_round(content) -> bool:
+    """A SecAgg+ round sends Flower's legacy FitIns records instead of ours."""
+    return "fitins.config" in content.config_records
+
+
+def read_fitins(content) -> tuple[list[np.ndarray], dict, str]:
+    """(global weights, the round's wire config, the merged statistics JSON)."""
+    from flwr.common import parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+
+    fitins = compat.recorddict_to_fitins(content, keep_input=True)
+    config = dict(fitins.config)
+    stats_json = config.pop(SECAGG_STATS_KEY, None)
+    if not isinstance(stats_json, str):
+        raise ValueError("the secure round carries no merged statistics")
+    return parameters_to_ndarrays(fitins.parameters), config, stats_json
+
+
+def update_of(global_weights: list[np.ndarray], weights: list[np.ndarray]) -> list[np.ndarray]:
+    """The displacement this site contributes, checked: the coordinator cannot check it."""
+    if [w.shape for w in weights] != [g.shape for g in global_weights]:
+        raise ValueError("the trained model's shapes differ from the global model's")
+    update = [np.asarray(w, dtype=np.float64) - np.asarray(g, dtype=np.float64)
+              for w, g in zip(weights, global_weights)]
+    if not all(np.all(np.isfinite(u)) for u in update):
+        raise ValueError("the update holds NaN or infinite values")
+    return update
+
+
+def fitres_records(update: list[np.ndarray], rows: float, metrics: dict, info: dict,
+                   ledger: dict):
+    """The reply Flower's mod masks: FitRes records, our metrics, site info and ledger carried in
+    its metrics (the mod keeps config records, and the coordinator's workflow hands it only the
+    FitRes)."""
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+    from flwr.compat.common import recorddict_compat as compat
+
+    carried = {k: v for k, v in {**metrics, **info}.items()
+               if isinstance(v, (bool, int, float, str))}
+    carried["ledger"] = json.dumps(ledger)
+    fitres = FitRes(Status(Code.OK, "ok"), ndarrays_to_parameters(update),
+                    int(round(rows)), carried)
+    return compat.fitres_to_recorddict(fitres, keep_input=True)

@@ -1,0 +1,223 @@
+"""One training round under SecAgg+ (Flower's secure aggregation): the coordinator learns the
+size-weighted mean of the sites' updates and nothing about any one site's update.
+
+How a round goes (Flower's `SecAggPlusWorkflow`, four message stages instead of one):
+setup (key agreement parameters) -> share keys (each site's secrets, Shamir-shared with its
+neighbours) -> collect masked vectors (the `train` work itself: every site trains, weights its
+update by its DP size, quantizes it and adds pairwise and private masks) -> unmask (the survivors
+hand over the shares that cancel the masks, including those of a site that dropped after it
+shared its keys). The masks cancel only in the sum; a site's vector alone is uniform noise.
+
+What a site sends is its update as a displacement from the global weights (agent/client_app.py),
+not its weights: Flower quantizes each coordinate into [-clipping_range, clipping_range], and a
+displacement stays far inside that range (Adam moves a weight by about the learning rate per
+step: 5e-3 x 160 steps = 0.8 at most per round, against the default range of 8) where weights
+need not. Quantization step: 2 x 8 / 2^22 = 3.8e-6 per coordinate, unbiased (stochastic rounding).
+
+Why not Flower's `DefaultWorkflow`: it owns the whole training loop (its own rounds, no
+checkpoints, no quorum, no named refusals). Here the workflow runs for ONE round inside
+`server_app.run_study`, behind a tiny legacy `Strategy` that hands it our FitIns and takes the
+aggregate back, so checkpoints, resume, the event log and the release stay the same as in a plain
+round. Flower's own `send_and_receive` sleeps 3 s between polls; `_FastGrid` polls at the run's
+interval and records every reply in the transcript.
+
+What the coordinator can and cannot check: it never sees one site's update (that is the point),
+so the per-site checks of a plain round (finite values, shapes, absurd norms) run at the site on
+its own update before it is masked, and the coordinator checks the aggregate. Quantization also
+bounds what any one site can add to a coordinate. A round with fewer than `min-sites` unmasked
+updates is not used: the mean of one site's update IS its update.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..common.wire import SECAGG_STATS_KEY
+from .strategy import SiteResult, classify_error
+
+SECAGG_CONFIGS = "secaggplus_configs"   # flwr.common.secure_aggregation.secaggplus_constants
+
+
+@dataclass(frozen=True)
+class SecAggSettings:
+    """The protocol's parameters (StudyRun: secagg-threshold, secagg-clipping-range)."""
+
+    threshold: float = 0.6          # share of a site's key shares needed to rebuild its secrets
+    clipping_range: float = 8.0
+    timeout: float = 300.0          # per stage
+    poll_interval: float = 0.5
+
+    def workflow(self, total_weight: float):
+        from flwr.server.workflow import SecAggPlusWorkflow
+
+        # num_shares 1.0: every site shares its secrets with every other (the sites of a study
+        # are few); max_weight: the sum of the DP sizes, so every site's weight ratio is <= 1 and
+        # the quantized sum cannot overflow.
+        return SecAggPlusWorkflow(num_shares=1.0, reconstruction_threshold=self.threshold,
+                                  max_weight=max(total_weight, 1.0),
+                                  clipping_range=self.clipping_range, timeout=self.timeout)
+
+
+@dataclass
+class _Node:
+    """What the workflow keys its bookkeeping by (it only reads `node_id`)."""
+
+    node_id: int
+
+
+def _round_strategy(nodes: list[int], fitins):
+    """A legacy Strategy for one round: `configure_fit` sends our FitIns to `nodes`,
+    `aggregate_fit` keeps what the workflow unmasked."""
+    from flwr.server.strategy import Strategy
+
+    class RoundStrategy(Strategy):
+        results: list | None = None
+
+        def initialize_parameters(self, client_manager):
+            return None
+
+        def configure_fit(self, server_round, parameters, client_manager):
+            return [(_Node(n), fitins) for n in nodes]
+
+        def aggregate_fit(self, server_round, results, failures):
+            self.results = list(results)
+            return (results[0][1].parameters if results else None), {}
+
+        def configure_evaluate(self, server_round, parameters, client_manager):
+            return []
+
+        def aggregate_evaluate(self, server_round, results, failures):
+            return None, {}
+
+        def evaluate(self, server_round, parameters):
+            return None
+
+    return RoundStrategy()
+
+
+@dataclass
+class _FastGrid:
+    """The Grid the workflow talks to: Flower's, with `send_and_receive` polling every
+    `poll` seconds, every reply kept (`replies`, by node) and written to the transcript, and the
+    start of each protocol stage written to the event log (so an operator sees where a round
+    stopped)."""
+
+    grid: object
+    poll: float
+    rnd: int
+    events: object
+    transcript: object | None
+    names: dict[str, str]
+    replies: dict[int, object] = field(default_factory=dict)
+    unanswered: dict[int, str] = field(default_factory=dict)  # node -> stage it went silent in
+    stage: str = ""
+
+    def __getattr__(self, name):
+        return getattr(self.grid, name)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        from .server_app import record_transcript
+
+        messages = list(messages)
+        if messages:
+            configs = messages[0].content.config_records.get(SECAGG_CONFIGS, {})
+            self.stage = str(configs.get("stage", "?"))
+            self.events.write("secagg_stage", round=self.rnd, stage=self.stage,
+                              nodes=sorted(m.metadata.dst_node_id for m in messages))
+        sent = dict(zip(self.grid.push_messages(messages),
+                        (m.metadata.dst_node_id for m in messages)))
+        pending = {mid for mid in sent if mid}
+        deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
+        out = []
+        while pending and time.monotonic() < deadline:
+            for reply in self.grid.pull_messages(list(pending)):
+                mid = reply.metadata.reply_to_message_id
+                pending.discard(mid)
+                out.append(reply)
+                # Not src_node_id: the SuperLink's own error reply for a node it declared dead
+                # comes from the SuperLink.
+                node = sent.get(mid, reply.metadata.src_node_id)
+                self.replies[node] = reply
+                if self.transcript is not None:
+                    self.transcript.write(
+                        "reply", round=self.rnd, message_type=f"train/secagg/{self.stage}",
+                        node=node, site=self.names.get(str(node), f"node-{node}"),
+                        status="error" if reply.has_error() else "ok",
+                        **record_transcript(reply))
+            if pending:
+                time.sleep(self.poll)
+        for mid in pending:
+            self.unanswered.setdefault(sent[mid], self.stage)
+        return out
+
+
+def secure_round(grid, nodes: list[int], weights: list[np.ndarray], wire: dict, stats_json: str,
+                 rnd: int, settings: SecAggSettings, sizes: dict[str, float],
+                 names: dict[str, str], events, transcript=None
+                 ) -> tuple[list[np.ndarray] | None, list[SiteResult]]:
+    """Run one SecAgg+ round with `nodes`. Returns the new global weights (None if the protocol
+    did not complete) and one SiteResult per node (an "ok" result carries no weights: there are
+    none to see)."""
+    from flwr.app import ConfigRecord, Context, RecordDict
+    from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+    from flwr.server.compat.legacy_context import LegacyContext
+    from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+
+    if not weights:
+        raise ValueError("secure aggregation needs the global weights to start from")
+    parameters = ndarrays_to_parameters(weights)
+    strategy = _round_strategy(nodes, FitIns(parameters, {**wire, SECAGG_STATS_KEY: stats_json}))
+    context = LegacyContext(Context(run_id=0, node_id=0, node_config={}, state=RecordDict(),
+                                    run_config={}), strategy=strategy)
+    context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: rnd})
+    context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
+        parameters, keep_input=True)
+    fast = _FastGrid(grid, settings.poll_interval, rnd, events, transcript, names)
+    settings.workflow(sum(sizes.values()))(fast, context)
+
+    unmasked = {proxy.node_id: fitres for proxy, fitres in (strategy.results or [])}
+    results = [_site_result(node, unmasked.get(node), fast.replies.get(node), names,
+                            fast.unanswered.get(node, fast.stage)) for node in nodes]
+    if strategy.results is None:
+        return None, results
+    mean_update = parameters_to_ndarrays(strategy.results[0][1].parameters)
+    problem = ""
+    if [u.shape for u in mean_update] != [w.shape for w in weights]:
+        problem = (f"the unmasked aggregate has shapes {[u.shape for u in mean_update]}, the "
+                   f"model {[w.shape for w in weights]}")
+    elif not all(np.all(np.isfinite(u)) for u in mean_update):
+        problem = "the unmasked aggregate holds NaN or infinite values"
+    if problem:
+        events.write("secagg_aggregate_rejected", round=rnd, reason=problem)
+        return None, results
+    pooled = [(np.asarray(w, dtype=np.float64) + u).astype(np.asarray(w).dtype, copy=False)
+              for w, u in zip(weights, mean_update)]
+    return pooled, results
+
+
+def _site_result(node: int, fitres, last_reply, names: dict[str, str], stage: str) -> SiteResult:
+    import json
+
+    name = names.get(str(node), f"node-{node}")
+    if fitres is not None:
+        metrics = dict(fitres.metrics)
+        name = str(metrics.pop("site", name))
+        ledger = json.loads(str(metrics.pop("ledger", "{}")))
+        numbers = {k: v for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return SiteResult(node, name, "ok", num_examples=float(fitres.num_examples),
+                          metrics=numbers, info={"replayed": bool(metrics.get("replayed", False))},
+                          ledger=ledger)
+    if last_reply is not None and last_reply.has_error():
+        reason = last_reply.error.reason or ""
+        if reason.startswith("site ") and " " in reason[5:]:
+            name = reason[5:].split(" ", 1)[0]
+        return SiteResult(node, name, classify_error(last_reply.error.code, reason),
+                          reason=f"[{last_reply.error.code}] {reason} (secure aggregation)")
+    return SiteResult(node, name, "missing",
+                      reason=f"dropped out of secure aggregation (no reply in stage {stage!r}); "
+                             "its masks were removed with its neighbours' shares")

@@ -1,0 +1,166 @@
+"""SecAgg+ arithmetic and dropout handling, in one process: the coordinator's round
+(coordinator/secure_aggregation.py, Flower's SecAggPlusWorkflow) talks to the sites' side
+(agent/secure_aggregation.py, Flower's secaggplus_mod) through a loopback Grid that hands each
+message to the addressed site's handler. Everything but the transport is the real code; the same
+round over real Flower processes is in tests/test_federation_secagg.py."""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+
+import numpy as np
+import pytest
+
+from synthpool.agent.secure_aggregation import (
+    fitres_records, read_fitins, secure_aggregation_mod, update_of,
+)
+from synthpool.coordinator.secure_aggregation import SecAggSettings, secure_round
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """A Message's metadata comes from TaskIdentity, which only a real Flower app process sets."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 1
+    yield
+    TaskIdentity._run_id = TaskIdentity._node_id = TaskIdentity._task_id = None
+
+
+SIZES = {"a": 1000.0, "b": 2000.0, "c": 3000.0}
+NODES = {11: "a", 22: "b", 33: "c"}
+
+
+class Events(list):
+    def write(self, event, **fields):
+        self.append({"event": event, **fields})
+
+
+class LoopbackGrid:
+    """Delivers each message to its node's handler at once; a node in `crash_at` stops
+    answering from that SecAgg+ stage on (it crashed), like a killed SuperNode."""
+
+    def __init__(self, handlers, crash_at: dict[int, str] | None = None) -> None:
+        from flwr.app import Context, RecordDict
+
+        self.handlers = handlers
+        self.contexts = {n: Context(run_id=1, node_id=n, node_config={}, state=RecordDict(),
+                                    run_config={}) for n in handlers}
+        self.crash_at = dict(crash_at or {})
+        self.crashed: set[int] = set()
+        self.outbox: dict[str, object] = {}
+        self.seen: dict[int, list] = {n: [] for n in handlers}
+
+    def push_messages(self, messages):
+        from flwr.app import Message
+
+        ids = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            mid = str(uuid.uuid4())
+            msg.metadata.__dict__["_message_id"] = mid
+            ids.append(mid)
+            stage = msg.content.config_records["secaggplus_configs"]["stage"]
+            if self.crash_at.get(node) == stage:
+                self.crashed.add(node)
+            if node in self.crashed:
+                continue
+            # Each node gets its own copy, as over a network (the mod edits what it receives).
+            delivered = Message(copy.deepcopy(msg.content), dst_node_id=node,
+                                message_type=msg.metadata.message_type,
+                                group_id=msg.metadata.group_id)
+            delivered.metadata.__dict__["_message_id"] = mid
+            reply = self.handlers[node](delivered, self.contexts[node])
+            self.seen[node].append(reply)
+            self.outbox[mid] = reply
+        return ids
+
+    def pull_messages(self, ids):
+        return [self.outbox.pop(i) for i in list(ids) if i in self.outbox]
+
+
+def _site(name: str, update: list[np.ndarray], refuse: bool = False):
+    from flwr.app import Error, Message
+
+    def train(msg, ctxt):
+        if refuse:
+            return Message(Error(code=1001, reason=f"site {name} refuses: over its budget"),
+                           reply_to=msg)
+        global_weights, wire, stats = read_fitins(msg.content)
+        assert json.loads(stats) == {"merged": True} and wire["round"] == 1
+        local = [g + u for g, u in zip(global_weights, update)]
+        return Message(fitres_records(update_of(global_weights, local), SIZES[name],
+                                      {"epsilon-spent": 1.5}, {"site": name}, {"epsilon": 1.5}),
+                       reply_to=msg)
+
+    return lambda msg, ctxt: secure_aggregation_mod(msg, ctxt, train)
+
+
+def _round(crash_at=None, refuse=()):
+    rng = np.random.default_rng(7)
+    weights = [rng.normal(size=(40, 16)).astype(np.float32), rng.normal(size=16).astype(np.float32)]
+    updates = {name: [rng.normal(scale=0.05, size=w.shape) for w in weights] for name in SIZES}
+    grid = LoopbackGrid({n: _site(s, updates[s], s in refuse) for n, s in NODES.items()},
+                        crash_at)
+    events = Events()
+    pooled, results = secure_round(
+        grid, sorted(NODES), weights, {"round": 1}, json.dumps({"merged": True}), 1,
+        SecAggSettings(timeout=0.2, poll_interval=0.01), SIZES,
+        {str(n): s for n, s in NODES.items()}, events)
+    return weights, updates, pooled, {r.site: r for r in results}, grid, events
+
+
+def _fedavg(weights, updates, sites):
+    total = sum(SIZES[s] for s in sites)
+    return [w + sum(SIZES[s] / total * updates[s][i] for s in sites)
+            for i, w in enumerate(weights)]
+
+
+def test_secure_mean_equals_fedavg_and_the_coordinator_sees_only_masked_vectors():
+    weights, updates, pooled, results, grid, events = _round()
+    assert {s: r.status for s, r in results.items()} == {"a": "ok", "b": "ok", "c": "ok"}
+    for got, want in zip(pooled, _fedavg(weights, updates, "abc")):
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, atol=2e-5)
+    assert results["a"].ledger == {"epsilon": 1.5} and results["b"].num_examples == 2000
+    assert [e["stage"] for e in events if e["event"] == "secagg_stage"] == [
+        "setup", "share_keys", "collect_masked_vectors", "unmask"]
+    # What left site a in the training stage: no arrays, and a masked vector that is not its
+    # weighted, quantized update (the masks are uniform over 2^32).
+    masked_reply = grid.seen[11][2]
+    assert not any(len(rec) for rec in masked_reply.content.array_records.values())
+    from flwr.common import bytes_to_ndarray
+
+    vec = bytes_to_ndarray(masked_reply.content.config_records["secaggplus_configs"]
+                           ["masked_params"][1])
+    assert vec.shape == (40, 16) and np.std(vec.astype(np.float64)) > 1e8
+
+
+def test_a_site_dropping_mid_round_is_unmasked_away_and_named():
+    weights, updates, pooled, results, _, _ = _round(crash_at={33: "collect_masked_vectors"})
+    assert results["a"].status == results["b"].status == "ok"
+    assert results["c"].status == "missing" and "collect_masked_vectors" in results["c"].reason
+    for got, want in zip(pooled, _fedavg(weights, updates, "ab")):
+        np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def test_a_refusal_keeps_the_sites_reason():
+    weights, updates, pooled, results, _, _ = _round(refuse=("b",))
+    assert results["b"].status == "refused" and "over its budget" in results["b"].reason
+    for got, want in zip(pooled, _fedavg(weights, updates, "ac")):
+        np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def test_too_many_dropouts_stop_the_round_without_a_result():
+    _, _, pooled, results, _, _ = _round(crash_at={22: "share_keys", 33: "share_keys"})
+    assert pooled is None
+    assert results["b"].status == results["c"].status == "missing"
+
+
+def test_a_site_checks_its_own_update_before_it_is_masked():
+    g = [np.zeros(3)]
+    with pytest.raises(ValueError, match="NaN"):
+        update_of(g, [np.array([0.0, np.nan, 1.0])])
+    with pytest.raises(ValueError, match="shapes"):
+        update_of(g, [np.zeros(4)])
