@@ -251,7 +251,8 @@ def make_app(resolve_site: Callable[[object], SiteState] = site_from_context):
         except (KeyError, ValueError) as e:
             raise Refusal(f"malformed secure round: {e}") from None
         out = handle_train(site, global_weights, wire, stats_json)
-        out.weights = update_of(global_weights, out.weights)
+        bound = site_job.RoundConfig.from_wire(wire).max_update
+        out.weights = update_of(global_weights, out.weights, bound)
         return out
 
     def records(out: TrainReply) -> RecordDict:

@@ -69,14 +69,20 @@ def read_fitins(content) -> tuple[list[np.ndarray], dict, str]:
     return parameters_to_ndarrays(fitins.parameters), config, stats_json
 
 
-def update_of(global_weights: list[np.ndarray], weights: list[np.ndarray]) -> list[np.ndarray]:
-    """The displacement this site contributes, checked: the coordinator cannot check it."""
+def update_of(global_weights: list[np.ndarray], weights: list[np.ndarray],
+              max_update: float) -> list[np.ndarray]:
+    """The displacement this site contributes, checked as the coordinator checks a plain update
+    (coordinator/strategy.py), since here the coordinator cannot."""
     if [w.shape for w in weights] != [g.shape for g in global_weights]:
         raise ValueError("the trained model's shapes differ from the global model's")
     update = [np.asarray(w, dtype=np.float64) - np.asarray(g, dtype=np.float64)
               for w, g in zip(weights, global_weights)]
     if not all(np.all(np.isfinite(u)) for u in update):
         raise ValueError("the update holds NaN or infinite values")
+    moved = max(float(np.max(np.abs(u), initial=0)) for u in update)
+    if moved > max_update:
+        raise ValueError(f"the update moves a weight by {moved:.4g}, more than the "
+                         f"{max_update:.4g} the round's learning rate and steps allow")
     return update
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from .generators.base import DPSGDConfig, ProgressFn, TrainStats
+from .update_bound import ADAM_BETAS
 
 
 def dp_sgd(
@@ -46,7 +47,8 @@ def dp_sgd(
     loader = DPDataLoader(TensorDataset(data), sample_rate=dp.sample_rate,
                           generator=torch.Generator().manual_seed(secrets.randbits(63)))
     anchor = [p.detach().clone() for p in module.parameters()] if proximal_mu > 0 else None
-    optimizer = torch.optim.Adam(module.parameters(), lr=lr)
+    # The betas bound every step (common/update_bound.py): the coordinator checks updates by it.
+    optimizer = torch.optim.Adam(module.parameters(), lr=lr, betas=ADAM_BETAS)
     with warnings.catch_warnings():
         # Opacus' "secure RNG turned off": its secure mode needs torchcsprng, which is no longer
         # released; we seed its generator from OS entropy instead (see above).

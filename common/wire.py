@@ -79,6 +79,13 @@ class TrainingSpec:
         return {"hidden": self.hidden, "depth": self.depth, "latent": self.latent,
                 "beta": self.beta, "lr": self.learning_rate}
 
+    @property
+    def max_update(self) -> float:
+        """The most one round can move any weight (common/update_bound.py)."""
+        from .update_bound import max_displacement
+
+        return max_displacement(self.learning_rate, self.local_steps)
+
     def spec_wire(self) -> dict:
         """The TrainingSpec part of this object, with wire keys."""
         return to_wire({f.name: getattr(self, f.name) for f in fields(TrainingSpec)})

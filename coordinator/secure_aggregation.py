@@ -9,10 +9,11 @@ hand over the shares that cancel the masks, including those of a site that dropp
 shared its keys). The masks cancel only in the sum; a site's vector alone is uniform noise.
 
 What a site sends is its update as a displacement from the global weights (agent/client_app.py),
-not its weights: Flower quantizes each coordinate into [-clipping_range, clipping_range], and a
-displacement stays far inside that range (Adam moves a weight by about the learning rate per
-step: 5e-3 x 160 steps = 0.8 at most per round, against the default range of 8) where weights
-need not. Quantization step: 2 x 8 / 2^22 = 3.8e-6 per coordinate, unbiased (stochastic rounding).
+not its weights: Flower clips each coordinate into [-clipping_range, clipping_range] before it
+quantizes, and the range is by default the most a round of Adam can move a weight
+(common/update_bound.py: 1.56 at the default 5e-3 x 160 steps), so an honest update is never
+clipped, and a displacement fits where weights need not. Quantization step at that range:
+2 x 1.56 / 2^22 = 7.5e-7 per coordinate, unbiased (stochastic rounding).
 
 Why not Flower's `DefaultWorkflow`: it owns the whole training loop (its own rounds, no
 checkpoints, no quorum, no named refusals). Here the workflow runs for ONE round inside
@@ -115,7 +116,7 @@ class _FastGrid:
     unanswered: dict[int, str] = field(default_factory=dict)  # node -> stage it went silent in
     stage: str = ""
 
-    def __getattr__(self, name):
+    def __getattr__(self, name):  # everything but send_and_receive is Flower's
         return getattr(self.grid, name)
 
     def send_and_receive(self, messages, *, timeout=None):

@@ -91,10 +91,11 @@ class StudyRun(TrainingSpec):
     # Secure aggregation (Flower's SecAgg+, coordinator/secure_aggregation.py): the coordinator
     # sees only the weighted mean of the sites' updates. The threshold is the share of a site's
     # key shares needed to unmask (and so how many sites may drop out of a round); the clipping
-    # range bounds each coordinate of a site's weighted update before quantization.
+    # range bounds each coordinate of a site's weighted update before quantization; by default the
+    # most a round can move a weight, so quantization never clips an honest update.
     secure_aggregation: bool = False
     secagg_threshold: float = 0.6
-    secagg_clipping_range: float = 8.0
+    secagg_clipping_range: float = 0.0   # 0: the update bound (TrainingSpec.max_update)
 
     def __post_init__(self) -> None:
         if self.population not in POPULATIONS:
@@ -108,7 +109,7 @@ class StudyRun(TrainingSpec):
         from .secure_aggregation import SecAggSettings
 
         return SecAggSettings(threshold=self.secagg_threshold,
-                              clipping_range=self.secagg_clipping_range,
+                              clipping_range=self.secagg_clipping_range or self.max_update,
                               timeout=self.round_timeout, poll_interval=self.poll_interval)
 
     @property
@@ -403,7 +404,7 @@ def run_study(grid, run: StudyRun) -> dict:
                 r.num_examples = sizes[r.site]
         if not run.secure_aggregation:
             reference = _reference_shapes(weights, results)
-            results = [strategy.validate(r, reference) for r in results]
+            results = [strategy.validate(r, reference, weights, run.max_update) for r in results]
         for r in results:
             if not r.site.startswith("node-"):
                 names[str(r.node_id)] = r.site

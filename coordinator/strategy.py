@@ -74,9 +74,12 @@ class FedAvg:
         self.proximal_mu = float(proximal_mu)
         self.max_abs_weight = max_abs_weight
 
-    def validate(self, result: SiteResult, reference: list[np.ndarray] | None) -> SiteResult:
-        """Reject updates of the wrong shape or with non-finite / absurd values (a broken or
-        hostile site must not poison the pool)."""
+    def validate(self, result: SiteResult, reference: list[np.ndarray] | None,
+                 global_weights: list[np.ndarray] | None = None,
+                 max_update: float | None = None) -> SiteResult:
+        """Reject updates of the wrong shape, with non-finite / absurd values, or that moved a
+        weight further from `global_weights` than `max_update` (what lr x steps of Adam allow,
+        common/update_bound.py): a broken or hostile site must not poison the pool."""
         if result.status != "ok":
             return result
         problem = ""
@@ -87,6 +90,12 @@ class FedAvg:
             problem = "update holds NaN or infinite values"
         elif any(np.max(np.abs(w), initial=0) > self.max_abs_weight for w in result.weights):
             problem = f"update values exceed {self.max_abs_weight:g}"
+        elif global_weights and max_update is not None:
+            moved = max(float(np.max(np.abs(np.asarray(w, np.float64) - g), initial=0))
+                        for w, g in zip(result.weights, global_weights))
+            if moved > max_update:
+                problem = (f"update moves a weight by {moved:.4g}, more than the {max_update:.4g} "
+                           "that the round's learning rate and local steps allow")
         elif not (result.num_examples > 0 and np.isfinite(result.num_examples)):
             problem = f"reported size {result.num_examples!r} is not a positive number"
         if problem:

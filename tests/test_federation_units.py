@@ -181,6 +181,22 @@ def test_fedavg_weights_by_reported_size_and_rejects_bad_updates():
         strategy.FedAvg(min_sites=3).aggregate(results)
 
 
+def test_an_update_that_moved_further_than_adam_can_is_rejected():
+    """A site's weights may be anywhere, but within one round they can move from the global
+    weights by at most what lr x steps of Adam allow (common/update_bound.py)."""
+    run = server_app.StudyRun(study="x", checkpoint_dir="c", learning_rate=5e-3, local_steps=160)
+    bound = run.max_update
+    assert 1.5 < bound < 1.6
+    g = [np.full(3, 10.0)]
+    fedavg = strategy.FedAvg(min_sites=1)
+    near = strategy.SiteResult(1, "near", "ok", [g[0] + bound * 0.99], num_examples=5)
+    far = strategy.SiteResult(2, "far", "ok", [g[0] - [0, 0, bound * 1.01]], num_examples=5)
+    assert fedavg.validate(near, g, g, bound).status == "ok"
+    far = fedavg.validate(far, g, g, bound)
+    assert far.status == "invalid" and far.weights == []
+    assert "moves a weight by 1.5" in far.reason and "learning rate and local steps" in far.reason
+
+
 def test_checkpoint_commit_point_and_integrity(tmp_path):
     store = CheckpointStore(tmp_path)
     assert store.load() is None and store.load_start() is None

@@ -90,7 +90,7 @@ def _site(name: str, update: list[np.ndarray], refuse: bool = False):
         global_weights, wire, stats = read_fitins(msg.content)
         assert json.loads(stats) == {"merged": True} and wire["round"] == 1
         local = [g + u for g, u in zip(global_weights, update)]
-        return Message(fitres_records(update_of(global_weights, local), SIZES[name],
+        return Message(fitres_records(update_of(global_weights, local, 1.0), SIZES[name],
                                       {"epsilon-spent": 1.5}, {"site": name}, {"epsilon": 1.5}),
                        reply_to=msg)
 
@@ -106,7 +106,7 @@ def _round(crash_at=None, refuse=()):
     events = Events()
     pooled, results = secure_round(
         grid, sorted(NODES), weights, {"round": 1}, json.dumps({"merged": True}), 1,
-        SecAggSettings(timeout=0.2, poll_interval=0.01), SIZES,
+        SecAggSettings(clipping_range=1.0, timeout=0.2, poll_interval=0.01), SIZES,
         {str(n): s for n, s in NODES.items()}, events)
     return weights, updates, pooled, {r.site: r for r in results}, grid, events
 
@@ -161,6 +161,8 @@ def test_too_many_dropouts_stop_the_round_without_a_result():
 def test_a_site_checks_its_own_update_before_it_is_masked():
     g = [np.zeros(3)]
     with pytest.raises(ValueError, match="NaN"):
-        update_of(g, [np.array([0.0, np.nan, 1.0])])
+        update_of(g, [np.array([0.0, np.nan, 1.0])], 1.0)
     with pytest.raises(ValueError, match="shapes"):
-        update_of(g, [np.zeros(4)])
+        update_of(g, [np.zeros(4)], 1.0)
+    with pytest.raises(ValueError, match="more than the 0.5"):
+        update_of(g, [np.array([0.0, 0.7, 0.0])], 0.5)
