@@ -113,8 +113,9 @@ class AdminServer:
 
 def load_runner(spec: str | None) -> TrainingRunner | None:
     """`package.module:name` -> an instance: `name` is a runner class or factory called with no
-    arguments. This is how `serve-admin --runner` plugs in the federation's runner without the
-    admin server importing it."""
+    arguments. This is how `serve-admin --runner` plugs in another runner than the default (the
+    FlowerRunner, coordinator/flower_runner.py, built by serve-admin itself) without the admin
+    server importing it."""
     if not spec:
         return None
     module_name, _, attr = spec.partition(":")

@@ -11,8 +11,9 @@ the request minus secrets, the outcome). For actions that change state, the entr
 same transaction as the change (state.State.audited), so the log and the state cannot disagree.
 
 Training is delegated: the service records runs and their events, but the work is done by a
-`TrainingRunner` (start / stop / events) that the federation code provides. `InMemoryRunner` is a
-stand-in for tests and demos of the API. One background thread per run drains the runner's events
+`TrainingRunner` (start / stop / events). The real one submits Flower runs to the coordinator's
+SuperLink (coordinator/flower_runner.py); `InMemoryRunner` trains nothing and serves tests of the
+API itself. One background thread per run drains the runner's events
 into the database, so any number of `WatchTraining` streams (and a later restart) read the same
 history, and a run's end is recorded even if nobody is watching.
 

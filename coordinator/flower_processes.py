@@ -158,6 +158,19 @@ def unregister_supernode(flwr_home: Path, node_id: int, connection: str = CONNEC
     _flwr_json(["supernode", "unregister", str(node_id), connection], flwr_home)
 
 
+def stop_flower_run(flwr_home: Path, run_id: int, connection: str = CONNECTION) -> None:
+    """`flwr stop RUN_ID CONN`: the SuperLink marks the run finished:stopped and refuses the
+    ServerApp's next Grid call, so the ServerApp ends at its next poll."""
+    _flwr_json(["stop", str(run_id), connection], flwr_home)
+
+
+def flower_run_status(flwr_home: Path, run_id: int, connection: str = CONNECTION) -> str:
+    """The SuperLink's status of a run, e.g. `running` or `finished:stopped` (`flwr ls`)."""
+    reply = _flwr_json(["ls", connection, "--run-id", str(run_id)], flwr_home)
+    runs = [r for r in reply.get("runs", []) if str(r.get("run-id")) == str(run_id)]
+    return str(runs[0].get("status", "")) if runs else ""
+
+
 class SuperLinkAccess:
     """The admin API's hold on the SuperLink's door (admin_service.FleetAccess), through the
     Flower CLI's Control API connection in `flwr_home` (config.toml names it)."""

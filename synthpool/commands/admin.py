@@ -298,12 +298,25 @@ def coordinator_serve_admin(
     releases_dir: Optional[Path] = typer.Option(None, "--releases-dir",
                                                 help="Default: STATE_DIR/releases."),
     runner: Optional[str] = typer.Option(None, "--runner",
-                                         help="MODULE:NAME of the training runner, e.g. "
-                                              "synthpool.coordinator.admin_service:InMemoryRunner."),
+                                         help="MODULE:NAME of another training runner (default: "
+                                              "Flower runs on the SuperLink of "
+                                              "--superlink-flwr-home; none without it)."),
     superlink_flwr_home: Optional[Path] = typer.Option(
         None, "--superlink-flwr-home", file_okay=False,
         help="A FLWR_HOME whose config.toml names the SuperLink (connection 'synthpool'): "
-             "approving a site then admits its key to the SuperLink, revoking shuts it out."),
+             "approving a site then admits its key to the SuperLink, revoking shuts it out, "
+             "and `train start` submits the study as a Flower run there."),
+    app_dir: Optional[Path] = typer.Option(
+        None, "--app-dir", file_okay=False,
+        help="The config-only Flower app to submit (default: deploy/app of this checkout; "
+             "the coordinator image has it at /opt/synthpool/app)."),
+    run_config: List[str] = typer.Option(
+        [], "--run-config", help="KEY=VALUE training setting for every study's Flower run "
+                                 "(repeatable), e.g. local-steps=160, hidden=256, evaluate=false, "
+                                 "min-sites=2. The study's own settings cannot be overridden."),
+    run_timeout: Optional[float] = typer.Option(
+        None, "--run-timeout", help="Stop and fail a training still running after this many "
+                                    "seconds."),
     as_json: bool = typer.Option(False, "--json", help="Print the bound addresses as JSON."),
 ) -> None:
     """Serve the admin API until interrupted."""
@@ -312,13 +325,29 @@ def coordinator_serve_admin(
 
     from synthpool.coordinator.admin_server import AdminServer, load_runner
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # force: opacus calls basicConfig at import (WARNING), which would make this one a no-op.
+    logging.basicConfig(level=logging.INFO, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from synthpool.coordinator.flower_processes import SuperLinkAccess
+    from synthpool.coordinator.flower_runner import parse_settings, runner_for_coordinator
 
     fleet = SuperLinkAccess(superlink_flwr_home) if superlink_flwr_home else None
+    try:
+        if runner:
+            training = load_runner(runner)
+        elif superlink_flwr_home:
+            # The real backend whenever the SuperLink is known; InMemoryRunner (which trains
+            # nothing) only when asked for by name, for trying the API.
+            training = runner_for_coordinator(
+                state_dir, superlink_flwr_home, releases_dir=releases_dir, app_dir=app_dir,
+                settings=parse_settings(run_config), run_timeout=run_timeout)
+        else:
+            training = None
+    except (ValueError, TypeError, ImportError, AttributeError) as e:
+        _fail(as_json, "CONFIG", str(e))
     server = AdminServer(state_dir, listen=listen, mtls_listen=mtls_listen or None,
                          database_url=database_url, releases_dir=releases_dir,
-                         runner=load_runner(runner), fleet=fleet).start()
+                         runner=training, fleet=fleet).start()
     info = {"address": server.address, "mtls_address": server.mtls_address}
     _out(as_json, info, lambda: print(f"admin API on {server.address} (TLS, tokens)"
                                       + (f" and {server.mtls_address} (mTLS, certificates)"
@@ -329,6 +358,9 @@ def coordinator_serve_admin(
         server.wait()
     except KeyboardInterrupt:
         server.stop(2)
+    finally:
+        if hasattr(training, "close"):
+            training.close()
 
 
 @coordinator_app.command("add-token")

@@ -62,6 +62,10 @@ def demo(
     secure: bool = typer.Option(True, "--secure/--insecure",
                                 help="TLS on every Flower API and SuperNode authentication: "
                                      "each site makes its key and is enrolled before it joins."),
+    secure_aggregation: bool = typer.Option(
+        True, "--secure-aggregation/--plain-aggregation",
+        help="SecAgg+: the coordinator sees only the mean of the sites' updates (three more "
+             "message stages per round)."),
 ) -> None:
     """Federated DP synthesis of Adult across SITES local processes, evaluated on the hold-out."""
     from synthpool.common.bundled import ADULT_TRAIN
@@ -87,10 +91,12 @@ def demo(
         "straggler-grace": 180.0, "round-timeout": 600.0, "node-wait-timeout": 120.0,
         "release-dir": str(release_dir.resolve()), "seed": seed, "population": "disjoint",
         "signing-key": str((work / "coordinator" / "release-key.pem").resolve()),
+        "secure-aggregation": secure_aggregation,
     }
     console.print(f"[bold]synthpool demo[/bold]: {sites} sites ({split} split of Adult), "
                   f"epsilon {epsilon:g} per site, {rounds} rounds x {steps} DP-SGD steps"
-                  + (", TLS + enrolled SuperNodes" if secure else ", no TLS (loopback)"))
+                  + (", TLS + enrolled SuperNodes" if secure else ", no TLS (loopback)")
+                  + (", SecAgg+" if secure_aggregation else ""))
     try:
         with LocalFederation(work, specs, tls=secure, node_auth=secure) as fed:
             manifest = run_federation(fed, run_config, rounds, timeout, started)
@@ -142,6 +148,9 @@ def run_federation(fed, run_config: dict, rounds: int, timeout: float, started: 
                     bar.update(task, completed=1 + done,
                                description=f"round {done + 1}/{rounds}" if done < rounds
                                else "sampling the release")
+                elif kind == "secagg_stage":
+                    bar.update(task, description=f"round {e['round']}/{rounds}: SecAgg+ "
+                                                 f"{e['stage'].replace('_', ' ')}")
                 elif kind == "evaluation_started":
                     bar.update(task, description="the sites score the release against their rows")
                 elif kind == "evaluation_completed":
