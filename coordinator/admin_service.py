@@ -64,6 +64,7 @@ class SiteInfo:
     name: str
     public_key: str
     fingerprint: str
+    node_id: int | None = None   # its SuperNode id once approval registered its key
 
 
 @dataclass(frozen=True)
@@ -465,7 +466,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             name=study.name, run_id=run.id, schema_yaml=study.schema_yaml,
             schema_fingerprint=study.schema_fingerprint, epsilon=study.epsilon,
             delta=study.delta, overlap=study.overlap, rounds=study.rounds, rows=study.rows,
-            sites=tuple(SiteInfo(s.name, s.public_key or "", s.public_key_fingerprint or "")
+            sites=tuple(SiteInfo(s.name, s.public_key or "", s.public_key_fingerprint or "",
+                                  s.flower_node_id)
                         for s in sites))
         # Outside the audited transaction: launching a federation may take a while, and the
         # database must not stay locked meanwhile. A failure to launch ends the run as failed

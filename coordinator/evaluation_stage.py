@@ -89,7 +89,7 @@ def evaluation_stage(grid, run, training_id: str, schema: Schema, synthetic: pd.
     sample = sample_bytes(synthetic, run.evaluation_rows)
     out = EvaluationOutcome(rows=min(len(synthetic), run.evaluation_rows),
                             digest="sha256:" + hashlib.sha256(sample).hexdigest())
-    nodes = sorted(grid.get_node_ids())
+    nodes = run.study_nodes(grid)
     events.write("evaluation_started", nodes=nodes, rows=out.rows, digest=out.digest)
     wire = run.round_wire(training_id, run.num_rounds, schema.fingerprint(), stage="evaluate",
                           synthetic_digest=out.digest)

@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 # Run-config keys the runner derives from the study (or from where it keeps files).
 RESERVED_KEYS = frozenset({
     "study", "schema", "target-epsilon", "num-rounds", "population", "release-rows",
-    "expected-sites", "checkpoint-dir", "release-dir", "signing-key", "node-registry",
+    "expected-sites", "checkpoint-dir", "release-dir", "signing-key", "node-registry", "node-ids",
 })
 # The admin API's overlap names -> StudyRun.population.
 POPULATION = {"disjoint": "disjoint", "overlapping": "overlap"}
@@ -234,6 +234,11 @@ class FlowerRunner:
         }
         if study.rows > 0:
             config["release-rows"] = int(study.rows)
+        # Only the study's SuperNodes are asked, when approval registered every site's key; one
+        # SuperLink serves many studies.
+        node_ids = [s.node_id for s in study.sites]
+        if node_ids and None not in node_ids:
+            config["node-ids"] = ",".join(str(n) for n in sorted(node_ids))
         if self.signing_key is not None:
             config["signing-key"] = str(self.signing_key)
         return config

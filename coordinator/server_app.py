@@ -88,6 +88,9 @@ class StudyRun(TrainingSpec):
     evaluation_rows: int = 10000
     # Ed25519 key (PEM, created if absent) that signs the release (common/signing.py); "": unsigned.
     signing_key: str = ""
+    # The study's SuperNodes, comma-separated ids ("": every node connected to the SuperLink).
+    # A SuperLink serves every study of a coordinator; a node outside the list is never asked.
+    node_ids: str = ""
     # Secure aggregation (Flower's SecAgg+, coordinator/secure_aggregation.py): the coordinator
     # sees only the weighted mean of the sites' updates. The threshold is the share of a site's
     # key shares needed to unmask (and so how many sites may drop out of a round); the clipping
@@ -111,6 +114,14 @@ class StudyRun(TrainingSpec):
         return SecAggSettings(threshold=self.secagg_threshold,
                               clipping_range=self.secagg_clipping_range or self.max_update,
                               timeout=self.round_timeout, poll_interval=self.poll_interval)
+
+    def study_nodes(self, grid) -> list[int]:
+        """The connected SuperNodes this study may ask."""
+        nodes = sorted(grid.get_node_ids())
+        if not self.node_ids.strip():
+            return nodes
+        allowed = {int(n) for n in self.node_ids.split(",") if n.strip()}
+        return [n for n in nodes if n in allowed]
 
     @property
     def registry_path(self) -> Path:
@@ -142,10 +153,11 @@ class StudyRun(TrainingSpec):
                 "stage": stage, "synthetic-digest": synthetic_digest}
 
 
-def wait_for_nodes(grid, want: int, need: int, timeout: float, poll: float = 0.5) -> list[int]:
+def wait_for_nodes(grid, run: "StudyRun", want: int, need: int, timeout: float,
+                   poll: float = 0.5) -> list[int]:
     deadline = time.monotonic() + timeout
     while True:
-        nodes = sorted(grid.get_node_ids())
+        nodes = run.study_nodes(grid)
         if len(nodes) >= want:
             return nodes
         if time.monotonic() >= deadline:
@@ -299,7 +311,7 @@ def stats_problem(result: SiteResult, schema: Schema) -> str:
 def statistics_stage(grid, run: StudyRun, training_id: str, schema: Schema,
                      names: dict[str, str], events, transcript=None) -> tuple[dict, list[np.ndarray]]:
     """Ask every connected site for its noisy histograms; merge; build the initial model."""
-    nodes = sorted(grid.get_node_ids())
+    nodes = run.study_nodes(grid)
     events.write("stats_started", nodes=nodes, training_id=training_id)
     fingerprint = schema.fingerprint()
     results = exchange(grid, nodes, [], run.round_wire(training_id, 0, fingerprint), 0, run,
@@ -366,7 +378,7 @@ def run_study(grid, run: StudyRun) -> dict:
     _say(f"training {training_id} of study {run.study!r}: rounds {first}..{run.num_rounds}"
          + (f" (resumed after round {first - 1})" if first > 1 else ""))
     if saved is None or first <= run.num_rounds or run.evaluate:
-        wait_for_nodes(grid, run.expected_sites or run.min_sites, run.min_sites,
+        wait_for_nodes(grid, run, run.expected_sites or run.min_sites, run.min_sites,
                        run.node_wait_timeout, run.poll_interval)
     if saved is None:
         start, initial = statistics_stage(grid, run, training_id, schema, names, events,
@@ -380,7 +392,7 @@ def run_study(grid, run: StudyRun) -> dict:
     weights = ckpt.weights if ckpt else initial
     strategy = FedAvg(min_sites=run.min_sites, proximal_mu=run.proximal_mu)
     for rnd in range(first, run.num_rounds + 1):
-        nodes = sorted(grid.get_node_ids())
+        nodes = run.study_nodes(grid)
         events.write("round_started", round=rnd, run_id=run_id, nodes=nodes)
         t0 = time.monotonic()
         wire = run.round_wire(training_id, rnd, fingerprint, start["stats_digest"])

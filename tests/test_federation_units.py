@@ -332,6 +332,20 @@ def test_coordinator_crashes_resume_without_double_charge(tmp_path, adult_slices
         assert jobs == [f"{training}/stats"] + [f"{training}/round-{r}" for r in (1, 2, 3)]
 
 
+def test_only_the_studys_supernodes_are_asked(tmp_path, adult_slices):
+    """One SuperLink serves many studies: a connected node outside `node-ids` is never asked."""
+    configs = {i: write_site(tmp_path, n, adult_slices[i - 1])
+               for i, n in [(1, "a"), (2, "b"), (3, "c")]}
+    run = make_run(tmp_path, num_rounds=1, expected_sites=2, node_ids="1, 2")
+    run_study(FakeGrid(configs), run)
+    store = CheckpointStore(run.checkpoint_dir)
+    events = store.events.read()
+    assert [e["nodes"] for e in events if e["event"] in ("stats_started", "round_started")] == \
+        [[1, 2], [1, 2]]
+    assert store.load().meta["used"] == ["a", "b"]
+    assert ledger_of(configs[3]).charges("adult") == []
+
+
 def test_silent_site_is_dropped_and_quorum_enforced(tmp_path, adult_slices):
     configs = {i: write_site(tmp_path, n, adult_slices[i - 1])
                for i, n in [(1, "a"), (2, "b"), (3, "c")]}
