@@ -26,6 +26,10 @@ Example::
     port = 9094                        # the node's local Runtime API port
     authenticate = true                # sign with the key made by `synthpool-agent enroll`
 
+    [trust]                            # which Flower app this site runs (agent/fab_policy.py)
+    clientapp = "synthpool.agent.client_app:app"   # the only ClientApp component it loads
+    fab_sha256 = []                    # optional: the only FAB hashes it accepts
+
     [evaluation]
     holdout_fraction = 0.15            # rows set aside before training, to score releases on
     share_scores = true                # false: only DP histograms leave the site when scoring
@@ -45,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..common.bundled import ADULT_SCHEMA
 from ..common.schema import Schema
+from .fab_policy import DEFAULT_ALLOWED_FILES, PINNED_CLIENTAPP, TrustPolicy
 
 BUNDLED_SCHEMAS = {"bundled:adult": ADULT_SCHEMA}
 
@@ -105,6 +110,39 @@ class SuperNodeSection(BaseModel):
     # Extra flags passed to flower-supernode verbatim (e.g. auth keys), owner's choice.
     extra_args: list[str] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _isolation(self) -> "SuperNodeSection":
+        # The agent runs the SuperNode in `--isolation process` so that only its own launcher
+        # (agent/trusted_exec.py) starts app processes; another isolation mode would let Flower
+        # start the coordinator's app itself, unchecked.
+        if any(a == "--isolation" or a.startswith("--isolation=") for a in self.extra_args):
+            raise ValueError("extra_args may not set --isolation: the agent runs the SuperNode "
+                             "in process isolation so that it checks every app first")
+        return self
+
+
+class TrustSection(BaseModel):
+    """Which Flower app (FAB) this site runs; see agent/fab_policy.py. A FAB that ships code,
+    names another ClientApp, or (with pins) has another hash is refused before it runs."""
+
+    model_config = ConfigDict(extra="forbid")
+    # The ClientApp component: the only one loaded, from this site's own installation.
+    clientapp: str = PINNED_CLIENTAPP
+    # The exact paths a FAB may hold besides Flower's manifest (.info/CONTENT); never code.
+    allowed_files: list[str] = Field(default_factory=lambda: list(DEFAULT_ALLOWED_FILES))
+    # The sha256 of each FAB this site accepts; empty: any FAB that passes the other checks.
+    fab_sha256: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _valid(self) -> "TrustSection":
+        self.fab_sha256 = [h.strip().lower().removeprefix("sha256:") for h in self.fab_sha256]
+        self.policy()  # raises ValueError (a config error) on a bad component, file or hash
+        return self
+
+    def policy(self) -> TrustPolicy:
+        return TrustPolicy(clientapp=self.clientapp, allowed_files=frozenset(self.allowed_files),
+                           fab_sha256=frozenset(self.fab_sha256))
+
 
 class EvaluationSection(BaseModel):
     """How the site scores a release (agent/site_evaluation.py). The hold-out split is made once,
@@ -124,6 +162,7 @@ class SiteConfig(BaseModel):
     superlink: SuperLinkSection
     supernode: SuperNodeSection = Field(default_factory=SuperNodeSection)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+    trust: TrustSection = Field(default_factory=TrustSection)
     budgets: dict[str, Budget] = Field(default_factory=dict)
     path: Path | None = Field(default=None, exclude=True)
 
