@@ -161,10 +161,15 @@ def handle_stats(site: SiteState, wire: dict) -> TrainReply:
 
 
 def handle_train(site: SiteState, global_weights: list[np.ndarray], wire: dict,
-                 stats_json: str) -> TrainReply:
-    """One round: DP-SGD from `global_weights` with the transform of the merged statistics."""
+                 stats_json: str, *, secure: bool = False) -> TrainReply:
+    """One round: DP-SGD from `global_weights` with the transform of the merged statistics.
+    `secure`: the update will leave the site masked (SecAgg+)."""
     cfg = _parse(site, wire, "round")
     label = _label(cfg)
+    if not secure and site.config.trust.require_secure_aggregation:
+        raise Refusal(f"{label}: this site trains only in securely aggregated rounds "
+                      "([trust] require_secure_aggregation); run the study with "
+                      "secure-aggregation = true")
     try:
         if site_job.stats_digest(stats_json) != cfg.stats_digest:
             raise Refusal(f"{label}: the statistics sent do not match their digest")
@@ -250,7 +255,7 @@ def make_app(resolve_site: Callable[[object], SiteState] = site_from_context):
             global_weights, wire, stats_json = read_fitins(content)
         except (KeyError, ValueError) as e:
             raise Refusal(f"malformed secure round: {e}") from None
-        out = handle_train(site, global_weights, wire, stats_json)
+        out = handle_train(site, global_weights, wire, stats_json, secure=True)
         bound = site_job.RoundConfig.from_wire(wire).max_update
         out.weights = update_of(global_weights, out.weights, bound)
         return out

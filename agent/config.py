@@ -132,6 +132,9 @@ class TrustSection(BaseModel):
     allowed_files: list[str] = Field(default_factory=lambda: list(DEFAULT_ALLOWED_FILES))
     # The sha256 of each FAB this site accepts; empty: any FAB that passes the other checks.
     fab_sha256: list[str] = Field(default_factory=list)
+    # true: train only in SecAgg+ rounds, so the coordinator never sees this site's update alone
+    # (a plain round is refused; statistics and evaluation stages are unaffected).
+    require_secure_aggregation: bool = False
 
     @model_validator(mode="after")
     def _valid(self) -> "TrustSection":

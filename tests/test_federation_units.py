@@ -346,6 +346,23 @@ def test_only_the_studys_supernodes_are_asked(tmp_path, adult_slices):
     assert ledger_of(configs[3]).charges("adult") == []
 
 
+def test_a_site_that_requires_secure_aggregation_refuses_a_plain_round(tmp_path, adult_slices):
+    configs = {i: write_site(tmp_path, n, adult_slices[i - 1]) for i, n in [(1, "a"), (2, "b")]}
+    strict = write_site(tmp_path, "c", adult_slices[2])
+    with open(strict, "a") as f:
+        f.write("\n[trust]\nrequire_secure_aggregation = true\n")
+    configs[3] = strict
+    run = make_run(tmp_path, num_rounds=1)
+    run_study(FakeGrid(configs), run)
+    store = CheckpointStore(run.checkpoint_dir)
+    refused = [e for e in store.events.read() if e["event"] == "site_refused"]
+    assert [(e["site"], e["round"]) for e in refused] == [("c", 1)]
+    assert "trains only in securely aggregated rounds" in refused[0]["reason"]
+    assert store.load().meta["used"] == ["a", "b"]
+    tid = store.training("adult", {})["training_id"]
+    assert [c.job_id for c in ledger_of(strict).charges("adult")] == [f"{tid}/stats"]
+
+
 def test_silent_site_is_dropped_and_quorum_enforced(tmp_path, adult_slices):
     configs = {i: write_site(tmp_path, n, adult_slices[i - 1])
                for i, n in [(1, "a"), (2, "b"), (3, "c")]}
