@@ -25,9 +25,9 @@ from .utility import _referee
 CLI = [sys.executable, "-m", "synthpool.cli"]
 
 
-def _demo(out: Path, split: str) -> dict:
+def _demo(out: Path, split: str, *extra: str) -> dict:
     start = time.perf_counter()
-    subprocess.run([*CLI, "demo", "--out", str(out), "--split", split], check=True,
+    subprocess.run([*CLI, "demo", "--out", str(out), "--split", split, *extra], check=True,
                    capture_output=True, text=True)
     wall = time.perf_counter() - start
     ckpt = out / "federation" / "coordinator" / "checkpoints"

@@ -188,8 +188,14 @@ class LocalFederation:
                              timeout=60)
         if out.returncode != 0:
             raise RuntimeError(f"synthpool-agent enroll for {name} failed: {out.stderr}")
-        self.node_ids[name] = register_supernode(
-            self.cli_home, self.site_state_dir(name) / "identity" / "supernode.pub")
+        # What the site tells its administrator (the public key), as an operator receives it:
+        # where the site keeps its files is the site's business.
+        public = next(line.split(":", 1)[1].strip() for line in out.stdout.splitlines()
+                      if line.startswith("public key:"))
+        received = self.coord_dir / "site-keys" / f"{name}.pub"
+        received.parent.mkdir(parents=True, exist_ok=True)
+        received.write_text(public + "\n")
+        self.node_ids[name] = register_supernode(self.cli_home, received)
         return self.node_ids[name]
 
     def revoke(self, name: str) -> None:
