@@ -21,9 +21,7 @@ import json
 
 import numpy as np
 
-from ..common.wire import SECAGG_STATS_KEY
-
-SECAGG_CONFIGS = "secaggplus_configs"  # flwr.common.secure_aggregation.secaggplus_constants
+from ..common.wire import SECAGG_CONFIGS, SECAGG_STATS_KEY
 
 
 class _Declined(Exception):

@@ -26,6 +26,9 @@ EVALUATE_MESSAGE = "query.evaluate"  # score a synthetic sample against the site
 # A secure-aggregation round (Flower's SecAgg+, legacy FitIns format) carries the merged
 # statistics under this key of its FitIns config instead of a record of their own.
 SECAGG_STATS_KEY = "merged-stats-json"
+# The record Flower's SecAgg+ messages carry their protocol configs in
+# (flwr.common.secure_aggregation.secaggplus_constants.RECORD_KEY_CONFIGS).
+SECAGG_CONFIGS = "secaggplus_configs"
 
 # Error codes of a site's replies (Flower's own codes are 0-8, flwr/common/constant.py).
 REFUSED = 1001

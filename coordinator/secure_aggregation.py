@@ -36,10 +36,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..common.wire import SECAGG_STATS_KEY
+from ..common.wire import SECAGG_CONFIGS, SECAGG_STATS_KEY
 from .strategy import SiteResult, classify_error
-
-SECAGG_CONFIGS = "secaggplus_configs"   # flwr.common.secure_aggregation.secaggplus_constants
 
 
 @dataclass(frozen=True)

@@ -166,3 +166,11 @@ def test_a_site_checks_its_own_update_before_it_is_masked():
         update_of(g, [np.zeros(4)], 1.0)
     with pytest.raises(ValueError, match="more than the 0.5"):
         update_of(g, [np.array([0.0, 0.7, 0.0])], 0.5)
+
+
+def test_our_name_for_flowers_secagg_record_is_flowers():
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+    from synthpool.common.wire import SECAGG_CONFIGS
+
+    assert SECAGG_CONFIGS == RECORD_KEY_CONFIGS
