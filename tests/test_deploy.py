@@ -48,7 +48,10 @@ COMPOSE = DEPLOY / "docker-compose.yml"
 DOCKERFILES = {"agent": DEPLOY / "docker" / "agent.Dockerfile",
                "coordinator": DEPLOY / "docker" / "coordinator.Dockerfile"}
 UNITS = {"agent": DEPLOY / "systemd" / "synthpool-agent.service",
-         "coordinator": DEPLOY / "systemd" / "synthpool-coordinator.service"}
+         "coordinator": DEPLOY / "systemd" / "synthpool-coordinator.service",
+         "admin": DEPLOY / "systemd" / "synthpool-admin.service"}
+# The admin API runs as the coordinator's account, on the coordinator's state.
+ACCOUNT = {"agent": "agent", "coordinator": "coordinator", "admin": "coordinator"}
 START_SCRIPT = DEPLOY / "scripts" / "coordinator-start.sh"
 GATEWAY_TEMPLATE = DEPLOY / "docker" / "fleet-gateway.conf.template"
 SITES = ("site-a", "site-b", "site-c")
@@ -269,9 +272,10 @@ def _unit_directives(path: Path) -> dict[str, list[str]]:
 @pytest.mark.parametrize("role", sorted(UNITS))
 def test_systemd_unit_has_the_required_settings(role):
     d = _unit_directives(UNITS[role])
-    state = f"/var/lib/synthpool-{role}"
-    assert d["User"] == [f"synthpool-{role}"]
-    assert d["StateDirectory"] == [f"synthpool-{role}"]
+    account = f"synthpool-{ACCOUNT[role]}"
+    state = f"/var/lib/{account}"
+    assert d["User"] == [account]
+    assert d["StateDirectory"] == [account]
     assert d["ReadWritePaths"] == [state]
     for key, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "PrivateTmp": "yes",
                        "Restart": "on-failure", "KillSignal": "SIGTERM"}.items():
