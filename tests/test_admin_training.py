@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 
 import pytest
 
@@ -29,13 +27,9 @@ from synthpool.coordinator.flower_processes import (
     LOOPBACK, bin_dir, flower_run_status, free_port, wait_for_port,
 )
 from synthpool.protos import admin_pb2 as pb
+from processes import REAL_FLOWER_PROCESSES
 
-pytestmark = [
-    pytest.mark.skipif(sys.platform != "linux", reason="process plumbing reads /proc"),
-    pytest.mark.skipif(not (bin_dir() / "flower-superlink").exists()
-                       or shutil.which("synthpool-agent", path=str(bin_dir())) is None,
-                       reason="flower-superlink / synthpool-agent not installed in this venv"),
-]
+pytestmark = REAL_FLOWER_PROCESSES
 
 ROWS = 1200
 SITES = ("s0", "s1")

@@ -12,8 +12,6 @@ The tests run in file order: the last one kills a site. Budget: about 4 minutes 
 from __future__ import annotations
 
 import json
-import shutil
-import sys
 import time
 
 import pytest
@@ -23,15 +21,10 @@ from synthpool.common.bundled import ADULT_TRAIN
 from synthpool.common.privacy import ALPHAS, GaussianMechanism, epsilon_of
 from synthpool.coordinator.checkpoint import CheckpointStore
 from synthpool.coordinator.federation import LocalFederation, SiteSpec, split_rows
-from synthpool.coordinator.flower_processes import bin_dir
 from payloads import list_lengths, numbers
+from processes import REAL_FLOWER_PROCESSES
 
-pytestmark = [
-    pytest.mark.skipif(sys.platform != "linux", reason="process plumbing reads /proc"),
-    pytest.mark.skipif(not (bin_dir() / "flower-superlink").exists()
-                       or shutil.which("synthpool-agent", path=str(bin_dir())) is None,
-                       reason="flower-superlink / synthpool-agent not installed in this venv"),
-]
+pytestmark = REAL_FLOWER_PROCESSES
 
 DELTA = 1e-5
 ROWS = 2000

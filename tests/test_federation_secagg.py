@@ -11,9 +11,6 @@ waits out the killed site (round-timeout)."""
 from __future__ import annotations
 
 import json
-import shutil
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -22,14 +19,9 @@ from synthpool.agent.site_state import SiteState
 from synthpool.common.bundled import ADULT_TRAIN
 from synthpool.coordinator.checkpoint import CheckpointStore
 from synthpool.coordinator.federation import LocalFederation, SiteSpec, split_rows
-from synthpool.coordinator.flower_processes import bin_dir
+from processes import REAL_FLOWER_PROCESSES
 
-pytestmark = [
-    pytest.mark.skipif(sys.platform != "linux", reason="process plumbing reads /proc"),
-    pytest.mark.skipif(not (bin_dir() / "flower-superlink").exists()
-                       or shutil.which("synthpool-agent", path=str(bin_dir())) is None,
-                       reason="flower-superlink / synthpool-agent not installed in this venv"),
-]
+pytestmark = REAL_FLOWER_PROCESSES
 
 ROWS = 2000
 RUN = {"study": "adult", "num-rounds": 1, "min-sites": 2, "expected-sites": 3,

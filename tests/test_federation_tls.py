@@ -10,7 +10,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 
 import pytest
 
@@ -18,12 +17,9 @@ from synthpool.common.bundled import ADULT_TRAIN
 from synthpool.coordinator.federation import LocalFederation, SiteSpec, split_rows
 from synthpool.coordinator.flower_processes import LOOPBACK, bin_dir
 from synthpool.coordinator.release import read_manifest
+from processes import REAL_FLOWER_PROCESSES
 
-pytestmark = [
-    pytest.mark.skipif(sys.platform != "linux", reason="process plumbing reads /proc"),
-    pytest.mark.skipif(shutil.which("synthpool-agent", path=str(bin_dir())) is None,
-                       reason="synthpool-agent not installed in this venv"),
-]
+pytestmark = REAL_FLOWER_PROCESSES
 
 ROWS = 1200
 RUN = {"study": "adult", "num-rounds": 1, "local-steps": 2, "hidden": 16, "depth": 1, "latent": 4,
