@@ -21,6 +21,7 @@ import json
 
 import numpy as np
 
+from ..common.update_bound import displacement_problem
 from ..common.wire import SECAGG_CONFIGS, SECAGG_STATS_KEY
 
 
@@ -77,10 +78,9 @@ def update_of(global_weights: list[np.ndarray], weights: list[np.ndarray],
               for w, g in zip(weights, global_weights)]
     if not all(np.all(np.isfinite(u)) for u in update):
         raise ValueError("the update holds NaN or infinite values")
-    moved = max(float(np.max(np.abs(u), initial=0)) for u in update)
-    if moved > max_update:
-        raise ValueError(f"the update moves a weight by {moved:.4g}, more than the "
-                         f"{max_update:.4g} the round's learning rate and steps allow")
+    problem = displacement_problem(weights, global_weights, max_update)
+    if problem:
+        raise ValueError(problem)
     return update
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 ADAM_BETAS = (0.9, 0.999)
 # float32 weights: rounding of the sum of k steps, relative and absolute.
 _SLACK = (1e-4, 1e-6)
@@ -37,3 +39,14 @@ def max_displacement(lr: float, steps: int, betas: tuple[float, float] = ADAM_BE
     """The most any weight can move in `steps` Adam steps at learning rate `lr`."""
     bound = lr * sum(adam_step_bound(t, betas) for t in range(1, steps + 1))
     return bound * (1 + _SLACK[0]) + _SLACK[1]
+
+
+def displacement_problem(weights, start, max_update: float) -> str:
+    """Why `weights` cannot be one round of training from `start` ('' if they can): checked by
+    the coordinator on a plain update and by a site on its own update before SecAgg+ masks it."""
+    moved = max((float(np.max(np.abs(np.asarray(w, np.float64) - np.asarray(g, np.float64)),
+                               initial=0)) for w, g in zip(weights, start)), default=0.0)
+    if moved > max_update:
+        return (f"update moves a weight by {moved:.4g}, more than the {max_update:.4g} that the "
+                "round's learning rate and local steps allow")
+    return ""

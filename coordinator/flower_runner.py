@@ -160,7 +160,8 @@ class FlowerRunner:
     def events(self, study: str) -> Iterator[RunEvent]:
         with self._lock:
             run = self._runs[study]
-        progress = ProgressTranslator(run.study.rounds, run.study.overlap, run.checkpoint_dir)
+        progress = ProgressTranslator(run.study.rounds, run.run_config["population"],
+                                      run.checkpoint_dir)
         announced = False
         while True:
             alive = run.process.alive

@@ -37,6 +37,7 @@ import pandas as pd
 from ..common.schema import Schema
 from ..common.stats import TableStats
 from .checkpoint import Checkpoint, CheckpointStore
+from .server_app import POPULATIONS
 
 DATA_FILE = "synthetic.csv"
 MANIFEST_FILE = "manifest.json"
@@ -66,21 +67,27 @@ def initial_weights(run, schema: Schema, stats: TableStats) -> list[np.ndarray]:
     return build_generator(run, schema, stats).get_weights()
 
 
+def across_sites(values: list[float], population: str) -> float:
+    """One privacy parameter of the release from the sites' own: the max when each person's
+    rows are at one site only, the sum when a person may be at several."""
+    if population not in POPULATIONS:
+        raise ValueError(f"unknown population {population!r}")
+    return max(values) if population == "disjoint" else sum(values)
+
+
 def release_guarantee(per_site: dict[str, dict], population: str) -> dict:
     """The release's (epsilon, delta) from the sites' own: max if disjoint, sum if overlapping."""
     if not per_site:
         raise ValueError("a release needs at least one site's privacy report")
-    eps = [float(v["epsilon"]) for v in per_site.values()]
-    deltas = [float(v["delta"]) for v in per_site.values()]
+    eps = across_sites([float(v["epsilon"]) for v in per_site.values()], population)
+    delta = across_sites([float(v["delta"]) for v in per_site.values()], population)
     if population == "disjoint":
-        return {"epsilon": max(eps), "delta": max(deltas), "composition": "max over sites",
+        return {"epsilon": eps, "delta": delta, "composition": "max over sites",
                 "why": "each person's rows are at one site only: the sites' outputs concern "
                        "disjoint people (parallel composition)"}
-    if population == "overlap":
-        return {"epsilon": sum(eps), "delta": sum(deltas), "composition": "sum over sites",
-                "why": "a person may have rows at several sites: the sites' guarantees add up "
-                       "(basic sequential composition)"}
-    raise ValueError(f"unknown population {population!r}")
+    return {"epsilon": eps, "delta": delta, "composition": "sum over sites",
+            "why": "a person may have rows at several sites: the sites' guarantees add up "
+                   "(basic sequential composition)"}
 
 
 def _site_privacy(report: dict) -> dict:

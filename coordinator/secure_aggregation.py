@@ -19,8 +19,8 @@ Why not Flower's `DefaultWorkflow`: it owns the whole training loop (its own rou
 checkpoints, no quorum, no named refusals). Here the workflow runs for ONE round inside
 `server_app.run_study`, behind a tiny legacy `Strategy` that hands it our FitIns and takes the
 aggregate back, so checkpoints, resume, the event log and the release stay the same as in a plain
-round. Flower's own `send_and_receive` sleeps 3 s between polls; `_FastGrid` polls at the run's
-interval and records every reply in the transcript.
+round. `_FastGrid` gives the workflow the plain round's polling (server_app.poll_replies, not
+Flower's 3 s sleeps) and records every reply in the transcript.
 
 What the coordinator can and cannot check: it never sees one site's update (that is the point),
 so the per-site checks of a plain round (finite values, shapes, absurd norms) run at the site on
@@ -31,13 +31,12 @@ updates is not used: the mean of one site's update IS its update.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..common.wire import SECAGG_CONFIGS, SECAGG_STATS_KEY
-from .strategy import SiteResult, classify_error
+from .strategy import SiteResult
 
 
 @dataclass(frozen=True)
@@ -118,7 +117,7 @@ class _FastGrid:
         return getattr(self.grid, name)
 
     def send_and_receive(self, messages, *, timeout=None):
-        from .server_app import record_transcript
+        from .server_app import poll_replies, transcribe
 
         messages = list(messages)
         if messages:
@@ -126,30 +125,21 @@ class _FastGrid:
             self.stage = str(configs.get("stage", "?"))
             self.events.write("secagg_stage", round=self.rnd, stage=self.stage,
                               nodes=sorted(m.metadata.dst_node_id for m in messages))
-        sent = dict(zip(self.grid.push_messages(messages),
-                        (m.metadata.dst_node_id for m in messages)))
-        pending = {mid for mid in sent if mid}
-        deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
+        # By message id, not by the reply's src_node_id: the SuperLink's own error reply for a
+        # node it declared dead comes from the SuperLink.
+        pending = {mid: m.metadata.dst_node_id
+                   for mid, m in zip(self.grid.push_messages(messages), messages) if mid}
         out = []
-        while pending and time.monotonic() < deadline:
-            for reply in self.grid.pull_messages(list(pending)):
-                mid = reply.metadata.reply_to_message_id
-                pending.discard(mid)
-                out.append(reply)
-                # Not src_node_id: the SuperLink's own error reply for a node it declared dead
-                # comes from the SuperLink.
-                node = sent.get(mid, reply.metadata.src_node_id)
-                self.replies[node] = reply
-                if self.transcript is not None:
-                    self.transcript.write(
-                        "reply", round=self.rnd, message_type=f"train/secagg/{self.stage}",
-                        node=node, site=self.names.get(str(node), f"node-{node}"),
-                        status="error" if reply.has_error() else "ok",
-                        **record_transcript(reply))
-            if pending:
-                time.sleep(self.poll)
-        for mid in pending:
-            self.unanswered.setdefault(sent[mid], self.stage)
+        for node, reply in poll_replies(self.grid, pending, float("inf") if timeout is None
+                                        else timeout, self.poll):
+            out.append(reply)
+            self.replies[node] = reply
+            transcribe(self.transcript, reply, round=self.rnd,
+                       message_type=f"train/secagg/{self.stage}", node=node,
+                       site=self.names.get(str(node), f"node-{node}"),
+                       status="error" if reply.has_error() else "ok")
+        for node in pending.values():
+            self.unanswered.setdefault(node, self.stage)
         return out
 
 
@@ -212,11 +202,7 @@ def _site_result(node: int, fitres, last_reply, names: dict[str, str], stage: st
                           metrics=numbers, info={"replayed": bool(metrics.get("replayed", False))},
                           ledger=ledger)
     if last_reply is not None and last_reply.has_error():
-        reason = last_reply.error.reason or ""
-        if reason.startswith("site ") and " " in reason[5:]:
-            name = reason[5:].split(" ", 1)[0]
-        return SiteResult(node, name, classify_error(last_reply.error.code, reason),
-                          reason=f"[{last_reply.error.code}] {reason} (secure aggregation)")
+        return SiteResult.from_error(node, name, last_reply.error, " (secure aggregation)")
     return SiteResult(node, name, "missing",
                       reason=f"dropped out of secure aggregation (no reply in stage {stage!r}); "
                              "its masks were removed with its neighbours' shares")

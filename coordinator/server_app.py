@@ -24,8 +24,8 @@ One run = `run_study(grid, StudyRun)`:
 A stage with fewer than `min-sites` valid answers fails the run (event `round_failed`), leaving
 the previous checkpoint as the point to resume from.
 
-Our own push/pull loop instead of `Grid.send_and_receive`: that call sleeps 3 s between polls
-(flwr/superlink/grid/http_grid.py:412) and cannot stop early at a quorum.
+Messages go out and come back through our own loop (`poll_replies`), shared with the SecAgg+
+rounds, which can stop at a quorum.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from ..common.schema import Schema
 from ..common.stats import TableStats, cell_labels, histogram_columns
 from ..common.wire import STATS_MESSAGE, TRAIN_MESSAGE, TrainingSpec, fields_from_wire
 from .checkpoint import CheckpointStore
-from .strategy import FedAvg, QuorumNotReached, SiteResult, classify_error
+from .strategy import FedAvg, QuorumNotReached, SiteResult
 
 log = logging.getLogger("synthpool.coordinator")
 
@@ -195,23 +195,18 @@ def exchange(grid, nodes: list[int], weights: list[np.ndarray], wire: dict, rnd:
     }
     start = time.monotonic()
     quorum_at = None
-    while pending and time.monotonic() - start < run.round_timeout:
-        for reply in grid.pull_messages(list(pending)):
-            node = pending.pop(reply.metadata.reply_to_message_id, None)
-            if node is None:
-                continue
-            results[node] = _read_reply(node, reply, names)
-            if transcript is not None:
-                transcript.write("reply", round=rnd, message_type=message_type, node=node,
-                                 site=results[node].site, status=results[node].status,
-                                 **record_transcript(reply))
-        ok = sum(r.status == "ok" for r in results.values())
-        if quorum_at is None and ok >= run.min_sites:
+
+    def stragglers_waited_for() -> bool:
+        nonlocal quorum_at
+        if quorum_at is None and sum(r.status == "ok" for r in results.values()) >= run.min_sites:
             quorum_at = time.monotonic()
-        if pending and quorum_at is not None and time.monotonic() - quorum_at >= run.straggler_grace:
-            break
-        if pending:
-            time.sleep(run.poll_interval)
+        return quorum_at is not None and time.monotonic() - quorum_at >= run.straggler_grace
+
+    for node, reply in poll_replies(grid, pending, run.round_timeout, run.poll_interval,
+                                    stragglers_waited_for):
+        results[node] = _read_reply(node, reply, names)
+        transcribe(transcript, reply, round=rnd, message_type=message_type, node=node,
+                   site=results[node].site, status=results[node].status)
     waited = time.monotonic() - start
     for node in pending.values():
         results[node] = SiteResult(node, names.get(str(node), f"node-{node}"), "missing",
@@ -219,16 +214,33 @@ def exchange(grid, nodes: list[int], weights: list[np.ndarray], wire: dict, rnd:
     return [results[n] for n in nodes]
 
 
+def poll_replies(grid, pending: dict[str, int], timeout: float, poll: float,
+                 enough=lambda: False):
+    """Pull the replies to `pending` (message id -> node; emptied as replies come), yielding
+    (node, reply), until every reply came, `timeout` passed, or `enough()` says stop. Our own
+    loop, not Flower's `send_and_receive`: that one sleeps 3 s between polls
+    (flwr/superlink/grid/http_grid.py:412) and cannot stop early."""
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for reply in grid.pull_messages(list(pending)):
+            node = pending.pop(reply.metadata.reply_to_message_id, None)
+            if node is not None:
+                yield node, reply
+        if not pending or enough():
+            return
+        time.sleep(poll)
+
+
+def transcribe(transcript, reply, **fields) -> None:
+    """One line of the audit transcript: who answered what, and what it sent."""
+    if transcript is not None:
+        transcript.write("reply", **fields, **record_transcript(reply))
+
+
 def _read_reply(node: int, reply, names: dict[str, str]) -> SiteResult:
     name = names.get(str(node), f"node-{node}")
     if reply.has_error():
-        err = reply.error
-        reason = err.reason or ""
-        # Our refusals start "site NAME refuses: ..."; learn the name from them too.
-        if reason.startswith("site ") and " " in reason[5:]:
-            name = reason[5:].split(" ", 1)[0]
-        return SiteResult(node, name, classify_error(err.code, reason),
-                          reason=f"[{err.code}] {reason}")
+        return SiteResult.from_error(node, name, reply.error)
     content = reply.content
     info = dict(content.config_records.get("site", {}))
     metrics = dict(content.metric_records.get("metrics", {}))
@@ -396,27 +408,9 @@ def run_study(grid, run: StudyRun) -> dict:
         events.write("round_started", round=rnd, run_id=run_id, nodes=nodes)
         t0 = time.monotonic()
         wire = run.round_wire(training_id, rnd, fingerprint, start["stats_digest"])
-        if run.secure_aggregation:
-            pooled, results = _secure_round(grid, nodes, weights, wire, start, rnd, run, sizes,
-                                            names, store)
-        else:
-            results = exchange(grid, nodes, weights, wire, rnd, run, names,
-                               extra={"stats": {"json": start["stats_json"]}},
-                               transcript=store.transcript)
-        for r in results:
-            # FedAvg weights are fixed by the statistics stage, whatever a round reply claims.
-            if r.status == "ok" and r.site not in sizes:
-                r.status, r.reason = "invalid", "the site released no statistics in this training"
-            elif r.status == "ok" and run.secure_aggregation:
-                # The site weighted its own masked update: it must have used its DP size.
-                if abs(r.num_examples - round(sizes[r.site])) > 1:
-                    events.write("site_weight_mismatch", round=rnd, site=r.site,
-                                 claimed=r.num_examples, statistics=sizes[r.site])
-            elif r.status == "ok":
-                r.num_examples = sizes[r.site]
-        if not run.secure_aggregation:
-            reference = _reference_shapes(weights, results)
-            results = [strategy.validate(r, reference, weights, run.max_update) for r in results]
+        play = _secure_round if run.secure_aggregation else _plain_round
+        results, pool = play(grid, nodes, weights, wire, start, rnd, run, sizes, names, store,
+                             strategy)
         for r in results:
             if not r.site.startswith("node-"):
                 names[str(r.node_id)] = r.site
@@ -426,8 +420,7 @@ def run_study(grid, run: StudyRun) -> dict:
                 events.write(f"site_{r.status}", round=rnd, run_id=run_id, **r.summary())
                 _say(f"round {rnd}: site {r.site} {r.status}: {r.reason}")
         try:
-            weights = _secure_pool(pooled, results, run) if run.secure_aggregation \
-                else strategy.aggregate(results)
+            weights = pool()
         except QuorumNotReached as e:
             events.write("round_failed", round=rnd, run_id=run_id, reason=str(e),
                          sites=[r.summary() for r in results])
@@ -470,21 +463,54 @@ def run_study(grid, run: StudyRun) -> dict:
             "release_dir": str(run.release_path)}
 
 
-def _secure_round(grid, nodes, weights, wire, start, rnd, run, sizes, names, store):
+# A round: the sites' classified results, and how to pool them (raises QuorumNotReached) once
+# the caller has recorded them.
+def _plain_round(grid, nodes, weights, wire, start, rnd, run, sizes, names, store, strategy):
+    results = exchange(grid, nodes, weights, wire, rnd, run, names,
+                       extra={"stats": {"json": start["stats_json"]}},
+                       transcript=store.transcript)
+    for r in _with_statistics(results, sizes):
+        r.num_examples = sizes[r.site]  # fixed by the statistics stage, whatever a reply claims
+    reference = _reference_shapes(weights, results)
+    results = [strategy.validate(r, reference, weights, run.max_update) for r in results]
+    return results, lambda: strategy.aggregate(results)
+
+
+def _secure_round(grid, nodes, weights, wire, start, rnd, run, sizes, names, store, strategy):
+    """SecAgg+ (coordinator/secure_aggregation.py): the coordinator gets the mean, not the
+    updates, so there is nothing per site to validate here; the sites check their own."""
     from .secure_aggregation import secure_round
 
     # Only sites of the statistics stage can weight their update consistently.
     nodes = [n for n in nodes if names.get(str(n)) in sizes]
-    return secure_round(grid, nodes, weights, wire, start["stats_json"], rnd, run.secagg,
-                        {s: sizes[s] for s in (names.get(str(n)) for n in nodes)}, names,
-                        store.events, store.transcript)
+    pooled, results = secure_round(grid, nodes, weights, wire, start["stats_json"], rnd,
+                                   run.secagg, {names[str(n)]: sizes[names[str(n)]] for n in nodes},
+                                   names, store.events, store.transcript)
+    for r in _with_statistics(results, sizes):
+        # The site weighted its own masked update: it must have used its DP size.
+        if abs(r.num_examples - round(sizes[r.site])) > 1:
+            store.events.write("site_weight_mismatch", round=rnd, site=r.site,
+                               claimed=r.num_examples, statistics=sizes[r.site])
+
+    def pool() -> list[np.ndarray]:
+        ok = sum(r.status == "ok" for r in results)
+        if pooled is None or ok < run.min_sites:
+            raise QuorumNotReached(ok if pooled is not None else 0, run.min_sites)
+        return pooled
+
+    return results, pool
 
 
-def _secure_pool(pooled, results: list[SiteResult], run: StudyRun) -> list[np.ndarray]:
-    ok = sum(r.status == "ok" for r in results)
-    if pooled is None or ok < run.min_sites:
-        raise QuorumNotReached(ok if pooled is not None else 0, run.min_sites)
-    return pooled
+def _with_statistics(results: list[SiteResult], sizes: dict[str, float]) -> list[SiteResult]:
+    """The ok results of sites that released statistics in this training; the others' are
+    marked invalid (their FedAvg weight is unknown)."""
+    kept = []
+    for r in results:
+        if r.status == "ok" and r.site not in sizes:
+            r.status, r.reason = "invalid", "the site released no statistics in this training"
+        elif r.status == "ok":
+            kept.append(r)
+    return kept
 
 
 def _load_registry(path: Path) -> dict[str, str]:

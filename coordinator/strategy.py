@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..common.wire import REFUSED, SITE_FAILED
+from ..common.update_bound import displacement_problem
+from ..common.wire import REFUSED
 
 # Flower's own error codes (flwr/common/constant.py:199).
 NODE_UNAVAILABLE = 5
@@ -43,6 +44,16 @@ class SiteResult:
     ledger: dict = field(default_factory=dict)   # the site's ledger report for the study
     stats: dict | None = None                    # statistics stage: TableStats.to_dict()
     evaluation: dict | None = None               # evaluation stage: scores and DP histograms
+
+    @classmethod
+    def from_error(cls, node_id: int, name: str, error, note: str = "") -> "SiteResult":
+        """A site's error reply (a Flower `Error`), classified. Our refusals start
+        "site NAME refuses: ...": the site's name is learnt from them too."""
+        reason = error.reason or ""
+        if reason.startswith("site ") and " " in reason[5:]:
+            name = reason[5:].split(" ", 1)[0]
+        return cls(node_id, name, classify_error(error.code, reason),
+                   reason=f"[{error.code}] {reason}{note}")
 
     def summary(self) -> dict:
         out = {"node_id": self.node_id, "site": self.site, "status": self.status}
@@ -90,12 +101,9 @@ class FedAvg:
             problem = "update holds NaN or infinite values"
         elif any(np.max(np.abs(w), initial=0) > self.max_abs_weight for w in result.weights):
             problem = f"update values exceed {self.max_abs_weight:g}"
-        elif global_weights and max_update is not None:
-            moved = max(float(np.max(np.abs(np.asarray(w, np.float64) - g), initial=0))
-                        for w, g in zip(result.weights, global_weights))
-            if moved > max_update:
-                problem = (f"update moves a weight by {moved:.4g}, more than the {max_update:.4g} "
-                           "that the round's learning rate and local steps allow")
+        elif global_weights and max_update is not None and \
+                (too_far := displacement_problem(result.weights, global_weights, max_update)):
+            problem = too_far
         elif not (result.num_examples > 0 and np.isfinite(result.num_examples)):
             problem = f"reported size {result.num_examples!r} is not a positive number"
         if problem:

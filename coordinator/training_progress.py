@@ -24,15 +24,7 @@ from pathlib import Path
 from .admin_service import RunEvent
 from .checkpoint import CheckpointError, CheckpointStore
 
-__all__ = ["ProgressTranslator", "study_epsilon"]
-
-
-def study_epsilon(per_site: dict[str, float], overlap: str) -> float:
-    """The release-level epsilon from the sites' epsilons (DESIGN.md): the max when a person's
-    rows are at one site only ("disjoint"), the sum otherwise."""
-    if not per_site:
-        return 0.0
-    return max(per_site.values()) if overlap == "disjoint" else sum(per_site.values())
+__all__ = ["ProgressTranslator"]
 
 
 @dataclass
@@ -40,7 +32,7 @@ class ProgressTranslator:
     """Turns the event-log records of one training into RunEvents, in order."""
 
     rounds: int
-    overlap: str
+    population: str                  # StudyRun's: "disjoint" | "overlap"
     checkpoint_dir: Path
     last_round: int = 0
     release: dict | None = None      # the `release_written` record, once seen
@@ -74,8 +66,10 @@ class ProgressTranslator:
         out = {**details, "rounds": self.rounds,
                "progress": round(rnd / self.rounds, 4) if self.rounds else 1.0}
         if by_site:
+            from .release import across_sites  # the release's own rule (max or sum)
+
             out["epsilon_by_site"] = by_site
-            out["epsilon_spent"] = study_epsilon(by_site, self.overlap)
+            out["epsilon_spent"] = across_sites(list(by_site.values()), self.population)
         return RunEvent("round", rnd, text, out)
 
     def _epsilon_by_site(self, rnd: int) -> dict[str, float]:

@@ -127,7 +127,7 @@ def test_the_event_log_becomes_round_and_message_events(tmp_path):
     assert disjoint.release == {"rows": 50, "epsilon": 2.5, "path": "/x"}
     assert disjoint.failure == "" and disjoint.seen == len(log)
 
-    overlapping = ProgressTranslator(2, "overlapping", store.dir)
+    overlapping = ProgressTranslator(2, "overlap", store.dir)
     assert overlapping.translate(log[5])[0].details["epsilon_spent"] == 2.0   # the sum
 
     failing = ProgressTranslator(2, "disjoint", tmp_path / "elsewhere")
