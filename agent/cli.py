@@ -12,12 +12,13 @@ import json
 from pathlib import Path
 
 import typer
+from ..common.cli_paths import path_option
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
 
 @app.command()
-def run(config: Path = typer.Option(..., "--config", "-c", exists=True, dir_okay=False,
+def run(config: Path = path_option(..., "--config", "-c", exists=True, dir_okay=False,
                                     help="The site's site.toml")) -> None:
     """Apply the site's privacy caps to its ledger and run its Flower SuperNode."""
     from . import daemon
@@ -37,13 +38,13 @@ def run(config: Path = typer.Option(..., "--config", "-c", exists=True, dir_okay
 
 
 @app.command()
-def enroll(config: Path = typer.Option(..., "--config", "-c", exists=True, dir_okay=False,
+def enroll(config: Path = path_option(..., "--config", "-c", exists=True, dir_okay=False,
                                        help="The site's site.toml"),
            token: str = typer.Option(None, "--token", help="The one-time invitation token from "
                                                           "the coordinator's administrator"),
            coordinator: str = typer.Option(None, "--coordinator",
                                            help="The coordinator's admin API, HOST:PORT"),
-           ca: Path = typer.Option(None, "--ca", exists=True, dir_okay=False,
+           ca: Path = path_option(None, "--ca", exists=True, dir_okay=False,
                                    help="The coordinator's CA certificate (TLS)")) -> None:
     """Create this site's key pair (the private key stays in the state dir) and, with a token,
     register the public key with the coordinator. Then tell the coordinator's administrator the
@@ -84,7 +85,7 @@ def enroll(config: Path = typer.Option(..., "--config", "-c", exists=True, dir_o
 
 
 @app.command()
-def ledger(state_dir: Path = typer.Option(..., "--state-dir", exists=True, file_okay=False,
+def ledger(state_dir: Path = path_option(..., "--state-dir", exists=True, file_okay=False,
                                           help="The site's state dir (holds ledger.sqlite)"),
            study: str = typer.Option(None, help="Only this study"),
            as_json: bool = typer.Option(False, "--json", help="Machine-readable output")) -> None:

@@ -253,9 +253,9 @@ def _read(source: str | Path, *, query: str | None, csv: CsvOptions,
     elif query is not None:
         raise DataError(display, reason="a query is only meaningful with a database URL")
     elif s.lower().endswith(PARQUET_SUFFIXES):
-        raw = _read_parquet(Path(s), display)
+        raw = _read_parquet(Path(s).expanduser(), display)
     else:
-        raw = _read_csv(Path(s), csv, None if csv.header else names, display, only)
+        raw = _read_csv(Path(s).expanduser(), csv, None if csv.header else names, display, only)
     return raw
 
 

@@ -92,7 +92,8 @@ def write_site_config(path: Path, spec: SiteSpec, state_dir: Path, address: str,
     if root_certificates is None:
         lines.append("insecure = true")
     else:
-        lines += ["insecure = false", f"root_certificates = {json.dumps(str(root_certificates))}"]
+        ca = Path(root_certificates).absolute()
+        lines += ["insecure = false", f"root_certificates = {json.dumps(str(ca))}"]
     lines += ["", "[supernode]", f"port = {int(port)}",
               f"authenticate = {'true' if authenticate else 'false'}"]
     for study, (eps, delta) in spec.budgets.items():
@@ -131,7 +132,7 @@ class LocalFederation:
             raise ValueError("SuperNode authentication needs TLS")
         self.tls, self.node_auth = tls, node_auth
         self.node_ids: dict[str, int] = {}
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir).expanduser().absolute()  # Flower configs need absolute paths
         self.sites = {s.name: s for s in sites}
         self.app_dir = app_dir
         self.procs = ProcessGroup(self.workdir)

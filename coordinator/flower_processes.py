@@ -120,7 +120,8 @@ def write_connection(flwr_home: Path, address: str, *, name: str = CONNECTION,
     if insecure:
         lines.append("insecure = true")
     else:
-        lines.append(f"root-certificates = {json.dumps(str(root_certificates))}")
+        # Flower refuses a relative path here (and would resolve it against its own cwd).
+        lines.append(f"root-certificates = {json.dumps(str(Path(root_certificates).absolute()))}")
     path = Path(flwr_home) / "config.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")

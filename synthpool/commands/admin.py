@@ -29,6 +29,7 @@ from typing import Any, Callable, List, Optional
 
 import grpc
 import typer
+from synthpool.common.cli_paths import path_option
 from google.protobuf import json_format
 
 from synthpool.protos import admin_pb2 as pb
@@ -145,19 +146,21 @@ def _safe_relative(path: str) -> Path:
 
 # -- command plumbing ----------------------------------------------------------------------------
 
-def _opt(default, *names, env: str, help: str):  # noqa: A002
-    return typer.Option(default, *names, envvar=ENV + env, help=help, show_envvar=True)
+def _opt(default, *names, env: str, help: str, path: bool = False):  # noqa: A002
+    make = path_option if path else typer.Option
+    return make(default, *names, envvar=ENV + env, help=help, show_envvar=True)
 
 
 _CONNECTION = [
     ("coordinator", str, _opt(DEFAULT_COORDINATOR, "--coordinator", env="COORDINATOR",
                               help="The admin API, HOST:PORT.")),
-    ("ca", Optional[Path], _opt(None, "--ca", env="CA",
+    ("ca", Optional[Path], _opt(None, "--ca", env="CA", path=True,
                                 help="The coordinator's CA certificate (pki/ca.pem).")),
     ("token", Optional[str], _opt(None, "--token", env="TOKEN", help="Admin bearer token.")),
-    ("cert", Optional[Path], _opt(None, "--cert", env="CERT",
+    ("cert", Optional[Path], _opt(None, "--cert", env="CERT", path=True,
                                   help="Admin client certificate (for the mTLS port).")),
-    ("key", Optional[Path], _opt(None, "--key", env="KEY", help="Key of --cert.")),
+    ("key", Optional[Path], _opt(None, "--key", env="KEY", path=True,
+                                  help="Key of --cert.")),
     ("server_name", Optional[str], _opt(None, "--server-name", env="SERVER_NAME",
                                         help="Name expected in the server certificate.")),
 ]
@@ -251,7 +254,7 @@ def _coordinator() -> None:
 
 @coordinator_app.command("init")
 def coordinator_init(
-    state_dir: Path = typer.Option(..., "--state-dir", help="The coordinator's state folder."),
+    state_dir: Path = path_option(..., "--state-dir", help="The coordinator's state folder."),
     host: List[str] = typer.Option([], "--host", help="A name or IP the coordinator is reached "
                                    "by (repeatable); localhost and 127.0.0.1 are always included."),
     database_url: Optional[str] = typer.Option(None, "--database-url",
@@ -288,25 +291,25 @@ def coordinator_init(
 
 @coordinator_app.command("serve-admin")
 def coordinator_serve_admin(
-    state_dir: Path = typer.Option(..., "--state-dir", exists=True, file_okay=False),
+    state_dir: Path = path_option(..., "--state-dir", exists=True, file_okay=False),
     listen: str = typer.Option("127.0.0.1:50051", "--listen",
                                help="TLS port: bearer tokens and site enrollment."),
     mtls_listen: str = typer.Option("127.0.0.1:50052", "--mtls-listen",
                                     help="Mutual-TLS port for admin certificates ('' for none)."),
     database_url: Optional[str] = typer.Option(None, "--database-url",
                                                envvar="SYNTHPOOL_DATABASE_URL"),
-    releases_dir: Optional[Path] = typer.Option(None, "--releases-dir",
+    releases_dir: Optional[Path] = path_option(None, "--releases-dir",
                                                 help="Default: STATE_DIR/releases."),
     runner: Optional[str] = typer.Option(None, "--runner",
                                          help="MODULE:NAME of another training runner (default: "
                                               "Flower runs on the SuperLink of "
                                               "--superlink-flwr-home; none without it)."),
-    superlink_flwr_home: Optional[Path] = typer.Option(
+    superlink_flwr_home: Optional[Path] = path_option(
         None, "--superlink-flwr-home", file_okay=False,
         help="A FLWR_HOME whose config.toml names the SuperLink (connection 'synthpool'): "
              "approving a site then admits its key to the SuperLink, revoking shuts it out, "
              "and `train start` submits the study as a Flower run there."),
-    app_dir: Optional[Path] = typer.Option(
+    app_dir: Optional[Path] = path_option(
         None, "--app-dir", file_okay=False,
         help="The config-only Flower app to submit (default: deploy/app of this checkout; "
              "the coordinator image has it at /opt/synthpool/app)."),
@@ -366,7 +369,7 @@ def coordinator_serve_admin(
 @coordinator_app.command("add-token")
 def coordinator_add_token(
     name: str = typer.Argument(..., help="Who the token is for (shown in the audit log)."),
-    state_dir: Path = typer.Option(..., "--state-dir", exists=True, file_okay=False),
+    state_dir: Path = path_option(..., "--state-dir", exists=True, file_okay=False),
     database_url: Optional[str] = typer.Option(None, "--database-url",
                                                envvar="SYNTHPOOL_DATABASE_URL"),
     as_json: bool = typer.Option(False, "--json"),
@@ -387,8 +390,8 @@ def coordinator_add_token(
 @coordinator_app.command("add-admin-cert")
 def coordinator_add_admin_cert(
     name: str = typer.Argument(..., help="The administrator (certificate CN, shown in the audit log)."),
-    state_dir: Path = typer.Option(..., "--state-dir", exists=True, file_okay=False),
-    out: Path = typer.Option(..., "--out", help="Folder for NAME.pem and NAME.key."),
+    state_dir: Path = path_option(..., "--state-dir", exists=True, file_okay=False),
+    out: Path = path_option(..., "--out", help="Folder for NAME.pem and NAME.key."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Issue another administrator's client certificate from the coordinator's CA."""
@@ -460,7 +463,7 @@ def sites_revoke(client, as_json,
 def sites_register(client, as_json,
                    invite_token: str = typer.Option(..., "--invite-token", envvar="SYNTHPOOL_INVITE_TOKEN",
                                              help="The one-time token from `sites invite`."),
-                   public_key: Path = typer.Option(..., "--public-key", exists=True,
+                   public_key: Path = path_option(..., "--public-key", exists=True,
                                                    dir_okay=False,
                                                    help="The site's EC public key (OpenSSH or "
                                                         "PEM).")):
@@ -487,7 +490,7 @@ def _study_row(s) -> List[str]:
 @_api_command(studies_app, "create")
 def studies_create(client, as_json,
                    name: Optional[str] = typer.Argument(None, help="Default: the schema's name."),
-                   schema: Path = typer.Option(..., "--schema", exists=True, dir_okay=False),
+                   schema: Path = path_option(..., "--schema", exists=True, dir_okay=False),
                    epsilon: float = typer.Option(..., "--epsilon", help="Budget per site."),
                    delta: float = typer.Option(..., "--delta", help="Per site."),
                    overlap: str = typer.Option("overlapping", "--overlap",
@@ -537,7 +540,7 @@ def studies_list(client, as_json):
 @_api_command(studies_app, "get")
 def studies_get(client, as_json,
                 name: str = typer.Argument(...),
-                schema_out: Optional[Path] = typer.Option(None, "--schema-out",
+                schema_out: Optional[Path] = path_option(None, "--schema-out",
                                                           help="Write the study's schema here.")):
     """Show one study (and optionally save its schema)."""
     r = client.GetStudy(pb.GetStudyRequest(name=name))
@@ -609,9 +612,9 @@ def releases_list(client, as_json, study: str = typer.Option("", "--study")):
 @_api_command(releases_app, "download")
 def releases_download(client, as_json,
                       name: str = typer.Argument(...),
-                      out: Path = typer.Option(Path("."), "--out",
+                      out: Path = path_option(Path("."), "--out",
                                                help="Folder to download into (as OUT/NAME)."),
-                      public_key: Optional[Path] = typer.Option(
+                      public_key: Optional[Path] = path_option(
                           None, "--public-key", exists=True, dir_okay=False,
                           help="Verify the download with the coordinator's release key.")):
     """Download a release; with --public-key, verify its signature and hashes locally."""

@@ -16,12 +16,14 @@ Everything is stopped by PID on success, failure, Ctrl-C, SIGTERM or the outer t
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import time
 from pathlib import Path
 
 import typer
+from synthpool.common.cli_paths import path_option
 from rich.console import Console
 
 console = Console(stderr=True, soft_wrap=True)
@@ -47,7 +49,7 @@ def _sigterm_as_interrupt() -> None:
 
 
 def demo(
-    out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for the release, report and "
+    out: Path = path_option(Path("demo-out"), "--out", help="Folder for the release, report and "
                                                             "the federation's files."),
     split: str = typer.Option("iid", "--split", help="iid: random slices; skewed: each site "
                                                      "holds a different age band."),
@@ -114,8 +116,8 @@ def demo(
     print_summary(manifest, result, release_dir, out / "adult-test-report", trained,
                   time.monotonic() - started)
     key = Path(run_config["signing-key"])
-    console.print(f"signed: synthpool release verify {release_dir} --public-key "
-                  f"{key.with_suffix('.pub')}")
+    console.print(f"signed: synthpool release verify {shlex.quote(str(release_dir))} "
+                  f"--public-key {shlex.quote(str(key.with_suffix('.pub')))}")
 
 
 def run_federation(fed, run_config: dict, rounds: int, timeout: float, started: float) -> dict:

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import typer
+from synthpool.common.cli_paths import path_option
 from rich.console import Console
 from rich.markup import escape
 
@@ -20,17 +21,17 @@ console = Console(stderr=True)
 
 
 def evaluate_command(
-    real: Path = typer.Option(..., "--real", help="Real rows the generator was trained on.",
+    real: Path = path_option(..., "--real", help="Real rows the generator was trained on.",
                               exists=True, dir_okay=False),
-    holdout: Path = typer.Option(..., "--holdout", help="Real rows the generator never saw.",
+    holdout: Path = path_option(..., "--holdout", help="Real rows the generator never saw.",
                                  exists=True, dir_okay=False),
-    synthetic: Path = typer.Option(..., "--synthetic", help="The synthetic rows to score.",
+    synthetic: Path = path_option(..., "--synthetic", help="The synthetic rows to score.",
                                    exists=True, dir_okay=False),
-    schema: Path = typer.Option(..., "--schema", help="The study schema (YAML).",
+    schema: Path = path_option(..., "--schema", help="The study schema (YAML).",
                                 exists=True, dir_okay=False),
-    out: Path = typer.Option(..., "--out", help="Folder for report.json and report.html."),
+    out: Path = path_option(..., "--out", help="Folder for report.json and report.html."),
     seed: int = typer.Option(0, "--seed", help="Seed of subsampling and models."),
-    privacy: Path | None = typer.Option(None, "--privacy", exists=True, dir_okay=False,
+    privacy: Path | None = path_option(None, "--privacy", exists=True, dir_okay=False,
                                         help='JSON with the formal guarantee, e.g. '
                                              '{"epsilon": 3, "delta": 1e-5, "per_site": {...}}.'),
     title: str = typer.Option("Synthetic data evaluation", "--title", help="Report title."),

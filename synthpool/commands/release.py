@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import typer
+from synthpool.common.cli_paths import path_argument, path_option
 from rich.console import Console
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Inspect and verify releases.")
@@ -19,8 +20,8 @@ def _group() -> None:
 
 @app.command()
 def verify(
-    folder: Path = typer.Argument(..., exists=True, file_okay=False, help="The release folder."),
-    public_key: Path = typer.Option(..., "--public-key", exists=True, dir_okay=False,
+    folder: Path = path_argument(..., exists=True, file_okay=False, help="The release folder."),
+    public_key: Path = path_option(..., "--public-key", exists=True, dir_okay=False,
                                     help="The coordinator's Ed25519 public key (PEM)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:

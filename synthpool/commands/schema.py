@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from synthpool.common.cli_paths import path_option
 from rich.console import Console
 from rich.markup import escape
 
@@ -45,7 +46,7 @@ def draft(
     query: Optional[str] = typer.Option(None, "--query", help="SQL selecting the table's columns."),
     target: Optional[str] = typer.Option(None, "--target", help="The class label column."),
     name: Optional[str] = typer.Option(None, "--name", help="Study name (default: the file name)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write the YAML here (atomically) "
+    out: Optional[Path] = path_option(None, "--out", help="Write the YAML here (atomically) "
                                        "instead of to stdout."),
     epsilon: Optional[float] = typer.Option(None, "--epsilon", min=0.0, help="Derive bounds and "
                                             "categories with this differential-privacy budget."),

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import typer
+from synthpool.common.cli_paths import path_option
 
 from .demo import DELTA, _cores, console, evaluate_release, print_summary
 
@@ -45,7 +46,7 @@ def simulate(
     steps: int = typer.Option(160, "--steps-per-round", min=1, help="DP-SGD steps per round."),
     epsilon: float = typer.Option(3.0, "--epsilon", help="Epsilon each site spends (its cap)."),
     split: str = typer.Option("iid", "--split", help="iid or skewed (age bands)."),
-    out: Path = typer.Option(Path("simulate-out"), "--out", help="Folder for sites, checkpoints "
+    out: Path = path_option(Path("simulate-out"), "--out", help="Folder for sites, checkpoints "
                                                                  "and the release."),
     site_evaluation: bool = typer.Option(True, "--site-evaluation/--no-site-evaluation",
                                          help="The sites score the release (the release's report)."),

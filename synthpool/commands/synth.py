@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from synthpool.common.cli_paths import path_option
 from rich.console import Console
 
 from synthpool.common.loading import DataError, load_table
@@ -22,11 +23,11 @@ err = Console(stderr=True, soft_wrap=True)
 
 def synth(
     data: str = typer.Option(..., "--data", help="CSV/Parquet file or database URL (with --query)."),
-    schema_file: Path = typer.Option(..., "--schema", help="The study schema (YAML)."),
+    schema_file: Path = path_option(..., "--schema", help="The study schema (YAML)."),
     epsilon: float = typer.Option(..., "--epsilon", min=0.01, help="Total DP epsilon to spend."),
     delta: float = typer.Option(1e-5, "--delta", help="DP delta (well below 1/rows)."),
     rows: int = typer.Option(..., "--rows", min=1, help="Synthetic rows to write."),
-    out: Path = typer.Option(..., "--out", help="Output .csv, .csv.gz or .parquet."),
+    out: Path = path_option(..., "--out", help="Output .csv, .csv.gz or .parquet."),
     query: Optional[str] = typer.Option(None, "--query", help="SQL query for a database URL."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     seed: int = typer.Option(0, "--seed", help="Seed of the model, sampling and noise."),
