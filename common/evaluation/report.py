@@ -70,7 +70,7 @@ def render_html(d: dict, *, title: str) -> str:
              f"real training rows and {d['n_rows']['holdout']:,} real rows kept aside · "
              f"{escape(d['created_at'])}</p>"]
     parts += [_summary(d), _budget(d), _utility(d), _fidelity(d), _columns(d), _relationships(d),
-              _privacy_checks(d), _method(d), "</main></body></html>"]
+              _privacy_checks(d), _inputs(d), _method(d), "</main></body></html>"]
     return "\n".join(parts)
 
 
@@ -251,6 +251,30 @@ def _privacy_checks(d: dict) -> str:
             "unusual people, and it does not replace the formal epsilon above.</p>")
     body.append("</section>")
     return "".join(body)
+
+
+def _inputs(d: dict) -> str:
+    """How the real tables were read (`synthpool evaluate --on-invalid`): rows dropped or clipped
+    per table and column. Only in an evaluator's own report (the key is absent elsewhere)."""
+    info = d.get("input")
+    if not info:
+        return ""
+    rows = []
+    for t in info.get("tables", []):
+        changes = [f"{n} dropped ({escape(c)})" for c, n in t.get("dropped_by_column", {}).items()]
+        changes += [f"{n} clipped ({escape(c)})" for c, n in t.get("clipped_by_column", {}).items()]
+        rows.append(f"<tr><td>{escape(t['table'])}</td><td>{escape(t['file'])}</td>"
+                    f"<td class='num'>{t['rows_read']:,}</td><td class='num'>{t['rows_kept']:,}</td>"
+                    f"<td class='num'>{t.get('rows_dropped', 0):,}</td>"
+                    f"<td class='num'>{t.get('rows_clipped', 0):,}</td>"
+                    f"<td>{', '.join(changes) or 'none'}</td></tr>")
+    return ("<section id='inputs'><h2>How the real tables were read</h2>"
+            f"<p class='explain'>Cells the schema does not allow: <b>{escape(info['on_invalid'])}</b> "
+            "(error: refused; drop: their rows left out; clip: numeric values outside the schema's "
+            "bounds set to the nearest bound). Counted per column; a row can count in several.</p>"
+            "<table><tr><th>table</th><th>file</th><th>rows read</th><th>rows used</th>"
+            "<th>dropped</th><th>clipped</th><th>per column</th></tr>" + "".join(rows)
+            + "</table></section>")
 
 
 def _method(d: dict) -> str:

@@ -5,10 +5,20 @@ and reports problems) for real rows; synthetic rows (`strict=False`), or a check
 loader, go through a small reader that honours the schema's csv options and value normalisation
 but refuses nothing. Either way the frame has exactly `schema.names` columns:
 numeric float64 with NaN, categorical object (str or NaN), boolean object (bool or NaN).
+
+`read_checked` is the evaluator's reader of real rows with a choice for bad cells: "error" (the
+loader's error, naming file, row and column), "drop" (the loader drops the rows and counts them
+per column) or "clip" (numeric values outside the schema's bounds are set to the nearest bound and
+counted; every other problem is still an error, since a category the schema lacks, text in a
+number column or a missing value has no nearest valid value). Its `InputReport` stays on the
+evaluator's machine: the counts go to its console and into its own report, nowhere else.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +43,103 @@ def read_table(path: str | Path, schema: Schema, *, strict: bool = True) -> pd.D
         df, _report = load_table(path, schema)
         return conform(df, schema)
     return _read_fallback(Path(path), schema)
+
+
+ON_INVALID = ("error", "drop", "clip")
+
+
+@dataclass
+class InputReport:
+    """What `read_checked` did to one table: rows read and kept, rows dropped per column (a row
+    with two bad cells counts once in `rows_dropped`, once in each column) or values clipped."""
+
+    table: str
+    file: str
+    on_invalid: str
+    rows_read: int
+    rows_kept: int
+    dropped_by_column: dict[str, int] = field(default_factory=dict)
+    clipped_by_column: dict[str, int] = field(default_factory=dict)
+    rows_clipped: int = 0
+
+    @property
+    def rows_dropped(self) -> int:
+        return self.rows_read - self.rows_kept
+
+    def summary(self) -> str:
+        text = f"{self.table} ({self.file}): {self.rows_read} rows read"
+        if self.rows_dropped:
+            text += f", {self.rows_dropped} dropped ({_counts(self.dropped_by_column)})"
+        if self.rows_clipped:
+            text += (f", {self.rows_clipped} with values clipped to the schema's bounds "
+                     f"({_counts(self.clipped_by_column)})")
+        if not self.rows_dropped and not self.rows_clipped:
+            text += ", all valid"
+        return text
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "rows_dropped": self.rows_dropped}
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in counts.items())
+
+
+def read_checked(path: str | Path, schema: Schema, *, table: str, on_invalid: str = "error"
+                 ) -> tuple[pd.DataFrame, InputReport]:
+    """Real rows for evaluation, validated by the project's loader, with bad cells refused,
+    dropped or (numeric values outside the bounds only) clipped; see the module's docstring."""
+    from ..loading import DataError, load_table
+
+    if on_invalid not in ON_INVALID:
+        raise ValueError(f"on_invalid must be one of {ON_INVALID}, not {on_invalid!r}")
+    if on_invalid != "clip":
+        df, rep = load_table(path, schema, on_invalid=on_invalid)
+        report = InputReport(table, rep.source, on_invalid, rep.rows_read, rep.rows_kept,
+                             dropped_by_column=dict(rep.dropped_by_column))
+        return conform(df, schema), report
+    # Validate against the schema with every numeric bound opened (so an out-of-bounds number
+    # loads and everything else is checked exactly as usual), then clip to the real bounds.
+    numeric = [c for c in schema.columns if isinstance(c, NumericColumn)]
+    opened = schema.model_copy(update={"columns": [
+        c.model_copy(update={"lower": -math.inf, "upper": math.inf})
+        if isinstance(c, NumericColumn) else c for c in schema.columns]})
+    try:
+        df, rep = load_table(path, opened, on_invalid="error")
+    except DataError as e:
+        raise _with_real_bounds(e, schema) from None
+    clipped: dict[str, int] = {}
+    touched = np.zeros(len(df), dtype=bool)
+    for col in numeric:
+        lower, upper = col.lower, col.upper
+        if col.integer:  # the nearest whole number inside the bounds
+            lower, upper = math.ceil(lower), math.floor(upper)
+        x = df[col.name].to_numpy(dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            out = (x < lower) | (x > upper)
+        if out.any():
+            clipped[col.name] = int(out.sum())
+            touched |= out
+            df[col.name] = np.where(out, np.clip(x, lower, upper), x)
+    report = InputReport(table, rep.source, on_invalid, rep.rows_read, rep.rows_kept,
+                         clipped_by_column=clipped, rows_clipped=int(touched.sum()))
+    return conform(df, schema), report
+
+
+def _with_real_bounds(error, schema: Schema):
+    """The loader's error from the opened schema, with each numeric column's real bounds in its
+    text ("expected a whole number in [0, 120]", not "in [-inf, inf]"): what is left to fix."""
+    from ..loading import DataError
+
+    def fmt(x: float) -> str:
+        return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+    bounds = {c.name: f"[{fmt(c.lower)}, {fmt(c.upper)}]" for c in schema.columns
+              if isinstance(c, NumericColumn)}
+    fixed = [dataclasses.replace(v, expected=v.expected.replace("[-inf, inf]", bounds[v.column]))
+             if v.column in bounds else v for v in error.violations]
+    return DataError(error.source, fixed, reason=error.reason, counts=error.counts,
+                     bad_rows=error.bad_rows)
 
 
 def _read_fallback(path: Path, schema: Schema) -> pd.DataFrame:

@@ -1,7 +1,9 @@
 """`synthpool evaluate`: score a synthetic table against real rows and write report.json/.html.
 
 Register in the main CLI with `app.command("evaluate")(evaluate_command)` (or mount `app`).
-The real files are read with the project's validating loader: a bad cell there is an error.
+The real files are read with the project's validating loader: a bad cell there is an error, or,
+with `--on-invalid drop|clip`, a dropped row or a numeric value clipped to the schema's bounds,
+counted per table and column on this console and in the report (the counts stay here).
 The synthetic file is read leniently, because values outside the schema are exactly what the
 evaluation should count (boundary adherence, unknown categories), not refuse.
 """
@@ -35,23 +37,38 @@ def evaluate_command(
                                         help='JSON with the formal guarantee, e.g. '
                                              '{"epsilon": 3, "delta": 1e-5, "per_site": {...}}.'),
     title: str = typer.Option("Synthetic data evaluation", "--title", help="Report title."),
+    on_invalid: str = typer.Option(
+        "error", "--on-invalid",
+        help="What to do with cells of the real and hold-out tables the schema does not allow. "
+             "error: stop, naming file, row and column. drop: leave those rows out. clip: set "
+             "numeric values outside the schema's bounds to the nearest bound; only that: a "
+             "category the schema lacks, text in a number column or a missing value cannot be "
+             "clipped and is still an error (use drop for those). Dropped and clipped rows are "
+             "counted per table and column, here and in the report."),
 ) -> None:
     """Compare SYNTHETIC with REAL and HOLDOUT rows; write an HTML report for people and JSON."""
     from synthpool.common.evaluation.evaluate import evaluate
     from synthpool.common.evaluation.report import write_report
-    from synthpool.common.evaluation.tables import read_table
+    from synthpool.common.evaluation.tables import ON_INVALID, read_checked, read_table
     from synthpool.common.schema import Schema
 
+    if on_invalid not in ON_INVALID:
+        raise typer.BadParameter(f"must be one of {', '.join(ON_INVALID)}",
+                                 param_hint="--on-invalid")
     try:
         study = Schema.load(schema)
         with console.status("reading tables"):
-            train_df = read_table(real, study)
-            holdout_df = read_table(holdout, study)
+            train_df, train_read = read_checked(real, study, table="real", on_invalid=on_invalid)
+            holdout_df, holdout_read = read_checked(holdout, study, table="holdout",
+                                                    on_invalid=on_invalid)
             synthetic_df = read_table(synthetic, study, strict=False)
         guarantee = json.loads(privacy.read_text()) if privacy else None
     except (ValueError, OSError) as e:  # SchemaError, DataError, bad JSON: say what and where
         console.print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(2) from None
+    for read in (train_read, holdout_read):
+        console.print(escape(read.summary()),
+                      style="yellow" if read.rows_dropped or read.rows_clipped else None)
 
     with console.status("evaluating") as status:
 
@@ -61,7 +78,10 @@ def evaluate_command(
 
         result = evaluate(study, train_df, holdout_df, synthetic_df, privacy=guarantee, seed=seed,
                           progress=progress)
-        paths = write_report(result, out, title=title)
+        # How the real tables were read, for this evaluator's own report only.
+        report = result.to_dict() | {"input": {"on_invalid": on_invalid, "tables": [
+            train_read.to_dict(), holdout_read.to_dict()]}}
+        paths = write_report(report, out, title=title)
     s = result.summary
     for key in ("useful", "safe", "privacy_spent"):
         console.print(f"[bold]{key.replace('_', ' ')}:[/bold] {s[key]['headline']}")
