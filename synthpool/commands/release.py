@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
 from pathlib import Path
 
 import typer
@@ -11,6 +13,11 @@ from rich.console import Console
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Inspect and verify releases.")
 console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+# Where `synthpool demo` and `synthpool simulate --site` keep the coordinator's key: beside the
+# release folder, under federation/coordinator/ (they play the coordinator themselves).
+DEMO_KEY = Path("federation") / "coordinator" / "release-key.pub"
 
 
 @app.callback()
@@ -21,13 +28,18 @@ def _group() -> None:
 @app.command()
 def verify(
     folder: Path = path_argument(..., exists=True, file_okay=False, help="The release folder."),
-    public_key: Path = path_option(..., "--public-key", exists=True, dir_okay=False,
-                                    help="The coordinator's Ed25519 public key (PEM)."),
+    public_key: Path | None = path_option(
+        None, "--public-key", exists=True, dir_okay=False,
+        help="The coordinator's Ed25519 public key (PEM), obtained from the coordinator out of "
+             "band (never the copy inside a release folder). Required."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Check the release's signature and every file's hash; exit 1 on any mismatch."""
     from synthpool.common.signing import load_public_key, verify as check
 
+    if public_key is None:
+        err.print(no_key_message(folder), markup=False, highlight=False)
+        raise typer.Exit(2)
     result = check(folder, load_public_key(public_key))
     if as_json:
         print(json.dumps({"ok": result.ok, "problems": result.problems,
@@ -39,3 +51,32 @@ def verify(
         for p in result.problems:
             console.print(f"  {p}", markup=False)
     raise typer.Exit(0 if result.ok else 1)
+
+
+def shown(path: Path) -> str:
+    """`path` as a user would type it here: relative when under the working directory, shell-quoted."""
+    path = Path(path)
+    try:
+        path = path.relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return shlex.quote(os.fspath(path))
+
+
+def verify_command(folder: Path, public_key: Path) -> str:
+    return f"synthpool release verify {shown(folder)} --public-key {shown(public_key)}"
+
+
+def no_key_message(folder: Path) -> str:
+    """Why `verify` needs `--public-key`, and where a demo put the key it made."""
+    text = ("synthpool release verify needs --public-key: a release is verified only against a "
+            "public key you trust, one you obtained from the coordinator out of band (from its "
+            "administrator, by a channel other than the one the release came by), never a key "
+            "found inside or beside the release folder, which whoever changed the release could "
+            "have replaced too.")
+    key = Path(folder).parent / DEMO_KEY
+    if key.is_file():
+        text += (f"\nThis looks like a release of `synthpool demo` (or `simulate --site`), whose "
+                 f"coordinator ran on this machine and wrote its public key to {key}. If you ran "
+                 f"it yourself, that key is yours to trust:\n  {verify_command(folder, key)}")
+    return text
