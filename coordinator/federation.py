@@ -73,6 +73,9 @@ class SiteSpec:
     size: str = "estimated"
     declared_rows: int | None = None
     torch_threads: int = 0  # 0: all cores (sites sharing one host should split them)
+    # The study schema the site pins: "bundled:adult" or a schema YAML's path.
+    schema: str = "bundled:adult"
+    on_invalid: str = "error"  # the site's rule for rows with cells outside the schema
 
 
 def write_site_config(path: Path, spec: SiteSpec, state_dir: Path, address: str,
@@ -83,7 +86,9 @@ def write_site_config(path: Path, spec: SiteSpec, state_dir: Path, address: str,
     lines = ["[site]", f"name = {json.dumps(spec.name)}",
              f"data = {json.dumps(str(Path(spec.data).resolve()))}",
              f"state_dir = {json.dumps(str(Path(state_dir).resolve()))}",
-             'schema = "bundled:adult"', f"size = {json.dumps(spec.size)}"]
+             f"schema = {json.dumps(_schema_ref(spec.schema))}", f"size = {json.dumps(spec.size)}"]
+    if spec.on_invalid != "error":
+        lines.append(f"on_invalid = {json.dumps(spec.on_invalid)}")
     if spec.declared_rows is not None:
         lines.append(f"declared_rows = {int(spec.declared_rows)}")
     if spec.torch_threads:
@@ -103,6 +108,12 @@ def write_site_config(path: Path, spec: SiteSpec, state_dir: Path, address: str,
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _schema_ref(schema: str | Path) -> str:
+    """A bundled schema's name as it is, a schema file's path made absolute."""
+    text = str(schema)
+    return text if text.startswith("bundled:") else str(Path(text).expanduser().resolve())
 
 
 @dataclass

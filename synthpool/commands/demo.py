@@ -16,7 +16,6 @@ Everything is stopped by PID on success, failure, Ctrl-C, SIGTERM or the outer t
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import signal
 import time
@@ -68,6 +67,9 @@ def demo(
         True, "--secure-aggregation/--plain-aggregation",
         help="SecAgg+: the coordinator sees only the mean of the sites' updates (three more "
              "message stages per round)."),
+    family: str | None = typer.Option(None, "--family", help="Generator family (the run "
+                                                             "config's `family`; default: the "
+                                                             "app's)."),
 ) -> None:
     """Federated DP synthesis of Adult across SITES local processes, evaluated on the hold-out."""
     from synthpool.common.bundled import ADULT_TRAIN
@@ -95,6 +97,8 @@ def demo(
         "signing-key": str((work / "coordinator" / "release-key.pem").resolve()),
         "secure-aggregation": secure_aggregation,
     }
+    if family:
+        run_config["family"] = family
     console.print(f"[bold]synthpool demo[/bold]: {sites} sites ({split} split of Adult), "
                   f"epsilon {epsilon:g} per site, {rounds} rounds x {steps} DP-SGD steps"
                   + (", TLS + enrolled SuperNodes" if secure else ", no TLS (loopback)")
@@ -113,11 +117,10 @@ def demo(
     result = evaluate_release(release_dir, [Path(p) for p in data], manifest, out / "adult-test-report",
                               seed=seed, title=f"synthpool demo: Adult across {sites} sites "
                                                 f"({split}), judged on the public Adult hold-out")
-    print_summary(manifest, result, release_dir, out / "adult-test-report", trained,
-                  time.monotonic() - started)
-    key = Path(run_config["signing-key"])
-    console.print(f"signed: synthpool release verify {shlex.quote(str(release_dir))} "
-                  f"--public-key {shlex.quote(str(key.with_suffix('.pub')))}")
+    print_summary(manifest, result, release_dir, None, trained, time.monotonic() - started,
+                  files=False)
+    next_steps(manifest, release_dir, Path(run_config["signing-key"]).with_suffix(".pub"),
+               out / "adult-test-report")
 
 
 def run_federation(fed, run_config: dict, rounds: int, timeout: float, started: float) -> dict:
@@ -215,7 +218,7 @@ def evaluate_release(release_dir: Path, site_files: list[Path], manifest: dict, 
 
 
 def print_summary(manifest: dict, result, release_dir: Path, public_report: Path | None,
-                  trained: float, total: float) -> None:
+                  trained: float, total: float, *, files: bool = True) -> None:
     """Rows, epsilon per site, the sites' verdicts (the release's own report) and, for the
     public Adult data only, utility on the Adult hold-out."""
     p = manifest["privacy"]
@@ -244,9 +247,35 @@ def print_summary(manifest: dict, result, release_dir: Path, public_report: Path
                           f"{gb['real']['roc_auc']:.3f}")
         for key in ("useful", "safe", "privacy_spent"):
             console.print(f"{key.replace('_', ' ')}: {result.summary[key]['headline']}")
-    console.print(f"report: {release_dir / 'report.html'}"
-                  + (f" (and {public_report / 'report.html'})" if public_report else "")
-                  + f"  (training {trained:.0f} s, total {total:.0f} s)")
+    if files:
+        console.print(f"report: {release_dir / 'report.html'}"
+                      + (f" (and {public_report / 'report.html'})" if public_report else "")
+                      + f"  (training {trained:.0f} s, total {total:.0f} s)")
+    else:
+        console.print(f"training {trained:.0f} s, total {total:.0f} s")
+
+
+def next_steps(manifest: dict, release_dir: Path, public_key: Path,
+               public_report: Path | None, *, own_tables: bool = False) -> None:
+    """What to open next, the command that checks the signature, and (after the demo) how to
+    run the same on one's own tables. Paths as typed here (relative under the working
+    directory) and shell-quoted."""
+    from .release import shown, verify_command
+
+    public = (f"  (on the public Adult hold-out: {shown(public_report / 'report.html')})"
+              if public_report else "")
+    console.print("\n[bold]next[/bold]")
+    lines = [f"  report:   {shown(release_dir / 'report.html')}{public}",
+             f"  data:     {shown(release_dir / manifest['data']['file'])}, manifest "
+             f"{shown(release_dir / 'manifest.json')}",
+             f"  verify:   {verify_command(release_dir, public_key)}"]
+    if not own_tables:
+        lines += ["  your own tables: synthpool schema draft --data a.csv --target COLUMN --out "
+                  "study.yaml   (then review it)",
+                  "                   synthpool simulate --schema study.yaml --site a=a.csv "
+                  "--site b=b.parquet --epsilon 3 --out my-study"]
+    for line in lines:
+        console.print(line, markup=False, highlight=False)
 
 
 def _fmt(x) -> str:

@@ -1,5 +1,11 @@
-"""`synthpool simulate`: the same ServerApp and ClientApp on Flower's simulation engine (Ray).
+"""`synthpool simulate`: a federation on this machine, in one of two ways.
 
+* `--schema study.yaml --site NAME=TABLE ...`: your own tables, one site each, run exactly as
+  `synthpool demo` runs Adult (real processes, TLS, SecAgg+, the signed release and the sites'
+  evaluation); see synthpool/commands/site_tables.py.
+* `--sites N`: N slices of Adult on Flower's simulation engine (Ray), described below.
+
+`--sites N`: the same ServerApp and ClientApp on Flower's simulation engine (Ray).
 For trying many sites on one machine without starting a SuperLink and a SuperNode per site. The
 protocol, the ledgers and the release are exactly those of a deployment (`synthpool demo` runs
 that); only the transport differs: Flower's Simulation Runtime runs the ServerApp in a thread of
@@ -20,6 +26,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import List, Optional
 
 import typer
 from synthpool.common.cli_paths import path_option
@@ -41,21 +48,90 @@ class SimulatedSites:
 
 
 def simulate(
-    sites: int = typer.Option(..., "--sites", min=1, max=256, help="Number of simulated sites."),
+    sites: Optional[int] = typer.Option(None, "--sites", min=1, max=256,
+                                        help="Number of simulated sites, each a slice of Adult "
+                                             "(Flower's simulation engine)."),
+    site: List[str] = typer.Option(
+        [], "--site", metavar="NAME=TABLE",
+        help="A site and its table (repeat, one per site): a CSV or Parquet file, or a database "
+             "URL with --site-query NAME=SQL. Runs real processes, as `synthpool demo`."),
+    site_query: List[str] = typer.Option([], "--site-query", metavar="NAME=SQL",
+                                         help="The query selecting a database site's rows."),
+    schema: Optional[Path] = path_option(None, "--schema", exists=True, dir_okay=False,
+                                         help="The study schema (YAML) of the --site tables "
+                                              "(`synthpool schema draft` makes one)."),
+    study: Optional[str] = typer.Option(None, "--study", help="With --site: the study's name "
+                                                               "(default: the schema's name)."),
     rounds: int = typer.Option(3, "--rounds", min=1, help="Federated rounds."),
     steps: int = typer.Option(160, "--steps-per-round", min=1, help="DP-SGD steps per round."),
     epsilon: float = typer.Option(3.0, "--epsilon", help="Epsilon each site spends (its cap)."),
-    split: str = typer.Option("iid", "--split", help="iid or skewed (age bands)."),
+    delta: float = typer.Option(DELTA, "--delta", help="Delta of each site's cap (well below "
+                                                       "1/rows)."),
+    split: Optional[str] = typer.Option(None, "--split", help="With --sites: iid (default) or "
+                                                              "skewed (age bands)."),
     out: Path = path_option(Path("simulate-out"), "--out", help="Folder for sites, checkpoints "
                                                                  "and the release."),
+    family: Optional[str] = typer.Option(None, "--family", help="Generator family (the run "
+                                                                "config's `family`; default: "
+                                                                "the app's)."),
+    on_invalid: str = typer.Option("error", "--on-invalid",
+                                   help="With --site: error or drop rows with cells the schema "
+                                        "does not allow (each site's rule)."),
+    population: str = typer.Option("disjoint", "--population",
+                                   help="With --site: disjoint (each person at one site: the "
+                                        "release's epsilon is the largest site's) or overlap "
+                                        "(a person may be at several: they add up)."),
+    secure: Optional[bool] = typer.Option(
+        None, "--secure/--insecure", help="With --site: TLS on every Flower API and enrolled "
+                                          "SuperNodes (default: on)."),
+    secure_aggregation: Optional[bool] = typer.Option(
+        None, "--secure-aggregation/--plain-aggregation",
+        help="With --site: SecAgg+, the coordinator sees only the mean of the sites' updates "
+             "(default: on)."),
     site_evaluation: bool = typer.Option(True, "--site-evaluation/--no-site-evaluation",
                                          help="The sites score the release (the release's report)."),
     evaluate: bool = typer.Option(False, "--evaluate/--no-evaluate",
-                                  help="Also score the release against the Adult hold-out."),
+                                  help="With --sites: also score the release against the Adult "
+                                       "hold-out."),
     timeout: int = typer.Option(1800, "--timeout", help="Give up after this many seconds."),
     seed: int = typer.Option(0, "--seed"),
+    run_config: List[str] = typer.Option([], "--run-config", hidden=True,
+                                         help="With --site: KEY=VALUE run config setting."),
 ) -> None:
-    """Train on SITES slices of Adult with Flower's simulation engine; write the release."""
+    """Run a federation here: your tables (--schema, --site NAME=TABLE ...) as real processes,
+    or N slices of Adult (--sites N) on Flower's simulation engine; write the signed release."""
+    if site:
+        given = [flag for flag, value in (("--sites", sites), ("--split", split),
+                                          ("--evaluate", evaluate or None)) if value is not None]
+        if given:
+            raise typer.BadParameter(f"{', '.join(given)}: only for the Adult simulation "
+                                     "(--sites N), not with --site")
+        if schema is None:
+            raise typer.BadParameter("--site tables need the study schema: --schema study.yaml "
+                                     "(`synthpool schema draft` makes one)", param_hint="--schema")
+        from .site_tables import run_on_tables
+
+        run_on_tables(schema_file=schema, site_args=site, query_args=site_query, study=study,
+                      epsilon=epsilon, delta=delta, rounds=rounds, steps=steps, out=out,
+                      timeout=float(timeout), seed=seed, family=family, on_invalid=on_invalid,
+                      population=population, secure=True if secure is None else secure,
+                      secure_aggregation=True if secure_aggregation is None else secure_aggregation,
+                      site_evaluation=site_evaluation, settings=run_config)
+        return
+    if sites is None:
+        raise typer.BadParameter("give your tables (--schema study.yaml --site NAME=TABLE "
+                                 "--site NAME=TABLE ...) or a number of Adult slices (--sites N)",
+                                 param_hint="--site / --sites")
+    given = [flag for flag, value in (
+        ("--site-query", site_query or None), ("--schema", schema), ("--study", study),
+        ("--on-invalid", None if on_invalid == "error" else on_invalid),
+        ("--population", None if population == "disjoint" else population),
+        ("--secure/--insecure", secure), ("--secure-aggregation/--plain-aggregation",
+                                          secure_aggregation),
+        ("--run-config", run_config or None)) if value is not None]
+    if given:
+        raise typer.BadParameter(f"{', '.join(given)}: only with --site tables, not with --sites N")
+    split = split or "iid"
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     from synthpool.agent.client_app import make_app as make_client_app
@@ -74,7 +150,7 @@ def simulate(
     data = split_rows(ADULT_TRAIN, out / "sites" / "data", sites, split=split, seed=seed)
     configs = []
     for i, path in enumerate(data):
-        spec = SiteSpec(f"site-{i}", path, {"adult": (epsilon, DELTA)}, torch_threads=1)
+        spec = SiteSpec(f"site-{i}", path, {"adult": (epsilon, delta)}, torch_threads=1)
         site_dir = out / "sites" / spec.name
         configs.append(str(write_site_config(site_dir / "site.toml", spec, site_dir / "state",
                                              "simulation", 9094)))
@@ -84,6 +160,7 @@ def simulate(
         min_sites=min(2, sites), node_wait_timeout=60.0, round_timeout=float(timeout),
         straggler_grace=float(timeout), poll_interval=0.2, seed=seed,
         release_dir=str(out / "release"), population="disjoint", evaluate=site_evaluation,
+        **({"family": family} if family else {}),
     )
     console.print(f"[bold]synthpool simulate[/bold]: {sites} sites ({split}), epsilon "
                   f"{epsilon:g} per site, {rounds} rounds x {steps} steps, Flower simulation "
