@@ -31,12 +31,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from .schema import CategoricalColumn, CsvOptions, NumericColumn, Schema
+from .schema import BooleanColumn, CategoricalColumn, CsvOptions, NumericColumn, Schema
 
 MAX_VIOLATIONS = 1000  # kept in reports and errors; counts are always complete
 SHOWN_IN_ERROR = 20
 SHAPE = "(wrong number of fields)"  # the per-column count key for rows of the wrong width
-TRUE_WORDS = ("true", "1", "yes")
+TRUE_WORDS = ("true", "1", "yes")  # booleans of a schema without spellings, any case
 FALSE_WORDS = ("false", "0", "no")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
@@ -114,6 +114,8 @@ class LoadReport:
     rows_kept: int
     dropped_by_column: dict[str, int] = field(default_factory=dict)
     violations: list[Violation] = field(default_factory=list)  # the first MAX_VIOLATIONS
+    # The schema's columns in the order the source holds them (a release writes them so).
+    columns: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         text = f"read {self.rows_read} rows from {self.source}; "
@@ -298,6 +300,13 @@ def _parse_line(line: bytes, sep: str, display: str) -> list[str]:
     return [str(v).strip() for v in table.to_pylist()[0].values()] if table.num_rows else []
 
 
+def _names_line(line: bytes, sep: str, display: str) -> list[str] | None:
+    try:
+        return _parse_line(line, sep, display)
+    except DataError:  # an unparsable first line is reported with the data, as before
+        return None
+
+
 def _read_csv(path: Path, opts: CsvOptions, names: list[str] | None, display: str,
               only: list[str] | None = None) -> _Raw:
     sep = opts.separator
@@ -313,7 +322,11 @@ def _read_csv(path: Path, opts: CsvOptions, names: list[str] | None, display: st
             raise DataError(display, reason=f"the header repeats column names: {dup}")
     elif names is None:  # raw read: width from the first line
         names = [f"col{i}" for i in range(len(_parse_line(first, sep, display)))]
-    skip_rows = skip + (1 if opts.header else 0)
+    elif _names_line(first, sep, display) == list(names):
+        # A header-less study's release still names its columns on its first line (table_io):
+        # a line that is exactly the schema's column names is that header, not a row.
+        header_line = skip + 1
+    skip_rows = skip + (1 if header_line is not None else 0)
 
     ignored: list[int | None] = []
     shape: list[tuple[int | None, int, int, str]] = []
@@ -528,6 +541,8 @@ def _expected(col, problem: int, target: str | None) -> str:
         some = ", ".join(repr(c) for c in col.categories[:6])
         more = ", ..." if len(col.categories) > 6 else ""
         return f"one of the {len(col.categories)} categories: {some}{more}"
+    if isinstance(col, BooleanColumn) and col.spelled:
+        return f"a boolean: {col.true!r} (true) or {col.false!r} (false), as the schema spells them"
     return "a boolean: true/false, yes/no or 1/0 (any case)"
 
 
@@ -567,6 +582,16 @@ def _check(s: pd.Series, col, schema: Schema, raw: _Raw) -> _Checked:
         problems = np.where(np.isin(uniq, col.categories), _OK, _BAD).astype(np.int8)
         values = np.where(missing, np.nan, uniq).astype(object)
         null = np.nan
+    elif col.spelled:
+        is_true, is_false = uniq == col.true, uniq == col.false
+        if not raw.text:  # a stored boolean (or SQL's 0/1) has no spelling: accept it as such
+            native = _native_bools(s)
+            is_true, is_false = is_true | (native == 1), is_false | (native == 0)
+        values = np.full(len(uniq), np.nan, dtype=object)
+        values[is_true] = True
+        values[is_false] = False
+        problems = np.where(is_true | is_false, _OK, _BAD).astype(np.int8)
+        null = np.nan
     else:
         low = np.array([u.lower() for u in uniq], dtype=object)
         is_true, is_false = np.isin(low, TRUE_WORDS), np.isin(low, FALSE_WORDS)
@@ -584,6 +609,22 @@ def _check(s: pd.Series, col, schema: Schema, raw: _Raw) -> _Checked:
         return None if c < 0 or missing[c] else str(uniq[c])
 
     return _Checked(row_values, row_problems, shown)
+
+
+def _native_bools(s: pd.Series) -> np.ndarray:
+    """Per distinct value of a typed column, in `_text_cells`' order: 1 for a stored True (or the
+    number 1, SQL's usual boolean), 0 for a stored False (or 0), -1 for anything else."""
+    uniq = s.cat.categories if isinstance(s.dtype, pd.CategoricalDtype) else pd.factorize(
+        s, use_na_sentinel=True)[1]
+
+    def truth(u) -> int:
+        if isinstance(u, (bool, np.bool_)):
+            return int(bool(u))
+        if isinstance(u, (int, float, np.integer, np.floating)) and u in (0, 1):
+            return int(u)
+        return -1
+
+    return np.array([truth(u) for u in uniq], dtype=np.int8)
 
 
 def _validate(raw: _Raw, schema: Schema, on_invalid: str) -> tuple[pd.DataFrame, LoadReport]:
@@ -615,7 +656,9 @@ def _validate(raw: _Raw, schema: Schema, on_invalid: str) -> tuple[pd.DataFrame,
             out[c.name] = out[c.name].astype(np.float64)
         else:
             out[c.name] = out[c.name].astype(object)
-    report = LoadReport(raw.display, rows_read, len(out), counts, violations)
+    order = [c for c in raw.columns if c in checked]
+    report = LoadReport(raw.display, rows_read, len(out), counts, violations,
+                        order if sorted(order) == sorted(checked) else list(checked))
     return out, report
 
 

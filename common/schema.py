@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 
 class SchemaError(ValueError):
@@ -59,8 +59,69 @@ class NumericColumn(_Column):
         return self
 
 
+# How tables commonly write the two values of a boolean, lower-cased, each with its partner: the
+# draft recognises these, and infers an unseen value's spelling from the one it saw ("Y" -> "N").
+BOOLEAN_PAIRS = {"true": "false", "yes": "no", "1": "0", "t": "f", "y": "n"}
+
+
 class BooleanColumn(_Column):
+    """A two-valued column. `true` and `false` are how the table writes its two values
+    (`true: "Y"`, `false: "N"`): the loader accepts exactly these (and native booleans in Parquet
+    or SQL), and a release writes them, so the synthetic table speaks the table's vocabulary.
+    Without them (older schemas) the loader accepts true/false, yes/no and 1/0 in any case, and a
+    release writes True/False."""
+
     kind: Literal["boolean"] = "boolean"
+    true: str | None = None
+    false: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_booleans(cls, data):
+        """YAML reads an unquoted `true:` key as the boolean True, and unquoted yes/no/on/off/
+        true/false values as booleans, whose spelling is then lost: keys are mapped back, values
+        must be quoted."""
+        if not isinstance(data, dict):
+            return data
+        out = {}
+        for k, v in data.items():
+            key = {True: "true", False: "false"}.get(k, k) if isinstance(k, bool) else k
+            if key in ("true", "false"):
+                if isinstance(v, bool):
+                    raise ValueError(f"column {data.get('name')!r}: write the spelling of "
+                                     f"{key!r} in quotes (YAML reads an unquoted yes/no/true/"
+                                     "false/on/off as a boolean, and its spelling is lost)")
+                if isinstance(v, (int, float)):
+                    v = str(v)
+            out[key] = v
+        return out
+
+    @model_validator(mode="after")
+    def _spellings(self) -> "BooleanColumn":
+        if (self.true is None) != (self.false is None):
+            raise ValueError(f"column {self.name!r}: give both spellings, 'true' and 'false', "
+                             "or neither")
+        if self.true is not None:
+            for s in (self.true, self.false):
+                if not s or s != s.strip():
+                    raise ValueError(f"column {self.name!r}: spelling {s!r} must be non-empty "
+                                     "text without surrounding spaces")
+            if self.true == self.false:
+                raise ValueError(f"column {self.name!r}: 'true' and 'false' are spelled alike")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_spellings(self, handler):
+        # Older schemas (no spellings) keep their exact dump, so their fingerprint is unchanged.
+        data = handler(self)
+        for key in ("true", "false"):
+            if data.get(key, 0) is None:
+                del data[key]
+        return data
+
+    @property
+    def spelled(self) -> bool:
+        return self.true is not None
 
 
 Column = Annotated[
@@ -112,6 +173,10 @@ class Schema(BaseModel):
                 raise ValueError(f"target {self.target!r} is not a column")
             if self.column(self.target).kind == "numeric":
                 raise ValueError(f"target {self.target!r} must be categorical or boolean")
+        markers = {m.strip() for m in self.csv.missing}
+        for c in self.columns:
+            if isinstance(c, BooleanColumn) and c.spelled and {c.true, c.false} & markers:
+                raise ValueError(f"column {c.name!r}: a spelling is also a csv missing marker")
         return self
 
     # -- access -------------------------------------------------------------------------------

@@ -6,13 +6,21 @@ age is the oldest patient's age, a category seen once proves someone has it. So 
 
 * exact (no `epsilon`): fast and convenient, but every value must be reviewed and replaced with
   public knowledge (a data dictionary, published ranges, code lists); the warnings say so; or
-* differentially private (`epsilon` given): bounds and categories come from noisy histograms, the
-  spend is written to `schema.provenance` so every run on this schema composes it, and values too
-  rare to release safely are left out by design.
+* differentially private (`epsilon` given): bounds, categories and point masses come from noisy
+  histograms, the spend is written to `schema.provenance` so every run on this schema composes
+  it, and values too rare to release safely are left out by design.
 
 Both modes read a few structural facts exactly (which columns exist, each column's kind, whether a
-numeric column is integer-valued, which columns are identifiers): those are not covered by DP and
-the warnings ask for them to be confirmed against public documentation.
+numeric column is integer-valued, which columns are identifiers, how a boolean column spells its
+two values): those are not covered by DP and the warnings ask for them to be confirmed against
+public documentation. A boolean's spellings are the two values that made it a boolean, the same
+two labels a categorical draft of the column would list (and its kind is read from them anyway).
+
+Point masses (a single value held by many rows: capital-gain's 0, a -1 that codes "never
+contacted") are a numeric column's values held by at least POINT_MASS_SHARE of its present rows.
+The exact draft counts them; the DP draft finds them with a stability-based histogram over the
+values that occur (keys are data-dependent, hence the delta), with a quarter of the column's
+epsilon (POINT_MASS_EPSILON), the rest going to its bounds.
 
 Adjacency: the DP mechanisms here are calibrated for *replacing* one row (L1 sensitivity 2 for a
 histogram), which also covers adding or removing one, the relation Opacus' accountant uses.
@@ -29,16 +37,30 @@ import numpy as np
 import pandas as pd
 
 from .loading import _canonical, _parse_numbers
-from .schema import CsvOptions, Schema
+from .schema import BOOLEAN_PAIRS, CsvOptions, Schema
 
 NUMERIC_MIN_DISTINCT = 20  # fewer distinct numbers than this: a code list, modelled as categories
-BOOLEAN_WORDS = {"true", "false", "yes", "no", "0", "1"}  # what the loader accepts as booleans
+# Lower-cased words that make a two-valued column boolean (true/false, yes/no, 1/0, t/f, y/n);
+# the schema records how the table spells them, and the loader accepts exactly that.
+TRUE_WORDS = frozenset(BOOLEAN_PAIRS)
+FALSE_WORDS = frozenset(BOOLEAN_PAIRS.values())
+BOOLEAN_WORDS = TRUE_WORDS | FALSE_WORDS
 RARE = 5  # exact drafts warn about categories seen fewer times than this
 # Public grid of magnitudes for DP bounds: cells [2^k, 2^(k+1)) for k in [K_MIN, K_MAX), their
 # mirror images, a cell for exact 0 and one each for magnitudes below 2^K_MIN.
 K_MIN, K_MAX = -10, 62
 GRID_FAILURE = 0.05  # chance that noise alone lifts any empty grid cell over the threshold
-POINT_MASS_SHARE = 0.05  # a value holding this share of the rows gets its own point mass
+# A numeric value held by at least this share of the column's present rows gets its own token.
+# 5% is one bin's share at the default 20 bins: a value holding more would fill a bin (or more)
+# alone and be smeared over its cells instead of being decoded exactly, and the model could not
+# tell it from its neighbours; at most 20 such values exist, so the token count stays small.
+POINT_MASS_SHARE = 0.05
+# Share of a numeric column's DP-draft epsilon spent on finding point masses, the rest on bounds.
+# Bounds decide which rows load at all, and their grid needs every cell's count; point masses are
+# values of at least POINT_MASS_SHARE of the rows, which clear the stability threshold
+# (about 30 / eps rows at delta 1e-7) with a small part of the budget once a table has a few
+# thousand rows.
+POINT_MASS_EPSILON = 0.25
 LOG_SPAN = 4  # doublings between the median and the top cell that make a column 'log' scale
 
 
@@ -52,6 +74,24 @@ class _Profile:
     missing: int
     numbers: np.ndarray | None  # parsed `counts.index`, when every value is a number
     integer: bool = False
+    spellings: tuple[str, str] | None = None  # a boolean's (true, false) as the table writes them
+
+
+def _spellings(texts: list[str]) -> tuple[str, str] | None:
+    """(true, false) spellings of a column whose one or two distinct values are boolean words,
+    one of each; None if they are not. An unseen value is spelled like its partner (Y -> N)."""
+    true = [t for t in texts if t.lower() in TRUE_WORDS]
+    false = [t for t in texts if t.lower() in FALSE_WORDS]
+    if len(true) > 1 or len(false) > 1 or len(true) + len(false) != len(texts) or not texts:
+        return None
+    if true and false:
+        return true[0], false[0]
+    seen = (true or false)[0]
+    low = seen.lower()
+    other = BOOLEAN_PAIRS[low] if true else next(k for k, v in BOOLEAN_PAIRS.items() if v == low)
+    other = (other.upper() if seen.isupper() else other.title() if seen.istitle() and
+             len(seen) > 1 else other)
+    return (seen, other) if true else (other, seen)
 
 
 def _profile(name: str, s: pd.Series) -> _Profile:
@@ -69,9 +109,9 @@ def _profile(name: str, s: pd.Series) -> _Profile:
     if (missing == 0 and len(counts) > NUMERIC_MIN_DISTINCT and (counts == 1).all()
             and (numbers is None or integer)):
         kind = "id"  # a distinct label (or whole number) per row identifies people, never model it
-    elif {t.lower() for t in counts.index} <= BOOLEAN_WORDS and len(counts) <= 2 and (
+    elif (spellings := _spellings(list(counts.index))) is not None and (
             numbers is None or set(numbers) <= {0.0, 1.0}):
-        kind = "boolean"
+        return _Profile(name, "boolean", counts, missing, numbers, integer, spellings)
     elif numbers is not None and len(counts) > NUMERIC_MIN_DISTINCT:
         kind = "numeric"
     else:
@@ -149,21 +189,41 @@ def _category_order(values: list[str]) -> list[str]:
     return sorted(values)
 
 
+def _value_counts(p: _Profile) -> pd.Series:
+    """Rows per distinct number ('1' and '1.0' are one value), in value order."""
+    return pd.Series(p.counts.to_numpy(np.float64), index=p.numbers).groupby(level=0).sum()
+
+
+def _with_point_masses(col: dict, masses: list[float]) -> dict:
+    """Merge `masses` (those inside the bounds) into `col`'s point masses, sorted."""
+    inside = [float(m) for m in masses if col["lower"] <= m <= col["upper"]]
+    merged = sorted(set(col.get("point_masses", [])) | set(inside))
+    return col | ({"point_masses": merged} if merged else {})
+
+
 def _numeric_exact(p: _Profile) -> dict:
     x, w = p.numbers, p.counts.to_numpy(np.float64)
     lower, upper = float(x.min()), float(x.max())
     col = {"name": p.name, "kind": "numeric", "lower": lower,
            "upper": upper if upper > lower else lower + 1.0, "integer": p.integer,
            "nullable": p.missing > 0}
-    return col | _grid_shape(*_grid_counts(x, w), t=0.0, lower=lower)
+    col |= _grid_shape(*_grid_counts(x, w), t=0.0, lower=lower)
+    values = _value_counts(p)
+    heavy = values[values >= POINT_MASS_SHARE * values.sum()]
+    return _with_point_masses(col, list(heavy.index))
 
 
-def _numeric_dp(p: _Profile, eps: float, rng: np.random.Generator) -> dict | None:
-    """Laplace histogram over the public doubling grid (plus a 'missing' cell): one row changes
-    two cells by one when replaced, so Laplace(2/eps) noise on every cell is eps-DP. The
-    threshold keeps all empty cells below it with probability 1 - GRID_FAILURE, so bounds are
-    not stretched by noise; cells with fewer rows than that are cut off (their rows then fall
-    outside the bounds)."""
+def _numeric_dp(p: _Profile, eps: float, delta: float,
+                rng: np.random.Generator) -> dict | None:
+    """Bounds from a Laplace histogram over the public doubling grid (plus a 'missing' cell)
+    with eps_b = (1 - POINT_MASS_EPSILON) eps: one row changes two cells by one when replaced,
+    so Laplace(2/eps_b) noise on every cell is eps_b-DP. The threshold keeps all empty cells below
+    it with probability 1 - GRID_FAILURE, so bounds are not stretched by noise; cells with fewer
+    rows than that are cut off (their rows then fall outside the bounds). Point masses from a
+    stability histogram over the column's values with the rest of eps and `delta`
+    (`_point_masses_dp`)."""
+    eps_masses = POINT_MASS_EPSILON * eps
+    eps = eps - eps_masses
     neg, zero, pos = _grid_counts(p.numbers, p.counts.to_numpy(np.float64))
     scale = 2.0 / eps
     n_cells = 2 * _CELLS + 2
@@ -177,7 +237,27 @@ def _numeric_dp(p: _Profile, eps: float, rng: np.random.Generator) -> dict | Non
         return None
     col = {"name": p.name, "kind": "numeric", "lower": bounds[0], "upper": bounds[1],
            "integer": p.integer, "nullable": bool(missing > t)}
-    return col | _grid_shape(neg, zero, pos, t, bounds[0])
+    col |= _grid_shape(neg, zero, pos, t, bounds[0])
+    # The grid's noisy total (unclipped, so unbiased) estimates the present rows for free.
+    total = max(float(neg.sum() + zero + pos.sum()), 1.0)
+    return _with_point_masses(col, _point_masses_dp(p, eps_masses, delta, total, rng))
+
+
+def _point_masses_dp(p: _Profile, eps: float, delta: float, total: float,
+                     rng: np.random.Generator) -> list[float]:
+    """Values held by at least POINT_MASS_SHARE of `total` (a DP estimate of the present rows).
+    Candidates must be found privately: the values of a numeric column are not public (a float
+    held by one row is that person's value), so this is the stability-based histogram that
+    `_categories_dp` uses for categories: Laplace(2/eps) on the count of every observed value,
+    released only above 1 + (2/eps) ln(1/(2 delta)), which a value held by one row passes with
+    probability at most delta; (eps, delta)-DP under replacement. The share test on the noisy
+    counts is post-processing."""
+    values = _value_counts(p)
+    scale = 2.0 / eps
+    t = 1.0 + scale * math.log(1.0 / (2.0 * delta))
+    noisy = values.to_numpy() + rng.laplace(0, scale, len(values))
+    keep = (noisy > t) & (noisy >= POINT_MASS_SHARE * total)
+    return [float(v) for v in values.index[keep]]
 
 
 def _categories_dp(p: _Profile, eps: float, delta: float,
@@ -262,23 +342,32 @@ def draft_schema(df: pd.DataFrame, *, name: str, target: str | None = None,
 
 
 _EXACT_WARNING = (
-    "NOT PRIVATE: the categories and bounds in this draft were read directly from the rows and "
-    "are disclosive ({example}; every category listed proves that someone in the table has it). "
+    "NOT PRIVATE: the categories, bounds and point masses in this draft were read directly from "
+    "the rows and are disclosive ({example}; every category listed proves that someone in the "
+    "table has it). "
     "Review every value and replace it with public knowledge (a data dictionary, published "
     "ranges, official code lists) before sharing or using this schema, or redraft with --epsilon "
     "to derive them with differential privacy.")
 
 _DP_WARNING = (
-    "Bounds and categories were derived with ({epsilon:g}, {delta:g})-differential privacy "
-    "(split evenly over {n} columns, basic composition). This spend is recorded in the schema's "
-    "provenance and must be counted in each site's budget. Values too rare to release safely are "
-    "left out on purpose: rows holding them will be rejected when loaded (load with drop mode, "
-    "or widen bounds and add categories from public knowledge).")
+    "Bounds, point masses and categories were derived with ({epsilon:g}, {delta:g})-differential "
+    "privacy (split evenly over {n} columns, basic composition; a numeric column spends "
+    "{masses:.0%} of its share on point masses, the rest on bounds). This spend is recorded in "
+    "the schema's provenance and must be counted in each site's budget. Values too rare to "
+    "release safely are left out on purpose: rows holding them will be rejected when loaded "
+    "(load with drop mode, or widen bounds and add categories from public knowledge).")
 
 _STRUCTURE_WARNING = (
     "Not covered by differential privacy: the column names, each column's kind, the integer "
-    "flag of numeric columns and which columns are identifiers were read from the data exactly. "
-    "Confirm them against public documentation of the table.")
+    "flag of numeric columns, the spellings of boolean columns (their true/false) and which "
+    "columns are identifiers were read from the data exactly. Confirm them against public "
+    "documentation of the table.")
+
+
+def _boolean(p: _Profile, nullable: bool) -> dict:
+    true, false = p.spellings
+    return {"name": p.name, "kind": "boolean", "nullable": bool(nullable), "true": true,
+            "false": false}
 
 
 def _example(profiles: list[_Profile]) -> str:
@@ -295,7 +384,7 @@ def _column_exact(p: _Profile, warnings: list[str]) -> dict:
     if p.kind == "numeric":
         return _numeric_exact(p)
     if p.kind == "boolean":
-        return {"name": p.name, "kind": "boolean", "nullable": p.missing > 0}
+        return _boolean(p, p.missing > 0)
     rare = [v for v, c in p.counts.items() if c < RARE]
     if rare:
         shown = ", ".join(repr(v) for v in rare[:3]) + (", ..." if len(rare) > 3 else "")
@@ -312,13 +401,15 @@ def _columns_dp(modelled: list[_Profile], target: str | None, epsilon: float, de
     rng = np.random.default_rng(seed)
     eps = epsilon / len(modelled)
     cats = [p for p in modelled if p.kind == "categorical"]
-    delta_col = delta / len(cats) if cats else 0.0
+    nums = [p for p in modelled if p.kind == "numeric"]
+    # delta goes to the stability histograms only: categories and numeric point masses.
+    delta_col = delta / (len(cats) + len(nums)) if cats or nums else 0.0
     columns = []
     for p in modelled:
         if p.kind == "numeric":
-            col = _numeric_dp(p, eps, rng)
+            col = _numeric_dp(p, eps, delta_col, rng)
         elif p.kind == "boolean":
-            col = {"name": p.name, "kind": "boolean", "nullable": _boolean_dp(p, eps, rng)}
+            col = _boolean(p, _boolean_dp(p, eps, rng))
         else:
             kept, nullable = _categories_dp(p, eps, delta_col, rng)
             col = ({"name": p.name, "kind": "categorical", "nullable": nullable,
@@ -334,16 +425,27 @@ def _columns_dp(modelled: list[_Profile], target: str | None, epsilon: float, de
                             "categories to model it).")
             continue
         columns.append(col)
-    warnings.insert(0, _DP_WARNING.format(epsilon=epsilon, delta=delta if cats else 0.0,
-                                          n=len(modelled)))
+    warnings.insert(0, _DP_WARNING.format(epsilon=epsilon, delta=delta if cats or nums else 0.0,
+                                          n=len(modelled), masses=POINT_MASS_EPSILON))
     warnings.insert(1, _STRUCTURE_WARNING)
+    # Every query is charged, also those of columns that were dropped for want of signal.
     provenance = []
-    grid = [p.name for p in modelled if p.kind in ("numeric", "boolean")]
+    grid = [p for p in modelled if p.kind in ("numeric", "boolean")]
     if grid:
         provenance.append({"mechanism": "laplace-histogram",
-                           "epsilon": eps * len(grid), "delta": 0.0, "columns": grid})
+                           "epsilon": sum(eps * (1 - POINT_MASS_EPSILON) if p.kind == "numeric"
+                                          else eps for p in grid),
+                           "delta": 0.0, "columns": [p.name for p in grid],
+                           "purpose": "bounds of numeric columns, nullability of booleans"})
+    if nums:
+        provenance.append({"mechanism": "point-mass-histogram",
+                           "epsilon": eps * POINT_MASS_EPSILON * len(nums),
+                           "delta": delta_col * len(nums),
+                           "columns": [p.name for p in nums],
+                           "purpose": "stability histogram of numeric values: point masses"})
     if cats:
         provenance.append({"mechanism": "stability-histogram",
-                           "epsilon": eps * len(cats), "delta": delta, "columns":
-                           [p.name for p in cats]})
+                           "epsilon": eps * len(cats), "delta": delta_col * len(cats),
+                           "columns": [p.name for p in cats],
+                           "purpose": "categories"})
     return columns, provenance

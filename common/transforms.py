@@ -187,6 +187,9 @@ class TableTransformer:
     def target_token(self, label) -> int:
         codec = self.codecs[self.schema.target]
         labels = [str(x) for x in codec.labels]
+        col = self.schema.column(self.schema.target)
+        if isinstance(col, BooleanColumn) and col.spelled and str(label) in (col.false, col.true):
+            return (col.false, col.true).index(str(label))  # as the table spells it
         if str(label) not in labels:
             raise ValueError(f"condition {self.schema.target}={label!r}: expected one of {labels}")
         return labels.index(str(label))

@@ -58,10 +58,14 @@ def test_dp_draft_records_spend_covers_data_and_drops_rare_categories(clinic_csv
     schema, warnings = draft_schema(read_raw(path), name="clinic", target="readmitted",
                                     epsilon=8.0, delta=1e-6, seed=5)
     prov = schema.provenance
-    assert {p["mechanism"] for p in prov} == {"laplace-histogram", "stability-histogram"}
+    assert {p["mechanism"] for p in prov} == {"laplace-histogram", "point-mass-histogram",
+                                              "stability-histogram"}
     assert sum(p["epsilon"] for p in prov) == pytest.approx(8.0)
     assert sum(p["delta"] for p in prov) == pytest.approx(1e-6)
-    assert sorted(c for p in prov for c in p["columns"]) == sorted(schema.names)
+    assert {c for p in prov for c in p["columns"]} == set(schema.names)
+    by = {p["mechanism"]: p for p in prov}
+    assert by["point-mass-histogram"]["columns"] == ["age", "charges", "bmi"]  # numerics
+    assert by["point-mass-histogram"]["epsilon"] == pytest.approx(3 * 8.0 / 7 / 4)
     for name in ("age", "charges", "bmi"):
         col = schema.column(name)
         values = df[name].dropna()

@@ -10,6 +10,8 @@ import typer
 from synthpool.common.cli_paths import path_option
 from rich.console import Console
 
+from synthpool.common.generators import registry
+from synthpool.common.generators.registry import DEFAULT_FAMILY, model_options
 from synthpool.common.loading import DataError, load_table
 from synthpool.common.planning import TrainingPlan
 from synthpool.common.schema import Schema, SchemaError
@@ -33,12 +35,23 @@ def synth(
     seed: int = typer.Option(0, "--seed", help="Seed of the model, sampling and noise."),
     steps: int = typer.Option(TrainingPlan.steps, "--steps", help="DP-SGD steps."),
     on_invalid: str = typer.Option("error", "--on-invalid", help="error or drop invalid rows."),
+    family: str = typer.Option(DEFAULT_FAMILY, "--family",
+                               help="Generator family (installed: see `synthpool families`)."),
+    model: Optional[list[str]] = typer.Option(
+        None, "--model", help="KEY=VALUE hyperparameter of the family (repeatable), "
+                              "e.g. hidden=128."),
 ) -> None:
     """Train a DP generator on your table and write synthetic rows plus a manifest."""
     if on_invalid not in ("error", "drop"):
         raise typer.BadParameter("must be 'error' or 'drop'", param_hint="--on-invalid")
     if device not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter("must be auto, cpu or cuda", param_hint="--device")
+    try:
+        # Checked before a row is read: nothing is spent on a model that cannot be built.
+        hyperparameters = registry.hyperparameters(family, model_options(model or []))
+    except ValueError as e:
+        err.print(f"error: {e}", style="red", markup=False)
+        raise typer.Exit(2)
     try:
         schema = Schema.load(schema_file)
         df, report = load_table(data, schema, query=query, on_invalid=on_invalid)
@@ -49,9 +62,11 @@ def synth(
     with step_progress("DP-SGD", enabled=True) as progress:
         result = train_single_site(schema, df, epsilon=epsilon, delta=delta,
                                    plan=TrainingPlan(steps=steps), device=device, seed=seed,
-                                   progress=progress)
+                                   progress=progress, family=family,
+                                   hyperparameters=hyperparameters.model_dump())
     synthetic = result.generator.sample(rows, seed=seed + 1)
-    write_table(synthetic, out)
+    # In the table's own vocabulary and column order: spellings, integers, missing markers.
+    write_table(synthetic, out, schema, columns=report.columns)
     manifest = result.manifest | {"output": {"file": out.name, "rows": rows},
                                   "input": {"source": report.source, "validation": report.summary()}}
     write_json(manifest, manifest_path(out))
