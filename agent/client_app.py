@@ -40,20 +40,21 @@ import hashlib
 import json
 import logging
 import traceback
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
+from ..common.generators import registry
 from ..common.privacy import BudgetExceeded
 from ..common.stats import TableStats
-from ..common.wire import REFUSED, SITE_FAILED
+from ..common.wire import (
+    REFUSED, SITE_FAILED, Reply, Request, is_secure_request, read_secure_request,
+    secure_reply_records,
+)
 from . import site_job
 from .config import ConfigError
 from .ledger import LedgerConflict, composed_epsilon
-from .secure_aggregation import (
-    fitres_records, is_secure_round, read_fitins, secure_aggregation_mod, update_of,
-)
+from .secure_aggregation import secure_aggregation_mod, update_of
 from .site_state import Release, SiteState, input_hash
 
 
@@ -62,16 +63,6 @@ log = logging.getLogger("synthpool.agent")
 
 class Refusal(Exception):
     """The site declines the job; the message is sent to the coordinator verbatim."""
-
-
-@dataclass
-class TrainReply:
-    weights: list[np.ndarray]
-    metrics: dict[str, float | int]
-    info: dict[str, str | bool | int] = field(default_factory=dict)
-    ledger: dict = field(default_factory=dict)
-    stats: dict | None = None  # the statistics stage's noisy histograms (TableStats.to_dict)
-    evaluation: dict | None = None  # the evaluation stage: scores and DP histograms
 
 
 def ledger_report(site: SiteState, study: str) -> dict:
@@ -108,9 +99,13 @@ def _parse(site: SiteState, wire: dict, stage: str) -> site_job.RoundConfig:
     if cfg.schema_fingerprint and cfg.schema_fingerprint != site.schema.fingerprint():
         raise Refusal(f"{label}: the study schema {cfg.schema_fingerprint[:19]} is not the "
                       f"schema this site pinned ({site.schema.fingerprint()[:19]})")
-    if cfg.family not in site_job.installed_families():
+    if cfg.family not in registry.names():
         raise Refusal(f"{label}: model family {cfg.family!r} is not installed at this site "
-                      f"(it has {sorted(site_job.installed_families())})")
+                      f"(it has {registry.names()})")
+    try:
+        cfg.hyperparameters  # noqa: B018  (validated by the family before anything is charged)
+    except ValueError as e:
+        raise Refusal(f"{label}: {e}") from None
     return cfg
 
 
@@ -133,7 +128,7 @@ def _replay(site: SiteState, cfg: site_job.RoundConfig, ih: str) -> Release | No
     return cached
 
 
-def handle_stats(site: SiteState, wire: dict) -> TrainReply:
+def handle_stats(site: SiteState, wire: dict) -> Reply:
     """The statistics stage: noisy histograms of this site's rows, charged once per training."""
     cfg = _parse(site, wire, "statistics")
     try:
@@ -151,7 +146,7 @@ def handle_stats(site: SiteState, wire: dict) -> TrainReply:
             replayed = False
         else:
             replayed = True
-        return TrainReply([], cached.metrics,
+        return Reply([], cached.metrics,
                           {"site": site.name, "replayed": replayed,
                            "size-source": cached.payload["size-source"]},
                           ledger_report(site, cfg.study), cached.payload["stats"])
@@ -161,7 +156,7 @@ def handle_stats(site: SiteState, wire: dict) -> TrainReply:
 
 
 def handle_train(site: SiteState, global_weights: list[np.ndarray], wire: dict,
-                 stats_json: str, *, secure: bool = False) -> TrainReply:
+                 stats_json: str, *, secure: bool = False) -> Reply:
     """One round: DP-SGD from `global_weights` with the transform of the merged statistics.
     `secure`: the update will leave the site masked (SecAgg+)."""
     cfg = _parse(site, wire, "round")
@@ -179,7 +174,7 @@ def handle_train(site: SiteState, global_weights: list[np.ndarray], wire: dict,
         ih = input_hash(global_weights, cfg.to_wire())
         cached = _replay(site, cfg, ih)
         if cached is not None:
-            return TrainReply(cached.weights, cached.metrics,
+            return Reply(cached.weights, cached.metrics,
                               {"site": site.name, "replayed": True,
                                **cached.payload.get("info", {})},
                               ledger_report(site, cfg.study))
@@ -198,13 +193,13 @@ def handle_train(site: SiteState, global_weights: list[np.ndarray], wire: dict,
                    "epsilon-cap": cap.epsilon, "delta": cap.delta}
         info = {"size-source": size.source, "noise-source": plan.noise_source}
         site.save_release(cfg.study, cfg.job_id, Release(weights, metrics, ih, {"info": info}))
-        return TrainReply(weights, metrics, {"site": site.name, "replayed": False, **info},
+        return Reply(weights, metrics, {"site": site.name, "replayed": False, **info},
                           ledger_report(site, cfg.study))
     except (BudgetExceeded, LedgerConflict, ConfigError) as e:
         raise Refusal(str(e)) from None
 
 
-def handle_evaluate(site: SiteState, wire: dict, sample: bytes) -> TrainReply:
+def handle_evaluate(site: SiteState, wire: dict, sample: bytes) -> Reply:
     """Score the release's synthetic sample against this site's rows (agent/site_evaluation.py):
     aggregates and charged DP histograms back, the full report kept here."""
     from .site_evaluation import BadSample, plan_evaluation, read_sample, run_evaluation
@@ -225,7 +220,7 @@ def handle_evaluate(site: SiteState, wire: dict, sample: bytes) -> TrainReply:
             payload = run_evaluation(site, cfg, synthetic, mechanism, ledger_report(site, cfg.study))
             cached = Release([], {}, ih, {"evaluation": payload})
             site.save_release(cfg.study, cfg.job_id, cached)
-        return TrainReply([], {}, {"site": site.name, "replayed": replayed},
+        return Reply([], {}, {"site": site.name, "replayed": replayed},
                           ledger_report(site, cfg.study), evaluation=cached.payload["evaluation"])
     except BadSample as e:
         raise Refusal(f"{label}: {e}") from None
@@ -243,37 +238,30 @@ def site_from_context(context) -> SiteState:
 def make_app(resolve_site: Callable[[object], SiteState] = site_from_context):
     """The ClientApp; `resolve_site(context)` finds the site (the simulation maps its virtual
     nodes to site dirs instead, synthpool/commands/simulate.py)."""
-    from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+    from flwr.app import Context, Error, Message
     from flwr.clientapp import ClientApp
 
     app = ClientApp()
 
-    def secure_work(site: SiteState, content) -> TrainReply:
+    def secure_work(site: SiteState, content) -> Reply:
         """A SecAgg+ round: the same DP-SGD round, answered with the update (displacement from
         the global weights) that Flower's mod then weights, quantizes and masks."""
         try:
-            global_weights, wire, stats_json = read_fitins(content)
+            req = read_secure_request(content)
         except (KeyError, ValueError) as e:
             raise Refusal(f"malformed secure round: {e}") from None
-        out = handle_train(site, global_weights, wire, stats_json, secure=True)
-        bound = site_job.RoundConfig.from_wire(wire).max_update
-        out.weights = update_of(global_weights, out.weights, bound)
+        out = handle_train(site, req.weights, req.config, req.stats_json, secure=True)
+        bound = site_job.RoundConfig.from_wire(req.config).max_update
+        out.weights = update_of(req.weights, out.weights, bound)
         return out
 
-    def records(out: TrainReply) -> RecordDict:
-        records = {
-            "arrays": ArrayRecord([np.asarray(w) for w in out.weights]),
-            "metrics": MetricRecord({k: v for k, v in out.metrics.items()
-                                     if isinstance(v, (int, float))}),
-            "site": ConfigRecord(out.info),
-            "ledger": ConfigRecord({"json": json.dumps(out.ledger)}),
-        }
-        for key in ("stats", "evaluation"):
-            if getattr(out, key) is not None:
-                records[key] = ConfigRecord({"json": json.dumps(getattr(out, key))})
-        return RecordDict(records)
+    def request(content) -> Request:
+        try:
+            return Request.from_content(content)
+        except (KeyError, ValueError) as e:
+            raise Refusal(f"malformed request: {e}") from None
 
-    def answer(msg: Message, context: Context, work, encode=records) -> Message:
+    def answer(msg: Message, context: Context, work, encode=Reply.records) -> Message:
         name = "?"
         try:
             site = resolve_site(context)
@@ -292,33 +280,29 @@ def make_app(resolve_site: Callable[[object], SiteState] = site_from_context):
     @app.query("stats")
     def stats(msg: Message, context: Context) -> Message:
         return answer(msg, context, lambda site, content: handle_stats(
-            site, dict(content.config_records["config"])))
+            site, request(content).config))
 
     @app.query("evaluate")
     def evaluate(msg: Message, context: Context) -> Message:
-        def work(site: SiteState, content) -> TrainReply:
-            record = content.config_records.get("synthetic")
-            if record is None or "parquet" not in record:
+        def work(site: SiteState, content) -> Reply:
+            req = request(content)
+            if req.synthetic is None:
                 raise Refusal("the evaluation request carries no synthetic sample")
-            return handle_evaluate(site, dict(content.config_records["config"]),
-                                   bytes(record["parquet"]))
+            return handle_evaluate(site, req.config, req.synthetic)
 
         return answer(msg, context, work)
 
     @app.train(mods=[secure_aggregation_mod])
     def train(msg: Message, context: Context) -> Message:
-        if is_secure_round(msg.content):
-            return answer(msg, context, secure_work, encode=lambda out: fitres_records(
-                out.weights, out.metrics["num-examples"], out.metrics, out.info, out.ledger))
+        if is_secure_request(msg.content):
+            return answer(msg, context, secure_work,
+                          encode=lambda out: secure_reply_records(out.weights, out))
 
-        def work(site: SiteState, content) -> TrainReply:
-            arrays = content.array_records.get("arrays")
-            weights = arrays.to_numpy_ndarrays() if arrays is not None and len(arrays) else []
-            stats_record = content.config_records.get("stats")
-            if stats_record is None or "json" not in stats_record:
+        def work(site: SiteState, content) -> Reply:
+            req = request(content)
+            if req.stats_json is None:
                 raise Refusal("the round request carries no merged statistics")
-            return handle_train(site, weights, dict(content.config_records["config"]),
-                                str(stats_record["json"]))
+            return handle_train(site, req.weights, req.config, req.stats_json)
 
         return answer(msg, context, work)
 

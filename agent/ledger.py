@@ -1,8 +1,8 @@
 """The site's privacy ledger: every DP mechanism ever run on this site's rows, per study.
 
 Why a ledger at all: a site's privacy loss is the *composition* of everything released from its
-rows, across rounds, runs, restarts and coordinators. A per-run accountant forgets (see DESIGN.md,
-"A new PrivacyEngine per federated round"). So the site keeps one durable list of charges per study
+rows, across rounds, runs, restarts and coordinators. A per-run accountant forgets (docs/ARCHITECTURE.md,
+"Privacy model"). So the site keeps one durable list of charges per study
 and composes the whole list with the one accountant in `common.privacy` on every new charge.
 
 Rules this module enforces:

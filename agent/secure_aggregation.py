@@ -17,12 +17,10 @@ What the handler returns in a secure round is the update as a displacement from 
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from ..common.update_bound import displacement_problem
-from ..common.wire import SECAGG_CONFIGS, SECAGG_STATS_KEY
+from ..common.wire import SECAGG_CONFIGS
 
 
 class _Declined(Exception):
@@ -50,24 +48,6 @@ def secure_aggregation_mod(msg, ctxt, call_next):
         return Message(declined.reply.error, reply_to=msg)
 
 
-def is_secure_round(content) -> bool:
-    """A SecAgg+ round sends Flower's legacy FitIns records instead of ours."""
-    return "fitins.config" in content.config_records
-
-
-def read_fitins(content) -> tuple[list[np.ndarray], dict, str]:
-    """(global weights, the round's wire config, the merged statistics JSON)."""
-    from flwr.common import parameters_to_ndarrays
-    from flwr.compat.common import recorddict_compat as compat
-
-    fitins = compat.recorddict_to_fitins(content, keep_input=True)
-    config = dict(fitins.config)
-    stats_json = config.pop(SECAGG_STATS_KEY, None)
-    if not isinstance(stats_json, str):
-        raise ValueError("the secure round carries no merged statistics")
-    return parameters_to_ndarrays(fitins.parameters), config, stats_json
-
-
 def update_of(global_weights: list[np.ndarray], weights: list[np.ndarray],
               max_update: float) -> list[np.ndarray]:
     """The displacement this site contributes, checked as the coordinator checks a plain update
@@ -82,19 +62,3 @@ def update_of(global_weights: list[np.ndarray], weights: list[np.ndarray],
     if problem:
         raise ValueError(problem)
     return update
-
-
-def fitres_records(update: list[np.ndarray], rows: float, metrics: dict, info: dict,
-                   ledger: dict):
-    """The reply Flower's mod masks: FitRes records, our metrics, site info and ledger carried in
-    its metrics (the mod keeps config records, and the coordinator's workflow hands it only the
-    FitRes)."""
-    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
-    from flwr.compat.common import recorddict_compat as compat
-
-    carried = {k: v for k, v in {**metrics, **info}.items()
-               if isinstance(v, (bool, int, float, str))}
-    carried["ledger"] = json.dumps(ledger)
-    fitres = FitRes(Status(Code.OK, "ok"), ndarrays_to_parameters(update),
-                    int(round(rows)), carried)
-    return compat.fitres_to_recorddict(fitres, keep_input=True)

@@ -164,7 +164,7 @@ def plan_round(site: SiteState, cfg: RoundConfig, size: ReportedSize) -> RoundPl
     """The DP-SGD job of this round. With `noise_multiplier` 0 the site calibrates the noise ONCE
     for the whole schedule (num_rounds x local_steps), composed with everything the ledger already
     holds for the study (the statistics stage included), against min(study target, own cap), and
-    persists it so every round of the training uses the same sigma (DESIGN.md: plan the noise up
+    persists it so every round of the training uses the same sigma (docs/ARCHITECTURE.md: plan the noise up
     front; never one accountant per round). The evaluation histograms the study may ask for
     later are part of that schedule: their noise is fixed here and reserved."""
     plan = cfg.plan
@@ -215,7 +215,8 @@ def run_round(site: SiteState, global_weights: list[np.ndarray], cfg: RoundConfi
     encoded with the transform every site builds from the same merged statistics."""
     import torch
 
-    from ..common.generators.base import build, resolve_device
+    from ..common.generators import registry
+    from ..common.generators.base import resolve_device
     from ..common.transforms import TableTransformer
 
     torch.set_num_threads(torch_threads(site))
@@ -225,8 +226,8 @@ def run_round(site: SiteState, global_weights: list[np.ndarray], cfg: RoundConfi
         f"encoded-{cfg.stats_digest.removeprefix('sha256:')[:16]}",
         lambda: transformer.encode(site.load_rows()).numpy())
     device = resolve_device("auto")
-    generator = build(cfg.family, transformer, seed=cfg.seed, device=device,
-                      **cfg.hyperparameters)
+    generator = registry.build(cfg.family, transformer, cfg.hyperparameters, seed=cfg.seed,
+                               device=device)
     if global_weights:
         generator.set_weights(global_weights)
     train = generator.fit_steps(torch.from_numpy(encoded).to(device), plan.dp,
@@ -237,8 +238,3 @@ def run_round(site: SiteState, global_weights: list[np.ndarray], cfg: RoundConfi
                "sample-rate": plan.dp.sample_rate, "train-seconds": round(train.seconds, 3)}
     return generator.get_weights(), metrics
 
-
-def installed_families() -> set[str]:
-    from ..common.generators import base, cvae  # noqa: F401  (cvae registers itself)
-
-    return set(base._FAMILIES)

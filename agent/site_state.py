@@ -1,7 +1,7 @@
 """Everything a site remembers between Flower messages, kept in its state dir.
 
-Why on disk: Flower starts a NEW `flwr-clientapp` process for every message (DESIGN.md, "Flower
-1.42 facts"), so nothing in memory survives from one round to the next. The state dir holds:
+Why on disk: Flower starts a NEW `flwr-clientapp` process for every message (docs/ARCHITECTURE.md,
+"Flower facts"), so nothing in memory survives from one round to the next. The state dir holds:
 
     ledger.sqlite            the privacy ledger (agent/ledger.py)
     holdout.key              the secret key of the evaluation hold-out split (made once)

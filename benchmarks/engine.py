@@ -1,4 +1,5 @@
-"""DP-SGD vs non-private training throughput of the same CVAE, peak memory, sampling speed.
+"""DP-SGD vs non-private training throughput of the same model, peak memory, sampling speed, for
+each generator family.
 
 Goal: DP-SGD (Opacus ghost clipping) at >= 0.5x the non-private rows/s; sampling 1M rows < 10 s.
 """
@@ -10,12 +11,12 @@ import time
 from .common import isolated, machine, markdown  # noqa: F401  (machine is used by __main__)
 
 
-def _setup(device: str = "cpu"):
+def _setup(family: str, device: str = "cpu"):
     import numpy as np
     import torch
 
     from synthpool.common.bundled import ADULT_SCHEMA, ADULT_TRAIN
-    from synthpool.common.generators.base import build
+    from synthpool.common.generators.registry import build
     from synthpool.common.loading import load_table
     from synthpool.common.schema import Schema
     from synthpool.common.stats import collect_stats
@@ -26,24 +27,24 @@ def _setup(device: str = "cpu"):
     df, _ = load_table(ADULT_TRAIN, schema)
     stats = collect_stats(schema, df, 20.0, np.random.default_rng(0))
     t = TableTransformer(schema, stats)
-    return build("cvae", t, seed=0, device=device), t.encode(df).to(device)
+    return build(family, t, seed=0, device=device), t.encode(df).to(device)
 
 
-def train_dp(batch: int, steps: int, device: str = "cpu") -> dict:
+def train_dp(family: str, batch: int, steps: int, device: str = "cpu") -> dict:
     from synthpool.common.generators.base import DPSGDConfig
 
-    gen, data = _setup(device)
+    gen, data = _setup(family, device)
     q = batch / len(data)
     gen.fit_steps(data, DPSGDConfig(3, q, 1.0, 1.0))  # warm-up
     stats = gen.fit_steps(data, DPSGDConfig(steps, q, 1.0, 1.0))
     return {"rows_per_s": stats.rows_seen / stats.seconds}
 
 
-def train_plain(batch: int, steps: int, device: str = "cpu") -> dict:
+def train_plain(family: str, batch: int, steps: int, device: str = "cpu") -> dict:
     import torch
 
-    gen, data = _setup(device)
-    opt = torch.optim.Adam(gen.net.parameters(), lr=gen.lr)
+    gen, data = _setup(family, device)
+    opt = torch.optim.Adam(gen.net.parameters(), lr=gen.hp.lr)
     for i in range(steps + 3):
         if i == 3:
             start = time.perf_counter()
@@ -57,26 +58,29 @@ def train_plain(batch: int, steps: int, device: str = "cpu") -> dict:
     return {"rows_per_s": batch * steps / (time.perf_counter() - start)}
 
 
-def sample(rows: int, device: str = "cpu") -> dict:
-    gen, _ = _setup(device)
+def sample(family: str, rows: int, device: str = "cpu") -> dict:
+    gen, _ = _setup(family, device)
     gen.sample(10_000)
     start = time.perf_counter()
     gen.sample(rows, seed=1)
     return {"seconds": time.perf_counter() - start}
 
 
-def run(device: str = "cpu") -> str:
+def run(device: str = "cpu", families=("autoregressive", "cvae")) -> str:
     rows = []
-    for batch, steps in ((512, 60), (4096, 20)):
-        plain = isolated("benchmarks.engine", "train_plain", batch=batch, steps=steps, device=device)
-        dp = isolated("benchmarks.engine", "train_dp", batch=batch, steps=steps, device=device)
-        rows.append({"what": f"train, batch {batch}", "non-private rows/s": round(plain["rows_per_s"]),
-                     "DP-SGD rows/s": round(dp["rows_per_s"]),
-                     "DP / non-private": dp["rows_per_s"] / plain["rows_per_s"],
-                     "peak RSS MB (DP)": round(dp["peak_rss_mb"])})
-    s = isolated("benchmarks.engine", "sample", rows=1_000_000, device=device)
-    rows.append({"what": "sample 1M rows", "non-private rows/s": "", "DP-SGD rows/s": "",
-                 "DP / non-private": "", "peak RSS MB (DP)": round(s["peak_rss_mb"]),
-                 })
-    rows[-1]["what"] = f"sample 1M rows: {s['seconds']:.1f} s ({1e6 / s['seconds']:,.0f} rows/s)"
+    for family in families:
+        for batch, steps in ((512, 60), (4096, 20)):
+            kw = dict(family=family, batch=batch, steps=steps, device=device)
+            plain = isolated("benchmarks.engine", "train_plain", **kw)
+            dp = isolated("benchmarks.engine", "train_dp", **kw)
+            rows.append({"what": f"{family}: train, batch {batch}",
+                         "non-private rows/s": round(plain["rows_per_s"]),
+                         "DP-SGD rows/s": round(dp["rows_per_s"]),
+                         "DP / non-private": dp["rows_per_s"] / plain["rows_per_s"],
+                         "peak RSS MB (DP)": round(dp["peak_rss_mb"])})
+        s = isolated("benchmarks.engine", "sample", family=family, rows=1_000_000, device=device)
+        rows.append({"what": f"{family}: sample 1M rows: {s['seconds']:.1f} s "
+                             f"({1e6 / s['seconds']:,.0f} rows/s)",
+                     "non-private rows/s": "", "DP-SGD rows/s": "", "DP / non-private": "",
+                     "peak RSS MB (DP)": round(s["peak_rss_mb"])})
     return markdown(rows)

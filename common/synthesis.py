@@ -16,7 +16,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .generators.base import Generator, build, resolve_device
+from .generators.base import Generator, resolve_device
+from .generators import registry
+from .generators.registry import DEFAULT_FAMILY
 from .planning import TrainingPlan, dp_sgd_config, preprocessing_noise
 from .privacy import GaussianMechanism, PureSpend, Spend
 from .schema import Schema
@@ -57,7 +59,7 @@ def train_single_site(
     epsilon: float,
     delta: float,
     plan: TrainingPlan = TrainingPlan(),
-    family: str = "cvae",
+    family: str = DEFAULT_FAMILY,
     device: str = "auto",
     seed: int = 0,
     progress: Callable[[int, int, float], None] | None = None,
@@ -66,6 +68,8 @@ def train_single_site(
     """Spend (epsilon, delta) on `df`: DP histograms, then DP-SGD calibrated so the composition of
     both (and any DP schema draft) is at most epsilon."""
     device = resolve_device(device)
+    # Refuse bad hyperparameters before a row is read: nothing is spent on a run that cannot train.
+    hp = registry.hyperparameters(family, hyperparameters)
     pure = schema_spends(schema)
     rdp_delta = delta - sum(p.delta for p in pure)
     rdp_epsilon = epsilon - sum(p.epsilon for p in pure)
@@ -76,7 +80,7 @@ def train_single_site(
                           np.random.default_rng())
     transformer = TableTransformer(schema, stats, max_bins=plan.max_bins)
     dp = dp_sgd_config(plan, rdp_epsilon, rdp_delta, stats.noisy_rows(), stats.mechanisms)
-    generator = build(family, transformer, seed=seed, device=device, **(hyperparameters or {}))
+    generator = registry.build(family, transformer, hp, seed=seed, device=device)
     encoded = transformer.encode(df).to(device)
     started = time.time()
     train = generator.fit_steps(encoded, dp, progress=progress)
@@ -88,12 +92,11 @@ def train_single_site(
         "kind": "synthpool.single-site",
         "created_unix": int(started),
         "schema": {"name": schema.name, "fingerprint": schema.fingerprint()},
-        "model": {"family": family, "hyperparameters": getattr(generator, "hyperparameters", {}),
-                  "weights": sum(w.size for w in generator.get_weights())},
+        "model": generator.describe(),
         "training": {
             "plan": plan.to_dict(), "steps": train.steps, "sample_rate": dp.sample_rate,
             "noise_multiplier": dp.noise_multiplier, "max_grad_norm": dp.max_grad_norm,
-            "poisson_sampling": True, "clipping": "flat per-sample (Opacus ghost clipping)",
+            "poisson_sampling": True, "method": generator.training,
             "seconds": round(train.seconds, 2), "rows_per_second": round(train.rows_seen / train.seconds),
             "device": device,
         },

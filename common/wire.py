@@ -7,7 +7,9 @@ the other way round); both import this module:
 * `TrainingSpec`: the study's DP plan, model and evaluation settings. The coordinator's run
   config (coordinator/server_app.py:StudyRun) and the site's reading of a request
   (agent/site_job.py:RoundConfig) both extend it, so a setting added here exists on both sides;
-* `to_wire` / `fields_from_wire`: dashed keys on the wire (`local-steps`), typed fields in code.
+* `to_wire` / `fields_from_wire`: dashed keys on the wire (`local-steps`), typed fields in code;
+* the messages: record names, `Request` and `Reply` with their encodings, and the SecAgg+ round's
+  encodings in Flower's legacy FitIns/FitRes (the only format its SecAgg+ speaks).
 
 A site treats every value here as a request: what limits privacy (its caps, its data, the
 minimum noise) is decided in its own site.toml and the ledger, never by these fields.
@@ -15,8 +17,11 @@ minimum noise) is decided in its own site.toml and the ledger, never by these fi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import json
+from dataclasses import asdict, dataclass, field, fields
 
+from .generators import registry
+from .generators.registry import DEFAULT_FAMILY
 from .planning import TrainingPlan
 
 STATS_MESSAGE = "query.stats"        # statistics stage: noisy histograms of the site's rows
@@ -40,7 +45,7 @@ _CASTS = {"int": int, "float": float, "str": str,
 
 @dataclass(frozen=True, kw_only=True)
 class TrainingSpec:
-    family: str = "cvae"
+    family: str = DEFAULT_FAMILY
     # The DP plan (common/planning.py:TrainingPlan); a site spends its budget over
     # num_rounds x local_steps DP-SGD steps, composed with its statistics stage and the
     # evaluation histograms it reserves budget for.
@@ -58,16 +63,14 @@ class TrainingSpec:
     # shared report (0: none leave the site), or a fixed noise multiplier for them.
     evaluation_share: float = 0.05
     evaluation_noise_multiplier: float = 0.0
-    # The generator (common/generators/). The learning rate is higher than the single-site
-    # CVAE's 2e-3: FedAvg averages displacements that are partly DP noise, which shrinks the
-    # pooled step. Adult, 3 iid sites, eps 3, 3 x 160 steps, one run each: GB AUC / column shapes
-    # 0.867 / 0.983 at 2e-3, 0.879 / 0.981 at 3e-3, 0.889 / 0.968 at 5e-3 (8e-3: AUC 0.888);
-    # one site with all rows: AUC 0.893.
-    learning_rate: float = 5e-3
-    hidden: int = 256
-    depth: int = 2
-    latent: int = 32
-    beta: float = 1.0
+    # The generator: a family (common/generators/registry.py) and its own hyperparameters, as
+    # the JSON of a mapping the family validates ("" = its defaults). A site builds it only if
+    # the family is installed there. `learning_rate` > 0 overrides the family's: FedAvg averages
+    # displacements that are partly DP noise, which shrinks the pooled step, so a federation
+    # wants a larger one (CVAE, Adult, 3 iid sites, eps 3, 3 x 160 steps: GB AUC 0.867 at 2e-3,
+    # 0.889 at 5e-3).
+    model: str = ""
+    learning_rate: float = 0.0
     proximal_mu: float = 0.0
     seed: int = 0
 
@@ -78,20 +81,23 @@ class TrainingSpec:
                             preprocessing_share=self.preprocessing_share, max_bins=self.max_bins)
 
     @property
-    def hyperparameters(self) -> dict:
-        return {"hidden": self.hidden, "depth": self.depth, "latent": self.latent,
-                "beta": self.beta, "lr": self.learning_rate}
+    def hyperparameters(self):
+        """The family's validated hyperparameters (raises ValueError naming the bad field)."""
+        return registry.hyperparameters(self.family, self.model, lr=self.learning_rate)
 
     @property
     def max_update(self) -> float:
-        """The most one round can move any weight (common/update_bound.py)."""
-        from .update_bound import max_displacement
-
-        return max_displacement(self.learning_rate, self.local_steps)
+        """The most one round can move any weight, as the family's optimizer bounds it."""
+        return registry.family(self.family).max_update(self.hyperparameters, self.local_steps)
 
     def spec_wire(self) -> dict:
         """The TrainingSpec part of this object, with wire keys."""
         return to_wire({f.name: getattr(self, f.name) for f in fields(TrainingSpec)})
+
+
+def model_setting(values: dict) -> str:
+    """A family's hyperparameters as the `model` setting of a run config and the wire."""
+    return json.dumps(dict(values), sort_keys=True, separators=(",", ":"))
 
 
 def to_wire(values: dict) -> dict:
@@ -113,3 +119,160 @@ def fields_from_wire(cls, record: dict) -> dict:
 
 def as_wire(obj) -> dict:
     return to_wire(asdict(obj))
+
+
+# -- the messages ---------------------------------------------------------------------------------
+# Every message is a Flower RecordDict; these are the names of its records. A request carries the
+# stage's settings (CONFIG, the wire form of a TrainingSpec extension) and, by stage, the global
+# weights (ARRAYS), the merged statistics (STATS, as JSON) or the synthetic sample to score
+# (SYNTHETIC, as Parquet). A reply carries the site's weights (ARRAYS), its public or DP metrics
+# (METRICS), who it is and how it answered (SITE), its ledger report (LEDGER) and, by stage, its
+# noisy histograms (STATS) or evaluation (EVALUATION), JSON-encoded.
+ARRAYS, CONFIG, STATS, SYNTHETIC = "arrays", "config", "stats", "synthetic"
+METRICS, SITE, LEDGER, EVALUATION = "metrics", "site", "ledger", "evaluation"
+_JSON, _PARQUET = "json", "parquet"
+_FITINS_CONFIG = "fitins.config"  # how Flower's legacy FitIns is stored in a RecordDict
+
+
+def _json_record(value) -> "ConfigRecord":
+    from flwr.app import ConfigRecord
+
+    return ConfigRecord({_JSON: value if isinstance(value, str) else json.dumps(value)})
+
+
+def _read_json(content, name: str):
+    record = content.config_records.get(name)
+    if record is None or _JSON not in record:
+        return None
+    return json.loads(str(record[_JSON]))
+
+
+@dataclass
+class Request:
+    """A stage's request, coordinator -> site."""
+
+    config: dict
+    weights: list = field(default_factory=list)
+    stats_json: str | None = None
+    synthetic: bytes | None = None
+
+    def records(self):
+        import numpy as np
+        from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+        records = {ARRAYS: ArrayRecord([np.asarray(w) for w in self.weights]),
+                   CONFIG: ConfigRecord(dict(self.config))}
+        if self.stats_json is not None:
+            records[STATS] = _json_record(self.stats_json)
+        if self.synthetic is not None:
+            records[SYNTHETIC] = ConfigRecord({_PARQUET: self.synthetic})
+        return RecordDict(records)
+
+    @classmethod
+    def from_content(cls, content) -> "Request":
+        """Raises KeyError / ValueError for a request that lacks its settings."""
+        if CONFIG not in content.config_records:
+            raise KeyError("the request carries no settings")
+        arrays = content.array_records.get(ARRAYS)
+        stats = content.config_records.get(STATS)
+        synthetic = content.config_records.get(SYNTHETIC)
+        return cls(dict(content.config_records[CONFIG]),
+                   arrays.to_numpy_ndarrays() if arrays is not None and len(arrays) else [],
+                   str(stats[_JSON]) if stats is not None and _JSON in stats else None,
+                   bytes(synthetic[_PARQUET]) if synthetic is not None and _PARQUET in synthetic
+                   else None)
+
+
+@dataclass
+class Reply:
+    """A site's answer to a stage, site -> coordinator (a refusal is an error reply instead)."""
+
+    weights: list
+    metrics: dict
+    info: dict = field(default_factory=dict)   # SITE: "site" (its name), "replayed", sources
+    ledger: dict = field(default_factory=dict)
+    stats: dict | None = None       # the statistics stage: TableStats.to_dict()
+    evaluation: dict | None = None  # the evaluation stage: scores and DP histograms
+
+    def records(self):
+        import numpy as np
+        from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+        records = {
+            ARRAYS: ArrayRecord([np.asarray(w) for w in self.weights]),
+            METRICS: MetricRecord({k: v for k, v in self.metrics.items()
+                                   if isinstance(v, (int, float))}),
+            SITE: ConfigRecord(self.info),
+            LEDGER: _json_record(self.ledger),
+        }
+        for name in (STATS, EVALUATION):
+            if getattr(self, name) is not None:
+                records[name] = _json_record(getattr(self, name))
+        return RecordDict(records)
+
+    @classmethod
+    def from_content(cls, content) -> "Reply":
+        """Raises ValueError naming the record that is not readable."""
+        arrays = content.array_records.get(ARRAYS)
+        out = cls(arrays.to_numpy_ndarrays() if arrays is not None else [],
+                  dict(content.metric_records.get(METRICS, {})),
+                  dict(content.config_records.get(SITE, {})))
+        for name in (LEDGER, STATS, EVALUATION):
+            try:
+                value = _read_json(content, name)
+            except ValueError:
+                raise ValueError(f"unreadable {name} record") from None
+            if value is not None:
+                setattr(out, name, value)
+        return out
+
+
+# -- SecAgg+ rounds: Flower's legacy FitIns / FitRes, which its SecAgg+ workflow and mod speak ---
+
+def is_secure_request(content) -> bool:
+    return _FITINS_CONFIG in content.config_records
+
+
+def secure_fitins(weights: list, config: dict, stats_json: str):
+    """The FitIns of a SecAgg+ round: the merged statistics travel in its config."""
+    from flwr.common import FitIns, ndarrays_to_parameters
+
+    return FitIns(ndarrays_to_parameters(weights), {**config, SECAGG_STATS_KEY: stats_json})
+
+
+def read_secure_request(content) -> Request:
+    from flwr.common import parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+
+    fitins = compat.recorddict_to_fitins(content, keep_input=True)
+    config = dict(fitins.config)
+    stats_json = config.pop(SECAGG_STATS_KEY, None)
+    if not isinstance(stats_json, str):
+        raise ValueError("the secure round carries no merged statistics")
+    return Request(config, parameters_to_ndarrays(fitins.parameters), stats_json)
+
+
+def secure_reply_records(update: list, reply: Reply):
+    """The reply Flower's mod masks: FitRes with the update (a displacement) weighted by the
+    site's size; metrics, site info and ledger ride in its metrics (the mod keeps no config
+    records, and the coordinator's workflow hands on only the FitRes)."""
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+    from flwr.compat.common import recorddict_compat as compat
+
+    carried = {k: v for k, v in {**reply.metrics, **reply.info}.items()
+               if isinstance(v, (bool, int, float, str))}
+    carried[LEDGER] = json.dumps(reply.ledger)
+    fitres = FitRes(Status(Code.OK, "ok"), ndarrays_to_parameters(update),
+                    int(round(reply.metrics["num-examples"])), carried)
+    return compat.fitres_to_recorddict(fitres, keep_input=True)
+
+
+def read_secure_reply(fitres) -> Reply:
+    """A site's unmasked FitRes metadata (its update is only ever seen inside the sum)."""
+    metrics = dict(fitres.metrics)
+    info = {"site": str(metrics.pop("site", "")),
+            "replayed": bool(metrics.pop("replayed", False))}
+    ledger = json.loads(str(metrics.pop(LEDGER, "{}")))
+    numbers = {k: v for k, v in metrics.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return Reply([], numbers, info, ledger)

@@ -26,7 +26,7 @@ import pandas as pd
 from ..common.evaluation.grids import column_grid
 from ..common.evaluation.pooled import SiteEvaluation
 from ..common.schema import Schema
-from ..common.wire import EVALUATE_MESSAGE
+from ..common.wire import EVALUATE_MESSAGE, Request
 
 MAX_BINS = 256  # a histogram grid beyond this is not one the study asked for
 
@@ -93,9 +93,8 @@ def evaluation_stage(grid, run, training_id: str, schema: Schema, synthetic: pd.
     events.write("evaluation_started", nodes=nodes, rows=out.rows, digest=out.digest)
     wire = run.round_wire(training_id, run.num_rounds, schema.fingerprint(), stage="evaluate",
                           synthetic_digest=out.digest)
-    results = exchange(grid, nodes, [], wire, run.num_rounds, run, names,
-                       message_type=EVALUATE_MESSAGE, group="evaluate",
-                       extra={"synthetic": {"parquet": sample}}, transcript=transcript)
+    results = exchange(grid, nodes, Request(wire, synthetic=sample), run.num_rounds, run, names,
+                       message_type=EVALUATE_MESSAGE, group="evaluate", transcript=transcript)
     for r in results:
         if r.status == "ok":
             problem = evaluation_problem(r.evaluation, schema)

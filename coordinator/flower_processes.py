@@ -89,8 +89,8 @@ def wait_for_port(host: str, port: int, timeout: float, proc: "ManagedProcess | 
 
 def format_node_config(config: Mapping[str, object]) -> str:
     """`{'site-config': '/a b/site.toml', 'x': 3}` -> `site-config="/a b/site.toml" x=3`: the
-    format flwr parses with a regex then TOML (flwr/common/config.py:parse_config_args), so a
-    string value is a quoted TOML string and cannot itself contain a double quote."""
+    format flwr parses with a regex then TOML (flwr/common/config.py:parse_config_args): a
+    string value is a quoted TOML string, a literal ('...') one when it holds double quotes."""
     parts = []
     for key, value in config.items():
         if isinstance(value, bool):
@@ -99,10 +99,12 @@ def format_node_config(config: Mapping[str, object]) -> str:
             text = repr(value)
         elif isinstance(value, (str, Path)):
             value = str(value)
-            if '"' in value or "\\" in value or "\n" in value:
-                raise ValueError(f"node-config value for {key!r} cannot contain quotes, "
-                                 f"backslashes or newlines: {value!r}")
-            text = f'"{value}"'
+            if "\n" in value or ("'" in value and ('"' in value or "\\" in value)):
+                raise ValueError(f"node-config value for {key!r} cannot contain newlines, or a "
+                                 f"single quote beside a double quote or backslash: {value!r}")
+            # A TOML literal string ('...') carries double quotes and backslashes as they are
+            # (a family's `model` setting is JSON).
+            text = f"'{value}'" if '"' in value or "\\" in value else f'"{value}"'
         else:
             raise TypeError(f"node-config value for {key!r} must be str, int, float or bool")
         if not key or any(c.isspace() or c == "=" for c in key):

@@ -26,6 +26,7 @@ model size, local steps, timeouts, evaluation.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from ..common.schema import Schema, SchemaError
+from ..common.wire import model_setting
 from .admin_service import RunEvent, StudyInfo
 from .checkpoint import CheckpointStore
 from .federation import APP_DIR
@@ -353,18 +355,30 @@ def _last_lines(text: str, n: int) -> list[str]:
 # -- configuration -------------------------------------------------------------------------------
 
 def parse_settings(items: list[str]) -> dict[str, object]:
-    """`["local-steps=40", "family=cvae", "evaluate=false"]` -> typed values (TOML literals;
-    anything that is not one is taken as a string)."""
+    """`["local-steps=40", "family=cvae", "model.hidden=64", "evaluate=false"]` -> typed values
+    (TOML literals; anything that is not one is taken as a string). `model.KEY` settings are the
+    family's hyperparameters: they are gathered into the run config's one `model` setting."""
     out: dict[str, object] = {}
+    model: dict[str, object] = {}
     for item in items:
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key:
             raise ValueError(f"run config {item!r}: expected KEY=VALUE")
         try:
-            out[key] = tomllib.loads(f"v = {value}")["v"]
+            typed = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:
-            out[key] = value
+            typed = value
+        if key.startswith("model."):
+            model[key.removeprefix("model.")] = typed
+        else:
+            out[key] = typed
+    if model:
+        try:
+            given = json.loads(str(out.get("model") or "{}"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"run config model: not a JSON mapping ({e})") from None
+        out["model"] = model_setting({**given, **model})
     return out
 
 

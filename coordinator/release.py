@@ -54,12 +54,13 @@ def build_generator(run, schema: Schema, stats: TableStats):
     """The generator exactly as every site builds it for this training (agent/site_job.py)."""
     import torch
 
-    from ..common.generators.base import build
+    from ..common.generators import registry
     from ..common.transforms import TableTransformer
 
     torch.set_num_threads(_threads())
     transformer = TableTransformer(schema, stats, max_bins=run.max_bins)
-    return build(run.family, transformer, seed=run.seed, device="cpu", **run.hyperparameters)
+    return registry.build(run.family, transformer, run.hyperparameters, seed=run.seed,
+                          device="cpu")
 
 
 def initial_weights(run, schema: Schema, stats: TableStats) -> list[np.ndarray]:
@@ -105,6 +106,7 @@ class Sample:
     seconds: float
     checkpoint: Checkpoint
     stats: TableStats
+    model: dict  # the family's own description (Generator.describe) for the manifest
 
 
 def sample_release(run, store: CheckpointStore, schema: Schema, start: dict) -> Sample:
@@ -118,7 +120,8 @@ def sample_release(run, store: CheckpointStore, schema: Schema, start: dict) -> 
     n = int(run.release_rows) or max(1, round(stats.noisy_rows()))
     t0 = time.perf_counter()
     frame = generator.sample(n, seed=run.seed + 1)
-    return Sample(frame, run.seed + 1, time.perf_counter() - t0, ckpt, stats)
+    return Sample(frame, run.seed + 1, time.perf_counter() - t0, ckpt, stats,
+                  generator.describe())
 
 
 def write_release(run, store: CheckpointStore, schema: Schema, start: dict, sample: Sample,
@@ -130,7 +133,7 @@ def write_release(run, store: CheckpointStore, schema: Schema, start: dict, samp
 
     ckpt, stats = sample.checkpoint, sample.stats
     out = run.release_path
-    write_table(sample.frame, out / DATA_FILE)
+    write_table(sample.frame, out / DATA_FILE, schema)  # in the table's own spellings
     data_sha = hashlib.sha256((out / DATA_FILE).read_bytes()).hexdigest()
 
     rounds = []
@@ -162,9 +165,7 @@ def write_release(run, store: CheckpointStore, schema: Schema, start: dict, samp
         "data": {"file": DATA_FILE, "rows": len(sample.frame), "columns": list(sample.frame.columns),
                  "sha256": data_sha, "sample_seed": sample.seed,
                  "sampling_seconds": round(sample.seconds, 2)},
-        "model": {"family": run.family, "hyperparameters": run.hyperparameters,
-                  "parameters": int(sum(w.size for w in ckpt.weights)),
-                  "weights_sha256": weights_sha, "init_seed": run.seed},
+        "model": sample.model | {"weights_sha256": weights_sha, "init_seed": run.seed},
         "training": {
             "rounds": ckpt.round,
             "steps_per_round": run.local_steps,
@@ -174,8 +175,8 @@ def write_release(run, store: CheckpointStore, schema: Schema, start: dict, samp
             "proximal_mu": run.proximal_mu,
             "weights": "each site's DP row estimate from its statistics stage (or its declared "
                        "public size)",
-            "dp": "DP-SGD at every site (Opacus, Poisson sampling, flat per-sample clipping), "
-                  "noise calibrated once per site for the whole schedule",
+            "dp": f"at every site: {sample.model['training']}; noise calibrated once per "
+                  "site for the whole schedule",
         },
         "participation": rounds,
         "statistics": {

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..common.wire import SECAGG_CONFIGS, SECAGG_STATS_KEY
+from ..common.wire import SECAGG_CONFIGS, read_secure_reply, secure_fitins
 from .strategy import SiteResult
 
 
@@ -151,15 +151,16 @@ def secure_round(grid, nodes: list[int], weights: list[np.ndarray], wire: dict, 
     did not complete) and one SiteResult per node (an "ok" result carries no weights: there are
     none to see)."""
     from flwr.app import ConfigRecord, Context, RecordDict
-    from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.common import parameters_to_ndarrays
     from flwr.compat.common import recorddict_compat as compat
     from flwr.server.compat.legacy_context import LegacyContext
     from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 
     if not weights:
         raise ValueError("secure aggregation needs the global weights to start from")
-    parameters = ndarrays_to_parameters(weights)
-    strategy = _round_strategy(nodes, FitIns(parameters, {**wire, SECAGG_STATS_KEY: stats_json}))
+    fitins = secure_fitins(weights, wire, stats_json)
+    parameters = fitins.parameters
+    strategy = _round_strategy(nodes, fitins)
     context = LegacyContext(Context(run_id=0, node_id=0, node_config={}, state=RecordDict(),
                                     run_config={}), strategy=strategy)
     context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: rnd})
@@ -189,18 +190,12 @@ def secure_round(grid, nodes: list[int], weights: list[np.ndarray], wire: dict, 
 
 
 def _site_result(node: int, fitres, last_reply, names: dict[str, str], stage: str) -> SiteResult:
-    import json
-
     name = names.get(str(node), f"node-{node}")
     if fitres is not None:
-        metrics = dict(fitres.metrics)
-        name = str(metrics.pop("site", name))
-        ledger = json.loads(str(metrics.pop("ledger", "{}")))
-        numbers = {k: v for k, v in metrics.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        return SiteResult(node, name, "ok", num_examples=float(fitres.num_examples),
-                          metrics=numbers, info={"replayed": bool(metrics.get("replayed", False))},
-                          ledger=ledger)
+        out = read_secure_reply(fitres)
+        return SiteResult(node, out.info["site"] or name, "ok",
+                          num_examples=float(fitres.num_examples), metrics=out.metrics,
+                          info={"replayed": out.info["replayed"]}, ledger=out.ledger)
     if last_reply is not None and last_reply.has_error():
         return SiteResult.from_error(node, name, last_reply.error, " (secure aggregation)")
     return SiteResult(node, name, "missing",

@@ -44,7 +44,9 @@ from ..common.atomic import atomic_write_text
 from ..common.bundled import ADULT_SCHEMA
 from ..common.schema import Schema
 from ..common.stats import TableStats, cell_labels, histogram_columns
-from ..common.wire import STATS_MESSAGE, TRAIN_MESSAGE, TrainingSpec, fields_from_wire
+from ..common.wire import (
+    STATS_MESSAGE, TRAIN_MESSAGE, Reply, Request, TrainingSpec, fields_from_wire,
+)
 from .checkpoint import CheckpointStore
 from .strategy import FedAvg, QuorumNotReached, SiteResult
 
@@ -101,6 +103,7 @@ class StudyRun(TrainingSpec):
     secagg_clipping_range: float = 0.0   # 0: the update bound (TrainingSpec.max_update)
 
     def __post_init__(self) -> None:
+        self.hyperparameters  # noqa: B018  (a bad model setting fails the run before any stage)
         if self.population not in POPULATIONS:
             raise ValueError(f"population must be one of {POPULATIONS}, not {self.population!r}")
         if self.secure_aggregation and self.min_sites < 2:
@@ -168,23 +171,17 @@ def wait_for_nodes(grid, run: "StudyRun", want: int, need: int, timeout: float,
         time.sleep(poll)
 
 
-def exchange(grid, nodes: list[int], weights: list[np.ndarray], wire: dict, rnd: int,
-             run: StudyRun, names: dict[str, str], *, message_type: str = TRAIN_MESSAGE,
-             extra: dict[str, dict] | None = None, transcript=None,
+def exchange(grid, nodes: list[int], request: Request, rnd: int, run: StudyRun,
+             names: dict[str, str], *, message_type: str = TRAIN_MESSAGE, transcript=None,
              group: str | None = None) -> list[SiteResult]:
-    """One round trip to `nodes`; returns one classified SiteResult per node. `extra`: more
-    ConfigRecords to send (name -> content); `transcript`: where every reply is recorded."""
-    from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+    """One round trip of `request` to `nodes`; returns one classified SiteResult per node.
+    `transcript`: where every reply is recorded."""
+    from flwr.app import Message
 
     messages = []
     for node in nodes:
-        records = {
-            "arrays": ArrayRecord([np.asarray(w) for w in weights]) if weights else ArrayRecord(),
-            "config": ConfigRecord(dict(wire)),
-            **{name: ConfigRecord(dict(content)) for name, content in (extra or {}).items()},
-        }
         # TTL = round timeout: a node that comes back later must not train on a stale round.
-        messages.append(Message(RecordDict(records), dst_node_id=node, message_type=message_type,
+        messages.append(Message(request.records(), dst_node_id=node, message_type=message_type,
                                 group_id=group or f"round-{rnd}", ttl=run.round_timeout + 30))
     ids = list(grid.push_messages(messages))
     pending = {mid: node for mid, node in zip(ids, nodes) if mid}
@@ -241,23 +238,14 @@ def _read_reply(node: int, reply, names: dict[str, str]) -> SiteResult:
     name = names.get(str(node), f"node-{node}")
     if reply.has_error():
         return SiteResult.from_error(node, name, reply.error)
-    content = reply.content
-    info = dict(content.config_records.get("site", {}))
-    metrics = dict(content.metric_records.get("metrics", {}))
-    arrays = content.array_records.get("arrays")
-    result = SiteResult(
-        node, str(info.get("site", name)), "ok",
-        weights=arrays.to_numpy_ndarrays() if arrays is not None else [],
-        num_examples=float(metrics.get("num-examples", 0)), metrics=metrics, info=info,
-    )
     try:
-        for key in ("ledger", "stats", "evaluation"):
-            record = content.config_records.get(key)
-            if record is not None and "json" in record:
-                setattr(result, key, json.loads(str(record["json"])))
-    except ValueError:
-        result.status, result.reason = "invalid", f"unreadable {key} record"
-    return result
+        out = Reply.from_content(reply.content)
+    except ValueError as e:
+        return SiteResult(node, name, "invalid", reason=str(e))
+    return SiteResult(node, str(out.info.get("site", name)), "ok", weights=out.weights,
+                      num_examples=float(out.metrics.get("num-examples", 0)),
+                      metrics=out.metrics, info=out.info, ledger=out.ledger, stats=out.stats,
+                      evaluation=out.evaluation)
 
 
 def record_transcript(reply) -> dict:
@@ -326,7 +314,7 @@ def statistics_stage(grid, run: StudyRun, training_id: str, schema: Schema,
     nodes = run.study_nodes(grid)
     events.write("stats_started", nodes=nodes, training_id=training_id)
     fingerprint = schema.fingerprint()
-    results = exchange(grid, nodes, [], run.round_wire(training_id, 0, fingerprint), 0, run,
+    results = exchange(grid, nodes, Request(run.round_wire(training_id, 0, fingerprint)), 0, run,
                        names, message_type=STATS_MESSAGE, transcript=transcript)
     parts: dict[str, TableStats] = {}
     for r in results:
@@ -466,9 +454,8 @@ def run_study(grid, run: StudyRun) -> dict:
 # A round: the sites' classified results, and how to pool them (raises QuorumNotReached) once
 # the caller has recorded them.
 def _plain_round(grid, nodes, weights, wire, start, rnd, run, sizes, names, store, strategy):
-    results = exchange(grid, nodes, weights, wire, rnd, run, names,
-                       extra={"stats": {"json": start["stats_json"]}},
-                       transcript=store.transcript)
+    results = exchange(grid, nodes, Request(wire, weights, start["stats_json"]), rnd, run,
+                       names, transcript=store.transcript)
     for r in _with_statistics(results, sizes):
         r.num_examples = sizes[r.site]  # fixed by the statistics stage, whatever a reply claims
     reference = _reference_shapes(weights, results)

@@ -3,8 +3,8 @@
 Why our own (small) strategy instead of `flwr.serverapp.strategy.FedAvg`: the pooled model must
 survive coordinator restarts (checkpoint + resume), a round must finish with the sites that
 answered when enough did, and every refusal or absence must be recorded with the site's name and
-reason. Flower's strategies log a failure count and move on (DESIGN.md: "failures look like
-success"). The arithmetic is FedAvg; everything else is bookkeeping that Flower does not do.
+reason. Flower's strategies log a failure count and move on (docs/ARCHITECTURE.md: "failures
+look like success"). The arithmetic is FedAvg; everything else is bookkeeping that Flower does not do.
 
 Weights: a site's weight is the row total of the noisy histograms it released in the training's
 statistics stage (already charged to its ledger; coordinator/server_app.py fixes it there and

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from .commands import admin, demo, evaluate, release, schema, simulate, synth
+from .commands import admin, demo, evaluate, families, release, schema, simulate, synth
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Federated, differentially private synthetic data.")
@@ -15,6 +15,7 @@ app.command("synth")(synth.synth)
 app.command("evaluate")(evaluate.evaluate_command)
 app.command("demo")(demo.demo)
 app.command("simulate")(simulate.simulate)
+app.command("families")(families.families)
 for _name, _sub in admin.APPS:  # coordinator, sites, studies, train, releases, audit
     app.add_typer(_sub, name=_name)
 

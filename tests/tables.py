@@ -18,6 +18,10 @@ import numpy as np
 import pandas as pd
 
 from synthpool.common.schema import Schema
+from synthpool.common.wire import model_setting
+
+# The default family at its smallest, for tests of the protocol rather than the model.
+TINY_MODEL = model_setting({"hidden": 16})
 
 CLINIC_TABLE = "clinic"
 CLINIC_QUERY = f"SELECT * FROM {CLINIC_TABLE}"

@@ -7,7 +7,7 @@ agent registers its key with the one-time token, the admin approves, which admit
 SuperLink). The study is created through the API with the Adult schema as YAML text; the sites
 pinned `bundled:adult` in their site.toml, and the fingerprints must agree for them to train.
 
-Tiny settings (1200 rows per site, a CVAE of 32 hidden units, 2 DP-SGD steps a round, no
+Tiny settings (1200 rows per site, a model of 16 hidden units a column, 2 DP-SGD steps a round, no
 evaluation): the first test takes about 1.5-2.5 minutes on 2 cores, the stop test under one more.
 """
 
@@ -35,7 +35,7 @@ ROWS = 1200
 SITES = ("s0", "s1")
 # The operator's training settings for every run (serve-admin --run-config); the study decides
 # the rest (name, schema, epsilon, rounds, rows, population, sites).
-SETTINGS = ["local-steps=2", "hidden=32", "depth=1", "latent=4", "evaluate=false",
+SETTINGS = ["local-steps=2", "model.hidden=16", "evaluate=false",
             "node-wait-timeout=60.0", "round-timeout=120.0", "straggler-grace=3.0",
             "poll-interval=0.3"]
 

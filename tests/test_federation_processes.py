@@ -3,7 +3,7 @@
 flwr-clientapp per message), runs submitted with `flwr run deploy/app CONN --stream`.
 
 One federation serves the whole module (starting one costs ~20 s on 2 cores) and every run is
-tiny (2000 rows per site, a CVAE of 16 hidden units, 3 DP-SGD steps a round); a stage still
+tiny (2000 rows per site, 16 hidden units a column, 3 DP-SGD steps a round); a stage still
 takes 15-35 s here because each message starts a fresh ClientApp process that imports flwr,
 pandas and opacus/torch. Every training starts with the statistics stage (one more round trip).
 The tests run in file order: the last one kills a site. Budget: about 4 minutes for the file.
@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from tables import TINY_MODEL
 from synthpool.agent.ledger import Ledger
 from synthpool.common.bundled import ADULT_TRAIN
 from synthpool.common.privacy import ALPHAS, GaussianMechanism, epsilon_of
@@ -30,8 +31,8 @@ DELTA = 1e-5
 ROWS = 2000
 STATS_SIGMA = 5.0
 RUN = {"min-sites": 2, "expected-sites": 3, "noise-multiplier": 2.0,
-       "stats-noise-multiplier": STATS_SIGMA, "local-steps": 3, "hidden": 16, "depth": 1,
-       "latent": 4, "release-rows": 300, "straggler-grace": 5.0, "round-timeout": 150.0,
+       "stats-noise-multiplier": STATS_SIGMA, "local-steps": 3, "model": TINY_MODEL,
+       "release-rows": 300, "straggler-grace": 5.0, "round-timeout": 150.0,
        "node-wait-timeout": 90.0, "poll-interval": 0.3, "evaluate": False}
 
 

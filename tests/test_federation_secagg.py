@@ -15,6 +15,7 @@ import json
 import numpy as np
 import pytest
 
+from tables import TINY_MODEL
 from synthpool.agent.site_state import SiteState
 from synthpool.common.bundled import ADULT_TRAIN
 from synthpool.coordinator.checkpoint import CheckpointStore
@@ -25,8 +26,8 @@ pytestmark = REAL_FLOWER_PROCESSES
 
 ROWS = 2000
 RUN = {"study": "adult", "num-rounds": 1, "min-sites": 2, "expected-sites": 3,
-       "noise-multiplier": 2.0, "stats-noise-multiplier": 5.0, "local-steps": 3, "hidden": 16,
-       "depth": 1, "latent": 4, "release-rows": 300, "round-timeout": 75.0,
+       "noise-multiplier": 2.0, "stats-noise-multiplier": 5.0, "local-steps": 3, "model": TINY_MODEL,
+       "release-rows": 300, "round-timeout": 75.0,
        "node-wait-timeout": 90.0, "poll-interval": 0.3, "evaluate": False,
        "secure-aggregation": True}
 

@@ -9,6 +9,8 @@ import importlib.util
 
 import pytest
 
+from tables import TINY_MODEL
+
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                 reason="flwr[simulation] (Ray) is not installed")
 
@@ -32,7 +34,7 @@ def test_simulation_engine_runs_the_same_apps(tmp_path):
         configs.append(str(write_site_config(tmp_path / spec.name / "site.toml", spec,
                                              tmp_path / spec.name / "state", "simulation", 1)))
     run = StudyRun(study="adult", checkpoint_dir=str(tmp_path / "ckpt"), num_rounds=1,
-                   local_steps=2, hidden=16, depth=1, latent=4, release_rows=100,
+                   local_steps=2, model=TINY_MODEL, release_rows=100,
                    noise_multiplier=2.0, stats_noise_multiplier=5.0, expected_sites=3,
                    min_sites=3, node_wait_timeout=120, round_timeout=240, poll_interval=0.2)
     run_simulation(make_server_app(run), make_client_app(SimulatedSites(tuple(configs))), 3)

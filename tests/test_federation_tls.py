@@ -13,6 +13,7 @@ import subprocess
 
 import pytest
 
+from tables import TINY_MODEL
 from synthpool.common.bundled import ADULT_TRAIN
 from synthpool.coordinator.federation import LocalFederation, SiteSpec, split_rows
 from synthpool.coordinator.flower_processes import LOOPBACK, bin_dir
@@ -22,7 +23,7 @@ from processes import REAL_FLOWER_PROCESSES
 pytestmark = REAL_FLOWER_PROCESSES
 
 ROWS = 1200
-RUN = {"study": "adult", "num-rounds": 1, "local-steps": 2, "hidden": 16, "depth": 1, "latent": 4,
+RUN = {"study": "adult", "num-rounds": 1, "local-steps": 2, "model": TINY_MODEL,
        "release-rows": 200, "noise-multiplier": 2.0, "stats-noise-multiplier": 5.0,
        "evaluate": False, "min-sites": 2, "expected-sites": 2, "node-wait-timeout": 60.0,
        "round-timeout": 120.0, "straggler-grace": 3.0, "poll-interval": 0.3}

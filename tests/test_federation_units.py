@@ -15,6 +15,7 @@ import pytest
 from flwr.app import Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from tables import TINY_MODEL
 from synthpool.agent import client_app, site_job
 from synthpool.agent.ledger import Ledger
 from synthpool.agent.site_state import SiteState
@@ -107,8 +108,8 @@ def write_site(tmp_path, name, data, eps=3.0, extra="") -> str:
 
 
 DECLARED = 'size = "declared"\ndeclared_rows = 1500'
-# A tiny CVAE and 3 DP-SGD steps a round: the protocol is under test here, not the model.
-TINY = dict(local_steps=3, hidden=16, depth=1, latent=4, release_rows=300)
+# A tiny model and 3 DP-SGD steps a round: the protocol is under test here, not the model.
+TINY = dict(local_steps=3, model=TINY_MODEL, release_rows=300)
 STATS_SIGMA = 5.0
 
 
@@ -157,14 +158,18 @@ def test_app_run_config_matches_study_run():
     assert cfg["components"] == {"serverapp": "synthpool.coordinator.server_app:app",
                                  "clientapp": "synthpool.agent.client_app:app"}
     defaults = StudyRun.from_run_config({**cfg["config"], "checkpoint-dir": "/x"})
-    assert (defaults.num_rounds * defaults.local_steps, defaults.family) == (480, "cvae")
+    assert (defaults.num_rounds * defaults.local_steps, defaults.family) == (480, "autoregressive")
 
 
 def test_node_config_format():
     assert format_node_config({"site-config": "/a b/s.toml", "n": 3, "f": True}) == \
         'site-config="/a b/s.toml" n=3 f=true'
+    from flwr.common.config import parse_config_args
+
+    text = format_node_config({"model": '{"hidden":16}', "p": "C:\\x", "s": "a b"})
+    assert parse_config_args([text]) == {"model": '{"hidden":16}', "p": "C:\\x", "s": "a b"}
     with pytest.raises(ValueError):
-        format_node_config({"x": 'say "hi"'})
+        format_node_config({"x": 'it\'s "hi"'})
 
 
 # -- strategy and checkpoints --------------------------------------------------------------------
@@ -453,7 +458,8 @@ def test_release_manifest_reports_the_sites_ledgers(tmp_path, adult_slices):
                                          for r in (1, 2)]
     assert manifest["schema"]["fingerprint"] == SiteState.from_config_path(
         configs[1]).schema.fingerprint()
-    assert manifest["model"]["family"] == "cvae" and manifest["training"]["rounds"] == 2
+    assert manifest["model"]["family"] == "autoregressive" and manifest["training"]["rounds"] == 2
+    assert manifest["model"]["column_order"][0] == "income"  # the target first
     data = pd.read_csv(run.release_path / "synthetic.csv")
     assert len(data) == TINY["release_rows"] and data.columns[-1] == "income"
     assert set(data["income"]) <= {"<=50K", ">50K"}

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from tables import TINY_MODEL
 from synthpool.common.bundled import ADULT_SCHEMA
 from synthpool.common.schema import Schema
 from synthpool.coordinator.admin_service import SiteInfo, StudyInfo
@@ -38,7 +39,7 @@ def _runner(tmp_path, **kw) -> FlowerRunner:
 
 
 def test_the_run_config_is_the_study_and_reads_as_a_studyrun(tmp_path):
-    runner = _runner(tmp_path, settings={"local-steps": 5, "min-sites": 2, "hidden": 32})
+    runner = _runner(tmp_path, settings={"local-steps": 5, "min-sites": 2, "model": TINY_MODEL})
     config = runner.run_config(_study(overlap="overlapping"), schema_path=tmp_path / "s.yaml",
                                checkpoint_dir=tmp_path / "ckpt", release_dir=tmp_path / "rel")
     run = StudyRun.from_run_config(config)
@@ -46,7 +47,7 @@ def test_the_run_config_is_the_study_and_reads_as_a_studyrun(tmp_path):
         ("adult", 3.0, 4, 500)
     assert run.population == "overlap"  # the admin API's "overlapping": the sum guarantee
     assert (run.expected_sites, run.min_sites) == (3, 2)
-    assert (run.local_steps, run.hidden) == (5, 32)
+    assert (run.local_steps, run.hyperparameters.hidden) == (5, 16)
     assert run.schema == str(tmp_path / "s.yaml")
     assert run.release_dir == str(tmp_path / "rel")
     assert run.signing_key == str(tmp_path / "release.key")
@@ -69,9 +70,10 @@ def test_operator_settings_cannot_override_the_study_and_must_be_app_settings(tm
     with pytest.raises(ValueError, match="min-sites"):
         _runner(tmp_path, settings={"min-sites": 0})
     assert parse_settings(["local-steps=40", "family=cvae", "evaluate=false",
-                           "learning-rate=0.002", 'schema-note="a b"']) == {
+                           "learning-rate=0.002", 'schema-note="a b"', "model.hidden=32",
+                           "model.beta=0.5"]) == {
         "local-steps": 40, "family": "cvae", "evaluate": False, "learning-rate": 0.002,
-        "schema-note": "a b"}
+        "schema-note": "a b", "model": '{"beta":0.5,"hidden":32}'}
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_settings(["local-steps"])
 

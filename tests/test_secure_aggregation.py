@@ -13,9 +13,8 @@ import uuid
 import numpy as np
 import pytest
 
-from synthpool.agent.secure_aggregation import (
-    fitres_records, read_fitins, secure_aggregation_mod, update_of,
-)
+from synthpool.agent.secure_aggregation import secure_aggregation_mod, update_of
+from synthpool.common.wire import Reply, read_secure_request, secure_reply_records
 from synthpool.coordinator.secure_aggregation import SecAggSettings, secure_round
 
 @pytest.fixture(autouse=True)
@@ -87,11 +86,12 @@ def _site(name: str, update: list[np.ndarray], refuse: bool = False):
         if refuse:
             return Message(Error(code=1001, reason=f"site {name} refuses: over its budget"),
                            reply_to=msg)
-        global_weights, wire, stats = read_fitins(msg.content)
-        assert json.loads(stats) == {"merged": True} and wire["round"] == 1
-        local = [g + u for g, u in zip(global_weights, update)]
-        return Message(fitres_records(update_of(global_weights, local, 1.0), SIZES[name],
-                                      {"epsilon-spent": 1.5}, {"site": name}, {"epsilon": 1.5}),
+        req = read_secure_request(msg.content)
+        assert json.loads(req.stats_json) == {"merged": True} and req.config["round"] == 1
+        local = [g + u for g, u in zip(req.weights, update)]
+        reply = Reply(local, {"num-examples": SIZES[name], "epsilon-spent": 1.5}, {"site": name},
+                      {"epsilon": 1.5})
+        return Message(secure_reply_records(update_of(req.weights, local, 1.0), reply),
                        reply_to=msg)
 
     return lambda msg, ctxt: secure_aggregation_mod(msg, ctxt, train)

@@ -107,7 +107,7 @@ def test_token_draws_follow_each_columns_softmax():
     never leaves a column's block (also for a uniform at the very top of the CDF)."""
     import torch
 
-    from synthpool.common.generators.cvae import draw_tokens
+    from synthpool.common.generators.tokens import draw_tokens
 
     gen = torch.Generator().manual_seed(0)
     logits = torch.tensor([[2.0, 0.0, -1.0, 0.5, 3.0, -2.0]])  # blocks of 3, 1 and 2 tokens

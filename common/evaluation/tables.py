@@ -158,6 +158,9 @@ def _read_fallback(path: Path, schema: Schema) -> pd.DataFrame:
         dtype=str,
         compression="infer",
     )
+    if not csv.header and len(raw) and \
+            [str(v) for v in raw.iloc[0]] == list(schema.source_columns):
+        raw = raw.iloc[1:].reset_index(drop=True)  # a release's own header line (table_io)
     for name in schema.names:
         col = schema.column(name)
         if isinstance(col, NumericColumn):
@@ -182,7 +185,9 @@ def conform(df: pd.DataFrame, schema: Schema) -> pd.DataFrame:
         if isinstance(col, NumericColumn):
             out[name] = pd.to_numeric(s, errors="coerce").astype("float64")
         elif isinstance(col, BooleanColumn):
-            out[name] = s.map(_to_bool).astype(object)
+            words = {col.true: True, col.false: False} if col.spelled else {}
+            out[name] = s.map(lambda v: words.get(v, _to_bool(v))
+                              if isinstance(v, str) else _to_bool(v)).astype(object)
         else:
             out[name] = s.map(lambda v: np.nan if _isna(v) else str(v)).astype(object)
     return pd.DataFrame(out, index=df.index).reset_index(drop=True)

@@ -1,20 +1,29 @@
 """The one interface every generator family implements.
 
-A family is one module in this package that registers itself with `register`. The rest of
-synthpool (single-site synthesis, the site's Flower ClientApp, the coordinator's sampler) only
-talks to this protocol, so a new model family needs no change anywhere else.
+A family is a class (usually one module) that subclasses `Generator`. Nothing else in synthpool
+knows a family: single-site synthesis, the site's ClientApp, the coordinator's update check and
+sampler, and the manifests all go through this interface and the registry
+(common/generators/registry.py), so a new family, even one in a package installed beside
+synthpool, needs no change anywhere else.
+
+A family's life, as in SDV's synthesizers: built from the schema's transformer (which fixes the
+token layout) and its own validated hyperparameters -> `fit_steps` under DP-SGD -> get/set
+weights (the federation averages them) -> `sample`, decoded by the same transformer.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Protocol
+from typing import Callable, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..transforms import TableTransformer
+from ..update_bound import max_displacement
 
 
 @dataclass(frozen=True)
@@ -38,47 +47,69 @@ class TrainStats:
 ProgressFn = Callable[[int, int, float], None]  # (step, total_steps, loss)
 
 
-class Generator(Protocol):
+class Hyperparameters(BaseModel):
+    """A family's own settings, validated wherever they arrive (CLI, run config, wire): unknown
+    keys and out-of-range values are refused with the field's name. Every family trained by
+    DP-SGD has a learning rate; the federation may override it (FedAvg of noisy updates wants a
+    larger step than one site alone)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lr: float = Field(2e-3, gt=0, le=1)
+
+
+class Generator(ABC):
+    """Base of every family. Subclasses set `family` and `Hyperparameters` and implement the
+    abstract methods; `self.net` (an nn.Module holding every trained weight) gives weights for
+    free."""
+
     family: ClassVar[str]
-    transformer: TableTransformer
+    Hyperparameters: ClassVar[type[Hyperparameters]] = Hyperparameters
+    # What trains the weights, for the manifest (a reader must know what the epsilon covers).
+    training: ClassVar[str] = ("DP-SGD (Opacus): Poisson sampling, flat per-sample clipping by "
+                               "ghost clipping, Gaussian noise; Adam")
 
-    def fit_steps(
-        self,
-        encoded: torch.Tensor,
-        dp: DPSGDConfig,
-        progress: ProgressFn | None = None,
-        proximal_mu: float = 0.0,
-    ) -> TrainStats:
-        """Train on rows already encoded by `self.transformer` under DP-SGD. `proximal_mu` > 0
-        adds FedProx's proximal term towards the weights held when the call started."""
-        ...
+    net: torch.nn.Module
 
-    def get_weights(self) -> list[np.ndarray]: ...
+    def __init__(self, transformer: TableTransformer, hyperparameters: Hyperparameters, *,
+                 seed: int = 0, device: str = "cpu") -> None:
+        self.transformer = transformer
+        self.hp = hyperparameters
+        self.seed, self.device = seed, device
 
-    def set_weights(self, weights: list[np.ndarray]) -> None: ...
+    @abstractmethod
+    def fit_steps(self, encoded: torch.Tensor, dp: DPSGDConfig, progress: ProgressFn | None = None,
+                  proximal_mu: float = 0.0) -> TrainStats:
+        """Exactly `dp.steps` DP-SGD steps on rows encoded by `self.transformer` (the ledger was
+        charged for them). `proximal_mu` > 0 adds FedProx's pull towards the starting weights."""
 
-    def sample(self, n: int, conditions: dict[str, str] | None = None) -> pd.DataFrame:
+    @abstractmethod
+    def sample(self, n: int, conditions: dict[str, str] | None = None,
+               seed: int | None = None) -> pd.DataFrame:
         """`n` rows in the schema's types; `conditions` fixes the target, e.g. {"income": ">50K"}."""
-        ...
 
+    @classmethod
+    def max_update(cls, hyperparameters: Hyperparameters, local_steps: int) -> float:
+        """The most one round of `local_steps` can move any weight: the coordinator rejects plain
+        updates beyond it and SecAgg+ quantizes into it (common/update_bound.py). This default
+        holds for one Adam optimizer over all weights, as `common.dp_training.dp_sgd` runs."""
+        return max_displacement(hyperparameters.lr, local_steps)
 
-_FAMILIES: dict[str, type] = {}
+    def describe(self) -> dict:
+        """The manifest's `model` entry: what a reader needs to know what was trained."""
+        return {"family": self.family, "hyperparameters": self.hp.model_dump(),
+                "training": self.training,
+                "parameters": int(sum(p.numel() for p in self.net.parameters()))}
 
+    def get_weights(self) -> list[np.ndarray]:
+        return [v.detach().cpu().numpy().copy() for v in self.net.state_dict().values()]
 
-def register(cls: type) -> type:
-    _FAMILIES[cls.family] = cls
-    return cls
-
-
-def build(family: str, transformer: TableTransformer, *, seed: int = 0,
-          device: str = "cpu", **hyperparameters) -> Generator:
-    from . import cvae  # noqa: F401  (registers the built-in family)
-
-    try:
-        cls = _FAMILIES[family]
-    except KeyError:
-        raise ValueError(f"unknown generator family {family!r}; known: {sorted(_FAMILIES)}") from None
-    return cls(transformer, seed=seed, device=device, **hyperparameters)
+    def set_weights(self, weights: list[np.ndarray]) -> None:
+        keys = list(self.net.state_dict().keys())
+        if len(weights) != len(keys):
+            raise ValueError(f"expected {len(keys)} weight arrays, got {len(weights)}")
+        state = {k: torch.as_tensor(w) for k, w in zip(keys, weights)}
+        self.net.load_state_dict(state, strict=True)
 
 
 def resolve_device(device: str) -> str:

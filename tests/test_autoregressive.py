@@ -1,0 +1,101 @@
+"""The default family's behaviour (its quality at scale is benchmarks/generators.py's business):
+it keeps dependence between columns, samples conditionally on the target (a rare class too),
+handles every column kind the schema has, and takes its column order from public or DP
+information only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from synthpool.common.generators import registry
+from synthpool.common.loading import load_table
+from synthpool.common.planning import TrainingPlan
+from synthpool.common.schema import Schema
+from synthpool.common.stats import collect_stats
+from synthpool.common.synthesis import train_single_site
+from synthpool.common.transforms import TableTransformer
+
+from tables import make_clinic_table, write_table
+
+PAIRS = {"a": "w", "b": "x", "c": "y", "d": "z"}
+SCHEMA = Schema.from_dict({
+    "name": "pairs", "target": "label",
+    "columns": [
+        {"name": "first", "kind": "categorical", "categories": list(PAIRS)},
+        {"name": "noise", "kind": "categorical", "categories": ["p", "q", "r"]},
+        {"name": "second", "kind": "categorical", "categories": list(PAIRS.values())},
+        {"name": "label", "kind": "categorical", "categories": ["common", "rare"]},
+    ]})
+
+
+def pairs_table(n: int, seed: int = 0) -> pd.DataFrame:
+    """`second` is a function of `first`; the rare label (5%) almost always has first == 'd'."""
+    rng = np.random.default_rng(seed)
+    label = np.where(rng.random(n) < 0.05, "rare", "common")
+    first = np.where(label == "rare", np.where(rng.random(n) < 0.9, "d", "a"),
+                     rng.choice(["a", "b", "c", "d"], size=n, p=[0.4, 0.3, 0.25, 0.05]))
+    return pd.DataFrame({"first": first, "noise": rng.choice(["p", "q", "r"], size=n),
+                         "second": [PAIRS[f] for f in first], "label": label}, dtype=object)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    df = pairs_table(4000)
+    # A generous budget: the model's ability is under test, not the noise.
+    res = train_single_site(SCHEMA, df, epsilon=30.0, delta=1e-5, seed=0, device="cpu",
+                            plan=TrainingPlan(steps=300, sample_rate=0.1))
+    return df, res
+
+
+def test_keeps_a_dependence_between_two_columns(trained):
+    _, res = trained
+    syn = res.generator.sample(4000, seed=1)
+    agree = (syn["second"] == syn["first"].map(PAIRS)).mean()
+    assert agree > 0.9, agree  # independent columns would agree about 30% of the time
+    assert res.manifest["model"]["family"] == registry.DEFAULT_FAMILY == "autoregressive"
+
+
+def test_samples_conditionally_on_a_rare_target_class(trained):
+    df, res = trained
+    rare = res.generator.sample(2000, conditions={"label": "rare"}, seed=2)
+    assert set(rare["label"]) == {"rare"}
+    assert (rare["first"] == "d").mean() > 0.6  # real rare rows: 90% 'd'; all rows: about 10%
+    prior = res.generator.sample(4000, seed=3)
+    assert 0.01 < (prior["label"] == "rare").mean() < 0.12  # the DP prior of the real 5%
+    with pytest.raises(ValueError, match="only the target"):
+        res.generator.sample(10, conditions={"first": "a"})
+
+
+def test_every_column_kind_round_trips_through_the_schema(tmp_path):
+    df, schema = make_clinic_table(3000, seed=11)
+    res = train_single_site(schema, df, epsilon=20.0, delta=1e-5, seed=0, device="cpu",
+                            plan=TrainingPlan(steps=200, sample_rate=0.1))
+    syn = res.generator.sample(3000, seed=4)
+    # What comes out passes the same validation as real rows (kinds, bounds, integers, missing).
+    syn.insert(0, "patient_id", "P")  # the schema drops it; the loader wants it present
+    back, _ = load_table(write_table(syn, tmp_path / "syn.parquet"), schema)
+    assert len(back) == 3000
+    assert abs((syn["charges"] == 0).mean() - (df["charges"] == 0).mean()) < 0.08  # point mass
+    assert (syn["age"] % 1 == 0).all()                                           # integer
+    assert 0.02 < syn["smoker"].isna().mean() < 0.2 and 0.02 < syn["bmi"].isna().mean() < 0.2
+    assert set(syn["diabetic"].dropna()) <= {True, False}
+
+
+def test_column_order_comes_from_the_dp_statistics_not_the_rows():
+    df, schema = make_clinic_table(2000, seed=1)
+    stats = collect_stats(schema, df, 2.0, np.random.default_rng(0))
+    other_rows = make_clinic_table(2000, seed=2)[0]
+    orders = []
+    for rows in (df, other_rows):  # the transformer never sees rows; the order is of the stats
+        t = TableTransformer(schema, stats)
+        gen = registry.build("autoregressive", t, {"order": "entropy"})
+        t.encode(rows)
+        orders.append(gen.describe()["column_order"])
+    assert orders[0] == orders[1]
+    assert orders[0][0] == schema.target and sorted(orders[0]) == sorted(schema.names)
+    schema_order = registry.build("autoregressive", TableTransformer(schema, stats)).describe()
+    assert schema_order["column_order"] == [schema.target] + [
+        n for n in schema.names if n != schema.target]
+    assert schema_order["column_order_source"] == "schema"
