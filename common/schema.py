@@ -56,6 +56,12 @@ class NumericColumn(_Column):
         for p in self.point_masses:
             if not self.lower <= p <= self.upper:
                 raise ValueError(f"column {self.name!r}: point mass {p} outside bounds")
+        # A repeated value would be a cell of its own twice: a row holding it would count in
+        # both, so the histograms' sensitivity would be sqrt(2), not the 1 they are noised for.
+        repeated = sorted({p for p in self.point_masses if self.point_masses.count(p) > 1})
+        if repeated:
+            raise ValueError(f"column {self.name!r}: point masses repeat: "
+                             f"{', '.join(f'{p:g}' for p in repeated)}")
         return self
 
 

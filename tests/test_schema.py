@@ -29,6 +29,9 @@ def test_fingerprint_changes_with_bounds():
         ({"name": "x", "target": "b", "columns": [{"name": "a", "kind": "boolean"}]}, "target 'b' is not a column"),
         ({"name": "x", "columns": [{"name": "a", "kind": "categorical", "categories": ["u", "u"]}]}, "categories repeat"),
         ({"name": "x", "columns": [{"name": "a", "kind": "text"}]}, "kind"),
+        # A repeated point mass would count a row in two cells (sensitivity sqrt 2, not 1).
+        ({"name": "x", "columns": [{"name": "a", "kind": "numeric", "lower": -1, "upper": 9,
+                                    "point_masses": [0, -1, 0.0]}]}, "point masses repeat: 0"),
         ([1, 2], "a schema is a mapping"),
     ],
 )
