@@ -243,6 +243,13 @@ class ReleaseRecord:
 
 
 @dataclass(frozen=True)
+class AdminTokenRecord:
+    name: str
+    created_at: float
+    revoked_at: float | None
+
+
+@dataclass(frozen=True)
 class AuditRecord:
     id: int
     at: float
@@ -372,12 +379,25 @@ class State:
                                                       created_at=self.clock()))
         return token
 
+    def list_admin_tokens(self) -> list[AdminTokenRecord]:
+        """Every admin token ever made (names and dates; the tokens themselves are not kept)."""
+        with self.transaction() as conn:
+            rows = conn.execute(sa.select(admin_tokens.c.name, admin_tokens.c.created_at,
+                                          admin_tokens.c.revoked_at)
+                                .order_by(admin_tokens.c.created_at, admin_tokens.c.name))
+            return [AdminTokenRecord(r.name, r.created_at, r.revoked_at) for r in rows]
+
     def revoke_admin_token(self, name: str) -> None:
         with self.transaction() as conn:
-            done = conn.execute(admin_tokens.update().where(admin_tokens.c.name == name)
+            done = conn.execute(admin_tokens.update().where(admin_tokens.c.name == name,
+                                                            admin_tokens.c.revoked_at.is_(None))
                                 .values(revoked_at=self.clock())).rowcount
-        if not done:
-            raise NotFound(f"no admin token {name!r}")
+            if not done:
+                known = conn.execute(sa.select(admin_tokens.c.name)
+                                     .where(admin_tokens.c.name == name)).first()
+                if known is None:
+                    raise NotFound(f"no admin token {name!r}")
+                raise Precondition(f"admin token {name!r} is already revoked")
 
     def admin_for_token(self, token: str) -> str | None:
         """The name of the admin token `token` is, if it exists and is not revoked."""

@@ -183,10 +183,16 @@ def _api_command(app: typer.Typer, name: Optional[str] = None, public: bool = Fa
             as_json = kwargs.pop("as_json")
             if conn["ca"] is None:
                 _fail(as_json, "CONFIG", f"--ca (or {ENV}CA) is required: the coordinator's "
-                                         "CA certificate")
+                                         "CA certificate, pki/ca.pem in its state dir. "
+                                         "`synthpool coordinator init` prints the "
+                                         f"`export {ENV}...` lines to paste "
+                                         "(deploy/OPERATOR.md, \"Connect the admin CLI\")")
             if not public and not conn["token"] and not conn["cert"]:
                 _fail(as_json, "CONFIG", f"an admin credential is required: --token "
-                                         f"({ENV}TOKEN) or --cert/--key")
+                                         f"({ENV}TOKEN; `synthpool coordinator init` printed the "
+                                         "first one, `coordinator add-token NAME` makes more) "
+                                         f"or --cert/--key ({ENV}CERT/{ENV}KEY, pki/admin.pem "
+                                         "and admin.key, on the mTLS port 50052)")
             try:
                 client = AdminClient(conn["coordinator"], conn["ca"],
                                      token=None if public else conn["token"],
@@ -276,17 +282,57 @@ def coordinator_init(
             token = None
         state.record_audit(f"local:{getpass.getuser()}", "CoordinatorInit",
                            {"hosts": host, "admin_token_created": token is not None}, "OK")
-    data = {"state_dir": str(state_dir), **pki.as_dict(), "admin_token": token}
+    data = {"state_dir": str(state_dir), **pki.as_dict(), "admin_token": token,
+            "environment": connection_environment(pki.ca_cert, token)}
+
     def human() -> None:
         print(f"coordinator initialised in {state_dir}")
         for k, v in pki.as_dict().items():
             print(f"  {k:20} {v}")
         if token:
-            print(f"admin token (shown once, store it safely): {token}")
+            print(f"admin token 'admin' (shown once, store it safely): {token}")
         else:
-            print("admin token 'admin' already exists (not shown again; add one with "
-                  "`coordinator add-token`)")
+            print("admin token 'admin' already exists (not shown again; make another with "
+                  f"`synthpool coordinator add-token NAME --state-dir {state_dir}`)")
+        print()
+        print(connection_instructions(pki, token))
     _out(as_json, data, human)
+
+
+def connection_environment(ca: Path, token: Optional[str],
+                           coordinator: str = DEFAULT_COORDINATOR) -> dict:
+    """The environment the admin CLI reads (see the module doc), for the admin API's default
+    address on this host."""
+    env = {ENV + "COORDINATOR": coordinator, ENV + "CA": str(ca)}
+    if token:
+        env[ENV + "TOKEN"] = token
+    return env
+
+
+def connection_instructions(pki, token: Optional[str]) -> str:
+    """What `coordinator init` prints after the files: the exact lines that make every admin
+    command (`sites`, `studies`, `train`, `releases`, `audit`) work on this host."""
+    import shlex
+
+    lines = ["The admin CLI (sites, studies, train, releases, audit) talks to the admin API "
+             "(`synthpool coordinator serve-admin`, 127.0.0.1:50051 by default). Paste these "
+             "lines into the shell you run it from:"]
+    for name, value in connection_environment(pki.ca_cert, token).items():
+        lines.append(f"export {name}={shlex.quote(value)}")
+    if not token:
+        lines.append(f"export {ENV}TOKEN=...   # the token you stored, or a new one from "
+                     "`synthpool coordinator add-token NAME`")
+    lines += [
+        "Or, instead of the token, the admin certificate on the mTLS port:",
+        f"export {ENV}COORDINATOR=127.0.0.1:50052 {ENV}CERT={shlex.quote(str(pki.admin_cert))} "
+        f"{ENV}KEY={shlex.quote(str(pki.admin_key))}",
+        f"{pki.pki_dir} is readable by this account only: another account (or another host) "
+        "needs its own copy of ca.pem, e.g. `install -m 0644 "
+        f"{shlex.quote(str(pki.ca_cert))} /etc/synthpool/ca.pem`, and "
+        f"{ENV}CA pointing at that copy. From another host, {ENV}COORDINATOR is "
+        "HOST:50051 with a HOST given to `init --host` (and serve-admin --listen on it).",
+    ]
+    return "\n".join(lines)
 
 
 @coordinator_app.command("serve-admin")
@@ -315,7 +361,8 @@ def coordinator_serve_admin(
              "the coordinator image has it at /opt/synthpool/app)."),
     run_config: List[str] = typer.Option(
         [], "--run-config", help="KEY=VALUE training setting for every study's Flower run "
-                                 "(repeatable), e.g. local-steps=160, hidden=256, evaluate=false, "
+                                 "(repeatable), e.g. local-steps=160, family=cvae, "
+                                 "model.hidden=256 (a family's hyperparameter), evaluate=false, "
                                  "min-sites=2. The study's own settings cannot be overridden."),
     run_timeout: Optional[float] = typer.Option(
         None, "--run-timeout", help="Stop and fail a training still running after this many "
@@ -334,6 +381,15 @@ def coordinator_serve_admin(
     from synthpool.coordinator.flower_processes import SuperLinkAccess
     from synthpool.coordinator.flower_runner import parse_settings, runner_for_coordinator
 
+    from synthpool.coordinator.pki import CoordinatorPKI
+    from synthpool.doctor import RENEW_CA, RENEW_SERVER, expiry_warning
+
+    pki = CoordinatorPKI(state_dir)
+    for path, what, renew in ((pki.server_cert, "the server certificate", RENEW_SERVER),
+                              (pki.ca_cert, "the CA certificate", RENEW_CA)):
+        warning = expiry_warning(path, what, renew)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
     fleet = SuperLinkAccess(superlink_flwr_home) if superlink_flwr_home else None
     try:
         if runner:
@@ -366,6 +422,32 @@ def coordinator_serve_admin(
             training.close()
 
 
+@coordinator_app.command("doctor")
+def coordinator_doctor(
+    state_dir: Path = path_option(..., "--state-dir", help="The coordinator's state folder."),
+    host: List[str] = typer.Option([], "--host", help="A name sites or administrators dial "
+                                   "(repeatable): the server certificate must name it."),
+    database_url: Optional[str] = typer.Option(None, "--database-url",
+                                               envvar="SYNTHPOOL_DATABASE_URL"),
+    listen: str = typer.Option("127.0.0.1:50051", "--listen",
+                               help="serve-admin's --listen (the TLS port)."),
+    mtls_listen: str = typer.Option("127.0.0.1:50052", "--mtls-listen",
+                                    help="serve-admin's --mtls-listen ('' for none)."),
+    offline: bool = typer.Option(False, "--offline",
+                                 help="Do not ask the SuperLink which keys it holds."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Check the coordinator (on its host, as its account): files and key modes, certificates
+    (names, expiry; a warning under 30 days), the release key pair, admin tokens, sites
+    (approved, registered at the SuperLink, waiting), studies (trained once = budget spent),
+    and the admin API and SuperLink ports. Exit 1 if a check failed."""
+    from synthpool.doctor import coordinator_checks, report
+
+    findings = coordinator_checks(state_dir, hosts=host, database_url=database_url,
+                                  listen=listen, mtls_listen=mtls_listen, online=not offline)
+    raise typer.Exit(report(f"synthpool coordinator doctor: {state_dir}", findings, as_json))
+
+
 @coordinator_app.command("add-token")
 def coordinator_add_token(
     name: str = typer.Argument(..., help="Who the token is for (shown in the audit log)."),
@@ -384,7 +466,57 @@ def coordinator_add_token(
             _fail(as_json, "ALREADY_EXISTS", str(e))
         state.record_audit(f"local:{getpass.getuser()}", "AddAdminToken",
                            {"name": name}, "OK")
-    _out(as_json, {"name": name, "token": token}, lambda: print(token))
+    _out(as_json, {"name": name, "token": token}, lambda: print(
+        f"{token}\n(shown once) use it as: export {ENV}TOKEN={token}"))
+
+
+@coordinator_app.command("list-tokens")
+def coordinator_list_tokens(
+    state_dir: Path = path_option(..., "--state-dir", exists=True, file_okay=False),
+    database_url: Optional[str] = typer.Option(None, "--database-url",
+                                               envvar="SYNTHPOOL_DATABASE_URL"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """List the admin bearer tokens by name (the tokens themselves are not stored)."""
+    from synthpool.coordinator.state import State
+
+    with State.open(state_dir, database_url) as state:
+        tokens = state.list_admin_tokens()
+    rows = [{"name": t.name, "created_at": t.created_at, "revoked_at": t.revoked_at}
+            for t in tokens]
+
+    def stamp(t: Optional[float]) -> str:
+        import time
+
+        return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+    _out(as_json, rows, lambda: _table(
+        [[t.name, stamp(t.created_at), "revoked " + stamp(t.revoked_at) if t.revoked_at
+          else "active"] for t in tokens], ["NAME", "CREATED (UTC)", "STATUS"]))
+
+
+@coordinator_app.command("revoke-token")
+def coordinator_revoke_token(
+    name: str = typer.Argument(..., help="The token's name (`coordinator list-tokens`)."),
+    state_dir: Path = path_option(..., "--state-dir", exists=True, file_okay=False),
+    database_url: Optional[str] = typer.Option(None, "--database-url",
+                                               envvar="SYNTHPOOL_DATABASE_URL"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Revoke an admin bearer token: the admin API refuses it from its next call on (no
+    restart needed). Its name stays taken; make a new token under another name."""
+    from synthpool.coordinator.state import State, StateError
+
+    with State.open(state_dir, database_url) as state:
+        try:
+            state.revoke_admin_token(name)
+        except StateError as e:
+            state.record_audit(f"local:{getpass.getuser()}", "RevokeAdminToken",
+                               {"name": name}, e.code, str(e))
+            _fail(as_json, e.code, str(e))
+        state.record_audit(f"local:{getpass.getuser()}", "RevokeAdminToken",
+                           {"name": name}, "OK")
+    _out(as_json, {"name": name, "revoked": True}, lambda: print(
+        f"revoked admin token {name!r}: the admin API refuses it from now on"))
 
 
 @coordinator_app.command("add-admin-cert")
@@ -441,12 +573,27 @@ def sites_list(client, as_json):
 @_api_command(sites_app, "approve")
 def sites_approve(client, as_json,
                   name: str = typer.Argument(...),
-                  fingerprint: str = typer.Option("", "--fingerprint",
-                                                  help="Approve only if the registered key has "
-                                                       "this fingerprint (confirm it with the "
-                                                       "site out of band).")):
-    """Approve a registered site's key."""
+                  fingerprint: str = typer.Option(..., "--fingerprint",
+                                                  help="The fingerprint the site's "
+                                                       "administrator read out to you (by phone, "
+                                                       "never from the same channel as the "
+                                                       "key): approval fails unless the "
+                                                       "registered key has it, also for a site "
+                                                       "approved before.")):
+    """Approve a registered site's key, after checking its fingerprint with the site."""
+    fingerprint = fingerprint.strip()
+    if not fingerprint:
+        _fail(as_json, "CONFIG", "--fingerprint must not be empty: ask the site for the "
+                                 "fingerprint `synthpool-agent enroll` printed")
     r = client.ApproveSite(pb.ApproveSiteRequest(name=name, expected_fingerprint=fingerprint))
+    # The API approves an already approved site without comparing again: compare here, so a
+    # re-approval with the wrong fingerprint is never reported as a success.
+    if r.public_key_fingerprint != fingerprint:
+        _fail(as_json, "FAILED_PRECONDITION",
+              f"site {r.name!r} is {_enum(pb.SiteStatus, r.status, 'SITE_STATUS_')} with key "
+              f"{r.public_key_fingerprint or '(none)'}, not {fingerprint}: check the "
+              "fingerprint with the site; if the approved key is not theirs, "
+              f"`synthpool sites revoke {r.name}` and invite them again")
     _out(as_json, _dict(r), lambda: print(f"approved {r.name} (key {r.public_key_fingerprint})"))
 
 
@@ -586,16 +733,59 @@ def train_watch(client, as_json,
                 after: int = typer.Option(0, "--after", help="Only events after this seq.")):
     """Follow a run's progress until it ends; exit 1 if it failed."""
     last = None
+    lines = WatchLines()
     for ev in client.WatchTraining(pb.WatchTrainingRequest(study=study, run_id=run_id,
                                                            after_seq=after)):
         last = ev.kind
         if as_json:
             print(json.dumps(_dict(ev), sort_keys=True), flush=True)
         else:
-            where = f"round {ev.round}" if ev.kind == "round" else ev.kind
-            print(f"{_when(ev.at)}  {where:>10}  {ev.message}", flush=True)
+            line = lines.line(ev)
+            if line is not None:
+                print(line, flush=True)
     if last == "failed":
         raise typer.Exit(1)
+
+
+class WatchLines:
+    """`train watch`'s human lines: each round with every site's epsilon (what its ledger
+    reported) and the release's, and a SecAgg+ protocol stage only when it changes (Flower's
+    workflow may enter one stage several times; the repeats say nothing new)."""
+
+    def __init__(self) -> None:
+        self._stage: Optional[tuple] = None
+
+    def line(self, ev) -> Optional[str]:
+        try:
+            details = json.loads(ev.details_json or "{}")
+        except ValueError:
+            details = {}
+        if not isinstance(details, dict):
+            details = {}
+        where = f"round {ev.round}" if ev.kind == "round" else ev.kind
+        text = ev.message
+        if details.get("event") == "secagg_stage":
+            stage = (ev.round, details.get("stage"))
+            if stage == self._stage:
+                return None
+            self._stage = stage
+            where = f"round {ev.round}"
+            text = (f"SecAgg+ stage {details.get('stage', '?')} with "
+                    f"{len(details.get('nodes') or [])} site(s)")
+        elif ev.kind == "round":
+            text += _epsilon_text(details)
+        return f"{_when(ev.at)}  {where:>10}  {text}"
+
+
+def _epsilon_text(details: dict) -> str:
+    by_site = details.get("epsilon_by_site") or {}
+    if not isinstance(by_site, dict) or not by_site:
+        return ""
+    sites = ", ".join(f"{name} {float(eps):.3f}" for name, eps in sorted(by_site.items()))
+    out = f"; epsilon spent: {sites}"
+    if details.get("epsilon_spent") is not None:
+        out += f" (release {float(details['epsilon_spent']):.3f})"
+    return out
 
 
 # -- releases ------------------------------------------------------------------------------------
@@ -604,9 +794,19 @@ def train_watch(client, as_json,
 def releases_list(client, as_json, study: str = typer.Option("", "--study")):
     """List releases (optionally of one study)."""
     r = client.ListReleases(pb.ListReleasesRequest(study=study))
-    _out(as_json, _dict(r)["releases"], lambda: _table(
-        [[x.name, x.study or "-", _when(x.created_at), str(x.files), str(x.bytes)]
-         for x in r.releases], ["NAME", "STUDY", "CREATED", "FILES", "BYTES"]))
+
+    def human() -> None:
+        _table([[x.name, x.study or "-", _when(x.created_at), str(x.files), str(x.bytes)]
+                for x in r.releases], ["NAME", "STUDY", "CREATED", "FILES", "BYTES"])
+        if r.releases:
+            print(RELEASE_FILES_NOTE)
+    _out(as_json, _dict(r)["releases"], human)
+
+
+#: How `releases list` and `releases verify`/`download` count files, said by both.
+RELEASE_FILES_NOTE = ("FILES counts every file of the release, manifest.json and manifest.sig "
+                      "included; `releases verify` counts the files the signed manifest lists "
+                      "(all but those two).")
 
 
 @_api_command(releases_app, "download")
@@ -632,7 +832,8 @@ def releases_download(client, as_json,
     _out(as_json, data, lambda: print(
         f"downloaded {name} to {folder}" + (
             "" if not public_key else
-            f"; signature and {data['verification']['files_checked']} file hashes OK"
+            f"; signature OK and the {data['verification']['files_checked']} files the "
+            "manifest lists match their hashes (manifest.json and manifest.sig not counted)"
             if data["verification"]["ok"] else
             "; VERIFICATION FAILED:\n  " + "\n  ".join(data["verification"]["problems"]))))
     if public_key and not data["verification"]["ok"]:
@@ -644,7 +845,9 @@ def releases_verify(client, as_json, name: str = typer.Argument(...)):
     """Have the coordinator check a release's signature and hashes; exit 1 if they fail."""
     r = client.VerifyRelease(pb.VerifyReleaseRequest(name=name))
     _out(as_json, _dict(r), lambda: print(
-        f"OK: {r.files_checked} files match the signed manifest" if r.ok else
+        f"OK: signature valid; the {r.files_checked} files the signed manifest lists match "
+        "their hashes (manifest.json and manifest.sig themselves not counted: `releases list` "
+        f"shows {r.files_checked + 2})" if r.ok else
         "FAILED:\n  " + "\n  ".join(r.problems)))
     if not r.ok:
         raise typer.Exit(1)
