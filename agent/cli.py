@@ -4,6 +4,7 @@
                                                  make this site's key pair, register its public key
     synthpool-agent run --config site.toml       join the federation (caps applied first)
     synthpool-agent ledger --state-dir DIR       what has been spent on this site's rows
+    synthpool-agent doctor --config site.toml    check config, data, key, certificates, budgets
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ def run(config: Path = path_option(..., "--config", "-c", exists=True, dir_okay=
     except ConfigError as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(2) from None
+    if not cfg.superlink.insecure:
+        from ..doctor import expiry_warning
+
+        warning = expiry_warning(cfg.superlink.root_certificates, "the coordinator's CA "
+                                 "certificate", "get its new ca.pem from the coordinator's "
+                                 "administrator")
+        if warning:
+            typer.echo(f"[synthpool-agent] site {cfg.name}: {warning}", err=True)
     try:
         code = daemon.run(cfg)
     except FileNotFoundError as e:
@@ -58,14 +67,27 @@ def enroll(config: Path = path_option(..., "--config", "-c", exists=True, dir_ok
     except ConfigError as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(2) from None
-    public = identity.ensure_node_key(cfg.state_dir)
+    from .daemon import enroll_command
+
+    try:
+        public = identity.ensure_node_key(cfg.state_dir)
+    except OSError as e:
+        typer.echo(f"site {cfg.name}: cannot write the site's key under {cfg.state_dir}: {e}. "
+                   "Run enroll as the account the agent runs as, after creating its state dir "
+                   "(systemd: `install -d -m 0700 -o synthpool-agent -g synthpool-agent "
+                   f"{cfg.state_dir}`, then `sudo -u synthpool-agent synthpool-agent enroll ...`)",
+                   err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"site {cfg.name}: key {identity.key_path(cfg.state_dir)}")
     typer.echo(f"public key: {public}")
     typer.echo(f"fingerprint: {ssh_key_fingerprint(public)}")
     if token is None:
+        typer.echo("To register it with the coordinator: " + enroll_command(cfg))
         return
     if coordinator is None or ca is None:
-        typer.echo("--token needs --coordinator HOST:PORT and --ca FILE", err=True)
+        typer.echo("--token needs --coordinator HOST:PORT (the coordinator's admin API, port "
+                   "50051 by default) and --ca FILE (the coordinator's ca.pem), e.g.\n  "
+                   + enroll_command(cfg), err=True)
         raise typer.Exit(2)
     import grpc
 
@@ -82,6 +104,16 @@ def enroll(config: Path = path_option(..., "--config", "-c", exists=True, dir_ok
         channel.close()
     typer.echo(f"registered as {reply.site.name!r}; the coordinator's administrator must now "
                f"approve fingerprint {reply.site.public_key_fingerprint}")
+    typer.echo(restart_hint(cfg))
+
+
+def restart_hint(cfg) -> str:
+    """What enroll ends with: the agent reads the key only when it starts."""
+    return (f"Read that fingerprint to the coordinator's administrator (by phone); once they "
+            f"ran `synthpool sites approve {cfg.name} --fingerprint ...`, (re)start the agent: "
+            f"`systemctl restart synthpool-agent` (systemd), or `synthpool-agent run --config "
+            f"{cfg.path}` (without systemd). An agent started before the approval is refused "
+            "and says so.")
 
 
 @app.command()
@@ -124,6 +156,25 @@ def ledger(state_dir: Path = path_option(..., "--state-dir", exists=True, file_o
                              f"{m['sample_rate']:.3g}, {m['steps']} steps)" for m in c["mechanisms"])
             typer.echo(f"  {c['job_id']}: {c['epsilon_before']:.3f} -> {c['epsilon_after']:.3f}"
                        f"  [{mech}]")
+
+
+@app.command()
+def doctor(config: Path = path_option(..., "--config", "-c", exists=True, dir_okay=False,
+                                       help="The site's site.toml"),
+           study: str = typer.Option(None, "--study", help="Only this study's budget"),
+           epsilon: float = typer.Option(None, "--epsilon",
+                                         help="The study's epsilon (`synthpool studies get`): "
+                                              "warn when less than that is left"),
+           offline: bool = typer.Option(False, "--offline",
+                                        help="Do not connect to the coordinator"),
+           as_json: bool = typer.Option(False, "--json", help="Machine-readable output")) -> None:
+    """Check this site before (or while) it runs: site.toml, data file, state dir, key,
+    the coordinator's certificate (names, expiry; a warning under 30 days), the SuperNode's
+    local port, and each study's budget left. Exit 1 if a check failed."""
+    from ..doctor import report, site_checks
+
+    findings = site_checks(config, study=study, epsilon=epsilon, online=not offline)
+    raise typer.Exit(report(f"synthpool-agent doctor: {config}", findings, as_json))
 
 
 def main() -> None:

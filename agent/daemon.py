@@ -12,7 +12,11 @@ What it does, in order:
    against site.toml's [trust] (agent/fab_policy.py) and runs only the site's pinned ClientApp;
 4. supervise both: forward SIGTERM/SIGINT, and when either ends stop the other and exit with
    the SuperNode's exit code (restarting is the service manager's job: systemd
-   `Restart=on-failure`).
+   `Restart=on-failure`);
+5. read the SuperNode's log as it passes through (it is forwarded unchanged to the agent's
+   stderr) and, when the SuperNode ends because the coordinator refused its key, say so in one
+   synthpool sentence with the key's fingerprint (Flower says only "Exit Code: 305", or, for a
+   key revoked while connected, "SuperNode terminated gracefully").
 
 Both children are started with PR_SET_PDEATHSIG (Linux), so they die with the agent even when the
 agent is SIGKILLed: a site never keeps accepting work without the agent that configured it.
@@ -26,6 +30,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -36,6 +41,89 @@ from .lifeline import die_with_parent
 from .site_state import NODE_CONFIG_KEY
 
 LOCALHOST = "127.0.0.1"
+#: The admin API's TLS port, where a site enrolls (coordinator/admin_server.py DEFAULT_LISTEN).
+ENROLL_PORT = 50051
+#: Flower's exit code when the SuperNode cannot start its connection to the SuperLink
+#: (flwr.supercore.exit.ExitCode.SUPERNODE_CONNECTION_ERROR); the process itself exits 1.
+FLOWER_CONNECTION_ERROR = "Exit Code: 305"
+#: What the SuperLink answers a key it does not know (HTTP 412 "Failed to activate SuperNode")
+#: or a signature it does not accept (HTTP 401).
+KEY_REFUSED_MARKERS = ("Failed to activate SuperNode", "Invalid SuperNode authentication",
+                       "No SuperNode found", "401 Unauthorized", "412 Precondition Failed")
+
+
+def enroll_command(cfg: SiteConfig) -> str:
+    """The exact `synthpool-agent enroll` this site needs, from what site.toml already says: the
+    coordinator's host (its admin API's enrollment port) and its CA."""
+    host = cfg.superlink.address.rsplit(":", 1)[0] if ":" in cfg.superlink.address \
+        else cfg.superlink.address
+    ca = cfg.superlink.root_certificates or "ca.pem"
+    agent = Path(sys.executable).parent / "synthpool-agent"
+    return (f"{agent} enroll --config {cfg.path} --token TOKEN "
+            f"--coordinator {host}:{ENROLL_PORT} --ca {ca}")
+
+
+def no_key_message(cfg: SiteConfig) -> str:
+    key = identity.key_path(cfg.state_dir)
+    return (f"site {cfg.name}: no key yet ({key}), and [supernode] authenticate = true in "
+            f"{cfg.path} needs one. Enroll this site first, as the account the agent runs as "
+            f"(systemd: sudo -u synthpool-agent):\n  {enroll_command(cfg)}\n"
+            f"TOKEN comes from the coordinator's administrator (`synthpool sites invite "
+            f"{cfg.name}`); port {ENROLL_PORT} is the admin API's enrollment port. Read the "
+            "fingerprint enroll prints to that administrator, and once they approved it start "
+            "the agent again (systemd: `systemctl restart synthpool-agent`).")
+
+
+def key_fingerprint(cfg: SiteConfig) -> str:
+    from ..common.signing import ssh_key_fingerprint
+
+    try:
+        return ssh_key_fingerprint((Path(cfg.state_dir) / identity.PUBLIC_FILE).read_text())
+    except (OSError, ValueError, IndexError):
+        return "unknown (run `synthpool-agent enroll --config ...` to print it)"
+
+
+def key_refused_message(cfg: SiteConfig) -> str:
+    return (f"[synthpool-agent] site {cfg.name}: the coordinator did not accept this site's key "
+            f"(fingerprint {key_fingerprint(cfg)}): it is not approved yet, or it was revoked. "
+            "Contact the coordinator's administrator with this fingerprint; the agent exits "
+            "and is retried (systemd restarts it with growing pauses).")
+
+
+class SuperNodeLog:
+    """Forwards the SuperNode's output line by line and remembers what tells why it ended."""
+
+    def __init__(self, stream, out=None) -> None:
+        self.out = out
+        self.connection_error = False
+        self.reason: list[str] = []
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True,
+                                        name="supernode-log")
+        self._thread.start()
+
+    def _pump(self, stream) -> None:
+        after = 0
+        for line in stream:
+            out = self.out or sys.stderr
+            out.write(line)
+            out.flush()
+            if FLOWER_CONNECTION_ERROR in line:
+                self.connection_error, after = True, 6
+            elif after:
+                after -= 1
+                if line.strip():
+                    self.reason.append(line.strip())
+
+    def join(self, timeout: float = 5.0) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def key_refused(self) -> bool:
+        text = "\n".join(self.reason)
+        # "[code: N]": the SuperLink itself answered with one of Flower's API errors (a
+        # network failure, which Flower retries, never reads so).
+        return self.connection_error and (any(m in text for m in KEY_REFUSED_MARKERS)
+                                          or "[code:" in text)
 
 
 def supernode_argv(cfg: SiteConfig) -> list[str]:
@@ -55,8 +143,7 @@ def supernode_argv(cfg: SiteConfig) -> list[str]:
     if cfg.supernode.authenticate:
         key = identity.key_path(cfg.state_dir)
         if not key.exists():
-            raise FileNotFoundError(f"{key}: this site has no key yet; run `synthpool-agent enroll "
-                                    f"--config {cfg.path}` first")
+            raise FileNotFoundError(no_key_message(cfg))
         argv += ["--auth-supernode-private-key", str(key)]
     return argv + list(cfg.supernode.extra_args)
 
@@ -109,7 +196,10 @@ def run(cfg: SiteConfig) -> int:
     prepare(cfg).close()
     preexec = die_with_parent if sys.platform == "linux" else None
     env = supernode_env(cfg)
-    node = subprocess.Popen(supernode_argv(cfg), env=env, preexec_fn=preexec)
+    node = subprocess.Popen(supernode_argv(cfg), env=env, preexec_fn=preexec,
+                            stderr=subprocess.STDOUT, stdout=subprocess.PIPE, text=True,
+                            errors="replace", bufsize=1)
+    node_log = SuperNodeLog(node.stdout)
     try:
         executor = subprocess.Popen(executor_argv(cfg), env=env, preexec_fn=preexec)
     except OSError:
@@ -142,7 +232,31 @@ def run(cfg: SiteConfig) -> int:
         return _status(executor.returncode) or 1
     _stop(node)
     _stop(executor)
-    return _status(node.returncode)
+    node_log.join()
+    code = _status(node.returncode)
+    if stopping:
+        return code
+    if node_log.key_refused and cfg.supernode.authenticate:
+        print(key_refused_message(cfg), file=sys.stderr, flush=True)
+        return code or 1
+    if node_log.connection_error:
+        print(f"[synthpool-agent] site {cfg.name}: the SuperNode could not connect to the "
+              f"coordinator at {cfg.superlink.address}: "
+              f"{' '.join(node_log.reason[:2]) or 'see the lines above'}", file=sys.stderr,
+              flush=True)
+        return code or 1
+    if code == 0:
+        # Nobody asked it to stop: Flower's SuperNode stops itself ("terminated gracefully")
+        # when the SuperLink answers its heartbeat with 401, i.e. its key was unregistered.
+        revoked = (f" The coordinator refuses this site's key (fingerprint "
+                   f"{key_fingerprint(cfg)}) when it was revoked: if the agent's next start "
+                   "says the key was not accepted, contact the coordinator's administrator with "
+                   "this fingerprint.") if cfg.supernode.authenticate else ""
+        print(f"[synthpool-agent] site {cfg.name}: the SuperNode stopped on its own; the agent "
+              f"exits with status 1 so that it is restarted.{revoked}", file=sys.stderr,
+              flush=True)
+        return 1
+    return code
 
 
 def _status(returncode: int) -> int:
