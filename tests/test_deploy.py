@@ -54,6 +54,7 @@ UNITS = {"agent": DEPLOY / "systemd" / "synthpool-agent.service",
 ACCOUNT = {"agent": "agent", "coordinator": "coordinator", "admin": "coordinator"}
 START_SCRIPT = DEPLOY / "scripts" / "coordinator-start.sh"
 GATEWAY_TEMPLATE = DEPLOY / "docker" / "fleet-gateway.conf.template"
+GATEWAY_SCRIPT = DEPLOY / "scripts" / "gateway-conf.sh"
 SITES = ("site-a", "site-b", "site-c")
 GATEWAY_PORT = 9092
 
@@ -411,13 +412,19 @@ def _raw_request(port: int, method: str, target: str, body: bytes = b"",
     return status
 
 
-def _tls_variant(conf: str, state: Path) -> str:
-    """The template with its TLS lines switched on, as deploy/OPERATOR.md tells an operator to:
-    uncomment the ssl_* and proxy_ssl_* lines, https to the SuperLink, certificates from the
-    coordinator's state dir."""
-    conf = re.sub(r"^(\s*)# ((?:proxy_)?ssl_\w+ )", r"\1\2", conf, flags=re.M)
-    conf = conf.replace("proxy_pass http://", "proxy_pass https://")
-    return conf.replace("/var/lib/synthpool-coordinator", str(state))
+def _render_gateway(listen: str, superlink: str, pki: Path | None = None) -> str:
+    """The gateway config exactly as deploy/OPERATOR.md tells an operator to make it:
+    deploy/scripts/gateway-conf.sh, with --pki for TLS on both legs."""
+    argv = ["sh", str(GATEWAY_SCRIPT), "--listen", listen, "--superlink", superlink]
+    if pki is not None:
+        argv += ["--pki", str(pki)]
+    out = _run(argv)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def _active_lines(conf: str) -> str:
+    return "\n".join(ln for ln in conf.splitlines() if not ln.lstrip().startswith("#"))
 
 
 @pytest.fixture(params=["plain", "tls"])
@@ -435,7 +442,7 @@ def gateway(request, tmp_path):
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
     client = None
     listen = f"127.0.0.1:{_free_port()}"
-    conf = GATEWAY_TEMPLATE.read_text()
+    superlink = f"127.0.0.1:{upstream.server_address[1]}"
     if tls:
         from synthpool.coordinator.pki import init_coordinator
 
@@ -444,13 +451,16 @@ def gateway(request, tmp_path):
         server.load_cert_chain(pki.server_cert, pki.server_key)
         upstream.socket = server.wrap_socket(upstream.socket, server_side=True)
         client = ssl.create_default_context(cafile=str(pki.ca_cert))
-        conf = _tls_variant(conf, tmp_path / "coord")
-        listen += " ssl"
+        conf = _render_gateway(listen, superlink, pki.pki_dir)
+        assert "${SYNTHPOOL" not in conf
+    else:
+        # What the nginx image's envsubst step does with the two variables set in the compose
+        # file (the commented TLS lines keep ${SYNTHPOOL_PKI_DIR}).
+        conf = GATEWAY_TEMPLATE.read_text()
+        conf = conf.replace("${SYNTHPOOL_GATEWAY_LISTEN}", listen)
+        conf = conf.replace("${SYNTHPOOL_SUPERLINK}", superlink)
+        assert "${SYNTHPOOL" not in _active_lines(conf)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    # What the nginx image's envsubst step does with the two variables set in the compose file.
-    conf = conf.replace("${SYNTHPOOL_GATEWAY_LISTEN}", listen)
-    conf = conf.replace("${SYNTHPOOL_SUPERLINK}", f"127.0.0.1:{upstream.server_address[1]}")
-    assert "${SYNTHPOOL" not in conf
     assert bool(re.search(r"^\s*proxy_ssl_verify on;", conf, re.M)) == tls
     (tmp_path / "gateway.conf").write_text(conf)
     temp = "\n".join(f"  {k}_temp_path {tmp_path}/{k};" for k in
@@ -463,7 +473,7 @@ def gateway(request, tmp_path):
     assert check.returncode == 0, check.stderr
     proc = subprocess.Popen([nginx, "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    port = int(listen.split(":")[1].split()[0])
+    port = int(listen.split(":")[1])
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -542,3 +552,255 @@ def test_operator_guide_names_only_files_that_exist():
     assert paths
     missing = sorted(p for p in paths if not (ROOT / p).exists())
     assert not missing, missing
+
+
+# -- the guide's claims -----------------------------------------------------------------------------
+# An administrator runs the guide literally: its paths, order and commands must stay true.
+
+GUIDE = DEPLOY / "OPERATOR.md"
+
+
+def _guide() -> str:
+    return GUIDE.read_text()
+
+
+def _section(title: str) -> str:
+    """The text of the guide's `## title` (or `### title`) section, up to the next heading of
+    the same or a higher level."""
+    out, level, fenced = None, 0, False
+    for line in _guide().splitlines(keepends=True):
+        if line.startswith("```"):
+            fenced = not fenced
+        heading = None if fenced else re.match(r"(#+) (.*)\n?$", line)
+        if out is None:
+            if heading and heading.group(2) == title:
+                out, level = [], len(heading.group(1))
+        elif heading and len(heading.group(1)) <= level:
+            break
+        else:
+            out.append(line)
+    assert out is not None, f"the guide has no section {title!r}"
+    return "".join(out)
+
+
+def _code_lines(text: str) -> list[str]:
+    """Shell lines of the fenced code blocks, backslash continuations joined, comments cut."""
+    blocks, current = [], None
+    for line in text.splitlines():
+        if line.strip().startswith("```"):
+            if current is None:
+                current = [] if line.strip() in ("```", "```bash") else None
+                if current is None:  # ```toml and the like: skip to its end
+                    current = False
+            else:
+                if current is not False:
+                    blocks.append("\n".join(current))
+                current = None
+        elif current:
+            current.append(line.strip())
+        elif current == []:
+            current.append(line.strip())
+    lines = []
+    for block in blocks:
+        joined = re.sub(r"\\\n\s*", " ", block)
+        lines += [ln.split(" # ")[0].rstrip() for ln in joined.splitlines() if ln.strip()]
+    return lines
+
+
+def test_guide_uses_one_site_toml_path_the_unit_uses():
+    guide = _guide()
+    paths = set(re.findall(r"(/etc/[\w./-]*site\.toml)", guide))
+    assert paths == {"/etc/synthpool/site.toml"}, paths
+    exec_start = _unit_directives(UNITS["agent"])["ExecStart"][0]
+    assert exec_start.endswith("--config /etc/synthpool/site.toml")
+    assert "/etc/synthpool/site.toml" in (DEPLOY / "examples" / "site.toml").read_text()
+    for unit in UNITS.values():
+        assert "synthpool-agent/site.toml" not in unit.read_text()
+
+
+def test_guide_enrolls_a_site_before_starting_its_agent():
+    guide = _guide()
+    install = _section("Install a site (systemd)")
+    assert "enable --now synthpool-agent" not in install
+    assert "install -d -m 0700 -o synthpool-agent" in install   # enroll can write the key
+    enroll = guide.index("synthpool-agent enroll --config /etc/synthpool/site.toml")
+    start = guide.index("systemctl enable --now synthpool-agent")
+    assert guide.index("## Install a site") < enroll < start
+    assert _section("Enroll a site").index("sites approve") < \
+        _section("Enroll a site").index("enable --now synthpool-agent")
+
+
+def test_guide_initialises_the_coordinator_before_starting_its_services():
+    section = _section("Install the coordinator (systemd)")
+    assert section.index("coordinator init") < section.index(
+        "enable --now synthpool-coordinator synthpool-admin")
+
+
+def test_guide_documents_the_admin_cli_connection_settings():
+    from synthpool.commands import admin
+
+    section = _section("Connect the admin CLI")
+    for name, _type, option in admin._CONNECTION:
+        assert option.envvar in section, option.envvar
+        assert option.param_decls[0] in section, option.param_decls[0]
+    assert admin.DEFAULT_COORDINATOR in section
+    # What init prints is what the guide shows.
+    assert "export SYNTHPOOL_ADMIN_TOKEN=" in section and "coordinator init" in section
+
+
+def test_guide_documents_the_enrollment_port():
+    from synthpool.coordinator.admin_server import DEFAULT_LISTEN
+
+    section = _section("The enrollment port (50051)")
+    assert DEFAULT_LISTEN in section and "admin bearer tokens" in section
+    assert "SYNTHPOOL_ADMIN_ARGS=--listen 0.0.0.0:50051" in section
+    assert "$SYNTHPOOL_ADMIN_ARGS" in UNITS["admin"].read_text()
+    assert "EnvironmentFile=-/etc/synthpool/admin.env" in UNITS["admin"].read_text()
+
+
+def test_guide_tls_switch_of_coordinator_env_gives_the_start_script_inits_files(tmp_path):
+    """`sed -i 's/^#SYNTHPOOL_/SYNTHPOOL_/' coordinator.env` as the guide says: TLS with the files
+    init makes, and node authentication."""
+    from synthpool.coordinator.pki import CoordinatorPKI
+
+    section = _section("TLS on the SuperLink, node authentication")
+    assert "sed -i 's/^#SYNTHPOOL_/SYNTHPOOL_/' /etc/synthpool/coordinator.env" in section
+    text = re.sub(r"^#SYNTHPOOL_", "SYNTHPOOL_", (DEPLOY / "examples" / "coordinator.env")
+                  .read_text(), flags=re.M)
+    env = dict(ln.split("=", 1) for ln in text.splitlines()
+               if ln.strip() and not ln.startswith("#"))
+    pki = CoordinatorPKI(Path("/var/lib/synthpool-coordinator"))
+    assert env["SYNTHPOOL_TLS_CA"] == str(pki.ca_cert)
+    assert env["SYNTHPOOL_TLS_CERT"] == str(pki.server_cert)
+    assert env["SYNTHPOOL_TLS_KEY"] == str(pki.server_key)
+    assert env["SYNTHPOOL_NODE_AUTH"] == "1" and env["SYNTHPOOL_HOST"] == "127.0.0.1"
+
+
+def _cli_commands():
+    import typer
+
+    from synthpool.agent.cli import app as agent_app
+    from synthpool.commands import admin, release
+
+    main = typer.Typer()
+    for name, sub in admin.APPS:
+        main.add_typer(sub, name=name)
+    main.add_typer(release.app, name="release")
+    return {"synthpool": typer.main.get_command(main),
+            "synthpool-agent": typer.main.get_command(agent_app)}
+
+
+def test_every_command_in_the_guide_exists_with_the_options_it_uses():
+    """Each `synthpool ...` / `synthpool-agent ...` line of the guide's code blocks names a
+    real (sub)command, and every --option it passes is one of that command's."""
+    import click
+
+    clis = _cli_commands()
+    seen = 0
+    for line in _code_lines(_guide()):
+        # The program in a command position: first on the line, after sudo/nohup/env
+        # assignments/&&, or a path to it ($V/synthpool, /opt/.../bin/synthpool).
+        for m in re.finditer(r"(?:^|&&\s*|;\s*|nohup\s+|sudo -u \S+\s+|\S+=\S+\s+|[\w$]/)"
+                             r"(synthpool-agent|synthpool)\s+([a-z][\w-]*(?:\s+[a-z][\w-]*)?)",
+                             line):
+            words = m.group(2).split()
+            cmd = clis[m.group(1)]
+            for word in words:
+                if not isinstance(cmd, click.Group) or word not in cmd.commands:
+                    break
+                cmd = cmd.commands[word]
+            if isinstance(cmd, click.Group):
+                if m.group(1) == "synthpool" and words[0] not in cmd.commands:
+                    continue  # a top-level command not loaded here (demo, synth, ...)
+                raise AssertionError(f"guide: {line!r}: no such command")
+            rest = line[m.end():].split(" | ")[0].split(" && ")[0].split(" >")[0]
+            known = {o for p in cmd.params for o in p.opts + p.secondary_opts}
+            for opt in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", rest):
+                assert opt in known, f"guide: {line!r}: {cmd.name} has no option {opt}"
+            seen += 1
+    assert seen >= 35, seen
+
+
+def test_guide_has_a_path_without_systemd():
+    section = _section("Without systemd")
+    code = "\n".join(_code_lines(section))
+    assert "systemctl" not in code and "sudo" not in code
+    for step in ("coordinator init", "coordinator-start.sh", "serve-admin", "sites invite",
+                 "synthpool-agent enroll", "sites approve", "synthpool-agent run",
+                 "studies create", "train start", "train watch", "releases download",
+                 "release verify"):
+        assert step in code, step
+    # The site.toml it writes is a valid site config.
+    toml_text = re.search(r"<<'TOML'\n(.*?)\nTOML\n", section, re.S).group(1)
+    cfg = tomllib.loads(toml_text)
+    from synthpool.agent.config import SiteConfig
+
+    SiteConfig.model_validate(cfg)
+
+
+def test_guide_backup_table_names_the_real_state_files():
+    from synthpool.agent import identity, site_state
+    from synthpool.agent.ledger import LEDGER_FILE
+    from synthpool.coordinator.pki import CoordinatorPKI
+    from synthpool.coordinator.state import DB_FILE
+
+    backup = _section("Back up")
+    assert "keys/" not in backup
+    assert f"`{identity.KEY_FILE.split('/')[0]}/`" in backup
+    assert identity.KEY_FILE.split("/")[1] in backup
+    assert "holdout.key" in backup and '"holdout.key"' in Path(site_state.__file__).read_text()
+    assert LEDGER_FILE in backup and DB_FILE in backup and "superlink.db" in backup
+    pki = CoordinatorPKI(Path("S"))
+    assert f"`{pki.pki_dir.name}/`" in backup and f"`{pki.signing_key.parent.name}/`" in backup
+
+
+def test_guide_says_a_study_trains_once_and_how_release_files_are_counted():
+    from synthpool.commands.admin import RELEASE_FILES_NOTE
+
+    run = _section("Run a study")
+    assert "One study, one training." in run and "[budgets.adult-2]" in run
+    assert "manifest.sig" in run and "manifest.sig" in RELEASE_FILES_NOTE
+    assert "epsilon spent:" in run
+
+
+def test_guide_has_logs_upgrade_and_restore_drill_sections():
+    for title in ("Logs", "Upgrade", "Restore drill", "Health"):
+        assert _section(title).strip()
+    assert "copytruncate" in _section("Logs")
+    upgrade = _section("Upgrade")
+    for word in ("coordinator.db", "ledger.sqlite", "superlink.db", "Flower"):
+        assert word in upgrade
+
+
+# -- the gateway renderer ---------------------------------------------------------------------------
+
+def test_gateway_script_is_valid_shell():
+    assert os.access(GATEWAY_SCRIPT, os.X_OK)
+    assert _run(["sh", "-n", str(GATEWAY_SCRIPT)]).returncode == 0
+    if shutil.which("shellcheck"):
+        out = _run(["shellcheck", str(GATEWAY_SCRIPT)])
+        assert out.returncode == 0, out.stdout
+
+
+def test_gateway_script_renders_tls_on_both_legs(tmp_path):
+    conf = _render_gateway("0.0.0.0:443", "127.0.0.1:9092", tmp_path / "pki")
+    active = _active_lines(conf)
+    assert "${SYNTHPOOL" not in conf
+    assert "listen 0.0.0.0:443 ssl;" in active
+    for line in (f"ssl_certificate     {tmp_path}/pki/server.pem;",
+                 f"ssl_certificate_key {tmp_path}/pki/server.key;",
+                 f"proxy_ssl_trusted_certificate {tmp_path}/pki/ca.pem;",
+                 "proxy_ssl_verify on;", "proxy_ssl_name localhost;"):
+        assert line in active, line
+    assert "proxy_pass http://" not in active
+    assert active.count("proxy_pass https://127.0.0.1:9092;") == 2
+    plain = _render_gateway("9092", "coordinator:9092")
+    assert "listen 9092;" in plain and "proxy_pass http://coordinator:9092;" in plain
+    assert "ssl_certificate" not in _active_lines(plain)
+    # The guide's command is this script's.
+    assert "gateway-conf.sh --listen 0.0.0.0:443 --superlink 127.0.0.1:9092" in \
+        _section("The fleet gateway").replace("\\\n   ", "")
+    bad = _run(["sh", str(GATEWAY_SCRIPT), "--listen", "443"])
+    assert bad.returncode == 2 and "--superlink is required" in bad.stderr
+    assert _run(["sh", str(GATEWAY_SCRIPT), "--listen", "443", "--superlink", "x:1",
+                 "--pki", "relative/pki"]).returncode == 2
