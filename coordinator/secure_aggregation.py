@@ -47,6 +47,9 @@ class SecAggSettings:
     clipping_range: float = 8.0
     timeout: float = 300.0          # per stage
     poll_interval: float = 0.5
+    # The most one round can move a weight (the family's bound): the mean of honest updates
+    # cannot move further, whatever the weights.
+    max_update: float = float("inf")
 
     def workflow(self, total_weight: float):
         from flwr.server.workflow import SecAggPlusWorkflow
@@ -146,10 +149,10 @@ class _FastGrid:
 def secure_round(grid, nodes: list[int], weights: list[np.ndarray], wire: dict, stats_json: str,
                  rnd: int, settings: SecAggSettings, sizes: dict[str, float],
                  names: dict[str, str], events, transcript=None
-                 ) -> tuple[list[np.ndarray] | None, list[SiteResult]]:
+                 ) -> tuple[list[np.ndarray] | None, list[SiteResult], str]:
     """Run one SecAgg+ round with `nodes`. Returns the new global weights (None if the protocol
-    did not complete) and one SiteResult per node (an "ok" result carries no weights: there are
-    none to see)."""
+    did not complete or its result was rejected), one SiteResult per node (an "ok" result carries
+    no weights: there are none to see), and why the unmasked result was rejected ('' if not)."""
     from flwr.app import ConfigRecord, Context, RecordDict
     from flwr.common import parameters_to_ndarrays
     from flwr.compat.common import recorddict_compat as compat
@@ -173,7 +176,7 @@ def secure_round(grid, nodes: list[int], weights: list[np.ndarray], wire: dict, 
     results = [_site_result(node, unmasked.get(node), fast.replies.get(node), names,
                             fast.unanswered.get(node, fast.stage)) for node in nodes]
     if strategy.results is None:
-        return None, results
+        return None, results, ""
     mean_update = parameters_to_ndarrays(strategy.results[0][1].parameters)
     problem = ""
     if [u.shape for u in mean_update] != [w.shape for w in weights]:
@@ -181,12 +184,19 @@ def secure_round(grid, nodes: list[int], weights: list[np.ndarray], wire: dict, 
                    f"model {[w.shape for w in weights]}")
     elif not all(np.all(np.isfinite(u)) for u in mean_update):
         problem = "the unmasked aggregate holds NaN or infinite values"
+    elif (moved := max(float(np.max(np.abs(u), initial=0)) for u in mean_update)) \
+            > settings.max_update:
+        # Flower divides the unmasked sum by a weight total read from that same sum, which one
+        # site's masked vector can set: a mean beyond what any honest update allows is forged.
+        problem = (f"SecAgg+ integrity failure: the unmasked mean moves a weight by {moved:.4g}, "
+                   f"more than the {settings.max_update:.4g} one round of training can; a "
+                   "site's masked vector was not a genuine update")
     if problem:
         events.write("secagg_aggregate_rejected", round=rnd, reason=problem)
-        return None, results
+        return None, results, problem
     pooled = [(np.asarray(w, dtype=np.float64) + u).astype(np.asarray(w).dtype, copy=False)
               for w, u in zip(weights, mean_update)]
-    return pooled, results
+    return pooled, results, ""
 
 
 def _site_result(node: int, fitres, last_reply, names: dict[str, str], stage: str) -> SiteResult:

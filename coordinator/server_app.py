@@ -116,7 +116,8 @@ class StudyRun(TrainingSpec):
 
         return SecAggSettings(threshold=self.secagg_threshold,
                               clipping_range=self.secagg_clipping_range or self.max_update,
-                              timeout=self.round_timeout, poll_interval=self.poll_interval)
+                              timeout=self.round_timeout, poll_interval=self.poll_interval,
+                              max_update=self.max_update)
 
     def study_nodes(self, grid) -> list[int]:
         """The connected SuperNodes this study may ask."""
@@ -409,7 +410,7 @@ def run_study(grid, run: StudyRun) -> dict:
                 _say(f"round {rnd}: site {r.site} {r.status}: {r.reason}")
         try:
             weights = pool()
-        except QuorumNotReached as e:
+        except (QuorumNotReached, RoundFailed) as e:
             events.write("round_failed", round=rnd, run_id=run_id, reason=str(e),
                          sites=[r.summary() for r in results])
             _say(f"round {rnd} failed: {e}")
@@ -470,9 +471,10 @@ def _secure_round(grid, nodes, weights, wire, start, rnd, run, sizes, names, sto
 
     # Only sites of the statistics stage can weight their update consistently.
     nodes = [n for n in nodes if names.get(str(n)) in sizes]
-    pooled, results = secure_round(grid, nodes, weights, wire, start["stats_json"], rnd,
-                                   run.secagg, {names[str(n)]: sizes[names[str(n)]] for n in nodes},
-                                   names, store.events, store.transcript)
+    pooled, results, rejected = secure_round(
+        grid, nodes, weights, wire, start["stats_json"], rnd, run.secagg,
+        {names[str(n)]: sizes[names[str(n)]] for n in nodes}, names, store.events,
+        store.transcript)
     for r in _with_statistics(results, sizes):
         # The site weighted its own masked update: it must have used its DP size.
         if abs(r.num_examples - round(sizes[r.site])) > 1:
@@ -481,6 +483,8 @@ def _secure_round(grid, nodes, weights, wire, start, rnd, run, sizes, names, sto
 
     def pool() -> list[np.ndarray]:
         ok = sum(r.status == "ok" for r in results)
+        if rejected:
+            raise RoundFailed(rejected)
         if pooled is None or ok < run.min_sites:
             raise QuorumNotReached(ok if pooled is not None else 0, run.min_sites)
         return pooled

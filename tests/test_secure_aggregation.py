@@ -97,16 +97,39 @@ def _site(name: str, update: list[np.ndarray], refuse: bool = False):
     return lambda msg, ctxt: secure_aggregation_mod(msg, ctxt, train)
 
 
-def _round(crash_at=None, refuse=()):
+def _forging_weight(handler):
+    """A malicious site: honest protocol, except that in its masked vector it lowers the weight
+    slot (Flower's factor, the first array) by 99% of the total weight, so the coordinator's
+    division by the unmasked weight total inflates the mean a hundredfold."""
+    from flwr.common import bytes_to_ndarray, ndarray_to_bytes
+
+    def forge(msg, ctxt):
+        reply = handler(msg, ctxt)
+        configs = None if reply.has_error() else reply.content.config_records.get(
+            "secaggplus_configs")
+        if configs is not None and "masked_params" in configs:
+            vectors = list(configs["masked_params"])
+            factor = bytes_to_ndarray(vectors[0]).astype(np.int64)
+            forged = (factor - int(0.99 * 2**22)) % 2**32
+            vectors[0] = ndarray_to_bytes(forged.astype(bytes_to_ndarray(vectors[0]).dtype))
+            configs["masked_params"] = vectors
+        return reply
+
+    return forge
+
+
+def _round(crash_at=None, refuse=(), forge=(), max_update=float("inf")):
     rng = np.random.default_rng(7)
     weights = [rng.normal(size=(40, 16)).astype(np.float32), rng.normal(size=16).astype(np.float32)]
     updates = {name: [rng.normal(scale=0.05, size=w.shape) for w in weights] for name in SIZES}
-    grid = LoopbackGrid({n: _site(s, updates[s], s in refuse) for n, s in NODES.items()},
-                        crash_at)
+    handlers = {n: _site(s, updates[s], s in refuse) for n, s in NODES.items()}
+    handlers = {n: _forging_weight(h) if NODES[n] in forge else h for n, h in handlers.items()}
+    grid = LoopbackGrid(handlers, crash_at)
     events = Events()
-    pooled, results = secure_round(
+    pooled, results, _ = secure_round(
         grid, sorted(NODES), weights, {"round": 1}, json.dumps({"merged": True}), 1,
-        SecAggSettings(clipping_range=1.0, timeout=0.2, poll_interval=0.01), SIZES,
+        SecAggSettings(clipping_range=1.0, timeout=0.2, poll_interval=0.01,
+                       max_update=max_update), SIZES,
         {str(n): s for n, s in NODES.items()}, events)
     return weights, updates, pooled, {r.site: r for r in results}, grid, events
 
@@ -174,3 +197,20 @@ def test_our_name_for_flowers_secagg_record_is_flowers():
     from synthpool.common.wire import SECAGG_CONFIGS
 
     assert SECAGG_CONFIGS == RECORD_KEY_CONFIGS
+
+
+def test_a_site_forging_the_weight_total_cannot_push_the_pooled_model():
+    """The attack: one site's masked vector sets the weight total the coordinator divides by.
+    Without the check the pooled weights move about a hundred times further than any update; with
+    it, the round yields no model and says why."""
+    weights, updates, pooled, _, _, _ = _round(forge=("b",))
+    honest = max(np.max(np.abs(u)) for site in updates.values() for u in site)
+    moved = max(np.max(np.abs(p - w)) for p, w in zip(pooled, weights))
+    assert moved > 20 * honest  # reproduced: Flower's own checks let it through
+    weights, updates, pooled, results, _, events = _round(forge=("b",), max_update=0.5)
+    assert pooled is None
+    rejected = [e for e in events if e["event"] == "secagg_aggregate_rejected"]
+    assert len(rejected) == 1 and "SecAgg+ integrity failure" in rejected[0]["reason"]
+    # An honest round under the same bound passes.
+    _, _, pooled, _, _, _ = _round(max_update=0.5)
+    assert pooled is not None
