@@ -48,8 +48,8 @@ from ..common.generators import registry
 from ..common.privacy import BudgetExceeded
 from ..common.stats import TableStats
 from ..common.wire import (
-    REFUSED, SITE_FAILED, Reply, Request, is_secure_request, read_secure_request,
-    secure_reply_records,
+    EVALUATE_MESSAGE, REFUSED, SITE_FAILED, STATS_MESSAGE, Reply, Request, is_secure_request,
+    read_secure_request, secure_reply_records,
 )
 from . import site_job
 from .config import ConfigError
@@ -277,12 +277,12 @@ def make_app(resolve_site: Callable[[object], SiteState] = site_from_context):
                                         "(details in the site's log)"), reply_to=msg)
         return Message(encode(out), reply_to=msg)
 
-    @app.query("stats")
+    @app.query(STATS_MESSAGE.removeprefix("query."))
     def stats(msg: Message, context: Context) -> Message:
         return answer(msg, context, lambda site, content: handle_stats(
             site, request(content).config))
 
-    @app.query("evaluate")
+    @app.query(EVALUATE_MESSAGE.removeprefix("query."))
     def evaluate(msg: Message, context: Context) -> Message:
         def work(site: SiteState, content) -> Reply:
             req = request(content)

@@ -68,12 +68,13 @@ class _ARNet(nn.Module):
         self.feature_dim, self.target_dim = feature_dim, target_dim
         ordered = [blocks[i] for i in order]
         # Original feature positions in generation order, so one gather builds the input.
-        self.register_buffer("perm", torch.cat(
-            [torch.arange(s, s + k) for s, k in ordered]) if ordered else torch.zeros(0, dtype=torch.long),
-            persistent=False)
+        perm = [torch.arange(s, s + k) for s, k in ordered]
+        self.register_buffer("perm", torch.cat(perm) if perm else torch.zeros(0, dtype=torch.long),
+                             persistent=False)
         self.sizes = [k for _, k in ordered]
-        self.offsets = list(1 + target_dim + np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(int)) \
-            if ordered else []
+        # Where column j's one-hot starts in the input [1 | y | columns in order]: head j sees
+        # everything before it.
+        self.offsets = [1 + target_dim + int(sum(self.sizes[:j])) for j in range(len(ordered))]
         self.heads = nn.ModuleList(mlp([off] + [hidden] * depth + [k])
                                    for off, k in zip(self.offsets, self.sizes))
 

@@ -3,6 +3,7 @@ and drawing tokens from logits. Each column is a block (start, size) of the enco
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -60,11 +61,9 @@ def mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def target_tokens(transformer, n: int, conditions: dict | None, rng) -> "np.ndarray":
+def target_tokens(transformer, n: int, conditions: dict | None, rng) -> np.ndarray:
     """The target's token for `n` rows: fixed by `conditions`, else drawn from its DP prior
     (zeros when the schema has no target)."""
-    import numpy as np
-
     t = transformer
     if not t.target_dim:
         if conditions:
