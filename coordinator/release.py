@@ -41,6 +41,7 @@ from .server_app import POPULATIONS
 
 DATA_FILE = "synthetic.csv"
 MANIFEST_FILE = "manifest.json"
+MAX_RELEASE_ROWS = 10_000_000  # rows sampled when the run does not say (release-rows = 0)
 
 
 def _threads() -> int:
@@ -117,7 +118,9 @@ def sample_release(run, store: CheckpointStore, schema: Schema, start: dict) -> 
     stats = TableStats.from_dict(json.loads(start["stats_json"]))
     generator = build_generator(run, schema, stats)
     generator.set_weights(ckpt.weights)
-    n = int(run.release_rows) or max(1, round(stats.noisy_rows()))
+    # The DP total can be inflated by a site's forged counts only within what the statistics
+    # stage let through (server_app.size_problem); the cap bounds the work whatever happens.
+    n = int(run.release_rows) or min(MAX_RELEASE_ROWS, max(1, round(stats.noisy_rows())))
     t0 = time.perf_counter()
     frame = generator.sample(n, seed=run.seed + 1)
     return Sample(frame, run.seed + 1, time.perf_counter() - t0, ckpt, stats,

@@ -309,6 +309,37 @@ def stats_problem(result: SiteResult, schema: Schema) -> str:
     return ""
 
 
+# How far a noisy total may stray from the truth before we call it forged: 6 standard deviations
+# (a false alarm about once in 500 million honest histograms).
+_TOLERANCE_SD = 6.0
+
+
+def size_problem(stats: TableStats, claimed: float, source: str) -> str:
+    """Why a site's claimed size or counts cannot be honest ('' if they can). A site's FedAvg
+    weight and its share of the merged statistics are what it claims, so it could take over both
+    by claiming 1e12 rows. But every one of its histograms counts every row once, under Gaussian
+    noise of a known scale: their totals must agree with each other, and an estimated size is
+    the first one's total (agent/site_job.py:reported_size); a declared size must agree with
+    them too."""
+    sigma_cell = stats.mechanisms[0].noise_multiplier * np.sqrt(len(stats.histograms))
+    totals = {name: (float(np.sum(stats.counts(name))), len(stats.counts(name)))
+              for name in stats.histograms}
+    (first, (t0, k0)), *rest = totals.items()
+    t0 = max(t0, 1.0)  # as TableStats.noisy_rows
+    for name, (t, k) in rest:
+        if abs(t - t0) > _TOLERANCE_SD * sigma_cell * np.sqrt(k + k0) + 1:
+            return (f"histogram totals disagree ({name!r}: {t:.0f}, {first!r}: {t0:.0f}) by more "
+                    "than their noise allows: every histogram counts every row once")
+    if source == "declared":
+        allowed = _TOLERANCE_SD * sigma_cell * np.sqrt(k0) + 0.01 * claimed + 1
+    else:
+        allowed = 1.0  # the site reports its first histogram's total, rounded
+    if abs(claimed - t0) > allowed:
+        return (f"reported size {claimed:.0f} ({source or 'estimated'}) disagrees with the total "
+                f"of its own histograms ({t0:.0f})")
+    return ""
+
+
 def statistics_stage(grid, run: StudyRun, training_id: str, schema: Schema,
                      names: dict[str, str], events, transcript=None) -> tuple[dict, list[np.ndarray]]:
     """Ask every connected site for its noisy histograms; merge; build the initial model."""
@@ -323,6 +354,9 @@ def statistics_stage(grid, run: StudyRun, training_id: str, schema: Schema,
             problem = stats_problem(r, schema)
             if not problem and not (r.num_examples > 0 and np.isfinite(r.num_examples)):
                 problem = f"reported size {r.num_examples!r} is not a positive number"
+            if not problem:
+                problem = size_problem(TableStats.from_dict(r.stats), r.num_examples,
+                                       str(r.info.get("size-source", "")))
             if not problem and r.site in parts:
                 problem = f"a second site calls itself {r.site!r}"
             if problem:

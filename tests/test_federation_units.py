@@ -308,6 +308,42 @@ def test_estimated_size_is_the_stats_total_and_the_fedavg_weight(tmp_path, adult
         assert result["num_examples"] == rows
 
 
+def test_replies_carry_no_exact_count_and_no_timing(tmp_path, adult_slices):
+    """Everything a site sends is in the coordinator's transcript (every config and metric
+    record in full): no exact row count (of the table, its training rows or its hold-out) and no
+    training time. Under SecAgg+ the same metrics travel in clear beside the masked update."""
+    import re
+
+    from synthpool.common.privacy import ALPHAS
+
+    configs = {1: write_site(tmp_path, "a", adult_slices[0]),
+               2: write_site(tmp_path, "b", adult_slices[1])}
+    run = make_run(tmp_path, num_rounds=1, expected_sites=2)
+    run_study(FakeGrid(configs), run)
+    store = CheckpointStore(run.checkpoint_dir)
+    sent = [json.loads(line) for line in (store.dir / "transcript.jsonl").read_text().splitlines()]
+    rounds = [r for r in sent if r.get("round") == 1]
+    assert len(rounds) == 2 and all(r["metrics"]["metrics"]["steps"] == 3 for r in rounds)
+    for reply in sent:
+        keys = [k for rec in (*reply["metrics"].values(), *reply["config"].values()) for k in rec]
+        assert not [k for k in keys if "second" in k], keys
+    text = (store.dir / "transcript.jsonl").read_text()
+    start, _ = store.load_start()
+    for cfg in configs.values():
+        site = SiteState.from_config_path(cfg)
+        train, holdout = len(site.load_rows()), len(site.load_holdout())
+        assert train + holdout == 1500
+        # (A count that happens to equal one of the accountant's public orders is not a leak.)
+        for exact in {1500, train, holdout} - set(ALPHAS):
+            assert not re.search(rf"(?<![\w.]){exact}(?:\.0+)?(?![\w.])", text), exact
+        # The DP-SGD normaliser is the rate times the same DP estimate, never the exact count.
+        size = site_job.reported_size(site, site_job.own_stats(site, site_job.RoundConfig.from_wire(
+            run.round_wire(start["training_id"], 1, site.schema.fingerprint()))))
+        plan = site_job.plan_round(site, site_job.RoundConfig.from_wire(
+            run.round_wire(start["training_id"], 1, site.schema.fingerprint())), size)
+        assert plan.dp.expected_batch == pytest.approx(plan.dp.sample_rate * size.rows)
+
+
 def test_coordinator_crashes_resume_without_double_charge(tmp_path, adult_slices):
     configs = {i: write_site(tmp_path, n, adult_slices[i - 1])
                for i, n in [(1, "a"), (2, "b"), (3, "c")]}
@@ -491,6 +527,59 @@ def test_agent_starts_its_supernode_with_its_own_config(tmp_path, adult_slices):
         load_site_config(bad)
 
 
+@pytest.mark.parametrize("budget, says", [
+    ("epsilon = 3.0\ndelta = 1.5", "budgets.adult.delta\n  Value error, delta must lie strictly "
+                                   "between 0 and 1"),
+    ("epsilon = 3.0\ndelta = 0.0", "delta must lie strictly between 0 and 1"),
+    ("epsilon = 0\ndelta = 1e-5", "budgets.adult.epsilon\n  Value error, epsilon must be a "
+                                  "finite number > 0"),
+    ("epsilon = inf\ndelta = 1e-5", "epsilon must be a finite number > 0, not inf"),
+])
+def test_a_site_toml_budget_without_guarantee_is_refused_before_a_ledger_exists(tmp_path, budget,
+                                                                                 says):
+    from synthpool.agent.config import ConfigError
+
+    path = Path(write_site(tmp_path, "a", "rows.csv"))
+    path.write_text(path.read_text().replace(f"epsilon = 3.0\ndelta = {DELTA}", budget))
+    with pytest.raises(ConfigError, match="invalid site config") as err:
+        SiteState.from_config_path(path)
+    assert says in str(err.value)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["site.toml"]  # no state, no ledger
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("target-epsilon", -1.0, "target-epsilon must be a finite number > 0"),
+    ("target-epsilon", float("inf"), "target-epsilon must be a finite number > 0"),
+    ("preprocessing-share", 0.0, "preprocessing-share 0.0 must lie in (0, 1)"),
+    ("evaluation-share", 1.0, "evaluation-share 1.0 in [0, 1)"),
+])
+def test_a_request_with_an_impossible_budget_is_refused_before_any_charge(tmp_path, adult_slices,
+                                                                          key, value, says):
+    site = SiteState.from_config_path(write_site(tmp_path, "a", adult_slices[0]))
+    wire = make_run(tmp_path).round_wire("t", 0, site.schema.fingerprint()) | {key: value}
+    with pytest.raises(client_app.Refusal, match="malformed statistics request") as err:
+        client_app.handle_stats(site, wire)
+    assert says in str(err.value)
+    assert site.ledger.charges("adult") == []
+
+
+def test_a_site_warns_in_its_own_log_when_delta_is_above_one_over_its_rows(tmp_path, adult_slices,
+                                                                           caplog, monkeypatch):
+    from synthpool.agent.site_state import ReportedSize
+
+    path = Path(write_site(tmp_path, "a", adult_slices[0]))
+    path.write_text(path.read_text().replace(f"delta = {DELTA}", "delta = 0.01"))
+    site = SiteState.from_config_path(path)
+    monkeypatch.setattr(site_job, "calibrate_noise", lambda *a, **k: 1.5)  # not under test
+    cfg = site_job.RoundConfig.from_wire(make_run(tmp_path, noise_multiplier=0.0).round_wire(
+        "t", 1, site.schema.fingerprint()))
+    with caplog.at_level("WARNING", logger="synthpool.agent"):
+        plan = site_job.plan_round(site, cfg, ReportedSize(1275.4, "estimated"))
+    assert "study 'adult': delta 0.01 is above 1/rows" in caplog.text
+    assert plan.noise_source == "calibrated" and plan.dp.noise_multiplier == 1.5
+    assert plan.dp.expected_batch == pytest.approx(plan.dp.sample_rate * 1275.4)
+
+
 def test_process_group_stops_detached_grandchildren(tmp_path):
     """The SuperLink starts its SuperExec in a new session; stopping must still reach it."""
     import os
@@ -550,3 +639,36 @@ def test_sites_score_the_release_and_the_budget_reserved_for_it_lands_on_target(
         longest = max(list_lengths(json.loads(r["config"]["evaluation"]["json"])))
         assert longest <= max(len(h["labels"]) for h in report["histograms"]["synthetic"].values())
 
+
+
+def test_a_site_claiming_more_rows_than_its_histograms_hold_is_left_out(tmp_path, adult_slices):
+    """The attack: a site's claimed size is its FedAvg weight (and its counts its share of the
+    merged statistics); one that claims 1e12 rows would take the pooled model over. Its own DP
+    histograms, which count every row once, give it away."""
+    configs = {1: write_site(tmp_path, "a", adult_slices[0]),
+               2: write_site(tmp_path, "b", adult_slices[1]),
+               3: write_site(tmp_path, "c", adult_slices[2],
+                             extra='size = "declared"\ndeclared_rows = 1000000000000')}
+    run = make_run(tmp_path, num_rounds=1)
+    run_study(FakeGrid(configs), run)
+    store = CheckpointStore(run.checkpoint_dir)
+    invalid = [e for e in store.events.read() if e["event"] == "site_invalid"]
+    assert {e["site"] for e in invalid} == {"c"} and invalid[0]["round"] == 0
+    assert "disagrees with the total of its own histograms" in invalid[0]["reason"]
+    assert store.load().meta["used"] == ["a", "b"]
+
+
+def test_histogram_totals_and_sizes_are_cross_checked():
+    from synthpool.common.stats import TableStats
+
+    rng = np.random.default_rng(0)
+    mech = [GaussianMechanism("preprocessing histograms", 5.0, 1.0, 1)]
+    honest = {"x": list(rng.normal(100, 5 * np.sqrt(2), 10)), "y": list(rng.normal(200, 5 * np.sqrt(2), 5))}
+    stats = TableStats("fp", honest, mech)
+    total = float(np.sum(honest["x"]))
+    assert server_app.size_problem(stats, round(total, 3), "estimated") == ""
+    assert server_app.size_problem(stats, 1000.0, "declared") == ""
+    assert "disagrees" in server_app.size_problem(stats, 5000.0, "declared")
+    assert "disagrees" in server_app.size_problem(stats, total * 2, "estimated")
+    forged = TableStats("fp", {"x": honest["x"], "y": [c * 1000 for c in honest["y"]]}, mech)
+    assert "totals disagree" in server_app.size_problem(forged, round(total, 3), "estimated")
