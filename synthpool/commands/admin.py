@@ -803,6 +803,10 @@ def releases_list(client, as_json, study: str = typer.Option("", "--study")):
     _out(as_json, _dict(r)["releases"], human)
 
 
+def _files(n: int) -> str:
+    return "the 1 file" if n == 1 else f"the {n} files"
+
+
 #: How `releases list` and `releases verify`/`download` count files, said by both.
 RELEASE_FILES_NOTE = ("FILES counts every file of the release, manifest.json and manifest.sig "
                       "included; `releases verify` counts the files the signed manifest lists "
@@ -832,7 +836,7 @@ def releases_download(client, as_json,
     _out(as_json, data, lambda: print(
         f"downloaded {name} to {folder}" + (
             "" if not public_key else
-            f"; signature OK and the {data['verification']['files_checked']} files the "
+            f"; signature OK and {_files(data['verification']['files_checked'])} the "
             "manifest lists match their hashes (manifest.json and manifest.sig not counted)"
             if data["verification"]["ok"] else
             "; VERIFICATION FAILED:\n  " + "\n  ".join(data["verification"]["problems"]))))
@@ -845,7 +849,7 @@ def releases_verify(client, as_json, name: str = typer.Argument(...)):
     """Have the coordinator check a release's signature and hashes; exit 1 if they fail."""
     r = client.VerifyRelease(pb.VerifyReleaseRequest(name=name))
     _out(as_json, _dict(r), lambda: print(
-        f"OK: signature valid; the {r.files_checked} files the signed manifest lists match "
+        f"OK: signature valid; {_files(r.files_checked)} the signed manifest lists match "
         "their hashes (manifest.json and manifest.sig themselves not counted: `releases list` "
         f"shows {r.files_checked + 2})" if r.ok else
         "FAILED:\n  " + "\n  ".join(r.problems)))
