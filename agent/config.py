@@ -45,9 +45,10 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..common.bundled import ADULT_SCHEMA
+from ..common.privacy import check_delta, check_epsilon
 from ..common.schema import Schema
 from .fab_policy import DEFAULT_ALLOWED_FILES, PINNED_CLIENTAPP, TrustPolicy
 
@@ -59,9 +60,22 @@ class ConfigError(ValueError):
 
 
 class Budget(BaseModel):
+    """A study's cap at this site: a finite epsilon > 0 and a delta strictly inside (0, 1)
+    (common/privacy.py:check_budget; the ledger refuses other caps too)."""
+
     model_config = ConfigDict(extra="forbid")
-    epsilon: float = Field(gt=0)
-    delta: float = Field(gt=0, lt=1)
+    epsilon: float
+    delta: float
+
+    @field_validator("epsilon")
+    @classmethod
+    def _epsilon(cls, v: float) -> float:
+        return check_epsilon(v)
+
+    @field_validator("delta")
+    @classmethod
+    def _delta(cls, v: float) -> float:
+        return check_delta(v)
 
 
 class SiteSection(BaseModel):

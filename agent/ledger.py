@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from ..common.privacy import BudgetExceeded, GaussianMechanism, PureSpend, Spend
+from ..common.privacy import BudgetExceeded, GaussianMechanism, PureSpend, Spend, check_budget
 
 __all__ = ["Ledger", "Cap", "Charge", "LedgerConflict", "NoBudget", "BudgetExceeded"]
 
@@ -188,8 +188,7 @@ class Ledger:
     def set_cap(self, study: str, epsilon: float, delta: float) -> Cap:
         """Record the site's cap for `study` (from the site's own config). Changes are kept in
         `cap_history` so an auditor sees when the owner raised or lowered it."""
-        if not (epsilon > 0 and 0 < delta < 1):
-            raise ValueError(f"invalid cap epsilon={epsilon}, delta={delta} for study {study!r}")
+        epsilon, delta = check_budget(epsilon, delta, f"the cap of study {study!r}")
         with self._tx() as db:
             row = db.execute("SELECT epsilon, delta FROM caps WHERE study=?", (study,)).fetchone()
             if row is None or (float(row[0]), float(row[1])) != (float(epsilon), float(delta)):

@@ -28,6 +28,62 @@ class BudgetExceeded(RuntimeError):
     """A job would spend more than the owner's cap."""
 
 
+class InvalidBudget(ValueError):
+    """An epsilon or delta at which no guarantee can be stated (epsilon <= 0, delta outside
+    (0, 1), not finite). Raised before anything is read, spent or written."""
+
+
+class DeltaWarning(UserWarning):
+    """delta is above 1 / (the DP estimate of the rows): legal, but a weak guarantee."""
+
+
+def check_epsilon(epsilon: float, what: str = "epsilon") -> float:
+    """`epsilon` as a float, or InvalidBudget: a budget is a finite epsilon > 0."""
+    try:
+        value = float(epsilon)
+    except (TypeError, ValueError):
+        raise InvalidBudget(f"{what} must be a number > 0, not {epsilon!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise InvalidBudget(f"{what} must be a finite number > 0, not {epsilon!r}")
+    return value
+
+
+def check_delta(delta: float, what: str = "delta") -> float:
+    """`delta` as a float, or InvalidBudget: delta is the probability that the epsilon bound
+    fails, so it lies strictly between 0 and 1 (at 0 a Gaussian mechanism has no finite epsilon;
+    at 1 or above the guarantee says nothing)."""
+    try:
+        value = float(delta)
+    except (TypeError, ValueError):
+        raise InvalidBudget(f"{what} must be a number in (0, 1), not {delta!r}") from None
+    if not (math.isfinite(value) and 0 < value < 1):
+        raise InvalidBudget(f"{what} must lie strictly between 0 and 1 (the probability that the "
+                            f"epsilon bound fails), not {delta!r}")
+    return value
+
+
+def check_budget(epsilon: float, delta: float, where: str = "") -> tuple[float, float]:
+    """(epsilon, delta) as floats, or InvalidBudget naming `where` the budget came from (a flag,
+    a site.toml table, a run config key). Every entry point of a budget calls this first."""
+    prefix = f"{where}: " if where else ""
+    return check_epsilon(epsilon, f"{prefix}epsilon"), check_delta(delta, f"{prefix}delta")
+
+
+def delta_warning(delta: float, rows_estimate: float) -> str | None:
+    """A warning when delta > 1 / rows (the DP estimate, never the exact count), else None: at
+    such a delta a mechanism that publishes one random row outright would meet the guarantee."""
+    if rows_estimate <= 0 or delta <= 1.0 / rows_estimate:
+        return None
+    return (f"delta {delta:g} is above 1/rows ({1.0 / rows_estimate:.2g} for the DP estimate of "
+            f"about {rows_estimate:.0f} rows): the guarantee would allow publishing a row "
+            f"outright with probability delta; choose delta well below 1/rows, e.g. "
+            f"{_suggested_delta(rows_estimate):g}")
+
+
+def _suggested_delta(rows: float) -> float:
+    return 10.0 ** math.floor(math.log10(0.1 / rows))
+
+
 @dataclass(frozen=True)
 class GaussianMechanism:
     """`steps` compositions of a Gaussian mechanism with L2 sensitivity 1 (after clipping or
@@ -61,6 +117,7 @@ class PureSpend:
 
 def epsilon_of(mechanisms: list[GaussianMechanism], delta: float) -> float:
     """The RDP accountant's epsilon at `delta` for all mechanisms composed."""
+    check_delta(delta)
     history = [(m.noise_multiplier, m.sample_rate, m.steps) for m in mechanisms if m.steps > 0]
     if not history:
         return 0.0
@@ -85,6 +142,9 @@ class Spend:
 
     @property
     def epsilon(self) -> float:
+        check_delta(self.delta)
+        check_delta(self.accountant_delta, "delta left to the accountant once the pure spends "
+                                           f"took {sum(p.delta for p in self.pure):g} of it")
         return epsilon_of(self.mechanisms, self.accountant_delta) + sum(p.epsilon for p in self.pure)
 
     def per_mechanism(self) -> dict[str, float]:
@@ -131,6 +191,7 @@ def calibrate_noise(
 ) -> float:
     """Smallest noise multiplier (to `rel_tolerance`) such that `steps` DP-SGD steps composed with
     `prior` mechanisms stay within `target_epsilon - pure_epsilon` at `delta`."""
+    check_budget(target_epsilon, delta)
     budget = target_epsilon - pure_epsilon
     prior_rdp = sum((_rdp(m) for m in prior if m.steps > 0), np.zeros(len(ALPHAS)))
 
@@ -155,6 +216,7 @@ def calibrate_noise(
 
 def histogram_noise_for(epsilon: float, delta: float) -> float:
     """Noise multiplier of a one-shot Gaussian mechanism that alone costs `epsilon` at `delta`."""
+    check_budget(epsilon, delta)
     lo, hi = 0.1, 1.0
     while epsilon_of([GaussianMechanism("h", hi, 1.0, 1)], delta) > epsilon:
         lo, hi = hi, hi * 2
@@ -168,4 +230,8 @@ def histogram_noise_for(epsilon: float, delta: float) -> float:
 
 
 def is_finite_budget(epsilon: float, delta: float) -> bool:
-    return math.isfinite(epsilon) and epsilon > 0 and 0 < delta < 1
+    try:
+        check_budget(epsilon, delta)
+    except InvalidBudget:
+        return False
+    return True

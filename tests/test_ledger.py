@@ -162,3 +162,18 @@ def test_agent_cli_shows_caps_charges_and_spent(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert runner.invoke(app, ["ledger", "--state-dir", str(empty)]).exit_code == 2
+
+
+@pytest.mark.parametrize("epsilon, delta", [(3.0, 1.5), (3.0, 0.0), (3.0, 1.0), (0.0, 1e-5),
+                                            (float("inf"), 1e-5), (float("nan"), 1e-5)])
+def test_a_cap_without_guarantee_is_refused_and_recorded_nowhere(tmp_path, epsilon, delta):
+    from synthpool.common.privacy import InvalidBudget
+
+    ledger = Ledger(tmp_path)
+    with pytest.raises(InvalidBudget, match="the cap of study 'adult': (epsilon|delta) must"):
+        ledger.set_cap("adult", epsilon, delta)
+    db = sqlite3.connect(ledger.path)
+    assert db.execute("SELECT COUNT(*) FROM caps").fetchone()[0] == 0
+    assert db.execute("SELECT COUNT(*) FROM cap_history").fetchone()[0] == 0
+    with pytest.raises(NoBudget):
+        ledger.charge("adult", "round-1", [sgd("r1")])

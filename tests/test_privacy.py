@@ -4,8 +4,9 @@ import pytest
 from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis import rdp as rdp_analysis
 
-from synthpool.common.privacy import (ALPHAS, BudgetExceeded, GaussianMechanism, PureSpend, Spend,
-                                      calibrate_noise, epsilon_of, histogram_noise_for)
+from synthpool.common.privacy import (ALPHAS, BudgetExceeded, GaussianMechanism, InvalidBudget,
+                                      PureSpend, Spend, calibrate_noise, check_budget,
+                                      delta_warning, epsilon_of, histogram_noise_for)
 
 
 def test_epsilon_matches_opacus_accountant_stepping():
@@ -64,3 +65,40 @@ def test_invalid_mechanism_rejected():
     with pytest.raises(ValueError):
         GaussianMechanism("x", 1.0, 1.5, 1)
     assert math.isclose(epsilon_of([], 1e-5), 0.0)
+
+
+BAD_BUDGETS = [(0.0, 1e-5, "epsilon"), (-1.0, 1e-5, "epsilon"), (math.inf, 1e-5, "epsilon"),
+               (math.nan, 1e-5, "epsilon"), (1.0, 0.0, "delta"), (1.0, 1.0, "delta"),
+               (1.0, 1.5, "delta"), (1.0, -1e-5, "delta"), (1.0, math.nan, "delta")]
+
+
+@pytest.mark.parametrize("epsilon, delta, bad", BAD_BUDGETS)
+def test_budget_outside_its_range_is_refused_at_every_accountant_entry(epsilon, delta, bad):
+    """delta 1.5 once gave a manifest claiming epsilon 0.999 (a dp-sgd entry of -6.47)."""
+    with pytest.raises(InvalidBudget, match=f"where: {bad} must") as err:
+        check_budget(epsilon, delta, "where")
+    assert isinstance(err.value, ValueError)
+    mech = GaussianMechanism("m", 1.0, 0.1, 10)
+    with pytest.raises(InvalidBudget, match=bad):
+        calibrate_noise(epsilon, delta, 0.1, 10)
+    with pytest.raises(InvalidBudget, match=bad):
+        histogram_noise_for(epsilon, delta)
+    if bad == "delta":
+        with pytest.raises(InvalidBudget, match="delta"):
+            epsilon_of([mech], delta)
+        with pytest.raises(InvalidBudget, match="delta"):
+            Spend(delta=delta, mechanisms=[mech]).epsilon  # noqa: B018
+
+
+def test_pure_spends_cannot_take_all_of_delta():
+    spend = Spend(delta=1e-5, mechanisms=[GaussianMechanism("m", 1.0, 0.1, 10)],
+                  pure=[PureSpend("draft", 0.5, 1e-5)])
+    with pytest.raises(InvalidBudget, match="left to the accountant"):
+        spend.epsilon  # noqa: B018
+
+
+def test_delta_above_one_over_rows_is_a_warning_not_an_error():
+    assert check_budget(3, 1e-3) == (3.0, 1e-3)
+    text = delta_warning(1e-3, 5000.4)
+    assert "above 1/rows" in text and "about 5000 rows" in text and "e.g. 1e-05" in text
+    assert delta_warning(1e-5, 5000.4) is None

@@ -100,6 +100,12 @@ def simulate(
 ) -> None:
     """Run a federation here: your tables (--schema, --site NAME=TABLE ...) as real processes,
     or N slices of Adult (--sites N) on Flower's simulation engine; write the signed release."""
+    from synthpool.common.privacy import InvalidBudget, check_budget
+
+    try:  # before a site folder or a site.toml is written
+        check_budget(epsilon, delta)
+    except InvalidBudget as e:
+        raise typer.BadParameter(str(e), param_hint="--epsilon / --delta") from None
     if site:
         given = [flag for flag, value in (("--sites", sites), ("--split", split),
                                           ("--evaluate", evaluate or None)) if value is not None]
