@@ -65,9 +65,13 @@ def dp_sgd(
             grad_sample_mode="ghost",
             noise_generator=torch.Generator(device=device).manual_seed(secrets.randbits(63)),
         )
-    # Opacus scales the summed clipped gradients by the expected batch size it derives from the
-    # loader; make it the exact expectation for our sample rate.
-    dp_optimizer.expected_batch_size = max(1, round(len(data) * dp.sample_rate))
+    # Opacus divides the noisy sum of clipped gradients by an expected batch size it derives
+    # from the loader, i.e. from the exact row count: a normaliser that differs between
+    # neighbouring tables, outside what the accountant analyses. The caller passes the expected
+    # batch of the DP row estimate instead (a post-processing of a charged release).
+    expected = dp.expected_batch if dp.expected_batch > 0 else len(data) * dp.sample_rate
+    dp_optimizer.expected_batch_size = max(1.0, float(expected))
+    trainable = [p for p in dp_optimizer.params if p.requires_grad]
     dp_module.train()
     step, rows, loss_value, start = 0, 0, float("nan"), time.perf_counter()
     with warnings.catch_warnings():
@@ -83,7 +87,12 @@ def dp_sgd(
                     loss = dp_criterion(dp_module(batch), batch)
                     loss.backward()
                     loss_value = float(loss.detach())
-                # An empty Poisson batch still takes a step (noise only), as the accountant assumes.
+                else:
+                    # An empty Poisson batch still takes a step, noise only, as the accountant
+                    # assumes: the clipped sum of no rows is zero (ghost clipping has no
+                    # gradient to accumulate otherwise, and Opacus would fail on p.grad None).
+                    for p in trainable:
+                        p.grad = torch.zeros_like(p)
                 dp_optimizer.step()
                 if anchor is not None:
                     with torch.no_grad():

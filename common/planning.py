@@ -44,4 +44,11 @@ def dp_sgd_config(plan: TrainingPlan, epsilon: float, delta: float, noisy_rows: 
     q = sample_rate_for(plan, noisy_rows)
     sigma = calibrate_noise(epsilon, delta, q, plan.steps, prior)
     return DPSGDConfig(steps=plan.steps if steps is None else steps, sample_rate=q,
-                       noise_multiplier=sigma, max_grad_norm=plan.max_grad_norm)
+                       noise_multiplier=sigma, max_grad_norm=plan.max_grad_norm,
+                       expected_batch=expected_batch(q, noisy_rows))
+
+
+def expected_batch(sample_rate: float, noisy_rows: float) -> float:
+    """The Poisson batch DP-SGD normalises by: the rate times the DP row estimate (or a public
+    size), never the exact count."""
+    return max(1.0, sample_rate * noisy_rows)

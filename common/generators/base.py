@@ -34,6 +34,9 @@ class DPSGDConfig:
     sample_rate: float
     noise_multiplier: float
     max_grad_norm: float
+    # The expected batch the noisy gradient sum is divided by: sample_rate x the DP row estimate
+    # (never the exact count). 0: sample_rate x len(data), for public data only (benchmarks).
+    expected_batch: float = 0.0
 
 
 @dataclass(frozen=True)
