@@ -27,7 +27,8 @@ Privacy notes that hold for every family:
 * The DP noise and the Poisson batches come from OS entropy (common/dp_training.py), never from
   the coordinator's seed, which only fixes the public initialisation and the sampling.
 * The sample rate comes from the reported size (public or already DP), never the exact count.
-* Metrics sent back are public or DP: the number of steps and the plan, never a loss on private rows.
+* Metrics sent back are public or DP: the number of steps and the plan, never a loss on private
+  rows, an exact count or a training time (they leave in clear, even under SecAgg+).
 """
 
 from __future__ import annotations
@@ -234,7 +235,9 @@ def run_round(site: SiteState, global_weights: list[np.ndarray], cfg: RoundConfi
                                 proximal_mu=cfg.proximal_mu)
     if train.steps != plan.dp.steps:  # the ledger was charged for plan.dp.steps, up front
         raise RuntimeError(f"took {train.steps} DP-SGD steps, {plan.dp.steps} were charged")
+    # No timing: how long the steps took depends on the sizes of the Poisson batches (the
+    # exact row count and the batch secrets), and this dict leaves the site in clear.
     metrics = {"steps": train.steps, "noise-multiplier": plan.dp.noise_multiplier,
-               "sample-rate": plan.dp.sample_rate, "train-seconds": round(train.seconds, 3)}
+               "sample-rate": plan.dp.sample_rate}
     return generator.get_weights(), metrics
 
