@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 
@@ -42,14 +43,16 @@ import numpy as np
 
 from ..common.atomic import atomic_write_text
 from ..common.generators.base import DPSGDConfig
-from ..common.planning import preprocessing_noise, sample_rate_for
-from ..common.privacy import GaussianMechanism, calibrate_noise
+from ..common.planning import expected_batch, preprocessing_noise, sample_rate_for
+from ..common.privacy import GaussianMechanism, calibrate_noise, check_epsilon, delta_warning
 from ..common.stats import TableStats, collect_stats
 from ..common.wire import TrainingSpec, as_wire, fields_from_wire
 from .ledger import NoBudget
 from .site_state import ReportedSize, SiteState, _safe
 
 STATS_MECHANISM = "preprocessing histograms"  # the name common/stats.py:collect_stats gives it
+
+log = logging.getLogger("synthpool.agent")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +89,11 @@ class RoundConfig(TrainingSpec):
         cfg = cls(**fields_from_wire(cls, record))
         if cfg.num_rounds < 1 or cfg.local_steps < 1 or not 0 <= cfg.round <= cfg.num_rounds:
             raise ValueError(f"round {cfg.round} of {cfg.num_rounds} with {cfg.local_steps} steps")
+        if cfg.target_epsilon != 0:  # 0: no study target, the site's own cap
+            check_epsilon(cfg.target_epsilon, "target-epsilon")
+        if not 0 < cfg.preprocessing_share < 1 or not 0 <= cfg.evaluation_share < 1:
+            raise ValueError(f"preprocessing-share {cfg.preprocessing_share!r} must lie in "
+                             f"(0, 1) and evaluation-share {cfg.evaluation_share!r} in [0, 1)")
         return cfg
 
     def to_wire(self) -> dict:
@@ -192,9 +200,12 @@ def plan_round(site: SiteState, cfg: RoundConfig, size: ReportedSize) -> RoundPl
                 "noise_multiplier": sigma, "sample_rate": q, "target_epsilon": epsilon,
                 "steps": plan.steps, "calibrated_at_round": cfg.round,
                 **({"evaluation_noise_multiplier": eval_sigma} if eval_sigma else {})}))
+            warning = delta_warning(delta, size.rows)
+            if warning:  # the site's own log: its owner chose the delta in site.toml
+                log.warning("study %r: %s", cfg.study, warning)
         source = "calibrated"
     dp = DPSGDConfig(steps=cfg.local_steps, sample_rate=q, noise_multiplier=sigma,
-                     max_grad_norm=cfg.max_grad_norm)
+                     max_grad_norm=cfg.max_grad_norm, expected_batch=expected_batch(q, size.rows))
     mech = GaussianMechanism(f"dp-sgd/{cfg.job_id}", sigma, q, cfg.local_steps)
     return RoundPlan(dp, [mech], source)
 
