@@ -121,3 +121,9 @@ def test_token_draws_follow_each_columns_softmax():
         want = torch.softmax(logits[0, start:start + size].double(), 0)
         assert freq.shape == (size,)
         assert torch.allclose(freq, want, atol=0.004), (j, freq, want)
+
+
+def test_seed_help_does_not_claim_to_seed_the_noise():
+    res = runner.invoke(app, ["synth", "--help"], terminal_width=200)
+    text = " ".join(res.output.split())
+    assert "OS entropy" in text and "noise" in text and "sampling and noise" not in text

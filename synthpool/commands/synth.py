@@ -32,7 +32,10 @@ def synth(
     out: Path = path_option(..., "--out", help="Output .csv, .csv.gz or .parquet."),
     query: Optional[str] = typer.Option(None, "--query", help="SQL query for a database URL."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the model, sampling and noise."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the model's initialisation and of drawing "
+                                               "the synthetic rows (published in the manifest). "
+                                               "The DP noise and batches never use it: they come "
+                                               "from OS entropy."),
     steps: int = typer.Option(TrainingPlan.steps, "--steps", help="DP-SGD steps."),
     on_invalid: str = typer.Option("error", "--on-invalid", help="error or drop invalid rows."),
     family: str = typer.Option(DEFAULT_FAMILY, "--family",
