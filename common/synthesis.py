@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform
 import time
+import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Callable
@@ -20,7 +21,7 @@ from .generators.base import Generator, resolve_device
 from .generators import registry
 from .generators.registry import DEFAULT_FAMILY
 from .planning import TrainingPlan, dp_sgd_config, preprocessing_noise
-from .privacy import GaussianMechanism, PureSpend, Spend
+from .privacy import DeltaWarning, GaussianMechanism, PureSpend, Spend, check_budget, delta_warning
 from .schema import Schema
 from .stats import collect_stats
 from .transforms import TableTransformer
@@ -66,7 +67,11 @@ def train_single_site(
     hyperparameters: dict | None = None,
 ) -> SynthesisResult:
     """Spend (epsilon, delta) on `df`: DP histograms, then DP-SGD calibrated so the composition of
-    both (and any DP schema draft) is at most epsilon."""
+    both (and any DP schema draft) is at most epsilon.
+
+    Raises InvalidBudget (common/privacy.py) before anything is read for an epsilon <= 0 or a
+    delta outside (0, 1); warns (DeltaWarning) when delta > 1 / the DP row estimate."""
+    epsilon, delta = check_budget(epsilon, delta)
     device = resolve_device(device)
     # Refuse bad hyperparameters before a row is read: nothing is spent on a run that cannot train.
     hp = registry.hyperparameters(family, hyperparameters)
@@ -78,6 +83,9 @@ def train_single_site(
     # Histogram noise from OS entropy, never from the published seed (see dp_training).
     stats = collect_stats(schema, df, preprocessing_noise(plan, rdp_epsilon, rdp_delta),
                           np.random.default_rng())
+    warning = delta_warning(delta, stats.noisy_rows())
+    if warning:
+        warnings.warn(warning, DeltaWarning, stacklevel=2)
     transformer = TableTransformer(schema, stats, max_bins=plan.max_bins)
     dp = dp_sgd_config(plan, rdp_epsilon, rdp_delta, stats.noisy_rows(), stats.mechanisms)
     generator = registry.build(family, transformer, hp, seed=seed, device=device)
@@ -105,6 +113,7 @@ def train_single_site(
             "requested": {"epsilon": epsilon, "delta": delta},
             **spend.to_dict(),
             "unit": "one row of the input table (add/remove neighbouring datasets)",
+            **({"warnings": [warning]} if warning else {}),
         },
         "seed": seed,
         "versions": package_versions(),

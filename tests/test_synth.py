@@ -14,6 +14,7 @@ from synthpool.cli import app
 from synthpool.common.bundled import ADULT_SCHEMA, ADULT_TRAIN
 from synthpool.common.loading import load_table
 from synthpool.common.planning import TrainingPlan
+from synthpool.common.privacy import InvalidBudget
 from synthpool.common.synthesis import train_single_site
 
 from tables import make_clinic_table, write_table
@@ -121,6 +122,28 @@ def test_token_draws_follow_each_columns_softmax():
         want = torch.softmax(logits[0, start:start + size].double(), 0)
         assert freq.shape == (size,)
         assert torch.allclose(freq, want, atol=0.004), (j, freq, want)
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--delta", "1.5"], "--delta must lie strictly between 0 and 1"),
+    (["--delta", "1"], "--delta must lie strictly between 0 and 1"),
+    (["--delta", "0"], "--delta must lie strictly between 0 and 1"),
+    (["--epsilon", "inf"], "--epsilon must be a finite number > 0"),
+])
+def test_synth_refuses_a_budget_without_guarantee_before_reading_or_writing(tmp_path, flags, says):
+    df, schema = make_clinic_table(50, seed=0)
+    schema.save(tmp_path / "s.yaml")
+    out = tmp_path / "o.csv"
+    # The data path does not exist: the budget is refused before anything is read.
+    res = runner.invoke(app, ["synth", "--data", str(tmp_path / "absent.csv"), "--schema",
+                              str(tmp_path / "s.yaml"), "--epsilon", "1", "--rows", "10",
+                              "--out", str(out), *flags])
+    assert res.exit_code == 2 and says in res.output, res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+    with pytest.raises(InvalidBudget, match="delta must lie strictly between 0 and 1"):
+        train_single_site(schema, df, epsilon=1.0, delta=1.5, plan=TrainingPlan(steps=1))
+    with pytest.raises(InvalidBudget, match="epsilon must be a finite number > 0"):
+        train_single_site(schema, df, epsilon=0.0, delta=1e-5, plan=TrainingPlan(steps=1))
 
 
 def test_seed_help_does_not_claim_to_seed_the_noise():

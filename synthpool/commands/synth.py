@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +15,7 @@ from synthpool.common.generators import registry
 from synthpool.common.generators.registry import DEFAULT_FAMILY, model_options
 from synthpool.common.loading import DataError, load_table
 from synthpool.common.planning import TrainingPlan
+from synthpool.common.privacy import DeltaWarning, InvalidBudget, check_budget
 from synthpool.common.schema import Schema, SchemaError
 from synthpool.common.synthesis import train_single_site
 from synthpool.common.table_io import manifest_path, write_json, write_table
@@ -27,7 +29,8 @@ def synth(
     data: str = typer.Option(..., "--data", help="CSV/Parquet file or database URL (with --query)."),
     schema_file: Path = path_option(..., "--schema", help="The study schema (YAML)."),
     epsilon: float = typer.Option(..., "--epsilon", min=0.01, help="Total DP epsilon to spend."),
-    delta: float = typer.Option(1e-5, "--delta", help="DP delta (well below 1/rows)."),
+    delta: float = typer.Option(1e-5, "--delta", help="DP delta, strictly between 0 and 1 "
+                                                      "(well below 1/rows)."),
     rows: int = typer.Option(..., "--rows", min=1, help="Synthetic rows to write."),
     out: Path = path_option(..., "--out", help="Output .csv, .csv.gz or .parquet."),
     query: Optional[str] = typer.Option(None, "--query", help="SQL query for a database URL."),
@@ -50,6 +53,12 @@ def synth(
     if device not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter("must be auto, cpu or cuda", param_hint="--device")
     try:
+        # Before a row is read or a file written: a budget no guarantee can be stated at.
+        check_budget(epsilon, delta)
+    except InvalidBudget as e:
+        err.print(f"error: --{e}", style="red", markup=False)
+        raise typer.Exit(2)
+    try:
         # Checked before a row is read: nothing is spent on a model that cannot be built.
         hyperparameters = registry.hyperparameters(family, model_options(model or []))
     except ValueError as e:
@@ -62,11 +71,18 @@ def synth(
         err.print(f"error: {e}", style="red", markup=False)
         raise typer.Exit(2)
     err.print(report.summary(), markup=False)
-    with step_progress("DP-SGD", enabled=True) as progress:
+    with step_progress("DP-SGD", enabled=True) as progress, \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DeltaWarning)
         result = train_single_site(schema, df, epsilon=epsilon, delta=delta,
                                    plan=TrainingPlan(steps=steps), device=device, seed=seed,
                                    progress=progress, family=family,
                                    hyperparameters=hyperparameters.model_dump())
+    for w in caught:
+        if issubclass(w.category, DeltaWarning):
+            err.print(f"warning: {w.message}", style="yellow", markup=False)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     synthetic = result.generator.sample(rows, seed=seed + 1)
     # In the table's own vocabulary and column order: spellings, integers, missing markers.
     write_table(synthetic, out, schema, columns=report.columns)
