@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .generators.base import Generator, resolve_device
+from .generators.base import Generator, TrainStats, resolve_device
 from .generators import registry
 from .generators.registry import DEFAULT_FAMILY
 from .planning import TrainingPlan, dp_sgd_config, preprocessing_noise
@@ -51,6 +51,9 @@ class SynthesisResult:
     generator: Generator
     spend: Spend
     manifest: dict = field(default_factory=dict)
+    # How training went (steps, rows seen, seconds): for the owner's own console and benchmarks,
+    # never written to the manifest (rows seen and seconds depend on the exact Poisson batches).
+    train: TrainStats | None = None
 
 
 def train_single_site(
@@ -90,23 +93,25 @@ def train_single_site(
     dp = dp_sgd_config(plan, rdp_epsilon, rdp_delta, stats.noisy_rows(), stats.mechanisms)
     generator = registry.build(family, transformer, hp, seed=seed, device=device)
     encoded = transformer.encode(df).to(device)
-    started = time.time()
     train = generator.fit_steps(encoded, dp, progress=progress)
     # The steps actually taken are what the accountant charges.
     mechanisms = [*stats.mechanisms,
                   GaussianMechanism("dp-sgd", dp.noise_multiplier, dp.sample_rate, train.steps)]
     spend = Spend(delta=delta, mechanisms=mechanisms, pure=pure)
+    # Nothing here is an exact count or a timing of the private rows: the row count is the DP
+    # estimate, and the training's seconds and rows seen (which add up the Poisson batch sizes)
+    # stay in `SynthesisResult.train`. The creation time is taken after training, so with the
+    # files' own times it does not bracket how long training took.
     manifest = {
         "kind": "synthpool.single-site",
-        "created_unix": int(started),
+        "created_unix": int(time.time()),
         "schema": {"name": schema.name, "fingerprint": schema.fingerprint()},
         "model": generator.describe(),
         "training": {
             "plan": plan.to_dict(), "steps": train.steps, "sample_rate": dp.sample_rate,
             "noise_multiplier": dp.noise_multiplier, "max_grad_norm": dp.max_grad_norm,
             "poisson_sampling": True, "method": generator.training,
-            "seconds": round(train.seconds, 2), "rows_per_second": round(train.rows_seen / train.seconds),
-            "device": device,
+            "expected_batch": dp.expected_batch, "device": device,
         },
         "rows_estimate_dp": round(stats.noisy_rows()),
         "privacy": {
@@ -119,4 +124,4 @@ def train_single_site(
         "versions": package_versions(),
         "torch_threads": torch.get_num_threads(),
     }
-    return SynthesisResult(generator, spend, manifest)
+    return SynthesisResult(generator, spend, manifest, train)

@@ -16,6 +16,7 @@ from synthpool.common.loading import load_table
 from synthpool.common.planning import TrainingPlan
 from synthpool.common.privacy import InvalidBudget
 from synthpool.common.synthesis import train_single_site
+from synthpool.common.table_io import manifest_path
 
 from tables import make_clinic_table, write_table
 
@@ -122,6 +123,56 @@ def test_token_draws_follow_each_columns_softmax():
         want = torch.softmax(logits[0, start:start + size].double(), 0)
         assert freq.shape == (size,)
         assert torch.allclose(freq, want, atol=0.004), (j, freq, want)
+
+
+def _keys(obj):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield k
+            yield from _keys(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _keys(v)
+
+
+def _as_number(n: int) -> str:
+    """`n` written as a number in JSON (1500, 1500.0), not as part of another token."""
+    return rf"(?<![\w.]){n}(?:\.0+)?(?![\w.])"
+
+
+def test_manifest_holds_no_exact_count_and_no_timing(tmp_path):
+    """The manifest leaves the owner with the data: only DP estimates and public facts. The
+    exact validation summary is printed on the owner's console only."""
+    import re
+
+    df, schema = make_clinic_table(3217, seed=4)
+    df["age"] = df["age"].astype(object)
+    df.loc[[5, 77, 901], "age"] = "old"
+    src = tmp_path / "clinic.csv"
+    write_table(df, src)
+    schema.save(tmp_path / "s.yaml")
+    out = tmp_path / "syn.csv"
+    res = runner.invoke(app, ["synth", "--data", str(src), "--schema", str(tmp_path / "s.yaml"),
+                              "--epsilon", "2", "--delta", "1e-3", "--rows", "100", "--out",
+                              str(out), "--steps", "3", "--on-invalid", "drop"])
+    assert res.exit_code == 0, res.output
+    assert "read 3217 rows" in res.output and "dropped 3 invalid rows (age: 3)" in res.output
+    # delta 1e-3 > 1/3214: legal, so a warning, on the console and in the manifest.
+    assert "warning: delta 0.001 is above 1/rows" in res.output
+    manifest = json.loads(manifest_path(out).read_text())
+    assert "above 1/rows" in manifest["privacy"]["warnings"][0]
+    keys = set(_keys(manifest))
+    assert not {"validation", "rows_per_second", "rows_seen"} & keys
+    assert not [k for k in keys if "second" in k], keys
+    assert manifest["input"] == {"source": str(src), "on_invalid": "drop"}
+    # The DP estimate may equal a count by chance (it is a DP release): every other field must
+    # not hold one, nor the source's path.
+    estimate = manifest.pop("rows_estimate_dp")
+    text = json.dumps(manifest).replace(str(src), "SRC").replace(f"about {estimate} rows", "")
+    for exact in (3217, 3214):
+        assert not re.search(_as_number(exact), text), exact
+    q = manifest["training"]["sample_rate"]
+    assert manifest["training"]["expected_batch"] == pytest.approx(q * estimate, abs=q)
 
 
 @pytest.mark.parametrize("flags, says", [

@@ -70,6 +70,8 @@ def synth(
     except (SchemaError, DataError) as e:
         err.print(f"error: {e}", style="red", markup=False)
         raise typer.Exit(2)
+    # The exact counts (rows read, dropped per column) are for the owner's eyes: printed here,
+    # never written into the manifest that travels with the release.
     err.print(report.summary(), markup=False)
     with step_progress("DP-SGD", enabled=True) as progress, \
             warnings.catch_warnings(record=True) as caught:
@@ -83,11 +85,14 @@ def synth(
             err.print(f"warning: {w.message}", style="yellow", markup=False)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    if result.train is not None and result.train.seconds > 0:
+        err.print(f"trained {result.train.steps} DP-SGD steps in {result.train.seconds:.1f} s "
+                  "(this console only: the manifest holds no timings)", markup=False)
     synthetic = result.generator.sample(rows, seed=seed + 1)
     # In the table's own vocabulary and column order: spellings, integers, missing markers.
     write_table(synthetic, out, schema, columns=report.columns)
     manifest = result.manifest | {"output": {"file": out.name, "rows": rows},
-                                  "input": {"source": report.source, "validation": report.summary()}}
+                                  "input": {"source": report.source, "on_invalid": on_invalid}}
     write_json(manifest, manifest_path(out))
     err.print(f"wrote {rows} rows to {out} and {manifest_path(out).name}: "
               f"epsilon={result.spend.epsilon:.3f}, delta={delta:g} (RDP accountant)", markup=False)
