@@ -456,14 +456,16 @@ class State:
         the node id, inside the transaction, so a failed admission approves nothing."""
         with self.transaction() as conn:
             site = self.get_site(name)
+            # Checked first: a wrong fingerprint is an error even for a site already approved.
+            if expected_fingerprint and site.public_key_fingerprint and \
+                    expected_fingerprint != site.public_key_fingerprint:
+                raise Precondition(f"site {name!r} registered key {site.public_key_fingerprint}, "
+                                   f"not {expected_fingerprint}: do not approve")
             if site.status == SITE_APPROVED:
                 return site
             if site.status != SITE_REGISTERED:
                 raise Precondition(f"site {name!r} is {site.status}: only a registered site "
                                    "(one that has sent its key) can be approved")
-            if expected_fingerprint and expected_fingerprint != site.public_key_fingerprint:
-                raise Precondition(f"site {name!r} registered key {site.public_key_fingerprint}, "
-                                   f"not {expected_fingerprint}: do not approve")
             node_id = str(admit(site)) if admit else None
             conn.execute(sites.update().where(sites.c.name == name).values(
                 status=SITE_APPROVED, approved_at=self.clock(), approved_by=by,

@@ -208,6 +208,9 @@ def test_site_lifecycle(state, clock):
         state.approve_site("hosp-a", by="token:t", expected_fingerprint="SHA256:zzz")
     assert state.approve_site("hosp-a", by="token:t", expected_fingerprint="SHA256:abc").status \
         == st.SITE_APPROVED
+    # Re-approving an approved site with a wrong fingerprint once answered "approved".
+    with pytest.raises(st.Precondition, match="not SHA256:zzz"):
+        state.approve_site("hosp-a", by="token:t", expected_fingerprint="SHA256:zzz")
     with pytest.raises(st.AlreadyExists):
         state.invite_site("hosp-a", by="token:t")
     revoked = state.revoke_site("hosp-a", by="token:t", reason="left the consortium")
@@ -313,3 +316,4 @@ def test_releases_index(state):
     state.put_release(st.ReleaseRecord("r1", "s", 2.0, 3, 120, "c" * 64))  # refreshed
     assert [(r.name, r.bytes) for r in state.list_releases()] == [("r0", 50), ("r1", 120)]
     assert [r.name for r in state.list_releases("s")] == ["r1"]
+
