@@ -247,7 +247,10 @@ def run_round(site: SiteState, global_weights: list[np.ndarray], cfg: RoundConfi
     if train.steps != plan.dp.steps:  # the ledger was charged for plan.dp.steps, up front
         raise RuntimeError(f"took {train.steps} DP-SGD steps, {plan.dp.steps} were charged")
     # No timing: how long the steps took depends on the sizes of the Poisson batches (the
-    # exact row count and the batch secrets), and this dict leaves the site in clear.
+    # exact row count and the batch secrets), and this dict leaves the site in clear. The
+    # site's own log (which stays at the site) has it.
+    log.info("study %r, %s: %d DP-SGD steps in %.1f s", cfg.study, cfg.job_id, train.steps,
+             train.seconds)
     metrics = {"steps": train.steps, "noise-multiplier": plan.dp.noise_multiplier,
                "sample-rate": plan.dp.sample_rate}
     return generator.get_weights(), metrics
