@@ -48,7 +48,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..common.bundled import ADULT_SCHEMA
-from ..common.privacy import check_delta, check_epsilon
+from ..common.budget import check_delta, check_epsilon
 from ..common.schema import Schema
 from .fab_policy import DEFAULT_ALLOWED_FILES, PINNED_CLIENTAPP, TrustPolicy
 

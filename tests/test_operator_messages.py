@@ -122,7 +122,7 @@ def test_approve_needs_the_fingerprint_and_checks_it_every_time(coordinator, tmp
     # Re-approving an approved site with another fingerprint is an error, not "approved".
     again = run(["sites", "approve", "hosp-a", "--fingerprint", "SHA256:other"], env, code=1)
     assert "approved hosp-a" not in again.stdout
-    assert f"with key {fingerprint}, not SHA256:other" in again.output
+    assert f"key {fingerprint}, not SHA256:other" in again.output
     assert "sites revoke hosp-a" in again.output
     assert "approved hosp-a" in run(["sites", "approve", "hosp-a", "--fingerprint",
                                      fingerprint], env).stdout
