@@ -459,8 +459,11 @@ class State:
             # Checked first: a wrong fingerprint is an error even for a site already approved.
             if expected_fingerprint and site.public_key_fingerprint and \
                     expected_fingerprint != site.public_key_fingerprint:
-                raise Precondition(f"site {name!r} registered key {site.public_key_fingerprint}, "
-                                   f"not {expected_fingerprint}: do not approve")
+                raise Precondition(
+                    f"site {name!r} registered key {site.public_key_fingerprint}, not "
+                    f"{expected_fingerprint}: do not approve; check the fingerprint with the "
+                    f"site, and if the key is not theirs, `synthpool sites revoke {name}` and "
+                    "invite them again")
             if site.status == SITE_APPROVED:
                 return site
             if site.status != SITE_REGISTERED:
