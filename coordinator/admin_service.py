@@ -432,7 +432,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     def _study(self, study: st.StudyRecord, with_schema: bool = True) -> pb.Study:
         n = len(self.state.participants(study))
-        # The release guarantee (DESIGN.md): max over sites if each person is at one site only,
+        # The release guarantee (docs/ARCHITECTURE.md): max over sites if each person is at one site only,
         # the sum otherwise. Every site has the same per-study budget here.
         factor = 1 if study.overlap == "disjoint" else n
         latest = self.state.latest_run(study.name)
