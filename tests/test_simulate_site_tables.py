@@ -94,7 +94,7 @@ def test_schema_tables_and_family_reach_the_sites_and_the_run_config(study, monk
 
     import pandas as pd
 
-    from synthpool.commands import demo, site_tables
+    from synthpool.commands import demo
 
     seen = {}
 
@@ -103,7 +103,7 @@ def test_schema_tables_and_family_reach_the_sites_and_the_run_config(study, monk
         seen["sites"] = {n: tomllib.loads(fed.site_config(n).read_text()) for n in fed.sites}
         raise RuntimeError("stopped by the test")
 
-    monkeypatch.setattr(site_tables, "run_federation", fake_run)
+    monkeypatch.setattr(demo, "run_federation", fake_run)
     res = CliRunner().invoke(app, [
         "simulate", "--schema", "clinic.yaml", "--site", "north=north.csv",
         "--site", "south=sqlite:///south.db", "--site-query", f"south={CLINIC_QUERY}",

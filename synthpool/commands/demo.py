@@ -73,7 +73,7 @@ def demo(
 ) -> None:
     """Federated DP synthesis of Adult across SITES local processes, evaluated on the hold-out."""
     from synthpool.common.bundled import ADULT_TRAIN
-    from synthpool.coordinator.federation import LocalFederation, SiteSpec, split_rows
+    from synthpool.coordinator.federation import SiteSpec, split_rows
 
     if split not in ("iid", "skewed"):
         raise typer.BadParameter("must be 'iid' or 'skewed'", param_hint="--split")
@@ -103,16 +103,7 @@ def demo(
                   f"epsilon {epsilon:g} per site, {rounds} rounds x {steps} DP-SGD steps"
                   + (", TLS + enrolled SuperNodes" if secure else ", no TLS (loopback)")
                   + (", SecAgg+" if secure_aggregation else ""))
-    try:
-        with LocalFederation(work, specs, tls=secure, node_auth=secure) as fed:
-            manifest = run_federation(fed, run_config, rounds, timeout, started)
-    except KeyboardInterrupt:
-        console.print("[red]interrupted[/red]: every process was stopped")
-        raise typer.Exit(130) from None
-    except (RuntimeError, TimeoutError) as e:
-        console.print(f"[red]the federated run failed[/red]: {e}", markup=True)
-        console.print(f"logs: {work / 'logs'}")
-        raise typer.Exit(1) from None
+    manifest = federate(work, specs, run_config, rounds, timeout, started, secure=secure)
     trained = time.monotonic() - started
     result = evaluate_release(release_dir, [Path(p) for p in data], manifest, out / "adult-test-report",
                               seed=seed, title=f"synthpool demo: Adult across {sites} sites "
@@ -121,6 +112,24 @@ def demo(
                   files=False)
     next_steps(manifest, release_dir, Path(run_config["signing-key"]).with_suffix(".pub"),
                out / "adult-test-report")
+
+
+def federate(work: Path, specs, run_config: dict, rounds: int, timeout: float, started: float,
+             *, secure: bool) -> dict:
+    """The sites and the coordinator as processes on this machine, through to the release;
+    returns its manifest. Every process is stopped however it ends; a failure exits with why."""
+    from synthpool.coordinator.federation import LocalFederation
+
+    try:
+        with LocalFederation(work, specs, tls=secure, node_auth=secure) as fed:
+            return run_federation(fed, run_config, rounds, timeout, started)
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/red]: every process was stopped")
+        raise typer.Exit(130) from None
+    except (RuntimeError, TimeoutError) as e:
+        console.print(f"[red]the federated run failed[/red]: {e}", markup=True)
+        console.print(f"logs: {work / 'logs'}")
+        raise typer.Exit(1) from None
 
 
 def run_federation(fed, run_config: dict, rounds: int, timeout: float, started: float) -> dict:

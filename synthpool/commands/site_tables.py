@@ -24,7 +24,7 @@ import typer
 
 from synthpool.common.cli_paths import absolute
 
-from .demo import _cores, _sigterm_as_interrupt, console, next_steps, print_summary, run_federation
+from .demo import _cores, _sigterm_as_interrupt, console, federate, next_steps, print_summary
 
 SITE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # agent/config.py's rule for a site's name
 
@@ -123,7 +123,7 @@ def run_on_tables(*, schema_file: Path, site_args: list[str], query_args: list[s
                   population: str, secure: bool, secure_aggregation: bool,
                   site_evaluation: bool, settings: list[str]) -> None:
     from synthpool.common.schema import Schema, SchemaError
-    from synthpool.coordinator.federation import LocalFederation, SiteSpec
+    from synthpool.coordinator.federation import SiteSpec
     from synthpool.coordinator.flower_runner import parse_settings
 
     if on_invalid not in ("error", "drop"):
@@ -176,16 +176,7 @@ def run_on_tables(*, schema_file: Path, site_args: list[str], query_args: list[s
                   f"{rounds} rounds x {steps} DP-SGD steps, real processes"
                   + (", TLS + enrolled SuperNodes" if secure else ", no TLS (loopback)")
                   + (", SecAgg+" if secure_aggregation else ""))
-    try:
-        with LocalFederation(work, specs, tls=secure, node_auth=secure) as fed:
-            manifest = run_federation(fed, run_config, rounds, timeout, started)
-    except KeyboardInterrupt:
-        console.print("[red]interrupted[/red]: every process was stopped")
-        raise typer.Exit(130) from None
-    except (RuntimeError, TimeoutError) as e:
-        console.print(f"[red]the federated run failed[/red]: {e}", markup=True)
-        console.print(f"logs: {work / 'logs'}")
-        raise typer.Exit(1) from None
+    manifest = federate(work, specs, run_config, rounds, timeout, started, secure=secure)
     elapsed = time.monotonic() - started
     print_summary(manifest, None, release_dir, None, elapsed, elapsed, files=False)
     next_steps(manifest, release_dir, work / "coordinator" / "release-key.pub", None, own_tables=True)
