@@ -44,6 +44,7 @@ from ..common.atomic import atomic_write_text
 from ..common.bundled import ADULT_SCHEMA
 from ..common.schema import Schema
 from ..common.stats import TableStats, cell_labels, histogram_columns
+from ..common.budget import check_epsilon
 from ..common.wire import (
     STATS_MESSAGE, TRAIN_MESSAGE, Reply, Request, TrainingSpec, fields_from_wire,
 )
@@ -104,6 +105,11 @@ class StudyRun(TrainingSpec):
 
     def __post_init__(self) -> None:
         self.hyperparameters  # noqa: B018  (a bad model setting fails the run before any stage)
+        if self.target_epsilon != 0:  # 0: each site spends up to its own cap
+            check_epsilon(self.target_epsilon, "run config target-epsilon")
+        if not 0 < self.preprocessing_share < 1 or not 0 <= self.evaluation_share < 1:
+            raise ValueError("run config: preprocessing-share must lie in (0, 1) and "
+                             "evaluation-share in [0, 1)")
         if self.population not in POPULATIONS:
             raise ValueError(f"population must be one of {POPULATIONS}, not {self.population!r}")
         if self.secure_aggregation and self.min_sites < 2:

@@ -168,6 +168,8 @@ def test_a_site_refuses_a_family_or_setting_it_cannot_build_before_charging(tmp_
         StudyRun(study="adult", checkpoint_dir=str(tmp_path), family="not-installed")
     with pytest.raises(ValueError, match="hidden"):
         StudyRun(study="adult", checkpoint_dir=str(tmp_path), model='{"hidden": -4}')
+    with pytest.raises(ValueError, match="target-epsilon"):
+        StudyRun(study="adult", checkpoint_dir=str(tmp_path), target_epsilon=-1.0)
 
     from synthpool.agent.client_app import Refusal, _parse
 
