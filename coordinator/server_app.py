@@ -318,6 +318,7 @@ def stats_problem(result: SiteResult, schema: Schema) -> str:
 # How far a noisy total may stray from the truth before we call it forged: 6 standard deviations
 # (a false alarm about once in 500 million honest histograms).
 _TOLERANCE_SD = 6.0
+MAX_HOLDOUT_FRACTION = 0.5  # the most of its rows a site may set aside (agent/config.py)
 
 
 def size_problem(stats: TableStats, claimed: float, source: str) -> str:
@@ -337,10 +338,13 @@ def size_problem(stats: TableStats, claimed: float, source: str) -> str:
             return (f"histogram totals disagree ({name!r}: {t:.0f}, {first!r}: {t0:.0f}) by more "
                     "than their noise allows: every histogram counts every row once")
     if source == "declared":
-        allowed = _TOLERANCE_SD * sigma_cell * np.sqrt(k0) + 0.01 * claimed + 1
+        # A declared size counts the whole table; the histograms leave out the site's hold-out,
+        # at most half of it (agent/config.py), so the table holds between 1x and 2x their total.
+        noise = _TOLERANCE_SD * sigma_cell * np.sqrt(k0) + 1
+        low, high = t0 - noise, (t0 + noise) / (1 - MAX_HOLDOUT_FRACTION)
     else:
-        allowed = 1.0  # the site reports its first histogram's total, rounded
-    if abs(claimed - t0) > allowed:
+        low, high = t0 - 1.0, t0 + 1.0  # the site reports its first histogram's total, rounded
+    if not low <= claimed <= high:
         return (f"reported size {claimed:.0f} ({source or 'estimated'}) disagrees with the total "
                 f"of its own histograms ({t0:.0f})")
     return ""

@@ -667,8 +667,10 @@ def test_histogram_totals_and_sizes_are_cross_checked():
     stats = TableStats("fp", honest, mech)
     total = float(np.sum(honest["x"]))
     assert server_app.size_problem(stats, round(total, 3), "estimated") == ""
-    assert server_app.size_problem(stats, 1000.0, "declared") == ""
-    assert "disagrees" in server_app.size_problem(stats, 5000.0, "declared")
+    assert server_app.size_problem(stats, total, "declared") == ""
+    assert server_app.size_problem(stats, total / 0.85, "declared") == ""  # 15% held out
+    assert "disagrees" in server_app.size_problem(stats, 3 * total, "declared")
+    assert "disagrees" in server_app.size_problem(stats, total / 2, "declared")
     assert "disagrees" in server_app.size_problem(stats, total * 2, "estimated")
     forged = TableStats("fp", {"x": honest["x"], "y": [c * 1000 for c in honest["y"]]}, mech)
     assert "totals disagree" in server_app.size_problem(forged, round(total, 3), "estimated")
