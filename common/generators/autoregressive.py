@@ -28,8 +28,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..dp_training import dp_sgd
-from .base import DPSGDConfig, Generator, Hyperparameters, ProgressFn, TrainStats
+from .base import Generator, Hyperparameters
 from .tokens import ColumnLoss, mlp, target_tokens
 
 
@@ -120,10 +119,6 @@ class AutoregressiveGenerator(Generator):
         return super().describe() | {"column_order": target + names,
                                      "column_order_source": self.hp.order}
 
-    def fit_steps(self, encoded: torch.Tensor, dp: DPSGDConfig,
-                  progress: ProgressFn | None = None, proximal_mu: float = 0.0) -> TrainStats:
-        return dp_sgd(self.net, self.loss, encoded, dp, lr=self.hp.lr, device=self.device,
-                      progress=progress, proximal_mu=proximal_mu)
 
     @torch.inference_mode()
     def sample(self, n: int, conditions: dict[str, str] | None = None,

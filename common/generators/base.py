@@ -73,6 +73,7 @@ class Generator(ABC):
                                "ghost clipping, Gaussian noise; Adam")
 
     net: torch.nn.Module
+    loss: torch.nn.Module  # criterion(net(rows), rows), one loss per row when reduction="none"
 
     def __init__(self, transformer: TableTransformer, hyperparameters: Hyperparameters, *,
                  seed: int = 0, device: str = "cpu") -> None:
@@ -80,11 +81,16 @@ class Generator(ABC):
         self.hp = hyperparameters
         self.seed, self.device = seed, device
 
-    @abstractmethod
     def fit_steps(self, encoded: torch.Tensor, dp: DPSGDConfig, progress: ProgressFn | None = None,
                   proximal_mu: float = 0.0) -> TrainStats:
         """Exactly `dp.steps` DP-SGD steps on rows encoded by `self.transformer` (the ledger was
-        charged for them). `proximal_mu` > 0 adds FedProx's pull towards the starting weights."""
+        charged for them). `proximal_mu` > 0 adds FedProx's pull towards the starting weights.
+        This default trains `self.net` on `self.loss` (per-row losses) with one Adam; a family
+        with another optimizer overrides it, and `max_update` with it."""
+        from ..dp_training import dp_sgd  # dp_training imports this module's configs
+
+        return dp_sgd(self.net, self.loss, encoded, dp, lr=self.hp.lr, device=self.device,
+                      progress=progress, proximal_mu=proximal_mu)
 
     @abstractmethod
     def sample(self, n: int, conditions: dict[str, str] | None = None,

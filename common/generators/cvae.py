@@ -17,8 +17,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..dp_training import dp_sgd
-from .base import DPSGDConfig, Generator, Hyperparameters, ProgressFn, TrainStats
+from .base import Generator, Hyperparameters
 from .tokens import ColumnLoss, draw_tokens, mlp, target_tokens
 
 
@@ -78,10 +77,6 @@ class CVAEGenerator(Generator):
         blocks = [(b.start, b.size) for b in transformer.blocks]
         self.loss = _CVAELoss(blocks, transformer.feature_dim, hp.latent, hp.beta)
 
-    def fit_steps(self, encoded: torch.Tensor, dp: DPSGDConfig,
-                  progress: ProgressFn | None = None, proximal_mu: float = 0.0) -> TrainStats:
-        return dp_sgd(self.net, self.loss, encoded, dp, lr=self.hp.lr, device=self.device,
-                      progress=progress, proximal_mu=proximal_mu)
 
     @torch.inference_mode()
     def sample(self, n: int, conditions: dict[str, str] | None = None,
