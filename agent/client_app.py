@@ -71,16 +71,14 @@ def ledger_report(site: SiteState, study: str) -> dict:
     to recompute the number (`common.privacy.epsilon_of`)."""
     from dataclasses import asdict
 
-    import opacus
-
-    from ..common.privacy import ACCOUNTANT, ALPHAS
+    from ..common.privacy import accountant_fields
 
     ledger = site.ledger
     cap = ledger.cap(study)
     spend = ledger.spent(study)
     return {"site": site.name, "study": study, "epsilon": composed_epsilon(spend),
             "delta": spend.delta, "cap": {"epsilon": cap.epsilon, "delta": cap.delta},
-            "accountant": ACCOUNTANT, "alphas": ALPHAS, "opacus_version": opacus.__version__,
+            **accountant_fields(),
             "mechanisms": [m.to_dict() for m in spend.mechanisms],
             "pure_spends": [asdict(p) for p in spend.pure],
             "jobs": [c.job_id for c in ledger.charges(study)]}

@@ -1,28 +1,32 @@
 """Privacy accounting: every mechanism run on private rows, composed by one accountant.
 
 Every DP mechanism synthpool runs on a site's rows is a *sampled Gaussian mechanism*: DP-SGD steps
-(sample rate q < 1, Poisson sampling) and the preprocessing histograms (q = 1, one step). That lets a
-single Opacus RDP accountant compose all of them exactly; the list of mechanisms is what manifests
-and ledgers store, so anyone can recompute the epsilon with Opacus from those fields alone
-(`epsilon_of`). Pure-DP spends made outside the accountant (e.g. a Laplace schema draft) are added by
-basic composition in `Spend`.
+(sample rate q < 1, Poisson sampling) and the histograms (q = 1, one step). So one accountant
+composes all of them: Google's dp-accounting privacy-loss-distribution (PLD) accountant, which is
+tight (for the demo's mechanisms it certifies about 8% less noise than RDP for the same
+guarantee). The list of mechanisms is what manifests and ledgers store; with the accountant's
+settings recorded beside it (`ACCOUNTANT_SETTINGS`), anyone can recompute every epsilon with
+`dp_accounting.pld.PLDAccountant` from those fields alone (tests/test_accountant_recompute.py does).
+Pure-DP spends made outside the accountant (e.g. a Laplace schema draft) are added by basic
+composition in `Spend`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from importlib.metadata import version
 
-import numpy as np
-import opacus
-from opacus.accountants.analysis import rdp as rdp_analysis
-from opacus.accountants import RDPAccountant
+from dp_accounting.pld import privacy_loss_distribution as pld
 
-ACCOUNTANT = "opacus.accountants.RDPAccountant"
-# Opacus' default orders stop at 63, which cannot certify epsilon below log(1/delta)/62 (about 0.19
-# at delta=1e-5) for one-shot queries; larger orders tighten small budgets. Recorded in manifests.
-ALPHAS: list[float] = RDPAccountant.DEFAULT_ALPHAS + [80, 96, 128, 192, 256, 384, 512, 1024]
-
+ACCOUNTANT = "dp_accounting.pld.PLDAccountant"
+# The PLD's grid of privacy-loss values. Pessimistic rounding makes the result an upper bound at
+# any interval; at 1e-3 a study's epsilon is within about 3e-4 of the 1e-4 grid's (measured on the
+# demo's schedule: 2.99801 vs 2.99781) and composing it takes a fraction of a second, not seconds.
+DISCRETIZATION = 1e-3
+ACCOUNTANT_SETTINGS = {"neighboring_relation": "ADD_OR_REMOVE_ONE",
+                       "value_discretization_interval": DISCRETIZATION}
 
 from .budget import (  # noqa: E402,F401  (the checks live apart: no torch to import them)
     DeltaWarning, InvalidBudget, check_budget, check_delta, check_epsilon, delta_warning,
@@ -64,15 +68,42 @@ class PureSpend:
     delta: float = 0.0
 
 
+def _merged(mechanisms) -> tuple[tuple[float, float, int], ...]:
+    """(noise, rate, steps) with equal (noise, rate) merged: the same composition, and a
+    canonical key so a study's history is composed once however it is split into rounds."""
+    steps: dict[tuple[float, float], int] = {}
+    for m in mechanisms:
+        if m.steps > 0:
+            key = (float(m.noise_multiplier), float(m.sample_rate))
+            steps[key] = steps.get(key, 0) + int(m.steps)
+    return tuple(sorted((s, q, n) for (s, q), n in steps.items()))
+
+
+def _gaussian_pld(sigma: float, q: float, n: int):
+    if q == 1.0:  # n unsampled Gaussians are one Gaussian with std sigma / sqrt(n), exactly
+        return pld.from_gaussian_mechanism(sigma / math.sqrt(n),
+                                           value_discretization_interval=DISCRETIZATION)
+    return pld.from_gaussian_mechanism(sigma, sampling_prob=q,
+                                       value_discretization_interval=DISCRETIZATION).self_compose(n)
+
+
+@lru_cache(maxsize=512)
+def _pld_of(merged: tuple[tuple[float, float, int], ...]):
+    out = None
+    for sigma, q, n in merged:
+        one = _gaussian_pld(sigma, q, n)
+        out = one if out is None else out.compose(one)
+    return out
+
+
+def _epsilon(merged, delta: float) -> float:
+    return 0.0 if not merged else float(_pld_of(merged).get_epsilon_for_delta(delta))
+
+
 def epsilon_of(mechanisms: list[GaussianMechanism], delta: float) -> float:
-    """The RDP accountant's epsilon at `delta` for all mechanisms composed."""
+    """The PLD accountant's epsilon at `delta` for all mechanisms composed."""
     check_delta(delta)
-    history = [(m.noise_multiplier, m.sample_rate, m.steps) for m in mechanisms if m.steps > 0]
-    if not history:
-        return 0.0
-    accountant = RDPAccountant()
-    accountant.history = history
-    return float(accountant.get_epsilon(delta=delta, alphas=ALPHAS))
+    return _epsilon(_merged(mechanisms), delta)
 
 
 @dataclass
@@ -86,7 +117,7 @@ class Spend:
 
     @property
     def accountant_delta(self) -> float:
-        """The share of delta left to the RDP conversion once pure spends took theirs."""
+        """The share of delta left to the accountant once pure spends took theirs."""
         return self.delta - sum(p.delta for p in self.pure)
 
     @property
@@ -98,16 +129,14 @@ class Spend:
 
     def per_mechanism(self) -> dict[str, float]:
         """Each mechanism's epsilon on its own at the same delta (they do not add up: the total
-        is composed in RDP and is smaller than the sum)."""
+        is composed by the accountant and is smaller than the sum)."""
         out = {m.name: epsilon_of([m], self.accountant_delta) for m in self.mechanisms}
         out.update({p.name: p.epsilon for p in self.pure})
         return out
 
     def to_dict(self) -> dict:
         return {
-            "accountant": ACCOUNTANT,
-            "alphas": ALPHAS,
-            "opacus_version": opacus.__version__,
+            **accountant_fields(),
             "delta": self.delta,
             "epsilon": self.epsilon,
             "epsilon_per_mechanism": self.per_mechanism(),
@@ -124,9 +153,30 @@ class Spend:
         )
 
 
-def _rdp(m: GaussianMechanism) -> np.ndarray:
-    return rdp_analysis.compute_rdp(q=m.sample_rate, noise_multiplier=m.noise_multiplier,
-                                    steps=m.steps, orders=ALPHAS)
+def accountant_fields() -> dict:
+    """What an auditor needs beside the mechanisms to recompute an epsilon."""
+    return {"accountant": ACCOUNTANT, "accountant_settings": dict(ACCOUNTANT_SETTINGS),
+            "dp_accounting_version": version("dp-accounting")}
+
+
+def _smallest_noise(eps, budget: float, start: float, rel_tolerance: float, what: str) -> float:
+    """The smallest sigma (to `rel_tolerance`) with eps(sigma) <= budget; eps decreases in sigma.
+    Bracketed geometrically from `start`, then bisected in log space."""
+    lo = hi = start
+    while eps(hi) > budget:
+        lo, hi = hi, hi * 2
+        if hi > 1e5:
+            raise BudgetExceeded(f"no noise level reaches {what}")
+    if lo == hi:
+        lo = hi / 2
+        while eps(lo) <= budget:
+            lo, hi = lo / 2, lo
+            if lo < 1e-3:
+                return hi
+    while hi / lo > 1 + rel_tolerance:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if eps(mid) <= budget else (mid, hi)
+    return hi
 
 
 def calibrate_noise(
@@ -142,40 +192,29 @@ def calibrate_noise(
     `prior` mechanisms stay within `target_epsilon - pure_epsilon` at `delta`."""
     check_budget(target_epsilon, delta)
     budget = target_epsilon - pure_epsilon
-    prior_rdp = sum((_rdp(m) for m in prior if m.steps > 0), np.zeros(len(ALPHAS)))
-
-    def eps(sigma: float) -> float:
-        rdp = prior_rdp + _rdp(GaussianMechanism("sgd", sigma, sample_rate, steps))
-        return float(rdp_analysis.get_privacy_spent(orders=ALPHAS, rdp=rdp, delta=delta)[0])
-
-    if budget <= 0 or epsilon_of(list(prior), delta) >= budget:
+    prior_merged = _merged(prior)
+    if budget <= 0 or _epsilon(prior_merged, delta) >= budget:
         raise BudgetExceeded(
             f"preprocessing already spends the whole budget epsilon={target_epsilon}"
         )
-    lo, hi = 0.25, 1.0
-    while eps(hi) > budget:
-        lo, hi = hi, hi * 2
-        if hi > 1e4:
-            raise BudgetExceeded(f"no noise level reaches epsilon={target_epsilon}")
-    while hi / lo > 1 + rel_tolerance:
-        mid = (lo * hi) ** 0.5
-        lo, hi = (lo, mid) if eps(mid) <= budget else (mid, hi)
-    return hi
+    prior_pld = _pld_of(prior_merged) if prior_merged else None
+
+    def eps(sigma: float) -> float:
+        one = _gaussian_pld(sigma, sample_rate, steps)
+        total = one if prior_pld is None else prior_pld.compose(one)
+        return float(total.get_epsilon_for_delta(delta))
+
+    # A first guess from the central-limit view of DP-SGD (noise ~ q sqrt(steps) / epsilon)
+    # saves most of the bracketing.
+    start = max(0.3, sample_rate * math.sqrt(max(steps, 1)) * 2 / budget)
+    return _smallest_noise(eps, budget, start, rel_tolerance, f"epsilon={target_epsilon}")
 
 
 def histogram_noise_for(epsilon: float, delta: float) -> float:
     """Noise multiplier of a one-shot Gaussian mechanism that alone costs `epsilon` at `delta`."""
     check_budget(epsilon, delta)
-    lo, hi = 0.1, 1.0
-    while epsilon_of([GaussianMechanism("h", hi, 1.0, 1)], delta) > epsilon:
-        lo, hi = hi, hi * 2
-        if hi > 1e5:
-            raise BudgetExceeded(f"epsilon={epsilon} is too small to certify at delta={delta}")
-    while hi - lo > 1e-3:
-        mid = (lo + hi) / 2
-        ok = epsilon_of([GaussianMechanism("h", mid, 1.0, 1)], delta) <= epsilon
-        lo, hi = (lo, mid) if ok else (mid, hi)
-    return hi
+    return _smallest_noise(lambda s: epsilon_of([GaussianMechanism("h", s, 1.0, 1)], delta),
+                           epsilon, 1.0, 1e-4, f"epsilon={epsilon} at delta={delta}")
 
 
 def is_finite_budget(epsilon: float, delta: float) -> bool:

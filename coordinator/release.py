@@ -93,7 +93,7 @@ def release_guarantee(per_site: dict[str, dict], population: str) -> dict:
 
 
 def _site_privacy(report: dict) -> dict:
-    keep = ("epsilon", "delta", "cap", "accountant", "alphas", "opacus_version",
+    keep = ("epsilon", "delta", "cap", "accountant", "accountant_settings", "dp_accounting_version",
             "epsilon_per_mechanism", "mechanisms", "pure_spends", "jobs")
     return {k: report[k] for k in keep if k in report}
 

@@ -1,32 +1,35 @@
 import math
 
 import pytest
-from opacus.accountants import RDPAccountant
-from opacus.accountants.analysis import rdp as rdp_analysis
 
-from synthpool.common.privacy import (ALPHAS, BudgetExceeded, GaussianMechanism, InvalidBudget,
+from accounting import rdp_epsilon, recompute_epsilon
+from synthpool.common.privacy import (BudgetExceeded, GaussianMechanism, InvalidBudget,
                                       PureSpend, Spend, calibrate_noise, check_budget,
                                       delta_warning, epsilon_of, histogram_noise_for)
 
 
-def test_epsilon_matches_opacus_accountant_stepping():
-    """Our history-based composition equals Opacus stepping its own accountant."""
-    acc = RDPAccountant()
-    for _ in range(7):
-        acc.step(noise_multiplier=1.1, sample_rate=0.05)
-    for _ in range(5):
-        acc.step(noise_multiplier=0.9, sample_rate=0.1)
-    ours = epsilon_of([GaussianMechanism("a", 1.1, 0.05, 7), GaussianMechanism("b", 0.9, 0.1, 5)], 1e-5)
-    assert ours == pytest.approx(acc.get_epsilon(delta=1e-5, alphas=ALPHAS), rel=1e-12)
+def test_epsilon_matches_dp_accounting_and_is_tighter_than_rdp():
+    """Our composition equals dp-accounting's public accountant on the same mechanisms, and is
+    below Opacus' RDP bound (tight, not merely valid)."""
+    mechs = [GaussianMechanism("a", 1.1, 0.05, 70), GaussianMechanism("b", 0.9, 0.1, 50),
+             GaussianMechanism("h", 8.0, 1.0, 1), GaussianMechanism("a2", 1.1, 0.05, 30)]
+    spend = Spend(1e-5, mechs).to_dict()
+    assert spend["epsilon"] == pytest.approx(recompute_epsilon(spend), abs=1e-3)
+    assert spend["epsilon"] < rdp_epsilon(spend["mechanisms"], 1e-5)
 
 
-def test_one_shot_gaussian_matches_closed_form_rdp():
+def test_one_shot_gaussian_matches_the_analytic_gaussian_mechanism():
+    """Balle & Wang (2018), Theorem 8: the Gaussian mechanism with sensitivity 1 and std sigma
+    is (eps, delta)-DP exactly when Phi(1/(2s) - eps s) - e^eps Phi(-1/(2s) - eps s) <= delta."""
+    from scipy.stats import norm
+
     sigma = 7.0
     eps = epsilon_of([GaussianMechanism("h", sigma, 1.0, 1)], 1e-6)
-    # RDP of the Gaussian mechanism: alpha / (2 sigma^2); conversion as in Opacus.
-    rdp = [a / (2 * sigma**2) for a in ALPHAS]
-    expected, _ = rdp_analysis.get_privacy_spent(orders=ALPHAS, rdp=rdp, delta=1e-6)
-    assert eps == pytest.approx(expected)
+    exact = norm.cdf(1 / (2 * sigma) - eps * sigma) - math.exp(eps) * norm.cdf(-1 / (2 * sigma) - eps * sigma)
+    assert exact <= 1e-6  # an upper bound ...
+    slack = 0.999 * eps
+    assert (norm.cdf(1 / (2 * sigma) - slack * sigma)
+            - math.exp(slack) * norm.cdf(-1 / (2 * sigma) - slack * sigma)) > 1e-6  # ... and tight
 
 
 @pytest.mark.parametrize("target", [1.0, 3.0])

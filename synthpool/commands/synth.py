@@ -95,4 +95,4 @@ def synth(
                                   "input": {"source": report.source, "on_invalid": on_invalid}}
     write_json(manifest, manifest_path(out))
     err.print(f"wrote {rows} rows to {out} and {manifest_path(out).name}: "
-              f"epsilon={result.spend.epsilon:.3f}, delta={delta:g} (RDP accountant)", markup=False)
+              f"epsilon={result.spend.epsilon:.3f}, delta={delta:g} (PLD accountant)", markup=False)
