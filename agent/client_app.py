@@ -115,15 +115,15 @@ def _label(cfg: site_job.RoundConfig) -> str:
 
 def _replay(site: SiteState, cfg: site_job.RoundConfig, ih: str) -> Release | None:
     """The cached release of a job already charged for the same inputs (a retry)."""
-    if site.ledger.get_charge(cfg.study, cfg.job_id) is None:
+    charge = site.ledger.get_charge(cfg.study, cfg.job_id)
+    if charge is None:
         return None
     cached = site.load_release(cfg.study, cfg.job_id)
-    if cached is None:
-        return None  # charged, never released (the site died before saving it): run it, once
-    if cached.input_hash != ih:
+    charged_for = cached.input_hash if cached is not None else charge.meta.get("input_hash", ih)
+    if charged_for != ih:
         raise Refusal(f"{_label(cfg)}: job {cfg.job_id} was already released for other inputs; "
                       "a second, different release under one charge is refused")
-    return cached
+    return cached  # None: charged, never released (the site died before saving it): run it, once
 
 
 def handle_stats(site: SiteState, wire: dict) -> Reply:
@@ -148,7 +148,7 @@ def handle_stats(site: SiteState, wire: dict) -> Reply:
                           {"site": site.name, "replayed": replayed,
                            "size-source": cached.payload["size-source"]},
                           ledger_report(site, cfg.study), cached.payload["stats"])
-    except (BudgetExceeded, LedgerConflict, ConfigError) as e:
+    except (BudgetExceeded, LedgerConflict, ConfigError, site_job.NoiseBelowCalibration) as e:
         # BudgetExceeded covers NoBudget (no cap for this study at this site).
         raise Refusal(str(e)) from None
 
@@ -193,7 +193,7 @@ def handle_train(site: SiteState, global_weights: list[np.ndarray], wire: dict,
         site.save_release(cfg.study, cfg.job_id, Release(weights, metrics, ih, {"info": info}))
         return Reply(weights, metrics, {"site": site.name, "replayed": False, **info},
                           ledger_report(site, cfg.study))
-    except (BudgetExceeded, LedgerConflict, ConfigError) as e:
+    except (BudgetExceeded, LedgerConflict, ConfigError, site_job.NoiseBelowCalibration) as e:
         raise Refusal(str(e)) from None
 
 
@@ -208,13 +208,21 @@ def handle_evaluate(site: SiteState, wire: dict, sample: bytes) -> Reply:
         if "sha256:" + hashlib.sha256(sample).hexdigest() != cfg.synthetic_digest:
             raise Refusal(f"{label}: the synthetic sample does not match its digest")
         ih = input_hash([], cfg.to_wire())
+        # One evaluation per training (its job id is the training's), and only of a training
+        # this site trained to its last round: a made-up training id, or a second sample for
+        # the same training, is not a fresh query of the site's rows.
         cached = _replay(site, cfg, ih)
         replayed = cached is not None
         if cached is None:
+            final = f"{cfg.training_id}/round-{cfg.num_rounds}"
+            if site.load_release(cfg.study, final) is None:
+                raise Refusal(f"{label}: this site did not train round {cfg.num_rounds} of "
+                              f"training {cfg.training_id}, so it has no release of it to score")
             synthetic = read_sample(site, sample)  # refused before anything is charged
             mechanism = plan_evaluation(site, cfg, site_job.load_plan(site, cfg))
             site.ledger.charge(cfg.study, cfg.job_id, [mechanism] if mechanism else [],
-                               label=label, meta={"input_hash": ih, "training_id": cfg.training_id})
+                               label=label, meta={"input_hash": ih, "training_id": cfg.training_id,
+                                                  "synthetic_digest": cfg.synthetic_digest})
             payload = run_evaluation(site, cfg, synthetic, mechanism, ledger_report(site, cfg.study))
             cached = Release([], {}, ih, {"evaluation": payload})
             site.save_release(cfg.study, cfg.job_id, cached)
@@ -222,7 +230,7 @@ def handle_evaluate(site: SiteState, wire: dict, sample: bytes) -> Reply:
                           ledger_report(site, cfg.study), evaluation=cached.payload["evaluation"])
     except BadSample as e:
         raise Refusal(f"{label}: {e}") from None
-    except (BudgetExceeded, LedgerConflict, ConfigError) as e:
+    except (BudgetExceeded, LedgerConflict, ConfigError, site_job.NoiseBelowCalibration) as e:
         raise Refusal(str(e)) from None
 
 

@@ -32,7 +32,7 @@ Example::
 
     [evaluation]
     holdout_fraction = 0.15            # rows set aside before training, to score releases on
-    share_scores = true                # false: only DP histograms leave the site when scoring
+    share_scores = false               # true: also send the (not DP) aggregate scores
 
     [budgets.adult]                    # one table per study this site takes part in
     epsilon = 3.0
@@ -168,9 +168,10 @@ class EvaluationSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     holdout_fraction: float = Field(default=0.15, ge=0.0, le=0.5)
-    # The aggregate scores are not DP (each is one number averaged over the site's rows); the
-    # owner may keep them and send only the DP histograms.
-    share_scores: bool = True
+    # The aggregate scores are not DP (each is one number averaged over the site's rows, and a
+    # coordinator that crafts the sample can read membership out of them): they stay at the site
+    # unless its owner opts in, and the release's manifest and report then say so.
+    share_scores: bool = False
 
 
 class SiteConfig(BaseModel):

@@ -27,6 +27,8 @@ from .site_state import SiteState, _safe
 
 EVALUATION_MECHANISM = "evaluation histograms"
 MAX_SYNTHETIC_ROWS = 200_000  # a sample beyond this is a mistake or an attack on the site's CPU
+# The footer's uncompressed size of the column pages: a compressed page can hide 300x its bytes.
+MAX_PAGE_BYTES = 64 * 2**20
 
 
 class BadSample(ValueError):
@@ -34,10 +36,8 @@ class BadSample(ValueError):
 
 
 def evaluation_noise(cfg, epsilon: float, delta: float) -> float | None:
-    """The noise multiplier of the evaluation histograms for budget (epsilon, delta): fixed by
-    the study, or its evaluation share of epsilon; None when the study shares none."""
-    if cfg.evaluation_noise_multiplier > 0:
-        return float(cfg.evaluation_noise_multiplier)
+    """The site's own noise multiplier for the evaluation histograms under budget (epsilon,
+    delta): the study's evaluation share of epsilon; None when the study shares none."""
     if cfg.evaluation_share > 0:
         return histogram_noise_for(cfg.evaluation_share * epsilon, delta)
     return None
@@ -45,28 +45,48 @@ def evaluation_noise(cfg, epsilon: float, delta: float) -> float | None:
 
 def plan_evaluation(site: SiteState, cfg, planned: dict | None) -> GaussianMechanism | None:
     """The mechanism to charge: the one reserved when the training was calibrated (`planned`,
-    the site's saved plan of the training), else one sized from the study settings."""
-    if planned and "evaluation_noise_multiplier" in planned:
-        sigma = planned["evaluation_noise_multiplier"]
-    else:
-        from .site_job import budget
+    the site's saved plan of the training), else one sized from the study settings; more noise
+    if the coordinator asks for more, never less (site_job.own_noise)."""
+    from .site_job import budget, own_noise
 
-        sigma = evaluation_noise(cfg, *budget(site, cfg))
-    return None if sigma is None else GaussianMechanism(EVALUATION_MECHANISM, float(sigma), 1.0, 1)
+    if planned and "evaluation_noise_multiplier" in planned:
+        own = planned["evaluation_noise_multiplier"]
+    else:
+        own = evaluation_noise(cfg, *budget(site, cfg))
+    if own is None and not cfg.evaluation_noise_multiplier > 0:
+        return None
+    sigma = own_noise(cfg.evaluation_noise_multiplier, own, "evaluation histograms", cfg, site)
+    return GaussianMechanism(EVALUATION_MECHANISM, sigma, 1.0, 1)
 
 
 def read_sample(site: SiteState, data: bytes) -> pd.DataFrame:
+    """The sample as a frame, its size checked from the Parquet footer BEFORE anything is
+    decoded: a few kilobytes of dictionary-encoded Parquet can decode to gigabytes."""
+    import pyarrow.parquet as pq
+
     from ..common.evaluation.tables import conform
 
     try:
-        df = pd.read_parquet(io.BytesIO(data))
+        meta = pq.ParquetFile(io.BytesIO(data)).metadata
+        rows = meta.num_rows
+        decoded = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
     except Exception as e:  # noqa: BLE001 - pyarrow raises many types for a bad file
         raise BadSample(f"the synthetic sample is not a readable Parquet file ({type(e).__name__})") from None
-    missing = [c for c in site.schema.names if c not in df.columns]
-    if missing:
-        raise BadSample(f"the synthetic sample lacks the study's columns {missing}")
-    if not 0 < len(df) <= MAX_SYNTHETIC_ROWS:
-        raise BadSample(f"the synthetic sample has {len(df)} rows; 1 to {MAX_SYNTHETIC_ROWS} expected")
+    if not 0 < rows <= MAX_SYNTHETIC_ROWS:
+        raise BadSample(f"the synthetic sample has {rows} rows; 1 to {MAX_SYNTHETIC_ROWS} expected")
+    limit = max(MAX_PAGE_BYTES, 32 * rows * len(site.schema.names))
+    if meta.num_columns > 4 * len(site.schema.names) or decoded > limit:
+        raise BadSample(f"the synthetic sample would decode to {decoded} bytes in "
+                        f"{meta.num_columns} columns; at most {limit} bytes in the study's "
+                        f"{len(site.schema.names)} columns expected")
+    try:
+        # Strings stay dictionary-encoded: one long value repeated costs its bytes once.
+        table = pq.read_table(io.BytesIO(data), columns=list(site.schema.names),
+                              read_dictionary=list(site.schema.names))
+        df = table.to_pandas()
+    except Exception as e:  # noqa: BLE001 - a missing column among them
+        raise BadSample(f"the synthetic sample lacks some of the study's columns {site.schema.names} "
+                        f"({type(e).__name__})") from None
     return conform(df, site.schema)
 
 

@@ -121,14 +121,36 @@ def budget(site: SiteState, cfg: RoundConfig) -> tuple[float, float]:
 
 # -- the statistics stage ------------------------------------------------------------------------
 
+class NoiseBelowCalibration(ValueError):
+    """The coordinator asked for less noise than this site's own calibration: refused, since the
+    site, not the coordinator, decides how its budget is spent."""
+
+
+def own_noise(requested: float, own: float | None, what: str, cfg: RoundConfig,
+              site: SiteState) -> float:
+    """The noise to run: the site's own calibration `own`, or the coordinator's `requested`
+    value when that is at least as much noise (it then spends less). None: no budget planned."""
+    if not requested > 0:
+        if own is None:
+            raise NoiseBelowCalibration(f"study {cfg.study!r} plans no budget for the {what}")
+        return float(own)
+    if own is None or requested < own * (1 - 1e-9):
+        epsilon, delta = budget(site, cfg)
+        mine = ("no budget for it" if own is None
+                else f"its own calibration, noise multiplier {own:.4g}")
+        raise NoiseBelowCalibration(
+            f"study {cfg.study!r}: the {what} asks for noise multiplier {requested:.4g}, less than this site allows "
+            f"({mine}, from its budget epsilon={epsilon:g}, delta={delta:g} and the study's "
+            "plan); a site never runs less noise than its own calibration")
+    return float(requested)
+
+
 def plan_stats(site: SiteState, cfg: RoundConfig) -> GaussianMechanism:
     """The histograms' Gaussian mechanism: noise for the plan's preprocessing share of the budget
-    (or the coordinator's fixed value), charged before `run_stats` touches a row."""
-    if cfg.stats_noise_multiplier > 0:
-        sigma = float(cfg.stats_noise_multiplier)
-    else:
-        epsilon, delta = budget(site, cfg)
-        sigma = preprocessing_noise(cfg.plan, epsilon, delta)
+    (or more, if the coordinator asks for more), charged before `run_stats` touches a row."""
+    epsilon, delta = budget(site, cfg)
+    sigma = own_noise(cfg.stats_noise_multiplier, preprocessing_noise(cfg.plan, epsilon, delta),
+                      "statistics stage", cfg, site)
     return GaussianMechanism(STATS_MECHANISM, sigma, 1.0, 1)
 
 
@@ -170,44 +192,45 @@ def load_plan(site: SiteState, cfg: RoundConfig) -> dict | None:
 
 
 def plan_round(site: SiteState, cfg: RoundConfig, size: ReportedSize) -> RoundPlan:
-    """The DP-SGD job of this round. With `noise_multiplier` 0 the site calibrates the noise ONCE
-    for the whole schedule (num_rounds x local_steps), composed with everything the ledger already
-    holds for the study (the statistics stage included), against min(study target, own cap), and
-    persists it so every round of the training uses the same sigma (docs/ARCHITECTURE.md: plan the noise up
-    front; never one accountant per round). The evaluation histograms the study may ask for
-    later are part of that schedule: their noise is fixed here and reserved."""
-    plan = cfg.plan
-    q = sample_rate_for(plan, size.rows)
-    if cfg.noise_multiplier > 0:
-        sigma, source = float(cfg.noise_multiplier), "coordinator"
-    else:
-        saved = load_plan(site, cfg)
-        if saved is not None:
-            sigma, q = saved["noise_multiplier"], saved["sample_rate"]
-        else:
-            from .site_evaluation import EVALUATION_MECHANISM, evaluation_noise
-
-            epsilon, delta = budget(site, cfg)
-            prior = site.ledger.spent(cfg.study)
-            # Budget for the evaluation histograms is reserved now, so that training and the
-            # evaluation of its release together spend the target.
-            eval_sigma = evaluation_noise(cfg, epsilon, delta)
-            reserved = [GaussianMechanism(EVALUATION_MECHANISM, eval_sigma, 1.0, 1)] if eval_sigma else []
-            sigma = calibrate_noise(epsilon, prior.accountant_delta, q, plan.steps,
-                                    prior=[*prior.mechanisms, *reserved],
-                                    pure_epsilon=sum(p.epsilon for p in prior.pure))
-            atomic_write_text(plan_path(site, cfg), json.dumps({
-                "noise_multiplier": sigma, "sample_rate": q, "target_epsilon": epsilon,
-                "steps": plan.steps, "calibrated_at_round": cfg.round,
-                **({"evaluation_noise_multiplier": eval_sigma} if eval_sigma else {})}))
-            warning = delta_warning(delta, size.rows)
-            if warning:  # the site's own log: its owner chose the delta in site.toml
-                log.warning("study %r: %s", cfg.study, warning)
-        source = "calibrated"
+    """The DP-SGD job of this round. The site calibrates the noise ONCE for the whole schedule
+    (num_rounds x local_steps), composed with everything the ledger already holds for the study
+    (the statistics stage included), against min(study target, own cap), and persists it so every
+    round of the training uses the same sigma (docs/ARCHITECTURE.md: plan the noise up front;
+    never one accountant per round). A coordinator-fixed `noise_multiplier` is honoured only if
+    it is at least that. The evaluation histograms the study may ask for later are part of the
+    schedule: their noise is fixed here and reserved."""
+    saved = load_plan(site, cfg) or _calibrate(site, cfg, size)
+    sigma = own_noise(cfg.noise_multiplier, saved["noise_multiplier"], "DP-SGD", cfg, site)
+    source = "coordinator" if cfg.noise_multiplier > 0 else "calibrated"
+    q = saved["sample_rate"]
     dp = DPSGDConfig(steps=cfg.local_steps, sample_rate=q, noise_multiplier=sigma,
                      max_grad_norm=cfg.max_grad_norm, expected_batch=expected_batch(q, size.rows))
     mech = GaussianMechanism(f"dp-sgd/{cfg.job_id}", sigma, q, cfg.local_steps)
     return RoundPlan(dp, [mech], source)
+
+
+def _calibrate(site: SiteState, cfg: RoundConfig, size: ReportedSize) -> dict:
+    from .site_evaluation import EVALUATION_MECHANISM, evaluation_noise
+
+    plan = cfg.plan
+    q = sample_rate_for(plan, size.rows)
+    epsilon, delta = budget(site, cfg)
+    prior = site.ledger.spent(cfg.study)
+    # Budget for the evaluation histograms is reserved now, so that training and the
+    # evaluation of its release together spend the target.
+    eval_sigma = evaluation_noise(cfg, epsilon, delta)
+    reserved = [GaussianMechanism(EVALUATION_MECHANISM, eval_sigma, 1.0, 1)] if eval_sigma else []
+    sigma = calibrate_noise(epsilon, prior.accountant_delta, q, plan.steps,
+                            prior=[*prior.mechanisms, *reserved],
+                            pure_epsilon=sum(p.epsilon for p in prior.pure))
+    saved = {"noise_multiplier": sigma, "sample_rate": q, "target_epsilon": epsilon,
+             "steps": plan.steps, "calibrated_at_round": cfg.round,
+             **({"evaluation_noise_multiplier": eval_sigma} if eval_sigma else {})}
+    atomic_write_text(plan_path(site, cfg), json.dumps(saved))
+    warning = delta_warning(delta, size.rows)
+    if warning:  # the site's own log: its owner chose the delta in site.toml
+        log.warning("study %r: %s", cfg.study, warning)
+    return saved
 
 
 def torch_threads(site: SiteState) -> int:

@@ -25,6 +25,10 @@ ACCOUNTANT = "dp_accounting.pld.PLDAccountant"
 # any interval; at 1e-3 a study's epsilon is within about 3e-4 of the 1e-4 grid's (measured on the
 # demo's schedule: 2.99801 vs 2.99781) and composing it takes a fraction of a second, not seconds.
 DISCRETIZATION = 1e-3
+# Calibration never goes below this noise multiplier: the PLD's range grows as 1/sigma^2 (far
+# below it, e.g. for a vanishing sample rate, composing takes minutes and gigabytes), and more
+# noise than a budget needs is always within it.
+MIN_NOISE = 0.3
 ACCOUNTANT_SETTINGS = {"neighboring_relation": "ADD_OR_REMOVE_ONE",
                        "value_discretization_interval": DISCRETIZATION}
 
@@ -162,17 +166,17 @@ def accountant_fields() -> dict:
 def _smallest_noise(eps, budget: float, start: float, rel_tolerance: float, what: str) -> float:
     """The smallest sigma (to `rel_tolerance`) with eps(sigma) <= budget; eps decreases in sigma.
     Bracketed geometrically from `start`, then bisected in log space."""
-    lo = hi = start
+    lo = hi = max(start, MIN_NOISE)
     while eps(hi) > budget:
         lo, hi = hi, hi * 2
         if hi > 1e5:
             raise BudgetExceeded(f"no noise level reaches {what}")
-    if lo == hi:
-        lo = hi / 2
-        while eps(lo) <= budget:
-            lo, hi = lo / 2, lo
-            if lo < 1e-3:
-                return hi
+    if lo == hi:  # enough already: search downwards, never below the floor
+        lo = max(hi / 2, MIN_NOISE)
+        while lo > MIN_NOISE and eps(lo) <= budget:
+            hi, lo = lo, max(lo / 2, MIN_NOISE)
+        if eps(lo) <= budget:
+            return lo
     while hi / lo > 1 + rel_tolerance:
         mid = math.sqrt(lo * hi)
         lo, hi = (lo, mid) if eps(mid) <= budget else (mid, hi)

@@ -76,6 +76,9 @@ class SiteSpec:
     # The study schema the site pins: "bundled:adult" or a schema YAML's path.
     schema: str = "bundled:adult"
     on_invalid: str = "error"  # the site's rule for rows with cells outside the schema
+    # Opt in to sending the evaluation's aggregate (not DP) scores: for public showcase data and
+    # local simulations, where every site is the user's own.
+    share_scores: bool = False
 
 
 def write_site_config(path: Path, spec: SiteSpec, state_dir: Path, address: str,
@@ -101,6 +104,8 @@ def write_site_config(path: Path, spec: SiteSpec, state_dir: Path, address: str,
         lines += ["insecure = false", f"root_certificates = {json.dumps(str(ca))}"]
     lines += ["", "[supernode]", f"port = {int(port)}",
               f"authenticate = {'true' if authenticate else 'false'}"]
+    if spec.share_scores:
+        lines += ["", "[evaluation]", "share_scores = true"]
     for study, (eps, delta) in spec.budgets.items():
         lines += ["", f"[budgets.{json.dumps(study)}]", f"epsilon = {float(eps)!r}",
                   f"delta = {float(delta)!r}"]

@@ -234,6 +234,9 @@ def _evaluation_summary(evaluation, report: dict | None) -> dict:
         "rows_scored": evaluation.rows, "sample_sha256": evaluation.digest,
         "sites": sorted(evaluation.sites), "not_evaluated": evaluation.not_evaluated,
         "dp_histograms_from": sorted(s for s, e in evaluation.sites.items() if e.histograms),
+        # Scores are computed on real rows without noise: a site sends them only if its owner
+        # opted in (site.toml [evaluation] share_scores), and this names every such site.
+        "not_dp_scores_from": sorted(s for s, e in evaluation.sites.items() if e.scores),
         "scores": {
             "overall_quality": fid.get("overall"),
             "column_shapes": (fid.get("column_shapes") or {}).get("score"),
@@ -242,8 +245,9 @@ def _evaluation_summary(evaluation, report: dict | None) -> dict:
                              for m, by in models.items()},
             "worst_site_attack_auc": max((a.get("auc") or 0.0 for a in mia.values()), default=None),
         },
-        "scores_are": "size-weighted means of the sites' aggregates (privacy: the worst site); "
-                      "not differentially private",
+        "scores_are": "size-weighted means of the aggregates of the sites in not_dp_scores_from "
+                      "(privacy: the worst site); not differentially private, and not covered by "
+                      "those sites' epsilon",
         "verdicts": {k: v["level"] for k, v in report["summary"].items()},
     }
 

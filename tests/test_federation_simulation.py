@@ -35,7 +35,7 @@ def test_simulation_engine_runs_the_same_apps(tmp_path):
                                              tmp_path / spec.name / "state", "simulation", 1)))
     run = StudyRun(study="adult", checkpoint_dir=str(tmp_path / "ckpt"), num_rounds=1,
                    local_steps=2, model=TINY_MODEL, release_rows=100,
-                   noise_multiplier=2.0, stats_noise_multiplier=5.0, expected_sites=3,
+                   noise_multiplier=0.0, stats_noise_multiplier=0.0, expected_sites=3,
                    min_sites=3, node_wait_timeout=120, round_timeout=240, poll_interval=0.2)
     run_simulation(make_server_app(run), make_client_app(SimulatedSites(tuple(configs))), 3)
     manifest = read_manifest(run.release_path)

@@ -42,7 +42,8 @@ def _best_auc(mia: dict | None) -> float | None:
 def _per_site(d: dict) -> str:
     head = ("<tr><th>site</th><th>rows (DP estimate)</th><th>overall quality</th>"
             "<th>gradient boosting AUC, trained on synthetic / real</th><th>best attack AUC</th>"
-            "<th>exact copies</th><th>shared DP distributions</th></tr>")
+            "<th>exact copies</th><th>shared DP distributions</th>"
+            "<th>shared scores that are not DP</th></tr>")
     rows = []
     for name, s in sorted(d["sites"].items()):
         sc = s.get("scores") or {}
@@ -55,7 +56,8 @@ def _per_site(d: dict) -> str:
             f"{_num(gb.get('real', {}).get('roc_auc'))}</td>"
             f"<td class='num'>{_num(_best_auc(risk.get('membership_inference')))}</td>"
             f"<td class='num'>{_pct(risk.get('dcr', {}).get('exact_copy_rate'), 1)}</td>"
-            f"<td>{'yes' if s['shared_histograms'] else 'no'}</td></tr>")
+            f"<td>{'yes' if s['shared_histograms'] else 'no'}</td>"
+            f"<td>{'yes, by its owner' + chr(39) + 's choice' if s.get('scores') else 'no'}</td></tr>")
     pooled = d["utility"].get("models", {})
     util = ""
     if pooled:
@@ -148,10 +150,12 @@ def _method(d: dict) -> str:
             "<li>Differentially private, charged to the site's budget (and counted in the epsilon "
             "above): the distributions in 'Column by column', one Gaussian mechanism per site over "
             "all columns on the schema's public ranges" + (f" ({sigma})" if sigma else "") + ".</li>"
-            "<li>Not differentially private, shared by each site's choice: single scores (quality "
-            "per column and per pair of columns, model accuracy / F1 / AUC, attack AUCs, copy "
-            "rates), each averaged over the site's rows. No row, no per-row distance, no curve "
-            "and no exact count left a site.</li>"
+            "<li>Not differentially private, and only from the sites whose owners opted in "
+            "(the last column of the table of sites; by default a site keeps them): single "
+            "scores (quality per column and per pair of columns, model accuracy / F1 / AUC, "
+            "attack AUCs, copy rates), each averaged over the site's rows. They are not covered "
+            "by the epsilon above. No row, no per-row distance, no curve and no exact count "
+            "left a site.</li>"
             "<li>Every reply each site sent is in the coordinator's transcript "
             "(checkpoints/transcript.jsonl) for audit.</li>"
             f"<li>Schema fingerprint <code>{escape(d['schema_fingerprint'])}</code>. Every number "

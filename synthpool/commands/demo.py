@@ -86,7 +86,8 @@ def demo(
             shutil.rmtree(old)
     data = split_rows(ADULT_TRAIN, work / "data", sites, split=split, seed=seed)
     threads = max(1, _cores() // sites)  # the sites share this machine's cores
-    specs = [SiteSpec(f"site-{i}", path, {"adult": (epsilon, DELTA)}, torch_threads=threads)
+    specs = [SiteSpec(f"site-{i}", path, {"adult": (epsilon, DELTA)}, torch_threads=threads,
+                      share_scores=True)
              for i, path in enumerate(data)]
     run_config = {
         "study": "adult", "num-rounds": rounds, "local-steps": steps,

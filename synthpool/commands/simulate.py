@@ -156,7 +156,8 @@ def simulate(
     data = split_rows(ADULT_TRAIN, out / "sites" / "data", sites, split=split, seed=seed)
     configs = []
     for i, path in enumerate(data):
-        spec = SiteSpec(f"site-{i}", path, {"adult": (epsilon, delta)}, torch_threads=1)
+        spec = SiteSpec(f"site-{i}", path, {"adult": (epsilon, delta)}, torch_threads=1,
+                        share_scores=True)
         site_dir = out / "sites" / spec.name
         configs.append(str(write_site_config(site_dir / "site.toml", spec, site_dir / "state",
                                              "simulation", 9094)))

@@ -160,7 +160,8 @@ def run_on_tables(*, schema_file: Path, site_args: list[str], query_args: list[s
             shutil.rmtree(old)
     threads = max(1, _cores() // len(sites))  # the sites share this machine's cores
     specs = [SiteSpec(s.name, site_file(s, work / "data"), {study: (epsilon, delta)},
-                      torch_threads=threads, schema=str(schema_file), on_invalid=on_invalid)
+                      torch_threads=threads, schema=str(schema_file), on_invalid=on_invalid,
+                      share_scores=True)
              for s in sites]
     run_config = {
         "study": study, "schema": str(schema_file), "num-rounds": rounds, "local-steps": steps,

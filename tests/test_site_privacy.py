@@ -1,0 +1,160 @@
+"""A curious or malicious coordinator against one site: each test is an attack the privacy audit
+found, run against a real site (its state dir, ledger, rows) through the ClientApp's handlers,
+and shows it refused without new spend."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from synthpool.agent import client_app, site_job
+from synthpool.agent.ledger import Ledger
+from synthpool.agent.site_state import SiteState
+from synthpool.coordinator.evaluation_stage import sample_bytes
+
+from test_federation_units import (  # noqa: F401  (fixtures)
+    DELTA, adult_slices, make_run, task_identity, torch_threads, write_site,
+)
+
+
+def _site(tmp_path, adult_slices, name="a", **kw) -> SiteState:
+    return SiteState.from_config_path(write_site(tmp_path, name, adult_slices[0], **kw))
+
+
+def _train(site: SiteState, run, tid: str) -> dict:
+    """The statistics stage and every round of training `tid`, as the coordinator runs them."""
+    fp = site.schema.fingerprint()
+    merged = json.dumps(client_app.handle_stats(site, run.round_wire(tid, 0, fp)).stats,
+                        sort_keys=True)
+    weights = []
+    for rnd in range(1, run.num_rounds + 1):
+        wire = run.round_wire(tid, rnd, fp, site_job.stats_digest(merged))
+        weights = client_app.handle_train(site, weights, wire, merged).weights
+    return {"merged": merged, "weights": weights}
+
+
+def _evaluate(site: SiteState, run, tid: str, sample: bytes):
+    wire = run.round_wire(tid, run.num_rounds, site.schema.fingerprint(), stage="evaluate",
+                          synthetic_digest="sha256:" + hashlib.sha256(sample).hexdigest())
+    return client_app.handle_evaluate(site, wire, sample)
+
+
+def _charges(site: SiteState) -> list[str]:
+    with Ledger(site.state_dir) as led:
+        return [c.job_id for c in led.charges("adult")]
+
+
+def _crafted(site: SiteState, copies: int = 1) -> bytes:
+    """A membership probe: the site's own first training row, repeated, as the 'release'."""
+    rows = site.load_rows().head(1)
+    return sample_bytes(pd.concat([rows] * copies, ignore_index=True), copies)
+
+
+def test_a_crafted_sample_for_a_training_the_site_never_trained_is_refused(tmp_path, adult_slices):
+    site = _site(tmp_path, adult_slices)
+    run = make_run(tmp_path, num_rounds=1, evaluation_share=0.0)
+    for tid in ("made-up-1", "made-up-2"):  # fresh training ids were free queries before
+        with pytest.raises(client_app.Refusal, match="did not train round 1 of training made-up-1"
+                           if tid == "made-up-1" else "did not train round 1"):
+            _evaluate(site, run, tid, _crafted(site, 64))
+    assert _charges(site) == []
+
+
+def test_one_evaluation_per_training_and_only_dp_numbers_leave_by_default(tmp_path, adult_slices):
+    site = _site(tmp_path, adult_slices)
+    run = make_run(tmp_path, num_rounds=1, noise_multiplier=0.0, stats_noise_multiplier=0.0,
+                   target_epsilon=3.0)
+    _train(site, run, "t1")
+    first = _evaluate(site, run, "t1", _crafted(site, 64))
+    # The site shares no score by default: a crafted sample's copy rate, its attack AUCs or
+    # its accuracies on the hold-out are not DP. Only the charged histograms leave.
+    assert first.evaluation["scores"] is None
+    assert first.evaluation["histograms"]["mechanism"]["name"] == "evaluation histograms"
+    charged = _charges(site)
+    assert charged[-1] == "t1/evaluate"
+    # The same request again is a retry: the same bytes back, nothing charged.
+    again = _evaluate(site, run, "t1", _crafted(site, 64))
+    assert again.info["replayed"] is True and again.evaluation == first.evaluation
+    # Another sample for the same training is a second query: refused.
+    with pytest.raises(client_app.Refusal, match="already released for other inputs"):
+        _evaluate(site, run, "t1", _crafted(site, 128))
+    assert _charges(site) == charged
+    # The owner's own copy of the full report stays at the site.
+    assert list(site.state_dir.glob("reports/adult-*/t1-*/report.html"))
+
+
+def test_scores_leave_only_when_the_owner_opts_in(tmp_path, adult_slices):
+    site = _site(tmp_path, adult_slices, extra="\n[evaluation]\nshare_scores = true\n")
+    run = make_run(tmp_path, num_rounds=1, noise_multiplier=0.0, stats_noise_multiplier=0.0,
+                   target_epsilon=3.0)
+    trained = _train(site, run, "t1")
+    assert trained["weights"]
+    reply = _evaluate(site, run, "t1", _crafted(site, 8))
+    assert reply.evaluation["scores"]["fidelity"]["overall"] is not None
+
+
+@pytest.mark.parametrize("stage", ["statistics stage", "DP-SGD", "evaluation histograms"])
+def test_a_site_refuses_noise_below_its_own_calibration(tmp_path, adult_slices, stage):
+    """The coordinator may ask for MORE noise than the site calibrates, never less: the site, not
+    the coordinator, decides which mechanism spends its budget."""
+    site = _site(tmp_path, adult_slices)
+    calibrated = dict(noise_multiplier=0.0, stats_noise_multiplier=0.0, target_epsilon=3.0,
+                      num_rounds=1)
+    low = {"statistics stage": {"stats_noise_multiplier": 1.0},
+           "DP-SGD": {"noise_multiplier": 0.05},
+           "evaluation histograms": {"evaluation_noise_multiplier": 0.5}}[stage]
+    run = make_run(tmp_path, **{**calibrated, **low})
+    with pytest.raises(client_app.Refusal, match=f"the {stage} asks for noise multiplier .* less "
+                                                 "than this site allows"):
+        _train(site, run, "t1")
+        _evaluate(site, run, "t1", sample_bytes(site.load_rows().head(50), 50))
+    refused = {"statistics stage": "t1/stats", "DP-SGD": "t1/round-1",
+               "evaluation histograms": "t1/evaluate"}[stage]
+    assert refused not in _charges(site)  # the refused stage charged nothing
+    # More noise than the site's own calibration is fine: it spends less.
+    generous = {k: v * 100 for k, v in low.items()}
+    more = make_run(tmp_path, **{**calibrated, **generous})
+    fresh = _site(tmp_path, adult_slices, name="b")
+    _train(fresh, more, "t1")
+    if stage == "evaluation histograms":
+        _evaluate(fresh, more, "t1", sample_bytes(fresh.load_rows().head(50), 50))
+
+
+def test_a_second_statistics_stage_of_one_training_is_replayed_or_refused(tmp_path, adult_slices):
+    site = _site(tmp_path, adult_slices)
+    run = make_run(tmp_path, num_rounds=1, noise_multiplier=0.0, stats_noise_multiplier=0.0,
+                   target_epsilon=3.0)
+    fp = site.schema.fingerprint()
+    first = client_app.handle_stats(site, run.round_wire("t1", 0, fp))
+    again = client_app.handle_stats(site, run.round_wire("t1", 0, fp))
+    assert again.info["replayed"] is True and again.stats == first.stats
+    other = make_run(tmp_path, num_rounds=1, noise_multiplier=0.0, stats_noise_multiplier=0.0,
+                     target_epsilon=3.0, preprocessing_share=0.5)
+    with pytest.raises(client_app.Refusal, match="already released for other inputs"):
+        client_app.handle_stats(site, other.round_wire("t1", 0, fp))
+    assert _charges(site) == ["t1/stats"]
+
+
+def test_a_parquet_bomb_is_refused_from_its_footer(tmp_path, adult_slices):
+    """A few hundred kilobytes that decode to 80 MB: refused before a page is decompressed."""
+    site = _site(tmp_path, adult_slices)
+    n = 200_000
+    columns = {c: pa.array(["x" * 400] * n) for c in site.schema.names}
+    buf = io.BytesIO()
+    pq.write_table(pa.table(columns), buf, use_dictionary=False, compression="zstd")
+    assert len(buf.getvalue()) < 5_000_000
+    run = make_run(tmp_path, num_rounds=1, noise_multiplier=0.0, stats_noise_multiplier=0.0,
+                   target_epsilon=3.0)
+    _train(site, run, "t1")
+    with pytest.raises(client_app.Refusal, match="would decode to .* bytes"):
+        _evaluate(site, run, "t1", buf.getvalue())
+    assert "t1/evaluate" not in _charges(site)
+    # A bad footer is a clear refusal, not a crash.
+    with pytest.raises(client_app.Refusal, match="not a readable Parquet file"):
+        _evaluate(site, run, "t1", b"PAR1 not really")
