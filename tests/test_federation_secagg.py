@@ -26,7 +26,7 @@ pytestmark = REAL_FLOWER_PROCESSES
 
 ROWS = 2000
 RUN = {"study": "adult", "num-rounds": 1, "min-sites": 2, "expected-sites": 3,
-       "noise-multiplier": 2.0, "stats-noise-multiplier": 5.0, "local-steps": 3, "model": TINY_MODEL,
+       "noise-multiplier": 2.0, "stats-noise-multiplier": 12.0, "local-steps": 3, "model": TINY_MODEL,
        "release-rows": 300, "round-timeout": 75.0,
        "node-wait-timeout": 90.0, "poll-interval": 0.3, "evaluate": False,
        "secure-aggregation": True}

@@ -228,7 +228,7 @@ def test_the_agent_runs_the_supernode_in_process_isolation_beside_its_own_execut
 
 ROWS = 1000
 RUN = {"study": "adult", "num-rounds": 1, "local-steps": 2, "model": TINY_MODEL,
-       "release-rows": 200, "noise-multiplier": 2.0, "stats-noise-multiplier": 5.0,
+       "release-rows": 200, "noise-multiplier": 2.0, "stats-noise-multiplier": 12.0,
        "evaluate": False, "min-sites": 2, "expected-sites": 2, "node-wait-timeout": 60.0,
        "round-timeout": 120.0, "straggler-grace": 3.0, "poll-interval": 0.3}
 
