@@ -40,7 +40,7 @@ def run(config: Path = path_option(..., "--config", "-c", exists=True, dir_okay=
             typer.echo(f"[synthpool-agent] site {cfg.name}: {warning}", err=True)
     try:
         code = daemon.run(cfg)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, daemon.StateDirError) as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(2) from None
     raise typer.Exit(code)
