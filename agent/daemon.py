@@ -3,8 +3,9 @@
 What it does, in order:
 
 0. take an exclusive lock on the state dir (`hold_state_dir`), held for the agent's life;
-1. read site.toml (agent/config.py); open the ledger in the state dir and copy the owner's caps
-   into it (the only path by which a cap is ever set);
+1. read site.toml (agent/config.py); open the ledger in the state dir (refused when it is lost
+   or damaged, agent/ledger.py), check every page of it, and make its caps the owner's (the only
+   path by which a cap is ever set);
 2. start `flower-supernode` pointed at the coordinator's SuperLink, with
    `--node-config site-config="<this site.toml>"`, so every ClientApp process finds the site,
    and `--isolation process`, so the SuperNode starts no app process itself;
@@ -219,11 +220,15 @@ def hold_state_dir(state_dir: Path, site: str | None = None) -> Iterator[None]:
 
 
 def prepare(cfg: SiteConfig) -> Ledger:
-    cfg.state_dir.mkdir(parents=True, exist_ok=True)
-    ledger = Ledger(cfg.state_dir)
-    cfg.apply_caps(ledger)
-    if not cfg.site.data.exists():
-        raise FileNotFoundError(f"site {cfg.name}: data file {cfg.site.data} does not exist")
+    ledger = Ledger(cfg.state_dir, site=cfg.name)
+    try:
+        ledger.verify()
+        cfg.apply_caps(ledger)
+        if not cfg.site.data.exists():
+            raise FileNotFoundError(f"site {cfg.name}: data file {cfg.site.data} does not exist")
+    except BaseException:
+        ledger.close()
+        raise
     return ledger
 
 

@@ -18,6 +18,12 @@ Rules this module enforces:
 * Idempotent per (study, job_id): a job id names ONE release. Charging it again (a round retried
   after a crash) returns the existing charge and never double-charges. Charging it again with
   different mechanisms is a conflict (`LedgerConflict`), never a silent second charge.
+* A lost ledger is not a new one: a fresh file would hand out every budget again. A ledger that
+  is missing or empty in a state dir that shows the site took part before (`PARTICIPATION`) is
+  refused (`LedgerLost`); only `Ledger.reinitialise` (`synthpool-agent ledger reinit`) makes one
+  there, and the new ledger's first event says who did it, why, and what was found.
+* Faults are one sentence for the owner (`LedgerError`: a full disk, a damaged file, a file that
+  cannot be written), and a charge that failed committed nothing.
 
 The storage is plain SQLite so an auditor can read it with any tool; mechanisms are stored as the
 JSON of `GaussianMechanism.to_dict()` so the epsilon can be recomputed independently.
@@ -25,7 +31,9 @@ JSON of `GaussianMechanism.to_dict()` so the epsilon can be recomputed independe
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -34,11 +42,25 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from ..common.privacy import BudgetExceeded, GaussianMechanism, PureSpend, Spend, check_budget
+from .identity import KEY_FILE, PUBLIC_FILE
 
-__all__ = ["Ledger", "Cap", "Charge", "LedgerConflict", "NoBudget", "BudgetExceeded"]
+__all__ = ["Ledger", "Cap", "Charge", "Event", "LedgerConflict", "NoBudget", "BudgetExceeded",
+           "LedgerError", "LedgerLost", "LedgerCorrupt", "LedgerDiskFull", "participation"]
 
-SCHEMA_VERSION = 1
+# 2 added `events`; a version-1 ledger is upgraded in place when opened, and an older agent
+# refuses a version-2 ledger.
+SCHEMA_VERSION = 2
 LEDGER_FILE = "ledger.sqlite"
+REINIT_FLAG = "--i-understand-earlier-spend-is-forgotten"
+#: What a state dir holds once its site took part (agent/identity.py, agent/site_state.py). The
+#: ledger is made before any of them (enroll makes it before the key), so with one of them there,
+#: a missing or empty ledger was lost, never "not made yet". A WAL without its database is a lost
+#: ledger too (and would be replayed into a new file).
+PARTICIPATION = (KEY_FILE, PUBLIC_FILE, "holdout.key", "releases", "plans", "reports",
+                 LEDGER_FILE + "-wal")
+# sqlite's primary result codes (sqlite3.h) that mean "this file cannot serve as the ledger".
+_SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, \
+    _SQLITE_NOTADB = 8, 10, 11, 13, 14, 26
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -68,6 +90,12 @@ CREATE TABLE IF NOT EXISTS charges (
     created_at REAL NOT NULL,
     UNIQUE (study, job_id)
 );
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    at REAL NOT NULL
+);
 """
 
 
@@ -79,11 +107,38 @@ class LedgerConflict(RuntimeError):
     """A job id was charged before with different mechanisms: refuse rather than guess."""
 
 
+class LedgerError(RuntimeError):
+    """The ledger cannot be used as it is; the message is one sentence for the site's owner: the
+    file, what was found, what to do."""
+
+
+class LedgerLost(LedgerError):
+    """Missing or empty in a state dir that shows the site took part before."""
+
+
+class LedgerCorrupt(LedgerError):
+    """Not an SQLite database, or a damaged one."""
+
+
+class LedgerDiskFull(LedgerError):
+    """The disk holding the ledger is full; nothing was committed."""
+
+
 @dataclass(frozen=True)
 class Cap:
     study: str
     epsilon: float
     delta: float
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something an auditor must see besides charges and cap values: the ledger's creation, its
+    upgrade, a re-initialisation."""
+
+    kind: str
+    detail: dict
+    at: float
 
 
 @dataclass(frozen=True)
@@ -132,48 +187,178 @@ def composed_epsilon(spend: Spend) -> float:
     return Spend(spend.delta, mechs, list(spend.pure)).epsilon
 
 
+def _who(site: str | None) -> str:
+    return f"site {site}: " if site else ""
+
+
+def participation(state_dir: str | Path) -> list[str]:
+    """The `PARTICIPATION` entries present in `state_dir` (a folder counts once it holds a file)."""
+    state_dir = Path(state_dir)
+    found = []
+    for name in PARTICIPATION:
+        p = state_dir / name
+        if p.is_file() or (p.is_dir() and any(q.is_file() for q in p.rglob("*"))):
+            found.append(name + "/" if p.is_dir() else name)
+    return found
+
+
 class Ledger:
     """A site's ledger in one SQLite file. Cheap to open: every ClientApp process (one per
     Flower message) opens it afresh. Safe against concurrent writers: each charge runs its
     check-and-insert under `BEGIN IMMEDIATE`, so two jobs racing for the last epsilon cannot both
     pass the check."""
 
-    def __init__(self, path: str | Path, timeout: float = 30.0) -> None:
+    def __init__(self, path: str | Path, timeout: float = 30.0, *, site: str | None = None,
+                 _reinit: dict | None = None) -> None:
+        """Open the ledger at `path` (a state dir or the file), creating it in a state dir that
+        shows no earlier participation. `site` names the site in error sentences. `_reinit` is
+        `reinitialise`'s only: the detail of the event that creates a ledger despite that."""
         path = Path(path)
         if path.is_dir() or path.suffix == "":
             path = path / LEDGER_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves so a transaction is exactly what
-        # the code says.
-        self._db = sqlite3.connect(str(path), timeout=timeout, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-        self._init_schema()
+        self._who = _who(site)
+        self._reinit = _reinit
+        if _reinit is None and not path.exists():
+            self._refuse_if_lost("missing")  # before connecting, which would create the file
+        with self._faults("nothing was written"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves so a transaction is exactly
+            # what the code says.
+            self._db = sqlite3.connect(str(path), timeout=timeout, isolation_level=None)
+        try:
+            with self._faults("nothing was written"):
+                # Looked at before the pragmas write a header: a ledger emptied by accident is
+                # left exactly as it was found.
+                if _reinit is None and self._version() is None:
+                    self._refuse_if_lost("empty")
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+            self._init_schema()
+        except BaseException:
+            self._db.close()
+            raise
+
+    @classmethod
+    def reinitialise(cls, state_dir: str | Path, *, reason: str, by: str,
+                     site: str | None = None) -> "Ledger":
+        """A new, empty ledger where the old one is lost or damaged, on its owner's explicit
+        word. The old files are kept beside it (renamed), and the new ledger's first event
+        records who did it, why, what the agent had refused and where the old files went."""
+        path = Path(state_dir) / LEDGER_FILE
+        try:
+            with cls(path, site=site) as ledger:
+                ledger.verify()
+        except (LedgerLost, LedgerCorrupt) as e:
+            refused = str(e)
+        else:
+            raise LedgerError(f"{_who(site)}the privacy ledger {path} is sound: there is "
+                              "nothing to re-initialise")
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        kept = []
+        for old in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if old.exists():
+                kept.append(str(old.with_name(f"{old.name}.lost-{stamp}")))
+                os.replace(old, kept[-1])
+        return cls(path, site=site, _reinit={"reason": reason, "by": by, "refused": refused,
+                                             "kept_aside": kept})
 
     # -- plumbing -----------------------------------------------------------------------------
+    def _refuse_if_lost(self, found: str) -> None:
+        evidence = participation(self.path.parent)
+        if evidence:
+            raise LedgerLost(
+                f"{self._who}the privacy ledger {self.path} is {found}, but this state dir shows "
+                f"the site took part before ({', '.join(evidence)}), and a new ledger would hand "
+                f"out every budget again, so it is refused: {self._remedy()}")
+
+    def _remedy(self) -> str:
+        return (f"restore {LEDGER_FILE} from your backup (deploy/OPERATOR.md, \"Lost or damaged "
+                "ledger\"), or, where there is none, start a new one with `synthpool-agent ledger "
+                f"reinit --state-dir {self.path.parent} {REINIT_FLAG} --reason \"...\"`")
+
+    @contextmanager
+    def _faults(self, undone: str) -> Iterator[None]:
+        """sqlite's and the OS's faults as one sentence for the owner (`undone` says what the
+        failure left undone); anything else passes unchanged."""
+        try:
+            yield
+        except (sqlite3.Error, OSError) as e:
+            code = getattr(e, "sqlite_errorcode", None)
+            primary = None if code is None else code & 0xFF
+            if primary == _SQLITE_FULL or getattr(e, "errno", None) == errno.ENOSPC:
+                raise LedgerDiskFull(f"{self._who}the disk holding {self.path} is full; {undone}: "
+                                     "free space there, then retry") from e
+            if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+                raise self._corrupt(str(e)) from e
+            if primary in (_SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_CANTOPEN) or \
+                    isinstance(e, OSError):
+                raise LedgerError(f"{self._who}cannot use the privacy ledger {self.path} ({e}); "
+                                  f"{undone}: the state dir must be on a working disk and "
+                                  "writable by the account the agent runs as") from e
+            raise
+
+    def _corrupt(self, what: str) -> LedgerCorrupt:
+        return LedgerCorrupt(f"{self._who}the privacy ledger {self.path} is damaged ({what}), so "
+                             f"it is refused: {self._remedy()}")
+
+    def _version(self) -> int | None:
+        """The schema version, or None for a file without a ledger in it."""
+        if self._db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+                            ).fetchone() is None:
+            return None
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return None if row is None else int(row[0])
+
     def _init_schema(self) -> None:
         # Statement by statement inside one transaction (executescript would COMMIT on its own).
         with self._tx() as db:
+            version = self._version()
+            if version is not None and version > SCHEMA_VERSION:
+                raise LedgerError(f"{self._who}the privacy ledger {self.path} has schema "
+                                  f"{version}, and this synthpool reads {SCHEMA_VERSION}: run the "
+                                  "synthpool that wrote it (never downgrade a site)")
+            if version == SCHEMA_VERSION:
+                return
             for stmt in filter(str.strip, _DDL.split(";")):
-                db.execute(stmt)
-            db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                db.execute(stmt)  # IF NOT EXISTS: an older ledger gets the tables it lacks
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
                        (str(SCHEMA_VERSION),))
-            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if int(row[0]) != SCHEMA_VERSION:
-            raise RuntimeError(f"{self.path}: ledger schema {row[0]}, this code reads {SCHEMA_VERSION}")
+            if version is not None:
+                self._event(db, "upgraded", {"from_schema": version})
+            elif self._reinit is not None:
+                self._event(db, "reinitialised", self._reinit)
+            else:
+                self._event(db, "created", {})
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        else:
-            self._db.execute("COMMIT")
+    def _tx(self, undone: str = "nothing was written") -> Iterator[sqlite3.Connection]:
+        with self._faults(undone):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                # sqlite rolls some failures back itself (SQLITE_FULL): a second ROLLBACK would
+                # raise and hide the real error.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    @staticmethod
+    def _event(db: sqlite3.Connection, kind: str, detail: dict) -> None:
+        db.execute("INSERT INTO events(kind, detail, at) VALUES (?,?,?)",
+                   (kind, json.dumps(detail, sort_keys=True), time.time()))
+
+    def verify(self) -> None:
+        """Refuse a damaged ledger. A full scan (sqlite's quick_check): a page can be damaged
+        behind a sound header, and only reading every page finds it. The agent runs it once per
+        start; every message would be too slow for a long ledger."""
+        with self._faults("nothing was written"):
+            problems = [r[0] for r in self._db.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            raise self._corrupt("; ".join(problems[:3]))
 
     def close(self) -> None:
         self._db.close()
@@ -222,14 +407,15 @@ class Ledger:
 
         Raises `BudgetExceeded` (nothing recorded) when the composed epsilon would pass the cap,
         `NoBudget` when the study has no cap, `LedgerConflict` when `job_id` was charged before
-        with other mechanisms. A repeated call with the same mechanisms records nothing new."""
+        with other mechanisms, `LedgerError` (nothing recorded) when the ledger cannot be
+        written. A repeated call with the same mechanisms records nothing new."""
         gauss = tuple(m for m in mechanisms if isinstance(m, GaussianMechanism))
         pure = tuple(m for m in mechanisms if isinstance(m, PureSpend))
         if len(gauss) + len(pure) != len(mechanisms):
             raise TypeError("mechanisms must be GaussianMechanism or PureSpend")
         m_json, p_json = _canonical(gauss, pure)
         label = label or f"job {job_id!r} of study {study!r}"
-        with self._tx() as db:
+        with self._tx("nothing was charged") as db:
             cap = self._cap_row(db, study)
             if cap is None:
                 raise NoBudget(
@@ -277,6 +463,10 @@ class Ledger:
                 raise NoBudget(f"no cap for study {study!r}: pass the delta to report at")
             delta = cap.delta
         return self._spend(self._db, study, delta)
+
+    def events(self) -> list[Event]:
+        rows = self._db.execute("SELECT kind, detail, at FROM events ORDER BY id").fetchall()
+        return [Event(r[0], json.loads(r[1]), float(r[2])) for r in rows]
 
     def studies(self) -> list[str]:
         rows = self._db.execute(

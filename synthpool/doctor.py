@@ -554,7 +554,8 @@ def _coordinator_reachable(cfg, now) -> list[Finding]:
 
 
 def _budgets(cfg, study: str | None, epsilon: float | None, read_ledger: bool) -> list[Finding]:
-    from synthpool.agent.ledger import LEDGER_FILE, Ledger, composed_epsilon
+    from synthpool.agent.ledger import LEDGER_FILE, Ledger, LedgerError, composed_epsilon, \
+        participation
 
     out = []
     studies = [study] if study else sorted(cfg.budgets)
@@ -562,7 +563,18 @@ def _budgets(cfg, study: str | None, epsilon: float | None, read_ledger: bool) -
         return [Finding("warn", "budgets", "no [budgets.STUDY] table: this site refuses every "
                                            "study (default deny)")]
     ledger_file = cfg.state_dir / LEDGER_FILE
-    led = Ledger(cfg.state_dir) if read_ledger and ledger_file.exists() else None
+    led = None
+    # A missing ledger is opened only where the site took part: that open refuses without
+    # writing, while elsewhere it would make a new ledger, which is no doctor's business.
+    if read_ledger and (ledger_file.exists() or participation(cfg.state_dir)):
+        try:
+            led = Ledger(cfg.state_dir, site=cfg.name)
+            led.verify()
+        except LedgerError as e:
+            if led is not None:
+                led.close()
+            led = None
+            out.append(Finding("fail", "ledger", str(e)))
     try:
         for name in studies:
             check = f"budget {name}"

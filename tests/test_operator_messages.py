@@ -33,6 +33,7 @@ from typer.testing import CliRunner
 from synthpool.agent import daemon, identity
 from synthpool.agent.cli import app as agent_app
 from synthpool.agent.config import load_site_config
+from synthpool.agent.ledger import Ledger
 from synthpool.commands.admin import RELEASE_FILES_NOTE, WatchLines
 from synthpool.doctor import cert_findings, coordinator_checks, expiry_warning, report, \
     site_checks
@@ -246,6 +247,7 @@ EXECUTOR = "import time\ntime.sleep(30)\n"
 def enrolled_site(tmp_path, monkeypatch):
     config = _site(tmp_path)
     cfg = load_site_config(config)
+    Ledger(cfg.state_dir).close()    # as enroll does: the ledger first, then the key
     public = identity.ensure_node_key(cfg.state_dir)
     monkeypatch.setattr(daemon, "executor_argv", lambda cfg: _fake(tmp_path, "exec", EXECUTOR))
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -409,7 +411,6 @@ def test_coordinator_doctor(coordinator, capsys):
 
 
 def test_site_doctor(tmp_path, capsys):
-    from synthpool.agent.ledger import Ledger
     from synthpool.common.privacy import GaussianMechanism
     from synthpool.coordinator.pki import init_coordinator
 
@@ -422,8 +423,8 @@ def test_site_doctor(tmp_path, capsys):
     assert first["SuperNode port"].level == "info"
 
     cfg = load_site_config(config)
-    identity.ensure_node_key(cfg.state_dir)
     with Ledger(cfg.state_dir) as led:                  # what a training spent
+        identity.ensure_node_key(cfg.state_dir)         # made after the ledger, as enroll does
         led.set_cap("adult", 100.0, 1e-5)
         spent = led.charge("adult", "job-1", [GaussianMechanism("m", 1.0, 0.1, 200)]).epsilon
     config.write_text(config.read_text().replace("epsilon = 3.0", f"epsilon = {spent:.6f}"))
@@ -441,3 +442,8 @@ def test_site_doctor(tmp_path, capsys):
     assert online["coordinator"].level == "fail"
     out = _agent(["doctor", "--config", str(config), "--offline", "--json"], code=0).stdout
     assert json.loads(out)["failed"] == 0
+
+    (cfg.state_dir / "ledger.sqlite").unlink()          # lost: the doctor says what the agent says
+    lost = {f.check: f for f in site_checks(config, online=False)}["ledger"]
+    assert lost.level == "fail" and "ledger.sqlite is missing, but this state dir" in lost.message
+    assert not (cfg.state_dir / "ledger.sqlite").exists()
