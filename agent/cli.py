@@ -139,8 +139,9 @@ def ledger(ctx: typer.Context,
                                           help="The site's state dir (holds ledger.sqlite)"),
            study: str = typer.Option(None, help="Only this study"),
            as_json: bool = typer.Option(False, "--json", help="Machine-readable output")) -> None:
-    """Show each study's cap, every charge, and the composed epsilon spent; the ledger's events
-    (creation, upgrade, re-initialisation)."""
+    """Show each study's cap, every charge, and the composed epsilon spent; the site-wide cap
+    and what all studies spent together; the ledger's events (creation, re-initialisation,
+    caps removed)."""
     if ctx.invoked_subcommand is not None:
         return
     from .ledger import LEDGER_FILE, Ledger, LedgerError, composed_epsilon
@@ -173,13 +174,20 @@ def ledger(ctx: typer.Context,
                 "epsilon_spent": spent,
                 "charges": [c.to_dict() for c in charges],
             })
+        site = led.site_cap()
+        site_spent = composed_epsilon(led.spent_by_site()) if site else None
         events = [{"kind": e.kind, "at": e.at, "detail": e.detail} for e in led.events()]
     if as_json:
-        typer.echo(json.dumps({"studies": report, "events": events}, indent=1))
+        typer.echo(json.dumps({
+            "site_cap": None if site is None else {"epsilon": site.epsilon, "delta": site.delta},
+            "site_epsilon_spent": site_spent, "studies": report, "events": events}, indent=1))
         return
     for e in events:
         when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(e["at"]))
         typer.echo(f"event {when} {e['kind']}: {json.dumps(e['detail'], sort_keys=True)}")
+    typer.echo("all studies: no site-wide cap ([site_budget] in site.toml)" if site is None else
+               f"all studies: site-wide cap epsilon {site.epsilon:g} at delta {site.delta:g}; "
+               f"spent epsilon {site_spent:.3f}")
     for item in report:
         cap = item["cap"]
         cap_text = "no cap (nothing may be charged)" if cap is None else \

@@ -7,14 +7,18 @@ and composes the whole list with the one accountant in `common.privacy` on every
 
 Rules this module enforces:
 
-* The cap (epsilon, delta) of a study comes from the SITE's own configuration (`set_cap` is called
-  by the agent with values read from its site.toml). Nothing that arrives over the network reaches
-  `set_cap`; a study without a cap is refused (default deny).
+* The caps come from the SITE's own configuration: `apply_caps` makes the ledger's caps exactly
+  site.toml's `[budgets.STUDY]` tables (and its optional `[site_budget]`) each time the agent
+  starts and each time a ClientApp opens the ledger. Nothing that arrives over the network
+  reaches it; a study without a cap is refused (default deny), also one whose table was removed.
+* A site-wide cap, when set, bounds everything charged to ALL studies, composed by the same
+  accountant: the same people's rows serve every study the site takes part in.
 * `charge` is write-ahead: the composed epsilon including the new mechanisms is computed *before*
-  recording; over the cap raises `BudgetExceeded` with the numbers; otherwise the charge is
-  committed in one SQLite transaction (WAL, synchronous=FULL) and only then does the caller run the
-  mechanism and release its output. A crash after the commit leaves a charge without a release,
-  which is safe; the reverse cannot happen.
+  recording, for the study and for the whole site; over either cap raises `BudgetExceeded` with
+  the numbers; otherwise the charge is committed in one SQLite transaction (WAL,
+  synchronous=FULL) and only then does the caller run the mechanism and release its output. A
+  crash after the commit leaves a charge without a release, which is safe; the reverse cannot
+  happen.
 * Idempotent per (study, job_id): a job id names ONE release. Charging it again (a round retried
   after a crash) returns the existing charge and never double-charges. Charging it again with
   different mechanisms is a conflict (`LedgerConflict`), never a silent second charge.
@@ -39,7 +43,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 from ..common.privacy import BudgetExceeded, GaussianMechanism, PureSpend, Spend, check_budget
 from .identity import KEY_FILE, PUBLIC_FILE
@@ -47,8 +51,8 @@ from .identity import KEY_FILE, PUBLIC_FILE
 __all__ = ["Ledger", "Cap", "Charge", "Event", "LedgerConflict", "NoBudget", "BudgetExceeded",
            "LedgerError", "LedgerLost", "LedgerCorrupt", "LedgerDiskFull", "participation"]
 
-# 2 added `events`; a version-1 ledger is upgraded in place when opened, and an older agent
-# refuses a version-2 ledger.
+# 2 added `site_cap` and `events`; a version-1 ledger is upgraded in place when opened, and an
+# older agent refuses a version-2 ledger (it would ignore the site-wide cap).
 SCHEMA_VERSION = 2
 LEDGER_FILE = "ledger.sqlite"
 REINIT_FLAG = "--i-understand-earlier-spend-is-forgotten"
@@ -90,6 +94,12 @@ CREATE TABLE IF NOT EXISTS charges (
     created_at REAL NOT NULL,
     UNIQUE (study, job_id)
 );
+CREATE TABLE IF NOT EXISTS site_cap (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    epsilon REAL NOT NULL,
+    delta REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     kind TEXT NOT NULL,
@@ -100,7 +110,8 @@ CREATE TABLE IF NOT EXISTS events (
 
 
 class NoBudget(BudgetExceeded):
-    """The site never set a cap for this study: nothing may be charged (default deny)."""
+    """The site set no cap for this study (never, or removed it): nothing may be charged
+    (default deny)."""
 
 
 class LedgerConflict(RuntimeError):
@@ -126,15 +137,15 @@ class LedgerDiskFull(LedgerError):
 
 @dataclass(frozen=True)
 class Cap:
-    study: str
+    study: str | None  # None: the site-wide cap, over all studies
     epsilon: float
     delta: float
 
 
 @dataclass(frozen=True)
 class Event:
-    """Something an auditor must see besides charges and cap values: the ledger's creation, its
-    upgrade, a re-initialisation."""
+    """Something an auditor must see besides charges and cap values: the ledger's creation, a
+    re-initialisation, a cap removed, the site-wide cap set or removed."""
 
     kind: str
     detail: dict
@@ -371,27 +382,60 @@ class Ledger:
 
     # -- caps ---------------------------------------------------------------------------------
     def set_cap(self, study: str, epsilon: float, delta: float) -> Cap:
-        """Record the site's cap for `study` (from the site's own config). Changes are kept in
-        `cap_history` so an auditor sees when the owner raised or lowered it."""
+        """Record the site's cap for `study`. Changes are kept in `cap_history` so an auditor sees
+        when the owner raised or lowered it."""
         epsilon, delta = check_budget(epsilon, delta, f"the cap of study {study!r}")
         with self._tx() as db:
-            row = db.execute("SELECT epsilon, delta FROM caps WHERE study=?", (study,)).fetchone()
-            if row is None or (float(row[0]), float(row[1])) != (float(epsilon), float(delta)):
-                now = time.time()
-                db.execute(
-                    "INSERT INTO caps(study, epsilon, delta, updated_at) VALUES (?,?,?,?) "
-                    "ON CONFLICT(study) DO UPDATE SET epsilon=excluded.epsilon, "
-                    "delta=excluded.delta, updated_at=excluded.updated_at",
-                    (study, float(epsilon), float(delta), now),
-                )
-                db.execute(
-                    "INSERT INTO cap_history(study, epsilon, delta, set_at) VALUES (?,?,?,?)",
-                    (study, float(epsilon), float(delta), now),
-                )
-        return Cap(study, float(epsilon), float(delta))
+            self._set_cap(db, study, epsilon, delta)
+        return Cap(study, epsilon, delta)
+
+    def apply_caps(self, caps: Mapping[str, tuple[float, float]],
+                   site_cap: tuple[float, float] | None = None) -> None:
+        """Make the ledger's caps exactly the site's own (site.toml), in one transaction: each
+        study's (epsilon, delta), and the site-wide cap or None. A study left out loses its cap,
+        so nothing more may be charged to it (its charges stay); each removal is an event."""
+        checked = {study: check_budget(*cap, f"the cap of study {study!r}")
+                   for study, cap in caps.items()}
+        site = None if site_cap is None else check_budget(*site_cap, "the site-wide cap")
+        with self._tx() as db:
+            for study, (epsilon, delta) in checked.items():
+                self._set_cap(db, study, epsilon, delta)
+            for study, epsilon, delta in db.execute("SELECT study, epsilon, delta FROM caps"
+                                                    ).fetchall():
+                if study not in checked:
+                    db.execute("DELETE FROM caps WHERE study=?", (study,))
+                    self._event(db, "cap removed", {"study": study, "epsilon": epsilon,
+                                                    "delta": delta})
+            held = self._cap_row(db, None)
+            if site is None and held is not None:
+                db.execute("DELETE FROM site_cap")
+                self._event(db, "site cap removed", {"epsilon": held.epsilon,
+                                                     "delta": held.delta})
+            elif site is not None and (held is None or (held.epsilon, held.delta) != site):
+                db.execute("INSERT OR REPLACE INTO site_cap(id, epsilon, delta, updated_at) "
+                           "VALUES (1,?,?,?)", (*site, time.time()))
+                self._event(db, "site cap set", {"epsilon": site[0], "delta": site[1]})
+
+    @staticmethod
+    def _set_cap(db: sqlite3.Connection, study: str, epsilon: float, delta: float) -> None:
+        row = db.execute("SELECT epsilon, delta FROM caps WHERE study=?", (study,)).fetchone()
+        if row is None or (float(row[0]), float(row[1])) != (epsilon, delta):
+            now = time.time()
+            db.execute(
+                "INSERT INTO caps(study, epsilon, delta, updated_at) VALUES (?,?,?,?) "
+                "ON CONFLICT(study) DO UPDATE SET epsilon=excluded.epsilon, "
+                "delta=excluded.delta, updated_at=excluded.updated_at",
+                (study, epsilon, delta, now),
+            )
+            db.execute("INSERT INTO cap_history(study, epsilon, delta, set_at) VALUES (?,?,?,?)",
+                       (study, epsilon, delta, now))
 
     def cap(self, study: str) -> Cap | None:
         return self._cap_row(self._db, study)
+
+    def site_cap(self) -> Cap | None:
+        """The site-wide cap over all studies (`[site_budget]`), if the site set one."""
+        return self._cap_row(self._db, None)
 
     # -- charges ------------------------------------------------------------------------------
     def charge(
@@ -406,6 +450,7 @@ class Ledger:
         """Charge one job. Returns the study's total `Spend` with this job included.
 
         Raises `BudgetExceeded` (nothing recorded) when the composed epsilon would pass the cap,
+        or when the composition of every study's charges would pass the site-wide cap,
         `NoBudget` when the study has no cap, `LedgerConflict` when `job_id` was charged before
         with other mechanisms, `LedgerError` (nothing recorded) when the ledger cannot be
         written. A repeated call with the same mechanisms records nothing new."""
@@ -432,14 +477,22 @@ class Ledger:
                         f"mechanisms ({existing[0]}); refusing to charge it differently"
                     )
                 return self._spend(db, study, cap.delta)
-            before = self._spend(db, study, cap.delta)
-            after = Spend(cap.delta, [*before.mechanisms, *gauss], [*before.pure, *pure])
-            eps_before, eps_after = composed_epsilon(before), composed_epsilon(after)
+            after, eps_before, eps_after = self._with(db, cap, gauss, pure)
             if eps_after > cap.epsilon:
                 raise BudgetExceeded(
                     f"{label} would spend epsilon {eps_after:.3f} > cap {cap.epsilon:g} at delta "
                     f"{cap.delta:g}; spent so far {eps_before:.3f}"
                 )
+            site = self._cap_row(db, None)
+            if site is not None:
+                _, site_before, site_after = self._with(db, site, gauss, pure)
+                if site_after > site.epsilon:
+                    raise BudgetExceeded(
+                        f"{label} would bring this site's epsilon over all studies to "
+                        f"{site_after:.3f} > the site-wide cap {site.epsilon:g} at delta "
+                        f"{site.delta:g} ([site_budget] in site.toml); spent so far over all "
+                        f"studies {site_before:.3f}"
+                    )
             db.execute(
                 "INSERT INTO charges(study, job_id, mechanisms, pure, meta, epsilon_before, "
                 "epsilon_after, delta, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -464,6 +517,15 @@ class Ledger:
             delta = cap.delta
         return self._spend(self._db, study, delta)
 
+    def spent_by_site(self, delta: float | None = None) -> Spend:
+        """Everything charged to every study, reported at `delta` (default: the site-wide cap's)."""
+        if delta is None:
+            cap = self.site_cap()
+            if cap is None:
+                raise NoBudget("no site-wide cap: pass the delta to report at")
+            delta = cap.delta
+        return self._spend(self._db, None, delta)
+
     def events(self) -> list[Event]:
         rows = self._db.execute("SELECT kind, detail, at FROM events ORDER BY id").fetchall()
         return [Event(r[0], json.loads(r[1]), float(r[2])) for r in rows]
@@ -479,15 +541,18 @@ class Ledger:
 
     # -- helpers ------------------------------------------------------------------------------
     @staticmethod
-    def _cap_row(db: sqlite3.Connection, study: str) -> Cap | None:
-        row = db.execute("SELECT epsilon, delta FROM caps WHERE study=?", (study,)).fetchone()
+    def _cap_row(db: sqlite3.Connection, study: str | None) -> Cap | None:
+        row = (db.execute("SELECT epsilon, delta FROM site_cap").fetchone() if study is None else
+               db.execute("SELECT epsilon, delta FROM caps WHERE study=?", (study,)).fetchone())
         return None if row is None else Cap(study, float(row[0]), float(row[1]))
 
     @staticmethod
-    def _charge_rows(db: sqlite3.Connection, study: str, job_id: str | None = None) -> list[Charge]:
+    def _charge_rows(db: sqlite3.Connection, study: str | None,
+                     job_id: str | None = None) -> list[Charge]:
+        """The charges of `study` (None: of every study), oldest first."""
         sql = ("SELECT study, job_id, mechanisms, pure, epsilon_before, epsilon_after, delta, "
-               "created_at, meta FROM charges WHERE study=?")
-        args: tuple = (study,)
+               "created_at, meta FROM charges WHERE (? IS NULL OR study=?)")
+        args: tuple = (study, study)
         if job_id is not None:
             sql += " AND job_id=?"
             args += (job_id,)
@@ -503,10 +568,19 @@ class Ledger:
         return out
 
     @classmethod
-    def _spend(cls, db: sqlite3.Connection, study: str, delta: float) -> Spend:
+    def _spend(cls, db: sqlite3.Connection, study: str | None, delta: float) -> Spend:
         mechanisms: list[GaussianMechanism] = []
         pure: list[PureSpend] = []
         for c in cls._charge_rows(db, study):
             mechanisms.extend(c.mechanisms)
             pure.extend(c.pure)
         return Spend(delta=delta, mechanisms=mechanisms, pure=pure)
+
+    @classmethod
+    def _with(cls, db: sqlite3.Connection, cap: Cap, gauss: Sequence[GaussianMechanism],
+              pure: Sequence[PureSpend]) -> tuple[Spend, float, float]:
+        """What `cap`'s scope (a study, or all of them) has spent with the new mechanisms added,
+        and its composed epsilon before and after them."""
+        before = cls._spend(db, cap.study, cap.delta)
+        after = Spend(cap.delta, [*before.mechanisms, *gauss], [*before.pure, *pure])
+        return after, composed_epsilon(before), composed_epsilon(after)

@@ -1,5 +1,6 @@
-"""The site ledger: refusal over the cap, idempotent jobs, exact composition, crash safety, and a
-lost, damaged or full ledger refused in one sentence (never silently recreated at zero spend)."""
+"""The site ledger: refusal over the cap (a study's and the site-wide one), idempotent jobs,
+exact composition, crash safety, caps that follow site.toml, and a lost, damaged or full ledger
+refused in one sentence (never silently recreated at zero spend)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typer.testing import CliRunner
 
 from synthpool.agent import daemon
 from synthpool.agent.cli import app
-from synthpool.agent.config import load_site_config
+from synthpool.agent.config import ConfigError, load_site_config
 from synthpool.agent.ledger import (
     LEDGER_FILE, REINIT_FLAG, Ledger, LedgerConflict, LedgerCorrupt, LedgerDiskFull, LedgerLost,
     NoBudget,
@@ -166,7 +167,7 @@ def test_agent_cli_shows_caps_charges_and_spent(tmp_path):
     as_json = runner.invoke(app, ["ledger", "--state-dir", str(tmp_path), "--json"])
     report = __import__("json").loads(as_json.output)
     assert report["studies"][0]["charges"][0]["mechanisms"][0]["noise_multiplier"] == 1.0
-    assert report["events"][0]["kind"] == "created"
+    assert report["site_cap"] is None and report["events"][0]["kind"] == "created"
     empty = tmp_path / "empty"
     empty.mkdir()
     assert runner.invoke(app, ["ledger", "--state-dir", str(empty)]).exit_code == 2
@@ -183,9 +184,36 @@ def test_a_cap_without_guarantee_is_refused_and_recorded_nowhere(tmp_path, epsil
     assert db.execute("SELECT COUNT(*) FROM cap_history").fetchone()[0] == 0
     with pytest.raises(NoBudget):
         ledger.charge("adult", "round-1", [sgd("r1")])
+    with pytest.raises(InvalidBudget, match="the site-wide cap: (epsilon|delta) must"):
+        ledger.apply_caps({}, site_cap=(epsilon, delta))
+    assert db.execute("SELECT COUNT(*) FROM site_cap").fetchone()[0] == 0
 
 
-# -- a lost, damaged or full ledger ---------------------------------------------------------------
+# -- the site-wide cap ------------------------------------------------------------------------------
+
+def test_the_site_wide_cap_holds_across_studies(tmp_path):
+    ledger = Ledger(tmp_path)
+    one = sgd("r", 0.8, 0.05, 100)
+    eps_one, eps_two = epsilon_of([one], DELTA), epsilon_of([one, one], DELTA)
+    site_eps = (eps_one + eps_two) / 2
+    # Each study's own cap would allow its round; together they pass the site's.
+    ledger.apply_caps({"a": (10.0, DELTA), "b": (10.0, DELTA)}, site_cap=(site_eps, DELTA))
+    ledger.charge("a", "round-1", [one])
+    with pytest.raises(BudgetExceeded) as err:
+        ledger.charge("b", "round-1", [one], label="round 1 of study 'b'")
+    assert str(err.value) == (
+        f"round 1 of study 'b' would bring this site's epsilon over all studies to "
+        f"{eps_two:.3f} > the site-wide cap {site_eps:g} at delta 1e-05 ([site_budget] in "
+        f"site.toml); spent so far over all studies {eps_one:.3f}")
+    assert ledger.charges("b") == []
+    # What is left fits: the site composes every study's mechanisms with the one accountant.
+    small = sgd("s", 30.0, 1.0, 1)
+    ledger.charge("b", "stats", [small])
+    assert ledger.spent_by_site().epsilon == pytest.approx(epsilon_of([one, small], DELTA))
+    assert ledger.spent("b").epsilon == pytest.approx(epsilon_of([small], DELTA))
+    # At its own delta, not a study's.
+    assert ledger.spent_by_site(1e-3).epsilon == pytest.approx(epsilon_of([one, small], 1e-3))
+
 
 def _site_toml(tmp_path: Path, budgets: str, name: str = "hosp-a", port: int = 19094) -> Path:
     folder = tmp_path / "site"
@@ -202,12 +230,44 @@ ADULT_AND_OTHER = ("[budgets.adult]\nepsilon = 3.0\ndelta = 1e-5\n"
                    "[budgets.other]\nepsilon = 2.0\ndelta = 1e-5\n")
 
 
+def test_caps_follow_site_toml_a_removed_table_ends_the_study(tmp_path):
+    path = _site_toml(tmp_path, ADULT_AND_OTHER + "[site_budget]\nepsilon = 4.0\ndelta = 1e-6\n")
+    with daemon.prepare(load_site_config(path)) as ledger:
+        assert ledger.site_cap().epsilon == 4.0 and ledger.site_cap().delta == 1e-6
+        ledger.charge("other", "stats", [sgd("s", 30.0, 1.0, 1)])
+    path.write_text(path.read_text().replace("[budgets.other]\nepsilon = 2.0\ndelta = 1e-5\n", "")
+                    .replace("[site_budget]\nepsilon = 4.0\ndelta = 1e-6\n", ""))
+    with daemon.prepare(load_site_config(path)) as ledger:
+        assert ledger.cap("other") is None and ledger.cap("adult").epsilon == 3.0
+        with pytest.raises(NoBudget, match="no privacy budget configured for study 'other'"):
+            ledger.charge("other", "round-1", [sgd("r1")])
+        assert [c.job_id for c in ledger.charges("other")] == ["stats"]  # history stays
+        assert ledger.site_cap() is None
+        events = [(e.kind, e.detail) for e in ledger.events()]
+        assert events[1:] == [("site cap set", {"epsilon": 4.0, "delta": 1e-6}),
+                              ("cap removed", {"study": "other", "epsilon": 2.0, "delta": 1e-5}),
+                              ("site cap removed", {"epsilon": 4.0, "delta": 1e-6})]
+
+
+@pytest.mark.parametrize("table, says", [
+    ("epsilon = 0\ndelta = 1e-5", "site_budget.epsilon\n  Value error, epsilon must be a finite "
+                                  "number > 0"),
+    ("epsilon = 5.0\ndelta = 1.0", "site_budget.delta\n  Value error, delta must lie strictly "
+                                   "between 0 and 1"),
+])
+def test_a_site_budget_without_guarantee_is_a_config_error(tmp_path, table, says):
+    path = _site_toml(tmp_path, f"[site_budget]\n{table}\n")
+    with pytest.raises(ConfigError, match="invalid site config") as err:
+        load_site_config(path)
+    assert says in str(err.value)
+
+
 def test_a_version_1_ledger_is_upgraded_in_place(tmp_path):
     with Ledger(tmp_path) as ledger:
         ledger.set_cap("adult", 3.0, DELTA)
         ledger.charge("adult", "round-1", [sgd("r1")])
     db = sqlite3.connect(tmp_path / LEDGER_FILE)   # what version 1 wrote
-    db.executescript("DROP TABLE events; "
+    db.executescript("DROP TABLE site_cap; DROP TABLE events; "
                      "UPDATE meta SET value='1' WHERE key='schema_version';")
     db.close()
     with Ledger(tmp_path) as ledger:
@@ -220,6 +280,8 @@ def test_a_version_1_ledger_is_upgraded_in_place(tmp_path):
     with pytest.raises(RuntimeError, match="has schema 3, and this synthpool reads 2"):
         Ledger(tmp_path)
 
+
+# -- a lost, damaged or full ledger -----------------------------------------------------------------
 
 def _took_part(tmp_path: Path) -> Path:
     """A site that ran: its ledger charged, a release saved and its hold-out key made."""

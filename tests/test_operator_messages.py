@@ -443,6 +443,10 @@ def test_site_doctor(tmp_path, capsys):
     out = _agent(["doctor", "--config", str(config), "--offline", "--json"], code=0).stdout
     assert json.loads(out)["failed"] == 0
 
+    config.write_text(config.read_text() + f"[site_budget]\nepsilon = {spent * 4:.6f}\n"
+                                           "delta = 1e-5\n")
+    site_wide = {f.check: f for f in site_checks(config, online=False)}["budget (site-wide)"]
+    assert site_wide.level == "ok" and f"spent {spent:.3f}" in site_wide.message
     (cfg.state_dir / "ledger.sqlite").unlink()          # lost: the doctor says what the agent says
     lost = {f.check: f for f in site_checks(config, online=False)}["ledger"]
     assert lost.level == "fail" and "ledger.sqlite is missing, but this state dir" in lost.message
