@@ -129,7 +129,7 @@ def restart_hint(cfg) -> str:
             "and says so.")
 
 
-ledger_app = typer.Typer(add_completion=False, help="The site's privacy ledger.")
+ledger_app = typer.Typer(add_completion=False)
 app.add_typer(ledger_app, name="ledger")
 
 
@@ -200,7 +200,8 @@ def ledger(ctx: typer.Context,
                        f"  [{mech}]")
 
 
-@ledger_app.command("reinit")
+@ledger_app.command("reinit", short_help="A new, empty ledger where the old one was lost or "
+                                         "damaged (logged in it)")
 def ledger_reinit(state_dir: Path = path_option(..., "--state-dir", exists=True, file_okay=False,
                                                  help="The site's state dir"),
                   # ledger.REINIT_FLAG, spelled out: importing the ledger here would load
