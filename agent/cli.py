@@ -4,12 +4,15 @@
                                                  make this site's key pair, register its public key
     synthpool-agent run --config site.toml       join the federation (caps applied first)
     synthpool-agent ledger --state-dir DIR       what has been spent on this site's rows
+    synthpool-agent ledger reinit --state-dir DIR --i-understand-earlier-spend-is-forgotten
+                           --reason TEXT        a new ledger where the old one was lost (logged)
     synthpool-agent doctor --config site.toml    check config, data, key, certificates, budgets
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import typer
@@ -24,6 +27,7 @@ def run(config: Path = path_option(..., "--config", "-c", exists=True, dir_okay=
     """Apply the site's privacy caps to its ledger and run its Flower SuperNode."""
     from . import daemon
     from .config import ConfigError, load_site_config
+    from .ledger import LedgerDiskFull, LedgerError
 
     try:
         cfg = load_site_config(config)
@@ -40,9 +44,10 @@ def run(config: Path = path_option(..., "--config", "-c", exists=True, dir_okay=
             typer.echo(f"[synthpool-agent] site {cfg.name}: {warning}", err=True)
     try:
         code = daemon.run(cfg)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, LedgerError, daemon.StateDirError) as e:
         typer.echo(str(e), err=True)
-        raise typer.Exit(2) from None
+        # 2 stops systemd's restarts until the owner acts; a full disk may clear by itself.
+        raise typer.Exit(1 if isinstance(e, LedgerDiskFull) else 2) from None
     raise typer.Exit(code)
 
 
@@ -61,6 +66,7 @@ def enroll(config: Path = path_option(..., "--config", "-c", exists=True, dir_ok
     from ..common.signing import ssh_key_fingerprint
     from . import identity
     from .config import ConfigError, load_site_config
+    from .ledger import Ledger, LedgerCorrupt, LedgerError, LedgerLost
 
     try:
         cfg = load_site_config(config)
@@ -70,9 +76,16 @@ def enroll(config: Path = path_option(..., "--config", "-c", exists=True, dir_ok
     from .daemon import enroll_command
 
     try:
+        # The ledger before the key: a state dir with a key and no ledger then always means a
+        # lost ledger, which the agent refuses (agent/ledger.py, PARTICIPATION).
+        Ledger(cfg.state_dir, site=cfg.name).close()
         public = identity.ensure_node_key(cfg.state_dir)
-    except OSError as e:
-        typer.echo(f"site {cfg.name}: cannot write the site's key under {cfg.state_dir}: {e}. "
+    except (LedgerLost, LedgerCorrupt) as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+    except (OSError, LedgerError) as e:
+        typer.echo(f"site {cfg.name}: cannot write the site's ledger and key under "
+                   f"{cfg.state_dir}: {e}. "
                    "Run enroll as the account the agent runs as, after creating its state dir "
                    "(systemd: `install -d -m 0700 -o synthpool-agent -g synthpool-agent "
                    f"{cfg.state_dir}`, then `sudo -u synthpool-agent synthpool-agent enroll ...`)",
@@ -116,18 +129,36 @@ def restart_hint(cfg) -> str:
             "and says so.")
 
 
-@app.command()
-def ledger(state_dir: Path = path_option(..., "--state-dir", exists=True, file_okay=False,
+ledger_app = typer.Typer(add_completion=False)
+app.add_typer(ledger_app, name="ledger")
+
+
+@ledger_app.callback(invoke_without_command=True)
+def ledger(ctx: typer.Context,
+           state_dir: Path = path_option(None, "--state-dir", exists=True, file_okay=False,
                                           help="The site's state dir (holds ledger.sqlite)"),
            study: str = typer.Option(None, help="Only this study"),
            as_json: bool = typer.Option(False, "--json", help="Machine-readable output")) -> None:
-    """Show each study's cap, every charge, and the composed epsilon spent."""
-    from .ledger import LEDGER_FILE, Ledger, composed_epsilon
+    """Show each study's cap, every charge, and the composed epsilon spent; the site-wide cap
+    and what all studies spent together; the ledger's events (creation, re-initialisation,
+    caps removed)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .ledger import LEDGER_FILE, Ledger, LedgerError, composed_epsilon
 
+    if state_dir is None:
+        typer.echo("--state-dir DIR is required: the site's state dir, which holds "
+                   f"{LEDGER_FILE}", err=True)
+        raise typer.Exit(2)
     if not (state_dir / LEDGER_FILE).exists():
         typer.echo(f"{state_dir}: no ledger here ({LEDGER_FILE} missing)", err=True)
         raise typer.Exit(2)
-    with Ledger(state_dir) as led:
+    try:
+        led = Ledger(state_dir)
+    except LedgerError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+    with led:
         studies = [study] if study else led.studies()
         report = []
         for s in studies:
@@ -143,9 +174,20 @@ def ledger(state_dir: Path = path_option(..., "--state-dir", exists=True, file_o
                 "epsilon_spent": spent,
                 "charges": [c.to_dict() for c in charges],
             })
+        site = led.site_cap()
+        site_spent = composed_epsilon(led.spent_by_site()) if site else None
+        events = [{"kind": e.kind, "at": e.at, "detail": e.detail} for e in led.events()]
     if as_json:
-        typer.echo(json.dumps(report, indent=1))
+        typer.echo(json.dumps({
+            "site_cap": None if site is None else {"epsilon": site.epsilon, "delta": site.delta},
+            "site_epsilon_spent": site_spent, "studies": report, "events": events}, indent=1))
         return
+    for e in events:
+        when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(e["at"]))
+        typer.echo(f"event {when} {e['kind']}: {json.dumps(e['detail'], sort_keys=True)}")
+    typer.echo("all studies: no site-wide cap ([site_budget] in site.toml)" if site is None else
+               f"all studies: site-wide cap epsilon {site.epsilon:g} at delta {site.delta:g}; "
+               f"spent epsilon {site_spent:.3f}")
     for item in report:
         cap = item["cap"]
         cap_text = "no cap (nothing may be charged)" if cap is None else \
@@ -156,6 +198,50 @@ def ledger(state_dir: Path = path_option(..., "--state-dir", exists=True, file_o
                              f"{m['sample_rate']:.3g}, {m['steps']} steps)" for m in c["mechanisms"])
             typer.echo(f"  {c['job_id']}: {c['epsilon_before']:.3f} -> {c['epsilon_after']:.3f}"
                        f"  [{mech}]")
+
+
+@ledger_app.command("reinit", short_help="A new, empty ledger where the old one was lost or "
+                                         "damaged (logged in it)")
+def ledger_reinit(state_dir: Path = path_option(..., "--state-dir", exists=True, file_okay=False,
+                                                 help="The site's state dir"),
+                  # ledger.REINIT_FLAG, spelled out: importing the ledger here would load
+                  # torch for every `synthpool-agent --help`.
+                  understood: bool = typer.Option(
+                      False, "--i-understand-earlier-spend-is-forgotten",
+                      help="Confirm that the new ledger starts every budget from zero"),
+                  reason: str = typer.Option(..., "--reason",
+                                             help="Why (recorded in the new ledger)")) -> None:
+    """Start a new, empty ledger where the old one is missing, empty or damaged and no backup
+    can be restored (deploy/OPERATOR.md, "Lost or damaged ledger"). Everything the old one
+    recorded is forgotten: lower each cap in site.toml by what this site had spent (its
+    releases' manifests list it). The old files are kept beside, renamed; the new ledger's
+    first event records who ran this, the reason, and what the agent had refused. Not while an
+    agent runs on the state dir."""
+    import getpass
+
+    from .daemon import StateDirError, hold_state_dir
+    from .ledger import REINIT_FLAG, Ledger, LedgerError
+
+    if not understood:
+        typer.echo(f"reinit forgets everything {state_dir}'s old ledger recorded, so every "
+                   f"budget starts from zero again: pass {REINIT_FLAG} to confirm", err=True)
+        raise typer.Exit(2)
+    if not reason.strip():
+        typer.echo("--reason must say why (it is recorded in the new ledger)", err=True)
+        raise typer.Exit(2)
+    try:
+        with hold_state_dir(state_dir):
+            with Ledger.reinitialise(state_dir, reason=reason.strip(),
+                                     by=getpass.getuser()) as led:
+                event = led.events()[-1]
+    except (LedgerError, StateDirError) as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+    kept = ", ".join(event.detail["kept_aside"]) or "none"
+    typer.echo(f"{led.path}: a new, empty ledger; its first event records this re-initialisation "
+               f"(by {event.detail['by']}: {event.detail['reason']}); old files kept as: {kept}. "
+               "Lower each cap in site.toml by what this site had spent before starting the "
+               "agent.")
 
 
 @app.command()

@@ -37,6 +37,13 @@ Example::
     [budgets.adult]                    # one table per study this site takes part in
     epsilon = 3.0
     delta = 1e-5
+
+    [site_budget]                      # optional: the most this site spends over ALL studies,
+    epsilon = 5.0                      # every study's charges composed together (the same
+    delta = 1e-5                       # people's rows serve every study)
+
+Removing a `[budgets.STUDY]` table (or `[site_budget]`) removes that cap from the ledger at the
+next message or start: a study without a table can be charged no more.
 """
 
 from __future__ import annotations
@@ -60,8 +67,8 @@ class ConfigError(ValueError):
 
 
 class Budget(BaseModel):
-    """A study's cap at this site: a finite epsilon > 0 and a delta strictly inside (0, 1)
-    (common/privacy.py:check_budget; the ledger refuses other caps too)."""
+    """A cap at this site (a study's, or the site-wide one): a finite epsilon > 0 and a delta
+    strictly inside (0, 1) (common/privacy.py:check_budget; the ledger refuses other caps too)."""
 
     model_config = ConfigDict(extra="forbid")
     epsilon: float
@@ -182,6 +189,7 @@ class SiteConfig(BaseModel):
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
     trust: TrustSection = Field(default_factory=TrustSection)
     budgets: dict[str, Budget] = Field(default_factory=dict)
+    site_budget: Budget | None = None
     path: Path | None = Field(default=None, exclude=True)
 
     @property
@@ -197,9 +205,10 @@ class SiteConfig(BaseModel):
         return Schema.load(BUNDLED_SCHEMAS.get(ref, ref))
 
     def apply_caps(self, ledger) -> None:
-        """Copy this file's caps into the ledger: the only way a cap is ever set."""
-        for study, budget in self.budgets.items():
-            ledger.set_cap(study, budget.epsilon, budget.delta)
+        """Make the ledger's caps this file's: the only way a cap is ever set or removed."""
+        site = self.site_budget
+        ledger.apply_caps({study: (b.epsilon, b.delta) for study, b in self.budgets.items()},
+                          None if site is None else (site.epsilon, site.delta))
 
 
 def load_site_config(path: str | Path) -> SiteConfig:

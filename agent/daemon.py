@@ -2,8 +2,10 @@
 
 What it does, in order:
 
-1. read site.toml (agent/config.py); open the ledger in the state dir and copy the owner's caps
-   into it (the only path by which a cap is ever set);
+0. take an exclusive lock on the state dir (`hold_state_dir`), held for the agent's life;
+1. read site.toml (agent/config.py); open the ledger in the state dir (refused when it is lost
+   or damaged, agent/ledger.py), check every page of it, and make its caps the owner's (the only
+   path by which a cap is ever set);
 2. start `flower-supernode` pointed at the coordinator's SuperLink, with
    `--node-config site-config="<this site.toml>"`, so every ClientApp process finds the site,
    and `--isolation process`, so the SuperNode starts no app process itself;
@@ -26,13 +28,16 @@ This module imports no Flower and no torch: the agent starts in well under a sec
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from . import identity
 from .config import SiteConfig
@@ -41,6 +46,8 @@ from .lifeline import die_with_parent
 from .site_state import NODE_CONFIG_KEY
 
 LOCALHOST = "127.0.0.1"
+#: In the state dir: flock-ed by the agent running on it, and holding that agent's pid.
+LOCK_FILE = "agent.lock"
 #: The admin API's TLS port, where a site enrolls (coordinator/admin_server.py DEFAULT_LISTEN).
 ENROLL_PORT = 50051
 #: Flower's exit code when the SuperNode cannot start its connection to the SuperLink
@@ -173,12 +180,55 @@ def supernode_env(cfg: SiteConfig) -> dict[str, str]:
     return env
 
 
+class StateDirError(RuntimeError):
+    """The state dir cannot be held by this agent: another one runs on it, or it is not
+    writable. One sentence for the owner."""
+
+
+@contextmanager
+def hold_state_dir(state_dir: Path, site: str | None = None) -> Iterator[None]:
+    """An exclusive lock on `state_dir` while the block runs (the agent's life). Two agents on one
+    state dir would be two SuperNodes of one site, each applying its own site.toml's caps to the
+    same ledger before its messages: the cap a job met would depend on which agent took it.
+    flock, because the kernel releases it when its holder dies, even by SIGKILL: a crash never
+    leaves a stale lock behind (the children do not inherit it: Python opens it close-on-exec)."""
+    who = f"site {site}: " if site else ""
+    path = Path(state_dir) / LOCK_FILE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        raise StateDirError(f"{who}cannot lock the state dir {state_dir} ({e.strerror}: "
+                            f"{path}): it must be writable by the account the agent runs as"
+                            ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StateDirError(f"{who}another synthpool agent (pid {holder}) is running on the "
+                            f"state dir {state_dir}, so this one does not start: stop that one "
+                            "first (systemd: `systemctl stop synthpool-agent`), or give this "
+                            "site.toml a state_dir of its own") from None
+    try:
+        # Rewritten only once the lock is ours: truncating earlier would erase the holder's pid.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
 def prepare(cfg: SiteConfig) -> Ledger:
-    cfg.state_dir.mkdir(parents=True, exist_ok=True)
-    ledger = Ledger(cfg.state_dir)
-    cfg.apply_caps(ledger)
-    if not cfg.site.data.exists():
-        raise FileNotFoundError(f"site {cfg.name}: data file {cfg.site.data} does not exist")
+    ledger = Ledger(cfg.state_dir, site=cfg.name)
+    try:
+        ledger.verify()
+        cfg.apply_caps(ledger)
+        if not cfg.site.data.exists():
+            raise FileNotFoundError(f"site {cfg.name}: data file {cfg.site.data} does not exist")
+    except BaseException:
+        ledger.close()
+        raise
     return ledger
 
 
@@ -193,6 +243,11 @@ def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
 
 
 def run(cfg: SiteConfig) -> int:
+    with hold_state_dir(cfg.state_dir, cfg.name):
+        return _supervise(cfg)
+
+
+def _supervise(cfg: SiteConfig) -> int:
     prepare(cfg).close()
     preexec = die_with_parent if sys.platform == "linux" else None
     env = supernode_env(cfg)

@@ -554,7 +554,8 @@ def _coordinator_reachable(cfg, now) -> list[Finding]:
 
 
 def _budgets(cfg, study: str | None, epsilon: float | None, read_ledger: bool) -> list[Finding]:
-    from synthpool.agent.ledger import LEDGER_FILE, Ledger, composed_epsilon
+    from synthpool.agent.ledger import LEDGER_FILE, Ledger, LedgerError, composed_epsilon, \
+        participation
 
     out = []
     studies = [study] if study else sorted(cfg.budgets)
@@ -562,8 +563,21 @@ def _budgets(cfg, study: str | None, epsilon: float | None, read_ledger: bool) -
         return [Finding("warn", "budgets", "no [budgets.STUDY] table: this site refuses every "
                                            "study (default deny)")]
     ledger_file = cfg.state_dir / LEDGER_FILE
-    led = Ledger(cfg.state_dir) if read_ledger and ledger_file.exists() else None
+    led = None
+    # A missing ledger is opened only where the site took part: that open refuses without
+    # writing, while elsewhere it would make a new ledger, which is no doctor's business.
+    if read_ledger and (ledger_file.exists() or participation(cfg.state_dir)):
+        try:
+            led = Ledger(cfg.state_dir, site=cfg.name)
+            led.verify()
+        except LedgerError as e:
+            if led is not None:
+                led.close()
+            led = None
+            out.append(Finding("fail", "ledger", str(e)))
     try:
+        if cfg.site_budget is not None:
+            out.append(_site_budget(cfg.site_budget, led))
         for name in studies:
             check = f"budget {name}"
             cap = cfg.budgets.get(name)
@@ -597,13 +611,28 @@ def _budgets(cfg, study: str | None, epsilon: float | None, read_ledger: bool) -
         if led is not None and not study:
             for name in led.studies():
                 if name not in cfg.budgets:
-                    out.append(Finding("info", f"budget {name}", "in the ledger but not in "
-                                                                 "site.toml: the ledger keeps its "
-                                                                 "last cap"))
+                    out.append(Finding("info", f"budget {name}", "charged in the ledger, no "
+                                                                 "[budgets] table in site.toml: "
+                                                                 "nothing more may be charged to "
+                                                                 "it"))
     finally:
         if led is not None:
             led.close()
     return out
+
+
+def _site_budget(cap, led) -> Finding:
+    """The site-wide cap ([site_budget]): what every study spent together, and what is left."""
+    from synthpool.agent.ledger import composed_epsilon
+
+    spent = composed_epsilon(led.spent_by_site(cap.delta)) if led else 0.0
+    left = cap.epsilon - spent
+    text = (f"site-wide cap epsilon {cap.epsilon:g} at delta {cap.delta:g} over all studies, "
+            f"spent {spent:.3f}, left {max(left, 0):.3f}")
+    if left <= 0.01 * cap.epsilon:
+        return Finding("warn", "budget (site-wide)", f"{text}: spent. No study can be charged "
+                                                      "any more at this site")
+    return Finding("ok", "budget (site-wide)", text)
 
 
 __all__ = ["Finding", "report", "coordinator_checks", "site_checks", "cert_findings",

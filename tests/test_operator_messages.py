@@ -10,6 +10,7 @@
 * the agent without a key says which enroll command to run; enroll ends by saying to (re)start
   the agent; a SuperNode refused by the coordinator ("Exit Code: 305") or stopped on its own
   (a key revoked while connected) gets one synthpool sentence with the key's fingerprint;
+  a second agent on a state dir already held is refused with that dir and the holder's pid;
 * `coordinator doctor` / `synthpool-agent doctor`: certificate names and expiry (warning under
   30 days), ports, keys, tokens, budgets.
 
@@ -32,6 +33,7 @@ from typer.testing import CliRunner
 from synthpool.agent import daemon, identity
 from synthpool.agent.cli import app as agent_app
 from synthpool.agent.config import load_site_config
+from synthpool.agent.ledger import Ledger
 from synthpool.commands.admin import RELEASE_FILES_NOTE, WatchLines
 from synthpool.doctor import cert_findings, coordinator_checks, expiry_warning, report, \
     site_checks
@@ -245,6 +247,7 @@ EXECUTOR = "import time\ntime.sleep(30)\n"
 def enrolled_site(tmp_path, monkeypatch):
     config = _site(tmp_path)
     cfg = load_site_config(config)
+    Ledger(cfg.state_dir).close()    # as enroll does: the ledger first, then the key
     public = identity.ensure_node_key(cfg.state_dir)
     monkeypatch.setattr(daemon, "executor_argv", lambda cfg: _fake(tmp_path, "exec", EXECUTOR))
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -292,6 +295,51 @@ sys.exit(1)
     err = capsys.readouterr().err
     assert "did not accept" not in err
     assert "could not connect to the coordinator at coord.test:9092" in err
+
+
+AGENT_WITH_STAND_INS = """
+import sys
+from synthpool.agent import daemon
+from synthpool.agent.config import load_site_config
+sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+daemon.supernode_argv = daemon.executor_argv = lambda cfg: sleeper
+sys.exit(daemon.run(load_site_config(sys.argv[1])))
+"""
+
+
+def test_a_second_agent_on_the_same_state_dir_is_refused(tmp_path):
+    import os
+    import subprocess
+
+    state = tmp_path / "state"
+    configs = []
+    for name, port in (("one", 19101), ("two", 19102)):   # another port, the same state dir
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "rows.csv").write_text("39, State-gov\n")
+        (folder / "site.toml").write_text(
+            f'[site]\nname = "hosp-a"\ndata = "rows.csv"\nstate_dir = "{state}"\n'
+            f'[superlink]\naddress = "127.0.0.1:1"\ninsecure = true\n'
+            f'[supernode]\nport = {port}\n[budgets.adult]\nepsilon = 3.0\ndelta = 1e-5\n')
+        configs.append(folder / "site.toml")
+    first = subprocess.Popen([sys.executable, "-c", AGENT_WITH_STAND_INS, str(configs[0])],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        started = first.stdout.readline()
+        assert "SuperNode pid" in started, started
+        agent = Path(sys.executable).parent / "synthpool-agent"
+        second = subprocess.run([str(agent), "run", "--config", str(configs[1])],
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.strip() == (
+            f"site hosp-a: another synthpool agent (pid {first.pid}) is running on the state "
+            f"dir {state}, so this one does not start: stop that one first (systemd: "
+            "`systemctl stop synthpool-agent`), or give this site.toml a state_dir of its own")
+    finally:
+        first.kill()   # SIGKILL: the kernel drops the lock with the process
+        first.wait()
+    with daemon.hold_state_dir(state):
+        assert (state / daemon.LOCK_FILE).read_text() == f"{os.getpid()}\n"
 
 
 # -- doctor ----------------------------------------------------------------------------------------
@@ -363,7 +411,6 @@ def test_coordinator_doctor(coordinator, capsys):
 
 
 def test_site_doctor(tmp_path, capsys):
-    from synthpool.agent.ledger import Ledger
     from synthpool.common.privacy import GaussianMechanism
     from synthpool.coordinator.pki import init_coordinator
 
@@ -376,8 +423,8 @@ def test_site_doctor(tmp_path, capsys):
     assert first["SuperNode port"].level == "info"
 
     cfg = load_site_config(config)
-    identity.ensure_node_key(cfg.state_dir)
     with Ledger(cfg.state_dir) as led:                  # what a training spent
+        identity.ensure_node_key(cfg.state_dir)         # made after the ledger, as enroll does
         led.set_cap("adult", 100.0, 1e-5)
         spent = led.charge("adult", "job-1", [GaussianMechanism("m", 1.0, 0.1, 200)]).epsilon
     config.write_text(config.read_text().replace("epsilon = 3.0", f"epsilon = {spent:.6f}"))
@@ -395,3 +442,12 @@ def test_site_doctor(tmp_path, capsys):
     assert online["coordinator"].level == "fail"
     out = _agent(["doctor", "--config", str(config), "--offline", "--json"], code=0).stdout
     assert json.loads(out)["failed"] == 0
+
+    config.write_text(config.read_text() + f"[site_budget]\nepsilon = {spent * 4:.6f}\n"
+                                           "delta = 1e-5\n")
+    site_wide = {f.check: f for f in site_checks(config, online=False)}["budget (site-wide)"]
+    assert site_wide.level == "ok" and f"spent {spent:.3f}" in site_wide.message
+    (cfg.state_dir / "ledger.sqlite").unlink()          # lost: the doctor says what the agent says
+    lost = {f.check: f for f in site_checks(config, online=False)}["ledger"]
+    assert lost.level == "fail" and "ledger.sqlite is missing, but this state dir" in lost.message
+    assert not (cfg.state_dir / "ledger.sqlite").exists()
