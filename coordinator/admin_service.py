@@ -275,24 +275,17 @@ class ReleaseStore:
         if not NAME.match(name or ""):
             raise st.Invalid(f"invalid release name {name!r}")
         folder = self.root / name
-        if not (folder / signing.MANIFEST).is_file():
+        if folder.is_symlink() or not (folder / signing.MANIFEST).is_file():
             raise st.NotFound(f"no release {name!r}")
         return folder
 
     def files(self, name: str) -> list[tuple[str, Path]]:
-        """(relative path, file) for every regular file of the release, sorted. Symbolic links are
-        left out: a release must not be a way to read other files of the coordinator."""
-        folder = self.folder(name)
-        out = []
-        for p in sorted(folder.rglob("*")):
-            rel = p.relative_to(folder)
-            if any(part.startswith(".") for part in rel.parts):
-                continue
-            if p.is_symlink() or not p.resolve().is_relative_to(folder.resolve()):
-                continue
-            if p.is_file():
-                out.append((rel.as_posix(), p))
-        return out
+        """(relative path, file) for every regular file of the release, sorted: the files the
+        signature covers plus the manifest and signature. Symbolic links are left out: a
+        release must not be a way to read other files of the coordinator (and `verify` fails
+        it for them)."""
+        files, _links = signing.release_files(self.folder(name))
+        return sorted(files.items())
 
     def chunks(self, name: str, chunk_size: int = CHUNK_SIZE) -> Iterator[pb.FileChunk]:
         for rel, path in self.files(name):

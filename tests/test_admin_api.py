@@ -415,6 +415,19 @@ def test_release_symlinks_are_not_served(coord, tmp_path):
     assert "leak" not in paths and "synthetic.csv" in paths
 
 
+def test_a_hidden_file_added_to_a_release_fails_verification_and_travels(coord, tmp_path):
+    folder = _make_release(coord.state_dir, coord.pki.signing_key, "rel-1")
+    (folder / ".synthetic-real.csv").write_text("age,income\n52,>50K\n")
+    problem = ".synthetic-real.csv: not part of the signed release"
+    with coord.admin() as admin:
+        verdict = admin.VerifyRelease(pb.VerifyReleaseRequest(name="rel-1"))
+        assert not verdict.ok and list(verdict.problems) == [problem]
+        got = download_release(admin, "rel-1", tmp_path / "out")
+    assert (got / ".synthetic-real.csv").is_file()  # served, so the recipient sees it too
+    key = signing.load_public_key(coord.pki.signing_public_key)
+    assert signing.verify(got, key).problems == [problem]
+
+
 # -- restart -------------------------------------------------------------------------------------
 
 def test_state_survives_a_restart_and_running_runs_are_interrupted(tmp_path):
