@@ -442,7 +442,7 @@ def test_state_survives_a_restart_and_running_runs_are_interrupted(tmp_path):
     try:
         from synthpool.coordinator import migrations
 
-        assert [v for v, _ in migrations.applied(coord.state.engine)] == [1, 2, 3]
+        assert [v for v, _ in migrations.applied(coord.state.engine)] == [1, 2, 3, 4, 5]
         with coord.admin() as admin:
             assert [s.name for s in admin.ListSites(pb.ListSitesRequest()).sites] == ["hosp-a"]
             study = admin.GetStudy(pb.GetStudyRequest(name="s1"))
