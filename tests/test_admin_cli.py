@@ -145,3 +145,49 @@ def test_serve_admin_runs_as_a_process_and_stops_on_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_admin_token_can_come_from_a_file(coordinator, tmp_path):
+    _, init, env = coordinator
+    token_file = tmp_path / "token"
+    token_file.write_text(init["admin_token"] + "\n")
+    no_token = {k: v for k, v in env.items() if k != "SYNTHPOOL_ADMIN_TOKEN"}
+    assert json.loads(run(["sites", "list", "--json", "--token-file", str(token_file)],
+                          no_token).stdout) == []
+    run(["sites", "list"], {**no_token, "SYNTHPOOL_ADMIN_TOKEN_FILE": str(token_file)})
+    out = run(["sites", "list", "--json", "--token-file", str(token_file)], env, code=1)
+    assert json.loads(out.stdout)["error"]["message"].startswith(
+        "give --token or --token-file, not both")
+    token_file.write_text("\n")
+    out = run(["sites", "list", "--json", "--token-file", str(token_file)], no_token, code=1)
+    assert json.loads(out.stdout)["error"] == {
+        "code": "CONFIG",
+        "message": f"--token-file {token_file}: expected the token alone, found nothing"}
+
+
+def test_enroll_reads_the_invitation_token_from_the_environment_or_a_file(coordinator,
+                                                                          tmp_path):
+    from synthpool.agent.cli import app as agent
+
+    server, init, env = coordinator
+    for name in ("site-a", "site-b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "site.toml").write_text(
+            f'[site]\nname = "{name}"\ndata = "rows.csv"\nstate_dir = "state"\n\n'
+            '[superlink]\naddress = "127.0.0.1:9092"\ninsecure = true\n')
+    token_a, token_b = (json.loads(run(["sites", "invite", name, "--json"], env).stdout)["token"]
+                        for name in ("site-a", "site-b"))
+    (tmp_path / "site-b" / "token").write_text(token_b)
+    connect = ["--coordinator", server.address, "--ca", init["ca_cert"]]
+    for name, extra, agent_env in (
+            ("site-a", [], {"SYNTHPOOL_INVITE_TOKEN": token_a}),
+            ("site-b", ["--token-file", str(tmp_path / "site-b" / "token")], {})):
+        result = CliRunner().invoke(agent, ["enroll", "--config",
+                                            str(tmp_path / name / "site.toml"), *connect, *extra],
+                                    env=agent_env, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert f"registered as {name!r}" in result.output
+    statuses = {s["name"]: s["status"] for s in
+                json.loads(run(["sites", "list", "--json"], env).stdout)}
+    assert statuses == {"site-a": "SITE_STATUS_REGISTERED", "site-b": "SITE_STATUS_REGISTERED"}

@@ -12,6 +12,7 @@ Connection settings, on every API command and from the environment:
   --coordinator HOST:PORT   SYNTHPOOL_ADMIN_COORDINATOR   (default 127.0.0.1:50051)
   --ca FILE                 SYNTHPOOL_ADMIN_CA            the coordinator's CA certificate
   --token TOKEN             SYNTHPOOL_ADMIN_TOKEN         a bearer token (TLS port), or
+  --token-file FILE         SYNTHPOOL_ADMIN_TOKEN_FILE    the same read from a file, or
   --cert FILE --key FILE    SYNTHPOOL_ADMIN_CERT/_KEY     an admin client certificate (mTLS port)
   --server-name NAME        SYNTHPOOL_ADMIN_SERVER_NAME   the name to expect in the server's
                                                           certificate, when it differs from HOST
@@ -29,7 +30,7 @@ from typing import Any, Callable, List, Optional
 
 import grpc
 import typer
-from synthpool.common.cli_paths import path_option
+from synthpool.common.cli_paths import path_option, token_from
 from google.protobuf import json_format
 
 from synthpool.protos import admin_pb2 as pb
@@ -156,7 +157,12 @@ _CONNECTION = [
                               help="The admin API, HOST:PORT.")),
     ("ca", Optional[Path], _opt(None, "--ca", env="CA", path=True,
                                 help="The coordinator's CA certificate (pki/ca.pem).")),
-    ("token", Optional[str], _opt(None, "--token", env="TOKEN", help="Admin bearer token.")),
+    ("token", Optional[str], _opt(None, "--token", env="TOKEN",
+                                  help="Admin bearer token. On a shared host prefer the "
+                                       "environment or --token-file: other users can read a "
+                                       "command line.")),
+    ("token_file", Optional[Path], _opt(None, "--token-file", env="TOKEN_FILE", path=True,
+                                        help="A file holding the admin bearer token.")),
     ("cert", Optional[Path], _opt(None, "--cert", env="CERT", path=True,
                                   help="Admin client certificate (for the mTLS port).")),
     ("key", Optional[Path], _opt(None, "--key", env="KEY", path=True,
@@ -181,6 +187,11 @@ def _api_command(app: typer.Typer, name: Optional[str] = None, public: bool = Fa
         def command(**kwargs):
             conn = {n: kwargs.pop(n) for n, _, _ in _CONNECTION}
             as_json = kwargs.pop("as_json")
+            try:
+                conn["token"] = token_from(conn.pop("token"), conn.pop("token_file"),
+                                           flag="--token", file_flag="--token-file")
+            except ValueError as e:
+                _fail(as_json, "CONFIG", str(e))
             if conn["ca"] is None:
                 _fail(as_json, "CONFIG", f"--ca (or {ENV}CA) is required: the coordinator's "
                                          "CA certificate, pki/ca.pem in its state dir. "
@@ -189,7 +200,8 @@ def _api_command(app: typer.Typer, name: Optional[str] = None, public: bool = Fa
                                          "(deploy/OPERATOR.md, \"Connect the admin CLI\")")
             if not public and not conn["token"] and not conn["cert"]:
                 _fail(as_json, "CONFIG", f"an admin credential is required: --token "
-                                         f"({ENV}TOKEN; `synthpool coordinator init` printed the "
+                                         f"({ENV}TOKEN) or --token-file ({ENV}TOKEN_FILE; "
+                                         "`synthpool coordinator init` printed the "
                                          "first one, `coordinator add-token NAME` makes more) "
                                          f"or --cert/--key ({ENV}CERT/{ENV}KEY, pki/admin.pem "
                                          "and admin.key, on the mTLS port 50052)")
