@@ -9,6 +9,10 @@ is refused with UNAUTHENTICATED, and the refusal is logged too.
 What is recorded: every call, accepted or refused, appends one audit entry (who, which RPC, when,
 the request minus secrets, the outcome). For actions that change state, the entry commits in the
 same transaction as the change (state.State.audited), so the log and the state cannot disagree.
+A call refused to someone without an admin credential is recorded by its size and SHA-256 only,
+and at most `RefusalLimiter`'s rate per caller address: beyond it the call is answered
+RESOURCE_EXHAUSTED and only counted (one `RefusalsSuppressed` entry per burst), so anyone who can
+reach the port cannot fill the coordinator's disk through the log.
 
 Training is delegated: the service records runs and their events, but the work is done by a
 `TrainingRunner` (start / stop / events). The real one submits Flower runs to the coordinator's
@@ -24,6 +28,7 @@ Releases are folders under the releases directory, each sealed with common.signi
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import logging
 import math
@@ -55,6 +60,7 @@ TERMINAL = ("finished", "failed", "stopped")
 # (large public text).
 SECRET_FIELDS = frozenset({"token"})
 DIGEST_FIELDS = frozenset({"schema_yaml"})
+ANONYMOUS = "anonymous"
 
 
 # -- the training seam ---------------------------------------------------------------------------
@@ -302,6 +308,78 @@ class ReleaseStore:
                         break
 
 
+# -- refused calls -------------------------------------------------------------------------------
+
+class RefusalLimiter:
+    """A token bucket per caller address for refused calls: `burst` at once, then `per_second`.
+
+    Keyed by `peer_host`, not the peer: a new connection is a new source port, and must not buy a
+    fresh bucket. Refusals over the rate are counted per address, to be logged as one entry.
+    """
+
+    def __init__(self, burst: int = 20, per_second: float = 0.1, *,
+                 clock=time.monotonic, max_hosts: int = 10_000) -> None:
+        if burst < 1 or per_second < 0:
+            raise ValueError("a refusal limit needs burst >= 1 and per_second >= 0")
+        self.burst, self.per_second, self.clock = burst, per_second, clock
+        self.max_hosts = max_hosts
+        self._hosts: dict[str, tuple[float, float, int]] = {}  # tokens, updated, suppressed
+        self._lock = threading.Lock()
+
+    def admit(self, host: str) -> tuple[bool, int]:
+        """Whether this refusal from `host` may be logged, and how many refusals from it were
+        over the rate since its last logged one (0 when not admitted)."""
+        with self._lock:
+            now = self.clock()
+            tokens, updated, suppressed = self._hosts.get(host, (float(self.burst), now, 0))
+            tokens = self._refilled(tokens, updated, now)
+            if tokens < 1:
+                self._hosts[host] = (tokens, now, suppressed + 1)
+                return False, 0
+            self._hosts[host] = (tokens - 1, now, 0)
+            if len(self._hosts) > self.max_hosts:
+                self._forget_idle(now)
+            return True, suppressed
+
+    def drain(self) -> dict[str, int]:
+        """The refusals over the rate not reported yet, by address (and forget them)."""
+        with self._lock:
+            counts = {h: n for h, (_, _, n) in self._hosts.items() if n}
+            for host in counts:
+                tokens, updated, _ = self._hosts[host]
+                self._hosts[host] = (tokens, updated, 0)
+            return counts
+
+    def describe(self) -> str:
+        pace = f", then one every {1 / self.per_second:g} s" if self.per_second else ""
+        return f"{self.burst} at once{pace}"
+
+    def _refilled(self, tokens: float, updated: float, now: float) -> float:
+        return min(float(self.burst), tokens + (now - updated) * self.per_second)
+
+    def _forget_idle(self, now: float) -> None:
+        # An address whose bucket is full again and that owes no count is like a new one.
+        idle = [h for h, (t, u, n) in self._hosts.items()
+                if not n and self._refilled(t, u, now) >= self.burst]
+        for host in idle:
+            del self._hosts[host]
+
+
+def peer_host(peer: str) -> str:
+    """gRPC's peer string (`ipv4:1.2.3.4:5678`, `ipv6:[::1]:5678`) without the port; IPv6 by its
+    /64, which one host usually holds whole."""
+    kind, _, rest = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return peer
+    address = rest.rsplit(":", 1)[0]
+    if kind == "ipv6":
+        try:
+            address = str(ipaddress.IPv6Network(f"{address.strip('[]')}/64", strict=False))
+        except ValueError:
+            pass
+    return f"{kind}:{address}"
+
+
 # -- the servicer --------------------------------------------------------------------------------
 
 @runtime_checkable
@@ -317,8 +395,10 @@ class FleetAccess(Protocol):
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, state: st.State, *, ca_pem: bytes, signing_public_key: Path,
                  releases_dir: Path, runner: TrainingRunner | None = None,
-                 fleet: FleetAccess | None = None, clock=time.time, mtls_hint: str = "") -> None:
+                 fleet: FleetAccess | None = None, clock=time.time, mtls_hint: str = "",
+                 refusals: RefusalLimiter | None = None) -> None:
         self.state = state
+        self.refusals = refusals or RefusalLimiter()
         self.fleet = fleet
         self.ca_pem = ca_pem
         self.signing_public_key = Path(signing_public_key)
@@ -346,6 +426,40 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     def _call(self, context: grpc.ServicerContext, action: str, request,
               public: bool = False) -> "_Call":
         return _Call(self, context, action, request, public)
+
+    def record_refusal(self, context: grpc.ServicerContext, action: str, request, outcome: str,
+                       reason: str) -> bool:
+        """Log a call refused to someone without an admin credential: its size and SHA-256
+        instead of its fields, which are the caller's to fill. False, and nothing logged, when
+        the caller's address is over the refusal rate."""
+        peer = context.peer() or ""
+        host = peer_host(peer)
+        admitted, suppressed = self.refusals.admit(host)
+        if not admitted:
+            return False
+        if suppressed:
+            self._record_suppressed(host, suppressed)
+        body = request.SerializeToString()
+        self.state.record_audit(ANONYMOUS, action, {"request_sha256": hashlib.sha256(body).hexdigest(),
+                                                    "request_bytes": len(body)},
+                                outcome, reason, peer)
+        return True
+
+    def flush_refusals(self) -> None:
+        """Log the refusals still only counted (the server is stopping)."""
+        for host, count in self.refusals.drain().items():
+            self._record_suppressed(host, count)
+
+    def _record_suppressed(self, host: str, count: int) -> None:
+        self.state.record_audit(ANONYMOUS, "RefusalsSuppressed", {"refused_calls": count},
+                                "RESOURCE_EXHAUSTED",
+                                f"{count} refused calls from {host} were answered "
+                                "RESOURCE_EXHAUSTED and not logged one by one (refusal rate "
+                                f"{self.refusals.describe()})", host)
+
+    def over_limit_message(self, context: grpc.ServicerContext) -> str:
+        return (f"too many refused calls from {peer_host(context.peer() or '')}: at most "
+                f"{self.refusals.describe()} are answered; wait, and check the credential")
 
     # -- sites ----------------------------------------------------------------------------------
     def InviteSite(self, request, context):
@@ -560,33 +674,50 @@ class _Call:
                  request, public: bool) -> None:
         self.service, self.context, self.action = service, context, action
         self.request, self.public = request, public
+        self.peer = context.peer() or ""
+        self.admin = False    # authenticated as an administrator
+        self.limited = False  # refused, and over the caller's refusal rate
         self._audited = None
         self.audit: st.AuditContext | None = None
 
     def __enter__(self) -> st.AuditContext:
-        svc, context = self.service, self.context
-        arguments = audit_arguments(self.request)
-        peer = context.peer() or ""
-        actor = "anonymous"
-        if not self.public:
-            try:
-                who = svc.authenticate(context)
-            except Exception:  # noqa: BLE001 - e.g. the database is down
-                log.exception("authentication failed")
-                context.abort(grpc.StatusCode.UNAVAILABLE, "cannot check credentials now")
-            if who is None:
-                hint = (f"; client certificates are accepted on {svc.mtls_hint}"
-                        if svc.mtls_hint else "")
-                message = "an admin credential is required (bearer token or client certificate)"
-                try:
-                    svc.state.record_audit(actor, self.action, arguments, "UNAUTHENTICATED",
-                                           message, peer)
-                finally:
-                    context.abort(grpc.StatusCode.UNAUTHENTICATED, message + hint)
-            actor = who
-        self._audited = svc.state.audited(actor, self.action, arguments, peer)
+        actor = ANONYMOUS if self.public else self._administrator()
+        self._audited = self.service.state.audited(actor, self.action,
+                                                   audit_arguments(self.request), self.peer,
+                                                   refused=self._refused)
         self.audit = self._audited.__enter__()
         return self.audit
+
+    def _administrator(self) -> str:
+        """The caller's admin identity; anyone else's call ends here, refused."""
+        svc, context = self.service, self.context
+        reason = "an admin credential is required (bearer token or client certificate)"
+        try:
+            who = svc.authenticate(context)
+        except Exception:  # noqa: BLE001 - e.g. the database is down
+            log.exception("authentication failed")
+            context.abort(grpc.StatusCode.UNAVAILABLE, "cannot check credentials now")
+        if who is not None:
+            self.admin = True
+            return who
+        hint = f"; client certificates are accepted on {svc.mtls_hint}" if svc.mtls_hint else ""
+        try:
+            self.limited = not svc.record_refusal(context, self.action, self.request,
+                                                  "UNAUTHENTICATED", reason)
+        finally:
+            if self.limited:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, svc.over_limit_message(context))
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, reason + hint)
+
+    def _refused(self, ctx: st.AuditContext, outcome: str, detail: str) -> None:
+        """State.audited's refusal hook: an administrator's refusal keeps its arguments (the
+        entry is bounded by the state); anyone else's is recorded as record_refusal does."""
+        if self.admin:
+            self.service.state.record_audit(ctx.actor, self.action, ctx.arguments, outcome,
+                                            detail, self.peer)
+        else:
+            self.limited = not self.service.record_refusal(self.context, self.action,
+                                                           self.request, outcome, detail)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
@@ -599,8 +730,12 @@ class _Call:
             exc = e if exc is None else exc
         if exc is None:
             return False
+        if self.limited:
+            self.context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               self.service.over_limit_message(self.context))
         if isinstance(exc, st.StateError):
-            self.context.abort(getattr(grpc.StatusCode, exc.code, grpc.StatusCode.UNKNOWN), str(exc))
+            self.context.abort(getattr(grpc.StatusCode, exc.code, grpc.StatusCode.UNKNOWN),
+                               st.bounded(str(exc)))
         log.error("%s failed", self.action, exc_info=(type(exc), exc, exc.__traceback__))
         self.context.abort(grpc.StatusCode.INTERNAL, "internal error; see the coordinator's log")
         return False  # not reached: abort raises
@@ -634,7 +769,8 @@ _OVERLAP_NAME = {pb.OVERLAP_DISJOINT: "disjoint", pb.OVERLAP_OVERLAPPING: "overl
 
 def _check_name(name: str, what: str) -> None:
     if not NAME.match(name or ""):
-        raise st.Invalid(f"invalid {what} name {name!r}: letters, digits, '.', '_', '-' "
+        shown = repr(name) if len(name) <= 100 else f"{name[:40]!r}... ({len(name)} chars)"
+        raise st.Invalid(f"invalid {what} name {shown}: letters, digits, '.', '_', '-' "
                          "(up to 100, starting with a letter or digit)")
 
 
@@ -689,6 +825,6 @@ def _event(e: st.EventRecord) -> pb.TrainingEvent:
 
 
 __all__: Iterable[str] = (
-    "AdminService", "InMemoryRunner", "ReleaseStore", "RunEvent", "SiteInfo", "StudyInfo",
-    "TrainingRunner", "TrainingSupervisor", "audit_arguments",
+    "AdminService", "InMemoryRunner", "RefusalLimiter", "ReleaseStore", "RunEvent", "SiteInfo",
+    "StudyInfo", "TrainingRunner", "TrainingSupervisor", "audit_arguments", "peer_host",
 )

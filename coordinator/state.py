@@ -308,6 +308,14 @@ def _cert_label(c: AdminCertificateRecord) -> str:
     return " ".join(parts)
 
 
+def bounded(text: str, limit: int = MAX_AUDIT_DETAIL) -> str:
+    """`text` cut to `limit` characters, saying how long it was: messages quote what callers
+    sent, which may be megabytes."""
+    if len(text) <= limit:
+        return text
+    return text[:limit - 20] + f"... ({len(text)} chars)"
+
+
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -403,11 +411,9 @@ class State:
         if len(text) > MAX_AUDIT_ARGUMENTS:
             text = json.dumps({"truncated": {"sha256": hashlib.sha256(text.encode()).hexdigest(),
                                              "chars": len(text)}})
-        if len(detail) > MAX_AUDIT_DETAIL:
-            detail = detail[:MAX_AUDIT_DETAIL - 20] + f"... ({len(detail)} chars)"
         conn.execute(audit_log.insert().values(
             at=self.clock(), actor=actor[:200], action=action[:100], arguments=text,
-            outcome=outcome[:40], detail=detail, peer=peer[:200]))
+            outcome=outcome[:40], detail=bounded(detail), peer=peer[:200]))
 
     def audit_entries(self, after_id: int = 0, limit: int = 1000) -> list[AuditRecord]:
         with self.transaction() as conn:

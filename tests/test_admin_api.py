@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from synthpool.commands.admin import AdminClient, download_release
 from synthpool.common import signing
 from synthpool.coordinator.admin_server import AdminServer
-from synthpool.coordinator.admin_service import InMemoryRunner
+from synthpool.coordinator.admin_service import InMemoryRunner, RefusalLimiter
 from synthpool.coordinator.pki import init_coordinator
 from synthpool.coordinator.state import State
 from synthpool.protos import admin_pb2 as pb
@@ -42,11 +42,12 @@ class Clock:
 class Coordinator:
     """A started admin server with its state and credentials, restartable on the same dir."""
 
-    def __init__(self, root, runner=None) -> None:
+    def __init__(self, root, runner=None, refusals=None) -> None:
         self.state_dir = root / "state"
         self.pki = init_coordinator(self.state_dir, ["coord.test"])
         self.clock = Clock()
         self.runner = runner or InMemoryRunner(round_delay=0.02)
+        self.refusals = refusals
         self.start()
         self.token = self.state.add_admin_token("tester")
 
@@ -54,7 +55,8 @@ class Coordinator:
         self.state = State.open(self.state_dir, clock=self.clock)
         self.server = AdminServer(self.state_dir, listen="127.0.0.1:0",
                                   mtls_listen="127.0.0.1:0", state=self.state,
-                                  runner=self.runner, max_workers=8).start()
+                                  runner=self.runner, max_workers=8,
+                                  refusals=self.refusals).start()
         self.service = self.server.service
 
     def stop(self) -> None:
@@ -150,6 +152,74 @@ def test_clients_pin_the_coordinator_ca(coord, tmp_path):
     # The server certificate names coord.test as well as localhost/127.0.0.1.
     with coord.client(token=coord.token, server_name="coord.test") as by_name:
         by_name.ListSites(pb.ListSitesRequest())
+
+
+def _db_bytes(state_dir) -> int:
+    return sum(p.stat().st_size for p in state_dir.glob("coordinator.db*"))
+
+
+def test_anonymous_calls_cannot_fill_the_disk_through_the_audit_log(coord):
+    # Six such calls once wrote 28 MB: the refused request was stored whole.
+    big = "x" * 3_500_000
+    before = _db_bytes(coord.state_dir)
+    with coord.client() as anonymous:
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError) as e:
+                anonymous.InviteSite(pb.InviteSiteRequest(name=big))
+            assert _code(e) == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as e:  # the public RPC, refused inside the action
+                anonymous.RegisterSite(pb.RegisterSiteRequest(token="spi_guess", public_key=big))
+            assert _code(e) == grpc.StatusCode.INVALID_ARGUMENT
+    entries = coord.state.audit_entries()
+    assert [(e.action, e.actor) for e in entries] == [("InviteSite", "anonymous"),
+                                                      ("RegisterSite", "anonymous")] * 3
+    for e in entries:
+        assert set(e.arguments) == {"request_sha256", "request_bytes"}
+        assert e.arguments["request_bytes"] > 3_500_000 and len(e.detail) < 1000
+    assert _db_bytes(coord.state_dir) - before < 1_000_000
+    # An administrator's refused call keeps its arguments, within the cap of one entry.
+    with coord.admin() as admin, pytest.raises(grpc.RpcError) as e:
+        admin.InviteSite(pb.InviteSiteRequest(name=big))
+    assert _code(e) == grpc.StatusCode.INVALID_ARGUMENT
+    refused = coord.state.audit_entries()[-1]
+    assert (refused.actor, set(refused.arguments)) == ("token:tester", {"truncated"})
+    assert _db_bytes(coord.state_dir) - before < 1_000_000
+
+
+class Monotonic:
+    t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_refusals_over_the_rate_are_answered_resource_exhausted_and_counted(tmp_path):
+    clock = Monotonic()
+    coord = Coordinator(tmp_path, refusals=RefusalLimiter(burst=3, per_second=0.5, clock=clock))
+    try:
+        codes = []
+        for token in (None, "spa_guess") * 3:  # a new connection (source port) each time
+            with coord.client(token=token) as client, pytest.raises(grpc.RpcError) as e:
+                client.ListSites(pb.ListSitesRequest())
+            codes.append(_code(e))
+        assert codes == [grpc.StatusCode.UNAUTHENTICATED] * 3 + \
+            [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3
+        assert "too many refused calls from ipv4:127.0.0.1" in e.value.details()
+        with coord.admin() as admin:  # an administrator at the same address is still served
+            admin.ListSites(pb.ListSitesRequest())
+        clock.t += 2  # one refusal's worth
+        for expected in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED):
+            with coord.client() as client, pytest.raises(grpc.RpcError) as e:
+                client.ListSites(pb.ListSitesRequest())
+            assert _code(e) == expected
+    finally:
+        coord.stop()  # logs the count still pending
+    with State.open(coord.state_dir) as state:
+        logged = [(e.action, e.outcome, e.arguments.get("refused_calls")) for e in
+                  state.audit_entries()]
+    assert logged == [("ListSites", "UNAUTHENTICATED", None)] * 3 + [
+        ("ListSites", "OK", None), ("RefusalsSuppressed", "RESOURCE_EXHAUSTED", 3),
+        ("ListSites", "UNAUTHENTICATED", None), ("RefusalsSuppressed", "RESOURCE_EXHAUSTED", 1)]
 
 
 # -- sites ---------------------------------------------------------------------------------------
