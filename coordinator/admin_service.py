@@ -14,6 +14,10 @@ and at most `RefusalLimiter`'s rate per caller address: beyond it the call is an
 RESOURCE_EXHAUSTED and only counted (one `RefusalsSuppressed` entry per burst), so anyone who can
 reach the port cannot fill the coordinator's disk through the log.
 
+Administrators' credentials are revocable: tokens (admin_tokens.revoked_at) and client
+certificates (a deny list by serial or fingerprint, state.admin_certificates), both checked on
+every call, so a revocation takes effect at the next call without a restart.
+
 Training is delegated: the service records runs and their events, but the work is done by a
 `TrainingRunner` (start / stop / events). The real one submits Flower runs to the coordinator's
 SuperLink (coordinator/flower_runner.py); `InMemoryRunner` trains nothing and serves tests of the
@@ -48,7 +52,8 @@ from synthpool.protos import admin_pb2 as pb
 from synthpool.protos import admin_pb2_grpc
 
 from . import state as st
-from .pki import admin_identity, site_public_key
+from .pki import (admin_identity, certificate_ids, normalize_fingerprint, normalize_serial,
+                  site_public_key)
 
 log = logging.getLogger(__name__)
 
@@ -410,11 +415,16 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     # -- authentication and audit ---------------------------------------------------------------
     def authenticate(self, context: grpc.ServicerContext) -> str | None:
-        """'cert:<CN>' or 'token:<name>' for an administrator, None for anyone else."""
+        """'cert:<CN>' or 'token:<name>' for an administrator, None for anyone else. A revoked
+        certificate raises a StateError saying so (its holder knows it already)."""
         pems = (context.auth_context() or {}).get("x509_pem_cert")
         if pems:
             name = admin_identity(pems[0], self.ca_pem)
             if name:
+                ids = certificate_ids(pems[0])
+                if self.state.revoked_admin_certificate(ids.serial, ids.fingerprint):
+                    raise st.StateError(f"admin certificate {name!r} (serial {ids.serial}) is "
+                                        "revoked", code="UNAUTHENTICATED")
                 return f"cert:{name}"
         for key, value in context.invocation_metadata() or ():
             if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
@@ -655,6 +665,39 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                                         files_checked=result.files_checked,
                                         public_key_pem=signing.public_pem(key).decode())
 
+    # -- administrators -------------------------------------------------------------------------
+    def ListAdminTokens(self, request, context):
+        with self._call(context, "ListAdminTokens", request):
+            tokens = self.state.list_admin_tokens()
+        return pb.ListAdminTokensResponse(tokens=[_token(t) for t in tokens])
+
+    def RevokeAdminToken(self, request, context):
+        with self._call(context, "RevokeAdminToken", request) as call:
+            token = self.state.revoke_admin_token(request.name)
+            call.detail = "refused from its next call on"
+        return _token(token)
+
+    def ListAdminCertificates(self, request, context):
+        with self._call(context, "ListAdminCertificates", request):
+            certificates = self.state.list_admin_certificates()
+        return pb.ListAdminCertificatesResponse(certificates=[_certificate(c)
+                                                              for c in certificates])
+
+    def RevokeAdminCertificate(self, request, context):
+        with self._call(context, "RevokeAdminCertificate", request) as call:
+            try:
+                serial = normalize_serial(request.serial) if request.serial else ""
+                fingerprint = (normalize_fingerprint(request.fingerprint)
+                               if request.fingerprint else "")
+            except ValueError as e:
+                raise st.Invalid(str(e)) from None
+            certificate = self.state.revoke_admin_certificate(call.actor, serial, fingerprint,
+                                                              request.reason)
+            call.detail = (f"denied {certificate.name or 'a certificate'} (serial "
+                           f"{certificate.serial or '?'}, fingerprint "
+                           f"{certificate.fingerprint or '?'})")
+        return _certificate(certificate)
+
     # -- audit ----------------------------------------------------------------------------------
     def ListAudit(self, request, context):
         with self._call(context, "ListAudit", request):
@@ -694,6 +737,8 @@ class _Call:
         reason = "an admin credential is required (bearer token or client certificate)"
         try:
             who = svc.authenticate(context)
+        except st.StateError as e:  # a revoked certificate
+            who, reason = None, str(e)
         except Exception:  # noqa: BLE001 - e.g. the database is down
             log.exception("authentication failed")
             context.abort(grpc.StatusCode.UNAVAILABLE, "cannot check credentials now")
@@ -811,6 +856,18 @@ def _site(s: st.SiteRecord) -> pb.Site:
                 token_expires_at=_ts(s.token_expires_at) if s.status == st.SITE_INVITED else None,
                 registered_at=_ts(s.registered_at), approved_at=_ts(s.approved_at),
                 revoked_at=_ts(s.revoked_at))
+
+
+def _token(t: st.AdminTokenRecord) -> pb.AdminToken:
+    return _msg(pb.AdminToken, name=t.name, created_at=_ts(t.created_at),
+                revoked_at=_ts(t.revoked_at))
+
+
+def _certificate(c: st.AdminCertificateRecord) -> pb.AdminCertificate:
+    return _msg(pb.AdminCertificate, name=c.name or "", serial=c.serial or "",
+                fingerprint=c.fingerprint or "", issued_at=_ts(c.issued_at),
+                not_after=_ts(c.not_after), revoked_at=_ts(c.revoked_at),
+                revoked_by=c.revoked_by or "", revoke_reason=c.revoke_reason or "")
 
 
 def _run(r: st.RunRecord) -> pb.Run:

@@ -16,7 +16,7 @@ from synthpool.commands.admin import AdminClient, download_release
 from synthpool.common import signing
 from synthpool.coordinator.admin_server import AdminServer
 from synthpool.coordinator.admin_service import InMemoryRunner, RefusalLimiter
-from synthpool.coordinator.pki import init_coordinator
+from synthpool.coordinator.pki import certificate_ids, init_coordinator, issue_admin_certificate
 from synthpool.coordinator.state import State
 from synthpool.protos import admin_pb2 as pb
 
@@ -220,6 +220,73 @@ def test_refusals_over_the_rate_are_answered_resource_exhausted_and_counted(tmp_
     assert logged == [("ListSites", "UNAUTHENTICATED", None)] * 3 + [
         ("ListSites", "OK", None), ("RefusalsSuppressed", "RESOURCE_EXHAUSTED", 3),
         ("ListSites", "UNAUTHENTICATED", None), ("RefusalsSuppressed", "RESOURCE_EXHAUSTED", 1)]
+
+
+# -- administrators' credentials -----------------------------------------------------------------
+
+def test_admin_tokens_are_listed_and_revoked_through_the_api(coord):
+    ops = coord.state.add_admin_token("ops")
+    with coord.client(token=ops) as by_ops:
+        by_ops.ListSites(pb.ListSitesRequest())
+        with coord.admin() as admin:
+            tokens = admin.ListAdminTokens(pb.ListAdminTokensRequest()).tokens
+            assert sorted((t.name, t.HasField("revoked_at")) for t in tokens) == [
+                ("ops", False), ("tester", False)]
+            revoked = admin.RevokeAdminToken(pb.RevokeAdminTokenRequest(name="ops",
+                                                                        reason="left"))
+            assert revoked.name == "ops" and revoked.HasField("revoked_at")
+            for name, code in (("ops", grpc.StatusCode.FAILED_PRECONDITION),
+                               ("nobody", grpc.StatusCode.NOT_FOUND)):
+                with pytest.raises(grpc.RpcError) as e:
+                    admin.RevokeAdminToken(pb.RevokeAdminTokenRequest(name=name))
+                assert _code(e) == code
+        with pytest.raises(grpc.RpcError) as e:  # the same channel, its next call
+            by_ops.ListSites(pb.ListSitesRequest())
+        assert _code(e) == grpc.StatusCode.UNAUTHENTICATED
+    revocation = next(e for e in coord.state.audit_entries() if e.action == "RevokeAdminToken")
+    assert (revocation.actor, revocation.outcome, revocation.arguments) == (
+        "token:tester", "OK", {"name": "ops", "reason": "left"})
+
+
+def test_a_revoked_admin_certificate_is_refused_on_every_call(coord, tmp_path):
+    issue_admin_certificate(coord.pki, "alice", tmp_path / "alice.pem", tmp_path / "alice.key")
+    ids = certificate_ids((tmp_path / "alice.pem").read_bytes())
+    alice = AdminClient(coord.server.mtls_address, coord.pki.ca_cert, cert=tmp_path / "alice.pem",
+                        key=tmp_path / "alice.key", timeout=10)
+    with alice:
+        alice.ListSites(pb.ListSitesRequest())
+        with coord.admin() as admin:
+            # As `openssl x509 -noout -fingerprint -sha256` prints it.
+            printed = ":".join(ids.fingerprint[i:i + 2] for i in range(0, 64, 2)).upper()
+            denied = admin.RevokeAdminCertificate(pb.RevokeAdminCertificateRequest(
+                fingerprint=f"sha256 Fingerprint={printed}", reason="laptop lost"))
+            assert (denied.fingerprint, denied.revoke_reason) == (ids.fingerprint, "laptop lost")
+            assert denied.HasField("revoked_at") and denied.revoked_by == "token:tester"
+        for call in (lambda: alice.ListSites(pb.ListSitesRequest()),
+                     lambda: list(alice.WatchTraining(pb.WatchTrainingRequest(study="s")))):
+            with pytest.raises(grpc.RpcError) as e:
+                call()
+            assert _code(e) == grpc.StatusCode.UNAUTHENTICATED
+            assert e.value.details().startswith(f"admin certificate 'alice' (serial {ids.serial}) "
+                                                "is revoked")
+    with coord.client(cert=True, mtls=True) as first:  # other certificates are unaffected
+        certificates = first.ListAdminCertificates(pb.ListAdminCertificatesRequest()).certificates
+        assert [(c.fingerprint, c.HasField("revoked_at")) for c in certificates] == [
+            (ids.fingerprint, True)]
+        for bad, expected in ((pb.RevokeAdminCertificateRequest(serial="xyz"), "serial 'xyz': "
+                               "expected the certificate's serial number in hex"),
+                              (pb.RevokeAdminCertificateRequest(fingerprint="ab"), "fingerprint "
+                               "'ab': expected the certificate's SHA-256 fingerprint"),
+                              (pb.RevokeAdminCertificateRequest(), "give the certificate's "
+                               "serial or its SHA-256 fingerprint")):
+            with pytest.raises(grpc.RpcError) as e:
+                first.RevokeAdminCertificate(bad)
+            assert _code(e) == grpc.StatusCode.INVALID_ARGUMENT
+            assert e.value.details().startswith(expected)
+    refused = [e for e in coord.state.audit_entries() if e.outcome == "UNAUTHENTICATED"]
+    assert [(e.action, e.actor) for e in refused] == [("ListSites", "anonymous"),
+                                                      ("WatchTraining", "anonymous")]
+    assert "'alice'" in refused[0].detail
 
 
 # -- sites ---------------------------------------------------------------------------------------
