@@ -1,7 +1,9 @@
 """`synthpool-agent`: the command a data owner runs at their site.
 
-    synthpool-agent enroll --config site.toml --token T --coordinator HOST:PORT --ca ca.pem
+    synthpool-agent enroll --config site.toml --token-file F --coordinator HOST:PORT --ca ca.pem
                                                  make this site's key pair, register its public key
+                                                 (the token: --token, --token-file or
+                                                 SYNTHPOOL_INVITE_TOKEN)
     synthpool-agent run --config site.toml       join the federation (caps applied first)
     synthpool-agent ledger --state-dir DIR       what has been spent on this site's rows
     synthpool-agent ledger reinit --state-dir DIR --i-understand-earlier-spend-is-forgotten
@@ -16,7 +18,7 @@ import time
 from pathlib import Path
 
 import typer
-from ..common.cli_paths import path_option
+from ..common.cli_paths import path_option, token_from
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -54,8 +56,14 @@ def run(config: Path = path_option(..., "--config", "-c", exists=True, dir_okay=
 @app.command()
 def enroll(config: Path = path_option(..., "--config", "-c", exists=True, dir_okay=False,
                                        help="The site's site.toml"),
-           token: str = typer.Option(None, "--token", help="The one-time invitation token from "
-                                                          "the coordinator's administrator"),
+           token: str = typer.Option(None, "--token", envvar="SYNTHPOOL_INVITE_TOKEN",
+                                     show_envvar=True,
+                                     help="The one-time invitation token from the coordinator's "
+                                          "administrator. Prefer the environment or "
+                                          "--token-file: other users can read a command line."),
+           token_file: Path = path_option(None, "--token-file", envvar="SYNTHPOOL_INVITE_TOKEN_FILE",
+                                          show_envvar=True, exists=True, dir_okay=False,
+                                          help="A file holding the invitation token."),
            coordinator: str = typer.Option(None, "--coordinator",
                                            help="The coordinator's admin API, HOST:PORT"),
            ca: Path = path_option(None, "--ca", exists=True, dir_okay=False,
@@ -70,7 +78,8 @@ def enroll(config: Path = path_option(..., "--config", "-c", exists=True, dir_ok
 
     try:
         cfg = load_site_config(config)
-    except ConfigError as e:
+        token = token_from(token, token_file, flag="--token", file_flag="--token-file")
+    except ValueError as e:  # ConfigError included
         typer.echo(str(e), err=True)
         raise typer.Exit(2) from None
     from .daemon import enroll_command

@@ -136,10 +136,19 @@ class SuperNodeSection(BaseModel):
         # The agent runs the SuperNode in `--isolation process` so that only its own launcher
         # (agent/trusted_exec.py) starts app processes; another isolation mode would let Flower
         # start the coordinator's app itself, unchecked.
-        if any(a == "--isolation" or a.startswith("--isolation=") for a in self.extra_args):
-            raise ValueError("extra_args may not set --isolation: the agent runs the SuperNode "
-                             "in process isolation so that it checks every app first")
+        for arg in self.extra_args:
+            if _abbreviates(arg, "--isolation"):
+                raise ValueError(f"extra_args may not set --isolation (found {arg!r}): the agent "
+                                 "runs the SuperNode in process isolation so that it checks "
+                                 "every app first")
         return self
+
+
+def _abbreviates(arg: str, flag: str) -> bool:
+    """Whether `arg` names `flag` to argparse, which flower-supernode uses with its default
+    allow_abbrev: any unambiguous prefix (`--isol subprocess`, `--isolat=subprocess`) sets it."""
+    name = arg.split("=", 1)[0]
+    return len(name) > 2 and flag.startswith(name)
 
 
 class TrustSection(BaseModel):

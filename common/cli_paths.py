@@ -43,3 +43,24 @@ def path_argument(default, *, help: str | None = None, exists: bool = False,
                   file_okay: bool = True, dir_okay: bool = True):
     return typer.Argument(default, help=help,
                           click_type=UserPath(exists=exists, file_okay=file_okay, dir_okay=dir_okay))
+
+
+def token_from(token: str | None, token_file: Path | None, *, flag: str,
+               file_flag: str) -> str | None:
+    """The token given as `flag`, or read from the file of `file_flag` (a file, or an
+    environment variable, keeps it out of the process list, where any local user reads argv).
+    Both at once is refused: one would silently win. Raises ValueError with what was expected."""
+    if token_file is None:
+        return token
+    if token:
+        raise ValueError(f"give {flag} or {file_flag}, not both (either may come from its "
+                         "environment variable)")
+    try:
+        text = Path(token_file).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{file_flag} {token_file}: cannot read it: {e}") from None
+    words = text.split()
+    if len(words) != 1:
+        raise ValueError(f"{file_flag} {token_file}: expected the token alone, found "
+                         f"{'nothing' if not words else f'{len(words)} words'}")
+    return words[0]

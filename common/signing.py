@@ -4,6 +4,11 @@ of a release is exactly what the coordinator published.
 `seal` lists the SHA-256 of every file in the release folder inside manifest.json and signs the
 manifest's bytes with Ed25519 into manifest.sig. `verify` checks the signature first, then every
 listed hash, and that no file was added or removed.
+
+"Every file" means every one: hidden names and files in subfolders called manifest.json too; only
+the top-level manifest.json and manifest.sig are not listed, since they are what is signed. A
+release holds regular files only: a symbolic link (or a fifo, a device) is refused by both, since
+what it shows can change after the check, and a reader of the folder would follow it anyway.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,18 +70,47 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _payload_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and p.name not in (MANIFEST, SIGNATURE) and not p.name.startswith("."))
+def release_files(folder: Path) -> tuple[dict[str, Path], list[str]]:
+    """Every regular file under `folder` by its '/'-separated relative path (the top-level
+    manifest and signature included), and one problem, naming the entry, for anything else: a
+    symbolic link (not followed) or a special file."""
+    folder = Path(folder)
+    files: dict[str, Path] = {}
+    problems: list[str] = []
+
+    def visit(directory: Path) -> None:
+        with os.scandir(directory) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                path = Path(entry.path)
+                rel = path.relative_to(folder).as_posix()
+                if entry.is_symlink():
+                    problems.append(f"{rel}: a symbolic link (a release holds regular files only)")
+                elif entry.is_dir(follow_symlinks=False):
+                    visit(path)
+                elif entry.is_file(follow_symlinks=False):
+                    files[rel] = path
+                else:
+                    problems.append(f"{rel}: not a regular file (a release holds regular files only)")
+
+    visit(folder)
+    return files, problems
+
+
+def _payload(folder: Path) -> tuple[dict[str, Path], list[str]]:
+    files, problems = release_files(folder)
+    return {rel: p for rel, p in files.items() if rel not in (MANIFEST, SIGNATURE)}, problems
 
 
 def seal(folder: Path, key: Ed25519PrivateKey) -> dict:
     """Add the hash of every file to manifest.json (created if absent) and sign it."""
     folder = Path(folder)
     manifest_file = folder / MANIFEST
+    payload, problems = _payload(folder)
+    if problems:
+        raise ValueError(f"{folder}: cannot seal: " + "; ".join(problems))
     manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
-    manifest["files"] = {p.relative_to(folder).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
-                         for p in _payload_files(folder)}
+    manifest["files"] = {rel: {"sha256": _sha256(p), "bytes": p.stat().st_size}
+                         for rel, p in payload.items()}
     manifest["signature"] = {
         "algorithm": "Ed25519", "file": SIGNATURE,
         "public_key_sha256": hashlib.sha256(public_pem(key.public_key())).hexdigest(),
@@ -106,8 +141,7 @@ def verify(folder: Path, public_key: Ed25519PublicKey) -> Verification:
         return Verification(False, [f"{MANIFEST}: signature does not match (manifest altered or "
                                     "signed by another key)"])
     listed = json.loads(body).get("files", {})
-    problems = []
-    present = {p.relative_to(folder).as_posix(): p for p in _payload_files(folder)}
+    present, problems = _payload(folder)
     for name, meta in listed.items():
         if name not in present:
             problems.append(f"{name}: listed in the manifest but missing")

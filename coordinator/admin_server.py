@@ -22,7 +22,7 @@ import grpc
 
 from synthpool.protos import admin_pb2_grpc
 
-from .admin_service import AdminService, TrainingRunner
+from .admin_service import AdminService, RefusalLimiter, TrainingRunner
 from .pki import CoordinatorPKI
 from .state import State
 
@@ -38,12 +38,15 @@ class AdminServer:
     `listen` / `mtls_listen` take HOST:PORT; port 0 picks a free port (see `.port`, `.mtls_port`).
     `mtls_listen=None` serves tokens only. The state database is `database_url` or the SQLite
     file in `state_dir`; releases are read from `releases_dir` (default `<state_dir>/releases`).
+    `refusals` limits how fast calls refused to non-administrators are logged, per caller address
+    (default: admin_service.RefusalLimiter()).
     """
 
     def __init__(self, state_dir: Path, *, listen: str = DEFAULT_LISTEN,
                  mtls_listen: str | None = DEFAULT_MTLS_LISTEN, database_url: str | None = None,
                  releases_dir: Path | None = None, runner: TrainingRunner | None = None,
-                 fleet=None, max_workers: int = 16, state: State | None = None) -> None:
+                 fleet=None, max_workers: int = 16, state: State | None = None,
+                 refusals: RefusalLimiter | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.pki = CoordinatorPKI(self.state_dir)
         missing = [p for p in (self.pki.ca_cert, self.pki.server_cert, self.pki.server_key,
@@ -58,7 +61,7 @@ class AdminServer:
         self.service = AdminService(
             self.state, ca_pem=ca_pem, signing_public_key=self.pki.signing_public_key,
             releases_dir=Path(releases_dir) if releases_dir else self.state_dir / "releases",
-            runner=runner, fleet=fleet)
+            runner=runner, fleet=fleet, refusals=refusals)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
                                                               thread_name_prefix="synthpool-admin"),
                                    maximum_concurrent_rpcs=max_workers * 4)
@@ -98,6 +101,7 @@ class AdminServer:
     def stop(self, grace: float | None = 1.0) -> None:
         self.service.training.close()
         self._server.stop(grace).wait()
+        self.service.flush_refusals()
         if self._own_state:
             self.state.close()
 

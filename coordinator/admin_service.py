@@ -9,6 +9,14 @@ is refused with UNAUTHENTICATED, and the refusal is logged too.
 What is recorded: every call, accepted or refused, appends one audit entry (who, which RPC, when,
 the request minus secrets, the outcome). For actions that change state, the entry commits in the
 same transaction as the change (state.State.audited), so the log and the state cannot disagree.
+A call refused to someone without an admin credential is recorded by its size and SHA-256 only,
+and at most `RefusalLimiter`'s rate per caller address: beyond it the call is answered
+RESOURCE_EXHAUSTED and only counted (one `RefusalsSuppressed` entry per burst), so anyone who can
+reach the port cannot fill the coordinator's disk through the log.
+
+Administrators' credentials are revocable: tokens (admin_tokens.revoked_at) and client
+certificates (a deny list by serial or fingerprint, state.admin_certificates), both checked on
+every call, so a revocation takes effect at the next call without a restart.
 
 Training is delegated: the service records runs and their events, but the work is done by a
 `TrainingRunner` (start / stop / events). The real one submits Flower runs to the coordinator's
@@ -24,6 +32,7 @@ Releases are folders under the releases directory, each sealed with common.signi
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import logging
 import math
@@ -43,7 +52,8 @@ from synthpool.protos import admin_pb2 as pb
 from synthpool.protos import admin_pb2_grpc
 
 from . import state as st
-from .pki import admin_identity, site_public_key
+from .pki import (admin_identity, certificate_ids, normalize_fingerprint, normalize_serial,
+                  site_public_key)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +65,7 @@ TERMINAL = ("finished", "failed", "stopped")
 # (large public text).
 SECRET_FIELDS = frozenset({"token"})
 DIGEST_FIELDS = frozenset({"schema_yaml"})
+ANONYMOUS = "anonymous"
 
 
 # -- the training seam ---------------------------------------------------------------------------
@@ -275,24 +286,17 @@ class ReleaseStore:
         if not NAME.match(name or ""):
             raise st.Invalid(f"invalid release name {name!r}")
         folder = self.root / name
-        if not (folder / signing.MANIFEST).is_file():
+        if folder.is_symlink() or not (folder / signing.MANIFEST).is_file():
             raise st.NotFound(f"no release {name!r}")
         return folder
 
     def files(self, name: str) -> list[tuple[str, Path]]:
-        """(relative path, file) for every regular file of the release, sorted. Symbolic links are
-        left out: a release must not be a way to read other files of the coordinator."""
-        folder = self.folder(name)
-        out = []
-        for p in sorted(folder.rglob("*")):
-            rel = p.relative_to(folder)
-            if any(part.startswith(".") for part in rel.parts):
-                continue
-            if p.is_symlink() or not p.resolve().is_relative_to(folder.resolve()):
-                continue
-            if p.is_file():
-                out.append((rel.as_posix(), p))
-        return out
+        """(relative path, file) for every regular file of the release, sorted: the files the
+        signature covers plus the manifest and signature. Symbolic links are left out: a
+        release must not be a way to read other files of the coordinator (and `verify` fails
+        it for them)."""
+        files, _links = signing.release_files(self.folder(name))
+        return sorted(files.items())
 
     def chunks(self, name: str, chunk_size: int = CHUNK_SIZE) -> Iterator[pb.FileChunk]:
         for rel, path in self.files(name):
@@ -307,6 +311,78 @@ class ReleaseStore:
                     offset += len(data)
                     if last:
                         break
+
+
+# -- refused calls -------------------------------------------------------------------------------
+
+class RefusalLimiter:
+    """A token bucket per caller address for refused calls: `burst` at once, then `per_second`.
+
+    Keyed by `peer_host`, not the peer: a new connection is a new source port, and must not buy a
+    fresh bucket. Refusals over the rate are counted per address, to be logged as one entry.
+    """
+
+    def __init__(self, burst: int = 20, per_second: float = 0.1, *,
+                 clock=time.monotonic, max_hosts: int = 10_000) -> None:
+        if burst < 1 or per_second < 0:
+            raise ValueError("a refusal limit needs burst >= 1 and per_second >= 0")
+        self.burst, self.per_second, self.clock = burst, per_second, clock
+        self.max_hosts = max_hosts
+        self._hosts: dict[str, tuple[float, float, int]] = {}  # tokens, updated, suppressed
+        self._lock = threading.Lock()
+
+    def admit(self, host: str) -> tuple[bool, int]:
+        """Whether this refusal from `host` may be logged, and how many refusals from it were
+        over the rate since its last logged one (0 when not admitted)."""
+        with self._lock:
+            now = self.clock()
+            tokens, updated, suppressed = self._hosts.get(host, (float(self.burst), now, 0))
+            tokens = self._refilled(tokens, updated, now)
+            if tokens < 1:
+                self._hosts[host] = (tokens, now, suppressed + 1)
+                return False, 0
+            self._hosts[host] = (tokens - 1, now, 0)
+            if len(self._hosts) > self.max_hosts:
+                self._forget_idle(now)
+            return True, suppressed
+
+    def drain(self) -> dict[str, int]:
+        """The refusals over the rate not reported yet, by address (and forget them)."""
+        with self._lock:
+            counts = {h: n for h, (_, _, n) in self._hosts.items() if n}
+            for host in counts:
+                tokens, updated, _ = self._hosts[host]
+                self._hosts[host] = (tokens, updated, 0)
+            return counts
+
+    def describe(self) -> str:
+        pace = f", then one every {1 / self.per_second:g} s" if self.per_second else ""
+        return f"{self.burst} at once{pace}"
+
+    def _refilled(self, tokens: float, updated: float, now: float) -> float:
+        return min(float(self.burst), tokens + (now - updated) * self.per_second)
+
+    def _forget_idle(self, now: float) -> None:
+        # An address whose bucket is full again and that owes no count is like a new one.
+        idle = [h for h, (t, u, n) in self._hosts.items()
+                if not n and self._refilled(t, u, now) >= self.burst]
+        for host in idle:
+            del self._hosts[host]
+
+
+def peer_host(peer: str) -> str:
+    """gRPC's peer string (`ipv4:1.2.3.4:5678`, `ipv6:[::1]:5678`) without the port; IPv6 by its
+    /64, which one host usually holds whole."""
+    kind, _, rest = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return peer
+    address = rest.rsplit(":", 1)[0]
+    if kind == "ipv6":
+        try:
+            address = str(ipaddress.IPv6Network(f"{address.strip('[]')}/64", strict=False))
+        except ValueError:
+            pass
+    return f"{kind}:{address}"
 
 
 # -- the servicer --------------------------------------------------------------------------------
@@ -324,8 +400,10 @@ class FleetAccess(Protocol):
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, state: st.State, *, ca_pem: bytes, signing_public_key: Path,
                  releases_dir: Path, runner: TrainingRunner | None = None,
-                 fleet: FleetAccess | None = None, clock=time.time, mtls_hint: str = "") -> None:
+                 fleet: FleetAccess | None = None, clock=time.time, mtls_hint: str = "",
+                 refusals: RefusalLimiter | None = None) -> None:
         self.state = state
+        self.refusals = refusals or RefusalLimiter()
         self.fleet = fleet
         self.ca_pem = ca_pem
         self.signing_public_key = Path(signing_public_key)
@@ -337,11 +415,16 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     # -- authentication and audit ---------------------------------------------------------------
     def authenticate(self, context: grpc.ServicerContext) -> str | None:
-        """'cert:<CN>' or 'token:<name>' for an administrator, None for anyone else."""
+        """'cert:<CN>' or 'token:<name>' for an administrator, None for anyone else. A revoked
+        certificate raises a StateError saying so (its holder knows it already)."""
         pems = (context.auth_context() or {}).get("x509_pem_cert")
         if pems:
             name = admin_identity(pems[0], self.ca_pem)
             if name:
+                ids = certificate_ids(pems[0])
+                if self.state.revoked_admin_certificate(ids.serial, ids.fingerprint):
+                    raise st.StateError(f"admin certificate {name!r} (serial {ids.serial}) is "
+                                        "revoked", code="UNAUTHENTICATED")
                 return f"cert:{name}"
         for key, value in context.invocation_metadata() or ():
             if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
@@ -353,6 +436,40 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     def _call(self, context: grpc.ServicerContext, action: str, request,
               public: bool = False) -> "_Call":
         return _Call(self, context, action, request, public)
+
+    def record_refusal(self, context: grpc.ServicerContext, action: str, request, outcome: str,
+                       reason: str) -> bool:
+        """Log a call refused to someone without an admin credential: its size and SHA-256
+        instead of its fields, which are the caller's to fill. False, and nothing logged, when
+        the caller's address is over the refusal rate."""
+        peer = context.peer() or ""
+        host = peer_host(peer)
+        admitted, suppressed = self.refusals.admit(host)
+        if not admitted:
+            return False
+        if suppressed:
+            self._record_suppressed(host, suppressed)
+        body = request.SerializeToString()
+        self.state.record_audit(ANONYMOUS, action, {"request_sha256": hashlib.sha256(body).hexdigest(),
+                                                    "request_bytes": len(body)},
+                                outcome, reason, peer)
+        return True
+
+    def flush_refusals(self) -> None:
+        """Log the refusals still only counted (the server is stopping)."""
+        for host, count in self.refusals.drain().items():
+            self._record_suppressed(host, count)
+
+    def _record_suppressed(self, host: str, count: int) -> None:
+        self.state.record_audit(ANONYMOUS, "RefusalsSuppressed", {"refused_calls": count},
+                                "RESOURCE_EXHAUSTED",
+                                f"{count} refused calls from {host} were answered "
+                                "RESOURCE_EXHAUSTED and not logged one by one (refusal rate "
+                                f"{self.refusals.describe()})", host)
+
+    def over_limit_message(self, context: grpc.ServicerContext) -> str:
+        return (f"too many refused calls from {peer_host(context.peer() or '')}: at most "
+                f"{self.refusals.describe()} are answered; wait, and check the credential")
 
     # -- sites ----------------------------------------------------------------------------------
     def InviteSite(self, request, context):
@@ -548,6 +665,39 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                                         files_checked=result.files_checked,
                                         public_key_pem=signing.public_pem(key).decode())
 
+    # -- administrators -------------------------------------------------------------------------
+    def ListAdminTokens(self, request, context):
+        with self._call(context, "ListAdminTokens", request):
+            tokens = self.state.list_admin_tokens()
+        return pb.ListAdminTokensResponse(tokens=[_token(t) for t in tokens])
+
+    def RevokeAdminToken(self, request, context):
+        with self._call(context, "RevokeAdminToken", request) as call:
+            token = self.state.revoke_admin_token(request.name)
+            call.detail = "refused from its next call on"
+        return _token(token)
+
+    def ListAdminCertificates(self, request, context):
+        with self._call(context, "ListAdminCertificates", request):
+            certificates = self.state.list_admin_certificates()
+        return pb.ListAdminCertificatesResponse(certificates=[_certificate(c)
+                                                              for c in certificates])
+
+    def RevokeAdminCertificate(self, request, context):
+        with self._call(context, "RevokeAdminCertificate", request) as call:
+            try:
+                serial = normalize_serial(request.serial) if request.serial else ""
+                fingerprint = (normalize_fingerprint(request.fingerprint)
+                               if request.fingerprint else "")
+            except ValueError as e:
+                raise st.Invalid(str(e)) from None
+            certificate = self.state.revoke_admin_certificate(call.actor, serial, fingerprint,
+                                                              request.reason)
+            call.detail = (f"denied {certificate.name or 'a certificate'} (serial "
+                           f"{certificate.serial or '?'}, fingerprint "
+                           f"{certificate.fingerprint or '?'})")
+        return _certificate(certificate)
+
     # -- audit ----------------------------------------------------------------------------------
     def ListAudit(self, request, context):
         with self._call(context, "ListAudit", request):
@@ -567,33 +717,52 @@ class _Call:
                  request, public: bool) -> None:
         self.service, self.context, self.action = service, context, action
         self.request, self.public = request, public
+        self.peer = context.peer() or ""
+        self.admin = False    # authenticated as an administrator
+        self.limited = False  # refused, and over the caller's refusal rate
         self._audited = None
         self.audit: st.AuditContext | None = None
 
     def __enter__(self) -> st.AuditContext:
-        svc, context = self.service, self.context
-        arguments = audit_arguments(self.request)
-        peer = context.peer() or ""
-        actor = "anonymous"
-        if not self.public:
-            try:
-                who = svc.authenticate(context)
-            except Exception:  # noqa: BLE001 - e.g. the database is down
-                log.exception("authentication failed")
-                context.abort(grpc.StatusCode.UNAVAILABLE, "cannot check credentials now")
-            if who is None:
-                hint = (f"; client certificates are accepted on {svc.mtls_hint}"
-                        if svc.mtls_hint else "")
-                message = "an admin credential is required (bearer token or client certificate)"
-                try:
-                    svc.state.record_audit(actor, self.action, arguments, "UNAUTHENTICATED",
-                                           message, peer)
-                finally:
-                    context.abort(grpc.StatusCode.UNAUTHENTICATED, message + hint)
-            actor = who
-        self._audited = svc.state.audited(actor, self.action, arguments, peer)
+        actor = ANONYMOUS if self.public else self._administrator()
+        self._audited = self.service.state.audited(actor, self.action,
+                                                   audit_arguments(self.request), self.peer,
+                                                   refused=self._refused)
         self.audit = self._audited.__enter__()
         return self.audit
+
+    def _administrator(self) -> str:
+        """The caller's admin identity; anyone else's call ends here, refused."""
+        svc, context = self.service, self.context
+        reason = "an admin credential is required (bearer token or client certificate)"
+        try:
+            who = svc.authenticate(context)
+        except st.StateError as e:  # a revoked certificate
+            who, reason = None, str(e)
+        except Exception:  # noqa: BLE001 - e.g. the database is down
+            log.exception("authentication failed")
+            context.abort(grpc.StatusCode.UNAVAILABLE, "cannot check credentials now")
+        if who is not None:
+            self.admin = True
+            return who
+        hint = f"; client certificates are accepted on {svc.mtls_hint}" if svc.mtls_hint else ""
+        try:
+            self.limited = not svc.record_refusal(context, self.action, self.request,
+                                                  "UNAUTHENTICATED", reason)
+        finally:
+            if self.limited:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, svc.over_limit_message(context))
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, reason + hint)
+
+    def _refused(self, ctx: st.AuditContext, outcome: str, detail: str) -> None:
+        """State.audited's refusal hook: an administrator's refusal keeps its arguments (the
+        entry is bounded by the state); anyone else's is recorded as record_refusal does."""
+        if self.admin:
+            self.service.state.record_audit(ctx.actor, self.action, ctx.arguments, outcome,
+                                            detail, self.peer)
+        else:
+            self.limited = not self.service.record_refusal(self.context, self.action,
+                                                           self.request, outcome, detail)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
@@ -606,8 +775,12 @@ class _Call:
             exc = e if exc is None else exc
         if exc is None:
             return False
+        if self.limited:
+            self.context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               self.service.over_limit_message(self.context))
         if isinstance(exc, st.StateError):
-            self.context.abort(getattr(grpc.StatusCode, exc.code, grpc.StatusCode.UNKNOWN), str(exc))
+            self.context.abort(getattr(grpc.StatusCode, exc.code, grpc.StatusCode.UNKNOWN),
+                               st.bounded(str(exc)))
         log.error("%s failed", self.action, exc_info=(type(exc), exc, exc.__traceback__))
         self.context.abort(grpc.StatusCode.INTERNAL, "internal error; see the coordinator's log")
         return False  # not reached: abort raises
@@ -641,7 +814,8 @@ _OVERLAP_NAME = {pb.OVERLAP_DISJOINT: "disjoint", pb.OVERLAP_OVERLAPPING: "overl
 
 def _check_name(name: str, what: str) -> None:
     if not NAME.match(name or ""):
-        raise st.Invalid(f"invalid {what} name {name!r}: letters, digits, '.', '_', '-' "
+        shown = repr(name) if len(name) <= 100 else f"{name[:40]!r}... ({len(name)} chars)"
+        raise st.Invalid(f"invalid {what} name {shown}: letters, digits, '.', '_', '-' "
                          "(up to 100, starting with a letter or digit)")
 
 
@@ -684,6 +858,18 @@ def _site(s: st.SiteRecord) -> pb.Site:
                 revoked_at=_ts(s.revoked_at))
 
 
+def _token(t: st.AdminTokenRecord) -> pb.AdminToken:
+    return _msg(pb.AdminToken, name=t.name, created_at=_ts(t.created_at),
+                revoked_at=_ts(t.revoked_at))
+
+
+def _certificate(c: st.AdminCertificateRecord) -> pb.AdminCertificate:
+    return _msg(pb.AdminCertificate, name=c.name or "", serial=c.serial or "",
+                fingerprint=c.fingerprint or "", issued_at=_ts(c.issued_at),
+                not_after=_ts(c.not_after), revoked_at=_ts(c.revoked_at),
+                revoked_by=c.revoked_by or "", revoke_reason=c.revoke_reason or "")
+
+
 def _run(r: st.RunRecord) -> pb.Run:
     return _msg(pb.Run, id=r.id, study=r.study, status=_RUN_STATUS[r.status],
                 started_at=_ts(r.started_at), ended_at=_ts(r.ended_at), started_by=r.started_by,
@@ -696,6 +882,6 @@ def _event(e: st.EventRecord) -> pb.TrainingEvent:
 
 
 __all__: Iterable[str] = (
-    "AdminService", "InMemoryRunner", "ReleaseStore", "RunEvent", "SiteInfo", "StudyInfo",
-    "TrainingRunner", "TrainingSupervisor", "audit_arguments",
+    "AdminService", "InMemoryRunner", "RefusalLimiter", "ReleaseStore", "RunEvent", "SiteInfo",
+    "StudyInfo", "TrainingRunner", "TrainingSupervisor", "audit_arguments", "peer_host",
 )

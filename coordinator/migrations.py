@@ -163,11 +163,44 @@ def _m3_site_node_ids(conn: Connection) -> None:
     conn.exec_driver_sql("ALTER TABLE sites ADD COLUMN flower_node_id VARCHAR(20)")
 
 
+def _m4_admin_certificates(conn: Connection) -> None:
+    """Admin client certificates: those `coordinator add-admin-cert` issued, and the deny list.
+    A revoked certificate may be known by its serial or its fingerprint only (one issued before
+    this table existed), hence no column but the id is required."""
+    sa.Table(
+        "admin_certificates", sa.MetaData(),
+        sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+        sa.Column("name", sa.String(200)),
+        sa.Column("serial", sa.String(64), unique=True),
+        sa.Column("fingerprint", sa.String(64), unique=True),
+        sa.Column("issued_at", sa.Float),
+        sa.Column("not_after", sa.Float),
+        sa.Column("revoked_at", sa.Float),
+        sa.Column("revoked_by", sa.String(200)),
+        sa.Column("revoke_reason", sa.Text),
+    ).create(conn)
+
+
+def _m5_one_running_run_per_study(conn: Connection) -> None:
+    """At most one running run per study, enforced by the database: a check in the code followed
+    by an insert lets two concurrent starts both pass on PostgreSQL. Runs that such a race left
+    running together are ended first (all but the newest), or the index could not be built."""
+    conn.execute(sa.text(
+        "UPDATE runs SET status = 'interrupted', ended_at = :now, "
+        "message = 'ended by migration 5: another run of the study was running' "
+        "WHERE status = 'running' AND id NOT IN "
+        "(SELECT MAX(id) FROM runs WHERE status = 'running' GROUP BY study)"), {"now": time.time()})
+    conn.exec_driver_sql("CREATE UNIQUE INDEX runs_one_running_per_study ON runs (study) "
+                         "WHERE status = 'running'")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "sites, admin tokens, studies, runs, run events, releases, audit log",
               _m1_initial),
     Migration(2, "audit log append-only (database triggers)", _m2_audit_append_only),
     Migration(3, "sites: Flower SuperNode id of the approved key", _m3_site_node_ids),
+    Migration(4, "admin certificates: issued and revoked", _m4_admin_certificates),
+    Migration(5, "runs: at most one running run per study", _m5_one_running_run_per_study),
 )
 LATEST = MIGRATIONS[-1].version
 

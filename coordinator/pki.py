@@ -28,9 +28,10 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -192,6 +193,45 @@ def admin_identity(cert_pem: bytes, ca_pem: bytes) -> str | None:
         return None
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(cns[0].value) if cns else None
+
+
+class CertificateIds(NamedTuple):
+    """What the deny list knows a certificate by (see normalize_serial, normalize_fingerprint)."""
+
+    serial: str
+    fingerprint: str
+    not_after: float
+
+
+def certificate_ids(cert_pem: bytes) -> CertificateIds:
+    """Serial and SHA-256 fingerprint of a PEM certificate as the deny list stores them. Raises
+    ValueError if `cert_pem` is not a PEM certificate."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return CertificateIds(format(cert.serial_number, "x"), cert.fingerprint(hashes.SHA256()).hex(),
+                          cert.not_valid_after_utc.timestamp())
+
+
+def normalize_serial(text: str) -> str:
+    """A certificate serial as `openssl x509 -noout -serial` prints it (`serial=4F1A...`), with or
+    without colons or 0x: lowercase hex, no leading zeros."""
+    raw = text.strip().lower().removeprefix("serial=").removeprefix("0x").replace(":", "")
+    if not re.fullmatch(r"[0-9a-f]{1,42}", raw):
+        raise ValueError(f"serial {text!r}: expected the certificate's serial number in hex "
+                         "(as `openssl x509 -noout -serial` prints it), e.g. 4F:1A:09 or 4f1a09")
+    return format(int(raw, 16), "x")
+
+
+def normalize_fingerprint(text: str) -> str:
+    """A certificate's SHA-256 fingerprint as `openssl x509 -noout -fingerprint -sha256` prints it
+    (`sha256 Fingerprint=AB:CD:...`), with or without colons or a `sha256:` prefix: lowercase
+    hex."""
+    raw = text.strip().lower().removeprefix("sha256 fingerprint=").removeprefix("sha256:")
+    raw = raw.replace(":", "")
+    if not re.fullmatch(r"[0-9a-f]{64}", raw):
+        raise ValueError(f"fingerprint {text!r}: expected the certificate's SHA-256 fingerprint, "
+                         "64 hex digits with or without colons (as `openssl x509 -noout "
+                         "-fingerprint -sha256` prints it)")
+    return raw
 
 
 def site_public_key(text: str) -> tuple[str, str]:

@@ -141,6 +141,9 @@ runs = sa.Table(
     sa.Column("ended_at", sa.Float),
     sa.Column("message", sa.Text, nullable=False, server_default=""),
 )
+# Migration 5: the database, not a check before the insert, keeps a study to one running run.
+sa.Index("runs_one_running_per_study", runs.c.study, unique=True,
+         sqlite_where=runs.c.status == RUN_RUNNING, postgresql_where=runs.c.status == RUN_RUNNING)
 run_events = sa.Table(
     "run_events", metadata,
     sa.Column("run_id", sa.BigInteger, sa.ForeignKey("runs.id"), primary_key=True),
@@ -171,6 +174,22 @@ audit_log = sa.Table(
     sa.Column("detail", sa.Text, nullable=False),
     sa.Column("peer", sa.String(200), nullable=False),
 )
+admin_certificates = sa.Table(
+    "admin_certificates", metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(200)),
+    sa.Column("serial", sa.String(64), unique=True),
+    sa.Column("fingerprint", sa.String(64), unique=True),
+    sa.Column("issued_at", sa.Float),
+    sa.Column("not_after", sa.Float),
+    sa.Column("revoked_at", sa.Float),
+    sa.Column("revoked_by", sa.String(200)),
+    sa.Column("revoke_reason", sa.Text),
+)
+# What one audit entry may hold: larger arguments are kept as their digest, a longer detail is
+# cut. Whatever a caller sends, the log grows by a bounded amount per entry.
+MAX_AUDIT_ARGUMENTS = 8192
+MAX_AUDIT_DETAIL = 1000
 
 
 # -- records ------------------------------------------------------------------------------------
@@ -250,6 +269,18 @@ class AdminTokenRecord:
 
 
 @dataclass(frozen=True)
+class AdminCertificateRecord:
+    name: str | None
+    serial: str | None
+    fingerprint: str | None
+    issued_at: float | None
+    not_after: float | None
+    revoked_at: float | None
+    revoked_by: str | None
+    revoke_reason: str | None
+
+
+@dataclass(frozen=True)
 class AuditRecord:
     id: int
     at: float
@@ -269,6 +300,20 @@ class AuditContext:
     actor: str
     detail: str = ""
     arguments: dict = field(default_factory=dict)
+
+
+def _cert_label(c: AdminCertificateRecord) -> str:
+    parts = [repr(c.name)] if c.name else []
+    parts += [f"serial {c.serial}"] if c.serial else [f"fingerprint {c.fingerprint}"]
+    return " ".join(parts)
+
+
+def bounded(text: str, limit: int = MAX_AUDIT_DETAIL) -> str:
+    """`text` cut to `limit` characters, saying how long it was: messages quote what callers
+    sent, which may be megabytes."""
+    if len(text) <= limit:
+        return text
+    return text[:limit - 20] + f"... ({len(text)} chars)"
 
 
 def token_hash(token: str) -> str:
@@ -332,10 +377,13 @@ class State:
                 self._local.conn = None
 
     @contextmanager
-    def audited(self, actor: str, action: str, arguments: dict,
-                peer: str = "") -> Iterator[AuditContext]:
+    def audited(self, actor: str, action: str, arguments: dict, peer: str = "",
+                refused: Callable[[AuditContext, str, str], None] | None = None,
+                ) -> Iterator[AuditContext]:
         """Run an action and append its audit entry in the same transaction (see module doc).
-        Not to be nested inside another open transaction: the refusal entry needs its own."""
+        Not to be nested inside another open transaction: the refusal entry needs its own.
+        `refused(ctx, outcome, detail)`, when given, logs a refusal instead of the default
+        entry (the admin service keeps anonymous callers' refusals small and rate-limited)."""
         ctx = AuditContext(actor=actor, arguments=arguments)
         try:
             with self.transaction() as conn:
@@ -346,7 +394,10 @@ class State:
                 outcome, detail = e.code, str(e)
             else:
                 outcome, detail = "INTERNAL", f"{type(e).__name__}: {e}"
-            self.record_audit(ctx.actor, action, ctx.arguments, outcome, detail, peer)
+            if refused is None:
+                self.record_audit(ctx.actor, action, ctx.arguments, outcome, detail, peer)
+            else:
+                refused(ctx, outcome, detail)
             raise
 
     def record_audit(self, actor: str, action: str, arguments: dict, outcome: str,
@@ -356,10 +407,13 @@ class State:
 
     def _append_audit(self, conn: Connection, actor: str, action: str, arguments: dict,
                       outcome: str, detail: str, peer: str) -> None:
+        text = json.dumps(arguments, sort_keys=True, default=str)
+        if len(text) > MAX_AUDIT_ARGUMENTS:
+            text = json.dumps({"truncated": {"sha256": hashlib.sha256(text.encode()).hexdigest(),
+                                             "chars": len(text)}})
         conn.execute(audit_log.insert().values(
-            at=self.clock(), actor=actor[:200], action=action[:100],
-            arguments=json.dumps(arguments, sort_keys=True, default=str), outcome=outcome[:40],
-            detail=detail, peer=peer[:200]))
+            at=self.clock(), actor=actor[:200], action=action[:100], arguments=text,
+            outcome=outcome[:40], detail=bounded(detail), peer=peer[:200]))
 
     def audit_entries(self, after_id: int = 0, limit: int = 1000) -> list[AuditRecord]:
         with self.transaction() as conn:
@@ -387,7 +441,7 @@ class State:
                                 .order_by(admin_tokens.c.created_at, admin_tokens.c.name))
             return [AdminTokenRecord(r.name, r.created_at, r.revoked_at) for r in rows]
 
-    def revoke_admin_token(self, name: str) -> None:
+    def revoke_admin_token(self, name: str) -> AdminTokenRecord:
         with self.transaction() as conn:
             done = conn.execute(admin_tokens.update().where(admin_tokens.c.name == name,
                                                             admin_tokens.c.revoked_at.is_(None))
@@ -398,6 +452,7 @@ class State:
                 if known is None:
                     raise NotFound(f"no admin token {name!r}")
                 raise Precondition(f"admin token {name!r} is already revoked")
+            return next(t for t in self.list_admin_tokens() if t.name == name)
 
     def admin_for_token(self, token: str) -> str | None:
         """The name of the admin token `token` is, if it exists and is not revoked."""
@@ -408,6 +463,63 @@ class State:
                 admin_tokens.c.token_hash == token_hash(token),
                 admin_tokens.c.revoked_at.is_(None))).first()
         return row.name if row else None
+
+    # -- admin certificates ---------------------------------------------------------------------
+    def record_admin_certificate(self, name: str, serial: str, fingerprint: str,
+                                 not_after: float) -> AdminCertificateRecord:
+        """Note a certificate issued here (idempotent: a known serial is left as it is)."""
+        with self.transaction() as conn:
+            if conn.execute(sa.select(admin_certificates.c.id)
+                            .where(admin_certificates.c.serial == serial)).first() is None:
+                conn.execute(admin_certificates.insert().values(
+                    name=name, serial=serial, fingerprint=fingerprint, issued_at=self.clock(),
+                    not_after=not_after))
+            return self._certificates(admin_certificates.c.serial == serial)[0]
+
+    def list_admin_certificates(self) -> list[AdminCertificateRecord]:
+        return self._certificates(sa.true())
+
+    def revoke_admin_certificate(self, by: str, serial: str = "", fingerprint: str = "",
+                                 reason: str = "") -> AdminCertificateRecord:
+        """Deny the certificate with this serial or fingerprint (normalised lowercase hex, see
+        pki.normalize_serial / normalize_fingerprint). One never recorded here is added to the
+        deny list as given."""
+        if not serial and not fingerprint:
+            raise Invalid("give the certificate's serial or its SHA-256 fingerprint")
+        match = self._matching(serial, fingerprint)
+        with self.transaction() as conn:
+            rows = self._certificates(match)
+            if len(rows) > 1:
+                raise Invalid(f"serial {serial} and fingerprint {fingerprint} name two different "
+                              "certificates: give one of them")
+            if rows and rows[0].revoked_at is not None:
+                raise Precondition(f"admin certificate {_cert_label(rows[0])} is already revoked")
+            values = dict(revoked_at=self.clock(), revoked_by=by, revoke_reason=reason)
+            if rows:
+                conn.execute(admin_certificates.update().where(match).values(**values))
+            else:
+                conn.execute(admin_certificates.insert().values(
+                    serial=serial or None, fingerprint=fingerprint or None, **values))
+            return self._certificates(match)[0]
+
+    def revoked_admin_certificate(self, serial: str,
+                                  fingerprint: str) -> AdminCertificateRecord | None:
+        """The deny-list entry of the certificate with this serial or fingerprint, if any."""
+        rows = self._certificates(sa.and_(self._matching(serial, fingerprint),
+                                          admin_certificates.c.revoked_at.is_not(None)))
+        return rows[0] if rows else None
+
+    @staticmethod
+    def _matching(serial: str, fingerprint: str):
+        c = admin_certificates.c
+        return sa.or_(*([c.serial == serial] if serial else []),
+                      *([c.fingerprint == fingerprint] if fingerprint else []))
+
+    def _certificates(self, where) -> list[AdminCertificateRecord]:
+        with self.transaction() as conn:
+            rows = conn.execute(sa.select(admin_certificates).where(where)
+                                .order_by(admin_certificates.c.id))
+            return [AdminCertificateRecord(**_fields(AdminCertificateRecord, r)) for r in rows]
 
     # -- sites ----------------------------------------------------------------------------------
     def invite_site(self, name: str, by: str,
@@ -550,9 +662,14 @@ class State:
             active = self.latest_run(study)
             if active is not None and active.status == RUN_RUNNING:
                 raise Precondition(f"study {study!r} already has run {active.id} running")
-            run_id = conn.execute(runs.insert().values(
-                study=study, status=RUN_RUNNING, started_at=self.clock(), started_by=by,
-                message="")).inserted_primary_key[0]
+            try:
+                run_id = conn.execute(runs.insert().values(
+                    study=study, status=RUN_RUNNING, started_at=self.clock(), started_by=by,
+                    message="")).inserted_primary_key[0]
+            except sa.exc.IntegrityError:
+                # A concurrent start won between the check above and this insert (the unique
+                # index runs_one_running_per_study); the transaction is spoilt, so no run id.
+                raise Precondition(f"study {study!r} already has a run running") from None
             conn.execute(studies.update().where(studies.c.name == study)
                          .values(status=STUDY_TRAINING))
             return self.get_run(run_id)

@@ -109,6 +109,26 @@ class AdminStub:
                 request_serializer=admin__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=admin__pb2.ListAuditResponse.FromString,
                 _registered_method=True)
+        self.ListAdminTokens = channel.unary_unary(
+                '/synthpool.admin.v1.Admin/ListAdminTokens',
+                request_serializer=admin__pb2.ListAdminTokensRequest.SerializeToString,
+                response_deserializer=admin__pb2.ListAdminTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeAdminToken = channel.unary_unary(
+                '/synthpool.admin.v1.Admin/RevokeAdminToken',
+                request_serializer=admin__pb2.RevokeAdminTokenRequest.SerializeToString,
+                response_deserializer=admin__pb2.AdminToken.FromString,
+                _registered_method=True)
+        self.ListAdminCertificates = channel.unary_unary(
+                '/synthpool.admin.v1.Admin/ListAdminCertificates',
+                request_serializer=admin__pb2.ListAdminCertificatesRequest.SerializeToString,
+                response_deserializer=admin__pb2.ListAdminCertificatesResponse.FromString,
+                _registered_method=True)
+        self.RevokeAdminCertificate = channel.unary_unary(
+                '/synthpool.admin.v1.Admin/RevokeAdminCertificate',
+                request_serializer=admin__pb2.RevokeAdminCertificateRequest.SerializeToString,
+                response_deserializer=admin__pb2.AdminCertificate.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -219,6 +239,37 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAdminTokens(self, request, context):
+        """-- Administrators ------------------------------------------------------------------------
+        Admin bearer tokens by name (only their hashes are stored, never the tokens).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeAdminToken(self, request, context):
+        """Refuse a token from its next call on. Its name stays taken.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAdminCertificates(self, request, context):
+        """The admin client certificates issued by `coordinator add-admin-cert` (and init), and every
+        certificate on the deny list.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeAdminCertificate(self, request, context):
+        """Put a client certificate on the deny list, by serial or SHA-256 fingerprint: every call
+        presenting it is refused from then on, although the TLS handshake still succeeds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -296,6 +347,26 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=admin__pb2.ListAuditRequest.FromString,
                     response_serializer=admin__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'ListAdminTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAdminTokens,
+                    request_deserializer=admin__pb2.ListAdminTokensRequest.FromString,
+                    response_serializer=admin__pb2.ListAdminTokensResponse.SerializeToString,
+            ),
+            'RevokeAdminToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAdminToken,
+                    request_deserializer=admin__pb2.RevokeAdminTokenRequest.FromString,
+                    response_serializer=admin__pb2.AdminToken.SerializeToString,
+            ),
+            'ListAdminCertificates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAdminCertificates,
+                    request_deserializer=admin__pb2.ListAdminCertificatesRequest.FromString,
+                    response_serializer=admin__pb2.ListAdminCertificatesResponse.SerializeToString,
+            ),
+            'RevokeAdminCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAdminCertificate,
+                    request_deserializer=admin__pb2.RevokeAdminCertificateRequest.FromString,
+                    response_serializer=admin__pb2.AdminCertificate.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -703,6 +774,114 @@ class Admin:
             '/synthpool.admin.v1.Admin/ListAudit',
             admin__pb2.ListAuditRequest.SerializeToString,
             admin__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAdminTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/synthpool.admin.v1.Admin/ListAdminTokens',
+            admin__pb2.ListAdminTokensRequest.SerializeToString,
+            admin__pb2.ListAdminTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAdminToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/synthpool.admin.v1.Admin/RevokeAdminToken',
+            admin__pb2.RevokeAdminTokenRequest.SerializeToString,
+            admin__pb2.AdminToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAdminCertificates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/synthpool.admin.v1.Admin/ListAdminCertificates',
+            admin__pb2.ListAdminCertificatesRequest.SerializeToString,
+            admin__pb2.ListAdminCertificatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAdminCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/synthpool.admin.v1.Admin/RevokeAdminCertificate',
+            admin__pb2.RevokeAdminCertificateRequest.SerializeToString,
+            admin__pb2.AdminCertificate.FromString,
             options,
             channel_credentials,
             insecure,

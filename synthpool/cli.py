@@ -16,7 +16,7 @@ app.command("evaluate")(evaluate.evaluate_command)
 app.command("demo")(demo.demo)
 app.command("simulate")(simulate.simulate)
 app.command("families")(families.families)
-for _name, _sub in admin.APPS:  # coordinator, sites, studies, train, releases, audit
+for _name, _sub in admin.APPS:  # coordinator, sites, studies, train, releases, audit, admins
     app.add_typer(_sub, name=_name)
 
 

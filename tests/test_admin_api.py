@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from synthpool.commands.admin import AdminClient, download_release
 from synthpool.common import signing
 from synthpool.coordinator.admin_server import AdminServer
-from synthpool.coordinator.admin_service import InMemoryRunner
-from synthpool.coordinator.pki import init_coordinator
+from synthpool.coordinator.admin_service import InMemoryRunner, RefusalLimiter
+from synthpool.coordinator.pki import certificate_ids, init_coordinator, issue_admin_certificate
 from synthpool.coordinator.state import State
 from synthpool.protos import admin_pb2 as pb
 
@@ -42,11 +42,12 @@ class Clock:
 class Coordinator:
     """A started admin server with its state and credentials, restartable on the same dir."""
 
-    def __init__(self, root, runner=None) -> None:
+    def __init__(self, root, runner=None, refusals=None) -> None:
         self.state_dir = root / "state"
         self.pki = init_coordinator(self.state_dir, ["coord.test"])
         self.clock = Clock()
         self.runner = runner or InMemoryRunner(round_delay=0.02)
+        self.refusals = refusals
         self.start()
         self.token = self.state.add_admin_token("tester")
 
@@ -54,7 +55,8 @@ class Coordinator:
         self.state = State.open(self.state_dir, clock=self.clock)
         self.server = AdminServer(self.state_dir, listen="127.0.0.1:0",
                                   mtls_listen="127.0.0.1:0", state=self.state,
-                                  runner=self.runner, max_workers=8).start()
+                                  runner=self.runner, max_workers=8,
+                                  refusals=self.refusals).start()
         self.service = self.server.service
 
     def stop(self) -> None:
@@ -150,6 +152,141 @@ def test_clients_pin_the_coordinator_ca(coord, tmp_path):
     # The server certificate names coord.test as well as localhost/127.0.0.1.
     with coord.client(token=coord.token, server_name="coord.test") as by_name:
         by_name.ListSites(pb.ListSitesRequest())
+
+
+def _db_bytes(state_dir) -> int:
+    return sum(p.stat().st_size for p in state_dir.glob("coordinator.db*"))
+
+
+def test_anonymous_calls_cannot_fill_the_disk_through_the_audit_log(coord):
+    # Six such calls once wrote 28 MB: the refused request was stored whole.
+    big = "x" * 3_500_000
+    before = _db_bytes(coord.state_dir)
+    with coord.client() as anonymous:
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError) as e:
+                anonymous.InviteSite(pb.InviteSiteRequest(name=big))
+            assert _code(e) == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as e:  # the public RPC, refused inside the action
+                anonymous.RegisterSite(pb.RegisterSiteRequest(token="spi_guess", public_key=big))
+            assert _code(e) == grpc.StatusCode.INVALID_ARGUMENT
+    entries = coord.state.audit_entries()
+    assert [(e.action, e.actor) for e in entries] == [("InviteSite", "anonymous"),
+                                                      ("RegisterSite", "anonymous")] * 3
+    for e in entries:
+        assert set(e.arguments) == {"request_sha256", "request_bytes"}
+        assert e.arguments["request_bytes"] > 3_500_000 and len(e.detail) < 1000
+    assert _db_bytes(coord.state_dir) - before < 1_000_000
+    # An administrator's refused call keeps its arguments, within the cap of one entry.
+    with coord.admin() as admin, pytest.raises(grpc.RpcError) as e:
+        admin.InviteSite(pb.InviteSiteRequest(name=big))
+    assert _code(e) == grpc.StatusCode.INVALID_ARGUMENT
+    refused = coord.state.audit_entries()[-1]
+    assert (refused.actor, set(refused.arguments)) == ("token:tester", {"truncated"})
+    assert _db_bytes(coord.state_dir) - before < 1_000_000
+
+
+class Monotonic:
+    t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_refusals_over_the_rate_are_answered_resource_exhausted_and_counted(tmp_path):
+    clock = Monotonic()
+    coord = Coordinator(tmp_path, refusals=RefusalLimiter(burst=3, per_second=0.5, clock=clock))
+    try:
+        codes = []
+        for token in (None, "spa_guess") * 3:  # a new connection (source port) each time
+            with coord.client(token=token) as client, pytest.raises(grpc.RpcError) as e:
+                client.ListSites(pb.ListSitesRequest())
+            codes.append(_code(e))
+        assert codes == [grpc.StatusCode.UNAUTHENTICATED] * 3 + \
+            [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3
+        assert "too many refused calls from ipv4:127.0.0.1" in e.value.details()
+        with coord.admin() as admin:  # an administrator at the same address is still served
+            admin.ListSites(pb.ListSitesRequest())
+        clock.t += 2  # one refusal's worth
+        for expected in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED):
+            with coord.client() as client, pytest.raises(grpc.RpcError) as e:
+                client.ListSites(pb.ListSitesRequest())
+            assert _code(e) == expected
+    finally:
+        coord.stop()  # logs the count still pending
+    with State.open(coord.state_dir) as state:
+        logged = [(e.action, e.outcome, e.arguments.get("refused_calls")) for e in
+                  state.audit_entries()]
+    assert logged == [("ListSites", "UNAUTHENTICATED", None)] * 3 + [
+        ("ListSites", "OK", None), ("RefusalsSuppressed", "RESOURCE_EXHAUSTED", 3),
+        ("ListSites", "UNAUTHENTICATED", None), ("RefusalsSuppressed", "RESOURCE_EXHAUSTED", 1)]
+
+
+# -- administrators' credentials -----------------------------------------------------------------
+
+def test_admin_tokens_are_listed_and_revoked_through_the_api(coord):
+    ops = coord.state.add_admin_token("ops")
+    with coord.client(token=ops) as by_ops:
+        by_ops.ListSites(pb.ListSitesRequest())
+        with coord.admin() as admin:
+            tokens = admin.ListAdminTokens(pb.ListAdminTokensRequest()).tokens
+            assert sorted((t.name, t.HasField("revoked_at")) for t in tokens) == [
+                ("ops", False), ("tester", False)]
+            revoked = admin.RevokeAdminToken(pb.RevokeAdminTokenRequest(name="ops",
+                                                                        reason="left"))
+            assert revoked.name == "ops" and revoked.HasField("revoked_at")
+            for name, code in (("ops", grpc.StatusCode.FAILED_PRECONDITION),
+                               ("nobody", grpc.StatusCode.NOT_FOUND)):
+                with pytest.raises(grpc.RpcError) as e:
+                    admin.RevokeAdminToken(pb.RevokeAdminTokenRequest(name=name))
+                assert _code(e) == code
+        with pytest.raises(grpc.RpcError) as e:  # the same channel, its next call
+            by_ops.ListSites(pb.ListSitesRequest())
+        assert _code(e) == grpc.StatusCode.UNAUTHENTICATED
+    revocation = next(e for e in coord.state.audit_entries() if e.action == "RevokeAdminToken")
+    assert (revocation.actor, revocation.outcome, revocation.arguments) == (
+        "token:tester", "OK", {"name": "ops", "reason": "left"})
+
+
+def test_a_revoked_admin_certificate_is_refused_on_every_call(coord, tmp_path):
+    issue_admin_certificate(coord.pki, "alice", tmp_path / "alice.pem", tmp_path / "alice.key")
+    ids = certificate_ids((tmp_path / "alice.pem").read_bytes())
+    alice = AdminClient(coord.server.mtls_address, coord.pki.ca_cert, cert=tmp_path / "alice.pem",
+                        key=tmp_path / "alice.key", timeout=10)
+    with alice:
+        alice.ListSites(pb.ListSitesRequest())
+        with coord.admin() as admin:
+            # As `openssl x509 -noout -fingerprint -sha256` prints it.
+            printed = ":".join(ids.fingerprint[i:i + 2] for i in range(0, 64, 2)).upper()
+            denied = admin.RevokeAdminCertificate(pb.RevokeAdminCertificateRequest(
+                fingerprint=f"sha256 Fingerprint={printed}", reason="laptop lost"))
+            assert (denied.fingerprint, denied.revoke_reason) == (ids.fingerprint, "laptop lost")
+            assert denied.HasField("revoked_at") and denied.revoked_by == "token:tester"
+        for call in (lambda: alice.ListSites(pb.ListSitesRequest()),
+                     lambda: list(alice.WatchTraining(pb.WatchTrainingRequest(study="s")))):
+            with pytest.raises(grpc.RpcError) as e:
+                call()
+            assert _code(e) == grpc.StatusCode.UNAUTHENTICATED
+            assert e.value.details().startswith(f"admin certificate 'alice' (serial {ids.serial}) "
+                                                "is revoked")
+    with coord.client(cert=True, mtls=True) as first:  # other certificates are unaffected
+        certificates = first.ListAdminCertificates(pb.ListAdminCertificatesRequest()).certificates
+        assert [(c.fingerprint, c.HasField("revoked_at")) for c in certificates] == [
+            (ids.fingerprint, True)]
+        for bad, expected in ((pb.RevokeAdminCertificateRequest(serial="xyz"), "serial 'xyz': "
+                               "expected the certificate's serial number in hex"),
+                              (pb.RevokeAdminCertificateRequest(fingerprint="ab"), "fingerprint "
+                               "'ab': expected the certificate's SHA-256 fingerprint"),
+                              (pb.RevokeAdminCertificateRequest(), "give the certificate's "
+                               "serial or its SHA-256 fingerprint")):
+            with pytest.raises(grpc.RpcError) as e:
+                first.RevokeAdminCertificate(bad)
+            assert _code(e) == grpc.StatusCode.INVALID_ARGUMENT
+            assert e.value.details().startswith(expected)
+    refused = [e for e in coord.state.audit_entries() if e.outcome == "UNAUTHENTICATED"]
+    assert [(e.action, e.actor) for e in refused] == [("ListSites", "anonymous"),
+                                                      ("WatchTraining", "anonymous")]
+    assert "'alice'" in refused[0].detail
 
 
 # -- sites ---------------------------------------------------------------------------------------
@@ -415,6 +552,19 @@ def test_release_symlinks_are_not_served(coord, tmp_path):
     assert "leak" not in paths and "synthetic.csv" in paths
 
 
+def test_a_hidden_file_added_to_a_release_fails_verification_and_travels(coord, tmp_path):
+    folder = _make_release(coord.state_dir, coord.pki.signing_key, "rel-1")
+    (folder / ".synthetic-real.csv").write_text("age,income\n52,>50K\n")
+    problem = ".synthetic-real.csv: not part of the signed release"
+    with coord.admin() as admin:
+        verdict = admin.VerifyRelease(pb.VerifyReleaseRequest(name="rel-1"))
+        assert not verdict.ok and list(verdict.problems) == [problem]
+        got = download_release(admin, "rel-1", tmp_path / "out")
+    assert (got / ".synthetic-real.csv").is_file()  # served, so the recipient sees it too
+    key = signing.load_public_key(coord.pki.signing_public_key)
+    assert signing.verify(got, key).problems == [problem]
+
+
 # -- restart -------------------------------------------------------------------------------------
 
 def test_state_survives_a_restart_and_running_runs_are_interrupted(tmp_path):
@@ -429,7 +579,7 @@ def test_state_survives_a_restart_and_running_runs_are_interrupted(tmp_path):
     try:
         from synthpool.coordinator import migrations
 
-        assert [v for v, _ in migrations.applied(coord.state.engine)] == [1, 2, 3]
+        assert [v for v, _ in migrations.applied(coord.state.engine)] == [1, 2, 3, 4, 5]
         with coord.admin() as admin:
             assert [s.name for s in admin.ListSites(pb.ListSitesRequest()).sites] == ["hosp-a"]
             study = admin.GetStudy(pb.GetStudyRequest(name="s1"))

@@ -145,3 +145,93 @@ def test_serve_admin_runs_as_a_process_and_stops_on_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_admin_tokens_and_certificates_are_revoked_through_the_cli(coordinator, tmp_path):
+    server, init, env = coordinator
+    state = ["--state-dir", str(server.state_dir)]
+    alice = json.loads(run(["coordinator", "add-admin-cert", "alice", *state, "--out",
+                            str(tmp_path / "certs"), "--json"]).stdout)
+    certs = json.loads(run(["admins", "list-certs", "--json"], env).stdout)
+    assert [(c["name"], c["serial"], c.get("revoked_at")) for c in certs] == [
+        ("admin", certs[0]["serial"], None), ("alice", alice["serial"], None)]
+    as_alice = {k: v for k, v in env.items() if k != "SYNTHPOOL_ADMIN_TOKEN"}
+    as_alice.update(SYNTHPOOL_ADMIN_COORDINATOR=server.mtls_address,
+                    SYNTHPOOL_ADMIN_CERT=alice["cert"], SYNTHPOOL_ADMIN_KEY=alice["key"])
+    run(["sites", "list"], as_alice)
+
+    revoked = json.loads(run(["admins", "revoke-cert", "--pem", alice["cert"], "--reason",
+                              "left the team", "--json"], env).stdout)
+    assert (revoked["name"], revoked["fingerprint"]) == ("alice", alice["fingerprint"])
+    out = run(["sites", "list", "--json"], as_alice, code=1)
+    assert json.loads(out.stdout)["error"] == {
+        "code": "UNAUTHENTICATED",
+        "message": f"admin certificate 'alice' (serial {alice['serial']}) is revoked; client "
+                   f"certificates are accepted on port {server.mtls_port}"}
+    assert "already revoked" in run(["admins", "revoke-cert", "--serial", alice["serial"]], env,
+                                    code=1).output
+    assert "CONFIG" in run(["admins", "revoke-cert"], env, code=1).output
+    assert "expected the certificate's serial number in hex" in run(
+        ["admins", "revoke-cert", "--serial", "zz"], env, code=1).output
+
+    ops = json.loads(run(["coordinator", "add-token", "ops", *state, "--json"]).stdout)["token"]
+    as_ops = {**env, "SYNTHPOOL_ADMIN_TOKEN": ops}
+    run(["sites", "list"], as_ops)
+    assert "revoked admin token 'ops'" in run(["admins", "revoke-token", "ops"], env).stdout
+    tokens = json.loads(run(["admins", "list-tokens", "--json"], env).stdout)
+    assert [(t["name"], "revoked_at" in t) for t in tokens] == [("admin", False), ("ops", True)]
+    assert "UNAUTHENTICATED" in run(["sites", "list"], as_ops, code=1).output
+
+    entries = json.loads(run(["audit", "list", "--limit", "1000", "--json"], env).stdout)
+    done = [(e["action"], e["actor"].split(":")[0]) for e in entries if e["outcome"] == "OK"]
+    for expected in (("AddAdminCertificate", "local"), ("RevokeAdminCertificate", "token"),
+                     ("AddAdminToken", "local"), ("RevokeAdminToken", "token")):
+        assert expected in done
+    issued = next(e for e in entries if e["action"] == "AddAdminCertificate")
+    assert alice["fingerprint"] in issued["detail"]
+
+
+def test_the_admin_token_can_come_from_a_file(coordinator, tmp_path):
+    _, init, env = coordinator
+    token_file = tmp_path / "token"
+    token_file.write_text(init["admin_token"] + "\n")
+    no_token = {k: v for k, v in env.items() if k != "SYNTHPOOL_ADMIN_TOKEN"}
+    assert json.loads(run(["sites", "list", "--json", "--token-file", str(token_file)],
+                          no_token).stdout) == []
+    run(["sites", "list"], {**no_token, "SYNTHPOOL_ADMIN_TOKEN_FILE": str(token_file)})
+    out = run(["sites", "list", "--json", "--token-file", str(token_file)], env, code=1)
+    assert json.loads(out.stdout)["error"]["message"].startswith(
+        "give --token or --token-file, not both")
+    token_file.write_text("\n")
+    out = run(["sites", "list", "--json", "--token-file", str(token_file)], no_token, code=1)
+    assert json.loads(out.stdout)["error"] == {
+        "code": "CONFIG",
+        "message": f"--token-file {token_file}: expected the token alone, found nothing"}
+
+
+def test_enroll_reads_the_invitation_token_from_the_environment_or_a_file(coordinator,
+                                                                          tmp_path):
+    from synthpool.agent.cli import app as agent
+
+    server, init, env = coordinator
+    for name in ("site-a", "site-b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "site.toml").write_text(
+            f'[site]\nname = "{name}"\ndata = "rows.csv"\nstate_dir = "state"\n\n'
+            '[superlink]\naddress = "127.0.0.1:9092"\ninsecure = true\n')
+    token_a, token_b = (json.loads(run(["sites", "invite", name, "--json"], env).stdout)["token"]
+                        for name in ("site-a", "site-b"))
+    (tmp_path / "site-b" / "token").write_text(token_b)
+    connect = ["--coordinator", server.address, "--ca", init["ca_cert"]]
+    for name, extra, agent_env in (
+            ("site-a", [], {"SYNTHPOOL_INVITE_TOKEN": token_a}),
+            ("site-b", ["--token-file", str(tmp_path / "site-b" / "token")], {})):
+        result = CliRunner().invoke(agent, ["enroll", "--config",
+                                            str(tmp_path / name / "site.toml"), *connect, *extra],
+                                    env=agent_env, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert f"registered as {name!r}" in result.output
+    statuses = {s["name"]: s["status"] for s in
+                json.loads(run(["sites", "list", "--json"], env).stdout)}
+    assert statuses == {"site-a": "SITE_STATUS_REGISTERED", "site-b": "SITE_STATUS_REGISTERED"}

@@ -81,4 +81,4 @@ def test_generated_code_imports_from_a_clean_interpreter():
                           "print(p.DESCRIPTOR.package, len(p.DESCRIPTOR.services_by_name['Admin'].methods))"],
                          capture_output=True, text=True, timeout=60, cwd="/")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["synthpool.admin.v1", "15"]
+    assert out.stdout.split() == ["synthpool.admin.v1", "19"]

@@ -64,3 +64,62 @@ def test_other_key_is_refused(release, tmp_path):
     folder, _ = release
     generate_key(tmp_path / "other.key")
     assert _verify(folder, tmp_path / "other.pub").exit_code == 1
+
+
+# Files a release walk once skipped: a hidden name, and a file named like the manifest in a subfolder.
+@pytest.mark.parametrize("added", [".synthetic-real.csv", "report/.hidden/rows.csv",
+                                   "report/manifest.json", "report/manifest.sig"])
+def test_any_added_file_fails_and_is_named(release, added):
+    folder, pub = release
+    (folder / added).parent.mkdir(parents=True, exist_ok=True)
+    (folder / added).write_text("age,income\n52,>50K\n")
+    res = _verify(folder, pub)
+    assert res.exit_code == 1
+    assert json.loads(res.output)["problems"] == [f"{added}: not part of the signed release"]
+
+
+def test_hidden_and_nested_manifest_files_are_sealed_and_checked(release, tmp_path):
+    folder, pub = release
+    (folder / ".notes").write_text("kept\n")
+    (folder / "report" / "manifest.json").write_text("{}\n")
+    from synthpool.common.signing import load_or_create_key
+
+    seal(folder, load_or_create_key(tmp_path / "keys" / "release.key"))
+    ok = json.loads(_verify(folder, pub).output)
+    assert ok == {"ok": True, "problems": [], "files_checked": 4}
+    (folder / "report" / "manifest.json").write_text('{"epsilon": 0.1}\n')
+    (folder / ".notes").unlink()
+    assert json.loads(_verify(folder, pub).output)["problems"] == [
+        ".notes: listed in the manifest but missing",
+        "report/manifest.json: content differs from the signed hash"]
+
+
+def test_symbolic_links_are_refused_and_named(release, tmp_path):
+    folder, pub = release
+    secret = tmp_path / "secret.csv"
+    secret.write_text("real,rows\n")
+    (folder / "report" / "real.csv").symlink_to(secret)
+    (folder / "linked-dir").symlink_to(tmp_path / "keys", target_is_directory=True)
+    res = _verify(folder, pub)
+    assert res.exit_code == 1
+    assert json.loads(res.output)["problems"] == [
+        "linked-dir: a symbolic link (a release holds regular files only)",
+        "report/real.csv: a symbolic link (a release holds regular files only)"]
+
+
+def test_a_listed_file_replaced_by_a_link_to_identical_bytes_fails(release, tmp_path):
+    folder, pub = release
+    copy = tmp_path / "copy.csv"
+    copy.write_bytes((folder / "synthetic.csv").read_bytes())
+    (folder / "synthetic.csv").unlink()
+    (folder / "synthetic.csv").symlink_to(copy)
+    problems = json.loads(_verify(folder, pub).output)["problems"]
+    assert "synthetic.csv: a symbolic link (a release holds regular files only)" in problems
+
+
+def test_seal_refuses_a_folder_with_a_link(tmp_path):
+    folder = tmp_path / "release"
+    folder.mkdir()
+    (folder / "data.csv").symlink_to(tmp_path)
+    with pytest.raises(ValueError, match="data.csv: a symbolic link"):
+        seal(folder, generate_key(tmp_path / "k.key"))

@@ -124,7 +124,7 @@ def state(db_url, clock):
 
 def test_migrations_apply_once_and_survive_restart(db_url):
     engine = st.create_engine(db_url)
-    assert migrations.migrate(engine) == [1, 2, 3]
+    assert migrations.migrate(engine) == [1, 2, 3, 4, 5]
     assert migrations.migrate(engine) == []  # idempotent
     engine.dispose()
 
@@ -133,7 +133,7 @@ def test_migrations_apply_once_and_survive_restart(db_url):
     first.close()
     again = State(db_url)  # a restarted coordinator: migrates (nothing to do), keeps the data
     assert [s.name for s in again.list_sites()] == ["hosp-a"]
-    assert [v for v, _ in migrations.applied(again.engine)] == [1, 2, 3]
+    assert [v for v, _ in migrations.applied(again.engine)] == [1, 2, 3, 4, 5]
     again.close()
 
 
@@ -144,8 +144,8 @@ def test_upgrade_from_an_older_schema_keeps_data(db_url):
         conn.execute(st.audit_log.insert().values(at=1.0, actor="x", action="Old", arguments="{}",
                                                   outcome="OK", detail="", peer=""))
     engine.dispose()
-    s = State(db_url)  # applies migrations 2 and 3 only
-    assert [v for v, _ in migrations.applied(s.engine)] == [1, 2, 3]
+    s = State(db_url)  # applies the migrations after 1 only
+    assert [v for v, _ in migrations.applied(s.engine)] == [1, 2, 3, 4, 5]
     assert [e.action for e in s.audit_entries()] == ["Old"]
     with pytest.raises(sa.exc.DBAPIError, match="append-only"):
         with s.engine.begin() as conn:
@@ -171,6 +171,15 @@ def test_tables_match_the_sum_of_migrations(state):
         for col in table.c:
             assert columns[col.name]["nullable"] == col.nullable or col.primary_key, \
                 (table.name, col.name)
+
+
+def test_an_audit_entry_is_bounded_whatever_it_is_given(state):
+    state.record_audit("anonymous", "InviteSite", {"name": "x" * 100_000}, "INVALID_ARGUMENT",
+                       "y" * 100_000)
+    entry = state.audit_entries()[0]
+    assert set(entry.arguments) == {"truncated"}
+    assert entry.arguments["truncated"]["chars"] > 100_000
+    assert len(entry.detail) <= st.MAX_AUDIT_DETAIL and entry.detail.endswith("(100000 chars)")
 
 
 def test_audit_log_is_append_only(state):
@@ -306,6 +315,96 @@ def test_runs_events_and_interruption(state):
     assert state.end_run(second.id, st.RUN_FINISHED, "done")
     assert state.latest_run("s").status == st.RUN_FINISHED
     assert state.get_study("s").status == st.STUDY_FINISHED
+
+
+def _study(state, name="s"):
+    state.create_study(name=name, schema_yaml="x", schema_fingerprint="f", epsilon=1, delta=1e-5,
+                       overlap="disjoint", rounds=1, rows=10, sites_=[], by="t")
+
+
+def test_the_database_keeps_a_study_to_one_running_run(state):
+    _study(state)
+    row = dict(study="s", status=st.RUN_RUNNING, started_at=1.0, started_by="t", message="")
+    with state.engine.begin() as conn:
+        conn.execute(st.runs.insert().values(**row))
+    with pytest.raises(sa.exc.IntegrityError):
+        with state.engine.begin() as conn:
+            conn.execute(st.runs.insert().values(**row))
+
+
+def test_a_start_that_passed_the_check_still_cannot_add_a_second_running_run(state, monkeypatch):
+    _study(state)
+    first = state.start_run("s", by="t")
+    # What a concurrent start saw on PostgreSQL before `first` committed: no running run.
+    monkeypatch.setattr(state, "latest_run", lambda study: None)
+    with pytest.raises(st.Precondition, match="already has a run running"):
+        state.start_run("s", by="t")
+    monkeypatch.undo()
+    assert state.latest_run("s") == first
+    with state.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(st.runs)).scalar() == 1
+
+
+def test_concurrent_starts_of_one_study_start_one_run(state):
+    _study(state)
+    results: list[str] = []
+    barrier = threading.Barrier(6)
+
+    def attempt() -> None:
+        barrier.wait()
+        try:
+            state.start_run("s", by="t")
+            results.append("started")
+        except st.Precondition:
+            results.append("refused")
+
+    threads = [threading.Thread(target=attempt) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(results) == ["refused"] * 5 + ["started"]
+
+
+def test_migration_5_ends_all_but_the_newest_of_runs_a_race_left_running(db_url):
+    engine = st.create_engine(db_url)
+    migrations.migrate(engine, target=4)
+    with engine.begin() as conn:
+        conn.execute(st.studies.insert().values(
+            name="s", schema_yaml="x", schema_fingerprint="f", epsilon=1, delta=1e-5,
+            overlap="disjoint", rounds=1, rows=10, sites="[]", status="training", created_at=0,
+            created_by="t"))
+        for _ in range(2):
+            conn.execute(st.runs.insert().values(study="s", status=st.RUN_RUNNING, started_at=0,
+                                                 started_by="t", message=""))
+    engine.dispose()
+    s = State(db_url)
+    first, second = (s.get_run(i) for i in (1, 2))
+    assert (first.status, second.status) == (st.RUN_INTERRUPTED, st.RUN_RUNNING)
+    assert "migration 5" in first.message
+    s.close()
+
+
+def test_admin_certificates_issued_and_denied(state):
+    fp = "f" * 64
+    issued = state.record_admin_certificate("alice", "ab12", fp, 2e9)
+    assert state.record_admin_certificate("alice", "ab12", fp, 2e9) == issued  # idempotent
+    assert state.revoked_admin_certificate("ab12", fp) is None
+    revoked = state.revoke_admin_certificate("token:t", fingerprint=fp, reason="lost laptop")
+    assert (revoked.name, revoked.serial, revoked.revoked_by, revoked.revoke_reason) == \
+        ("alice", "ab12", "token:t", "lost laptop")
+    assert state.revoked_admin_certificate("ab12", "0" * 64).name == "alice"  # by serial
+    with pytest.raises(st.Precondition, match="'alice' serial ab12 is already revoked"):
+        state.revoke_admin_certificate("token:t", serial="ab12")
+    # One never recorded here (issued before the table existed) joins the deny list as given.
+    other = state.revoke_admin_certificate("token:t", serial="cd34")
+    assert (other.name, other.fingerprint) == (None, None)
+    assert state.revoked_admin_certificate("cd34", "e" * 64) == other
+    with pytest.raises(st.Invalid, match="serial or its SHA-256 fingerprint"):
+        state.revoke_admin_certificate("token:t")
+    with pytest.raises(st.Invalid, match="two different certificates"):
+        state.revoke_admin_certificate("token:t", serial="cd34", fingerprint=fp)
+    assert [c.serial for c in state.list_admin_certificates()] == ["ab12", "cd34"]
 
 
 def test_releases_index(state):

@@ -210,6 +210,29 @@ def test_site_toml_trust_table(tmp_path):
                                               '"subprocess"]\n'))
 
 
+@pytest.mark.parametrize("extra", [["--isolat", "subprocess"], ["--is", "subprocess"],
+                                   ["--isol=subprocess"], ["--isolation=subprocess"]])
+def test_an_abbreviated_isolation_flag_is_refused_too(tmp_path, extra):
+    from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode
+
+    from synthpool.agent.config import ConfigError, load_site_config
+
+    # The attack: Flower's own parser takes any unambiguous prefix, and the last value wins over
+    # the agent's `--isolation process`.
+    argv = ["--insecure", "--isolation", "process", *extra]
+    assert _parse_args_run_supernode().parse_args(argv).isolation == "subprocess"
+    with pytest.raises(ConfigError, match=f"--isolation .*{extra[0]}"):
+        load_site_config(_site_toml(tmp_path, f"\n[supernode]\nextra_args = {json.dumps(extra)}\n"))
+
+
+def test_other_supernode_flags_pass_the_isolation_guard(tmp_path):
+    from synthpool.agent.config import load_site_config
+
+    extra = ["--max-retries", "3", "--max-wait-time=60", "--insecure"]
+    cfg = load_site_config(_site_toml(tmp_path, f"\n[supernode]\nextra_args = {json.dumps(extra)}\n"))
+    assert cfg.supernode.extra_args == extra
+
+
 def test_the_agent_runs_the_supernode_in_process_isolation_beside_its_own_executor(tmp_path):
     from synthpool.agent import daemon
     from synthpool.agent.config import load_site_config

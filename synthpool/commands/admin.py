@@ -1,5 +1,5 @@
 """The coordinator administrator's commands: `coordinator`, `sites`, `studies`, `train`,
-`releases`, `audit`.
+`releases`, `audit`, `admins`.
 
 Why everything but `coordinator init/serve-admin/add-*` goes through the gRPC admin API and never
 opens the state database: the API is where authentication and the audit log live. A command that
@@ -12,6 +12,7 @@ Connection settings, on every API command and from the environment:
   --coordinator HOST:PORT   SYNTHPOOL_ADMIN_COORDINATOR   (default 127.0.0.1:50051)
   --ca FILE                 SYNTHPOOL_ADMIN_CA            the coordinator's CA certificate
   --token TOKEN             SYNTHPOOL_ADMIN_TOKEN         a bearer token (TLS port), or
+  --token-file FILE         SYNTHPOOL_ADMIN_TOKEN_FILE    the same read from a file, or
   --cert FILE --key FILE    SYNTHPOOL_ADMIN_CERT/_KEY     an admin client certificate (mTLS port)
   --server-name NAME        SYNTHPOOL_ADMIN_SERVER_NAME   the name to expect in the server's
                                                           certificate, when it differs from HOST
@@ -29,7 +30,7 @@ from typing import Any, Callable, List, Optional
 
 import grpc
 import typer
-from synthpool.common.cli_paths import path_option
+from synthpool.common.cli_paths import path_option, token_from
 from google.protobuf import json_format
 
 from synthpool.protos import admin_pb2 as pb
@@ -50,6 +51,8 @@ releases_app = typer.Typer(no_args_is_help=True, add_completion=False,
                            help="List, download and verify releases on the coordinator.")
 audit_app = typer.Typer(no_args_is_help=True, add_completion=False,
                         help="Read the coordinator's audit log.")
+admins_app = typer.Typer(no_args_is_help=True, add_completion=False,
+                         help="List and revoke administrators' tokens and certificates.")
 
 
 # -- the client ----------------------------------------------------------------------------------
@@ -156,7 +159,12 @@ _CONNECTION = [
                               help="The admin API, HOST:PORT.")),
     ("ca", Optional[Path], _opt(None, "--ca", env="CA", path=True,
                                 help="The coordinator's CA certificate (pki/ca.pem).")),
-    ("token", Optional[str], _opt(None, "--token", env="TOKEN", help="Admin bearer token.")),
+    ("token", Optional[str], _opt(None, "--token", env="TOKEN",
+                                  help="Admin bearer token. On a shared host prefer the "
+                                       "environment or --token-file: other users can read a "
+                                       "command line.")),
+    ("token_file", Optional[Path], _opt(None, "--token-file", env="TOKEN_FILE", path=True,
+                                        help="A file holding the admin bearer token.")),
     ("cert", Optional[Path], _opt(None, "--cert", env="CERT", path=True,
                                   help="Admin client certificate (for the mTLS port).")),
     ("key", Optional[Path], _opt(None, "--key", env="KEY", path=True,
@@ -181,6 +189,11 @@ def _api_command(app: typer.Typer, name: Optional[str] = None, public: bool = Fa
         def command(**kwargs):
             conn = {n: kwargs.pop(n) for n, _, _ in _CONNECTION}
             as_json = kwargs.pop("as_json")
+            try:
+                conn["token"] = token_from(conn.pop("token"), conn.pop("token_file"),
+                                           flag="--token", file_flag="--token-file")
+            except ValueError as e:
+                _fail(as_json, "CONFIG", str(e))
             if conn["ca"] is None:
                 _fail(as_json, "CONFIG", f"--ca (or {ENV}CA) is required: the coordinator's "
                                          "CA certificate, pki/ca.pem in its state dir. "
@@ -189,7 +202,8 @@ def _api_command(app: typer.Typer, name: Optional[str] = None, public: bool = Fa
                                          "(deploy/OPERATOR.md, \"Connect the admin CLI\")")
             if not public and not conn["token"] and not conn["cert"]:
                 _fail(as_json, "CONFIG", f"an admin credential is required: --token "
-                                         f"({ENV}TOKEN; `synthpool coordinator init` printed the "
+                                         f"({ENV}TOKEN) or --token-file ({ENV}TOKEN_FILE; "
+                                         "`synthpool coordinator init` printed the "
                                          "first one, `coordinator add-token NAME` makes more) "
                                          f"or --cert/--key ({ENV}CERT/{ENV}KEY, pki/admin.pem "
                                          "and admin.key, on the mTLS port 50052)")
@@ -271,7 +285,7 @@ def coordinator_init(
 ) -> None:
     """Create the CA, the server and admin certificates, the release-signing key, the state
     database and a first admin token (printed once). Safe to re-run: keeps what exists."""
-    from synthpool.coordinator.pki import init_coordinator
+    from synthpool.coordinator.pki import certificate_ids, init_coordinator
     from synthpool.coordinator.state import AlreadyExists, State
 
     pki = init_coordinator(state_dir, host)
@@ -280,6 +294,8 @@ def coordinator_init(
             token = state.add_admin_token("admin")
         except AlreadyExists:
             token = None
+        # Recorded like add-admin-cert's, so `admins list-certs` names it with its serial.
+        state.record_admin_certificate("admin", *certificate_ids(pki.admin_cert.read_bytes()))
         state.record_audit(f"local:{getpass.getuser()}", "CoordinatorInit",
                            {"hosts": host, "admin_token_created": token is not None}, "OK")
     data = {"state_dir": str(state_dir), **pki.as_dict(), "admin_token": token,
@@ -524,21 +540,33 @@ def coordinator_add_admin_cert(
     name: str = typer.Argument(..., help="The administrator (certificate CN, shown in the audit log)."),
     state_dir: Path = path_option(..., "--state-dir", exists=True, file_okay=False),
     out: Path = path_option(..., "--out", help="Folder for NAME.pem and NAME.key."),
+    database_url: Optional[str] = typer.Option(None, "--database-url",
+                                               envvar="SYNTHPOOL_DATABASE_URL"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Issue another administrator's client certificate from the coordinator's CA."""
-    from synthpool.coordinator.pki import CoordinatorPKI, issue_admin_certificate
+    """Issue another administrator's client certificate from the coordinator's CA (recorded,
+    with its serial and fingerprint, for `admins list-certs` and the audit log)."""
+    from synthpool.coordinator.pki import CoordinatorPKI, certificate_ids, issue_admin_certificate
+    from synthpool.coordinator.state import State
 
     cert, key = out / f"{name}.pem", out / f"{name}.key"
     if cert.exists() or key.exists():
         _fail(as_json, "ALREADY_EXISTS", f"{cert} or {key} exists")
-    issue_admin_certificate(CoordinatorPKI(state_dir), name, cert, key)
-    _out(as_json, {"cert": str(cert), "key": str(key)}, lambda: print(f"{cert}\n{key}"))
+    with State.open(state_dir, database_url) as state, state.audited(
+            f"local:{getpass.getuser()}", "AddAdminCertificate",
+            {"name": name, "cert": str(cert)}) as audit:
+        issue_admin_certificate(CoordinatorPKI(state_dir), name, cert, key)
+        ids = certificate_ids(cert.read_bytes())
+        state.record_admin_certificate(name, *ids)
+        audit.detail = f"serial {ids.serial}, fingerprint {ids.fingerprint}"
+    _out(as_json, {"cert": str(cert), "key": str(key), "serial": ids.serial,
+                   "fingerprint": ids.fingerprint},
+         lambda: print(f"{cert}\n{key}\nserial {ids.serial}\nfingerprint {ids.fingerprint}"))
 
 
 # -- API groups ----------------------------------------------------------------------------------
 
-for _app in (sites_app, studies_app, train_app, releases_app, audit_app):
+for _app in (sites_app, studies_app, train_app, releases_app, audit_app, admins_app):
     # A callback keeps each group a group even with one command (`audit list`, not `audit`).
     _app.callback()(lambda: None)
 
@@ -862,7 +890,77 @@ def audit_list(client, as_json,
         ["ID", "AT", "ACTOR", "ACTION", "OUTCOME", "DETAIL"]))
 
 
+# -- administrators ------------------------------------------------------------------------------
+
+def _revoked(ts) -> str:
+    return f"revoked {_when(ts)}" if ts.seconds else "active"
+
+
+@_api_command(admins_app, "list-tokens")
+def admins_list_tokens(client, as_json):
+    """List the admin bearer tokens by name (the tokens themselves are not stored)."""
+    r = client.ListAdminTokens(pb.ListAdminTokensRequest())
+    _out(as_json, _dict(r)["tokens"], lambda: _table(
+        [[t.name, _when(t.created_at), _revoked(t.revoked_at)] for t in r.tokens],
+        ["NAME", "CREATED (UTC)", "STATUS"]))
+
+
+@_api_command(admins_app, "revoke-token")
+def admins_revoke_token(client, as_json,
+                        name: str = typer.Argument(..., help="The token's name (`admins "
+                                                             "list-tokens`)."),
+                        reason: str = typer.Option("", "--reason", help="Kept in the audit log.")):
+    """Revoke an admin bearer token: refused from its next call on. Its name stays taken."""
+    r = client.RevokeAdminToken(pb.RevokeAdminTokenRequest(name=name, reason=reason))
+    _out(as_json, _dict(r), lambda: print(f"revoked admin token {r.name!r}"))
+
+
+@_api_command(admins_app, "list-certs")
+def admins_list_certs(client, as_json):
+    """List the admin certificates issued with `coordinator add-admin-cert` (and init) and every
+    revoked one."""
+    r = client.ListAdminCertificates(pb.ListAdminCertificatesRequest())
+    _out(as_json, _dict(r)["certificates"], lambda: _table(
+        [[c.name or "-", c.serial or "-", c.fingerprint or "-", _when(c.not_after),
+          _revoked(c.revoked_at)] for c in r.certificates],
+        ["NAME", "SERIAL", "SHA-256 FINGERPRINT", "EXPIRES (UTC)", "STATUS"]))
+
+
+@_api_command(admins_app, "revoke-cert")
+def admins_revoke_cert(client, as_json,
+                       pem: Optional[Path] = path_option(
+                           None, "--pem", exists=True, dir_okay=False,
+                           help="The certificate to revoke (its serial and fingerprint are read "
+                                "from it)."),
+                       serial: str = typer.Option("", "--serial",
+                                                  help="Or its serial, in hex."),
+                       fingerprint: str = typer.Option("", "--fingerprint",
+                                                       help="Or its SHA-256 fingerprint, in "
+                                                            "hex."),
+                       reason: str = typer.Option("", "--reason", help="Kept with the entry.")):
+    """Put an admin client certificate on the deny list: every call presenting it is refused
+    from then on (the TLS handshake still succeeds; certificates cannot be withdrawn there)."""
+    if pem is not None:
+        from synthpool.coordinator.pki import certificate_ids
+
+        if serial or fingerprint:
+            _fail(as_json, "CONFIG", "give --pem, or --serial / --fingerprint, not both")
+        try:
+            serial, fingerprint, _ = certificate_ids(pem.read_bytes())
+        except ValueError as e:
+            _fail(as_json, "CONFIG", f"--pem {pem}: expected a PEM certificate: {e}")
+    if not serial and not fingerprint:
+        _fail(as_json, "CONFIG", "give the certificate to revoke: --pem FILE, --serial HEX or "
+                                 "--fingerprint HEX (`admins list-certs` shows them)")
+    r = client.RevokeAdminCertificate(pb.RevokeAdminCertificateRequest(
+        serial=serial, fingerprint=fingerprint, reason=reason))
+    _out(as_json, _dict(r), lambda: print(
+        f"revoked admin certificate {r.name or '(not issued here)'} serial {r.serial or '?'} "
+        f"fingerprint {r.fingerprint or '?'}: refused from its next call on"))
+
+
 #: (name, app) pairs for synthpool/cli.py to register.
 APPS = (("coordinator", coordinator_app), ("sites", sites_app), ("studies", studies_app),
-        ("train", train_app), ("releases", releases_app), ("audit", audit_app))
+        ("train", train_app), ("releases", releases_app), ("audit", audit_app),
+        ("admins", admins_app))
 
