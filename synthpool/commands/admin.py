@@ -411,6 +411,11 @@ def coordinator_serve_admin(
     _out(as_json, info, lambda: print(f"admin API on {server.address} (TLS, tokens)"
                                       + (f" and {server.mtls_address} (mTLS, certificates)"
                                          if server.mtls_address else ""), flush=True))
+    if not as_json and superlink_flwr_home and not runner:
+        # What every `train start` will pass: the operator's only feedback on --run-config.
+        print("training settings for every study (--run-config): "
+              + (" ".join(run_config) if run_config else "the app's defaults (none given)"),
+              flush=True)
     sys.stdout.flush()
     signal.signal(signal.SIGTERM, lambda *_: server.stop(2))
     try:
@@ -799,6 +804,10 @@ def _files(n: int) -> str:
     return "the 1 file" if n == 1 else f"the {n} files"
 
 
+def _match(n: int) -> str:
+    return "matches its hash" if n == 1 else "match their hashes"
+
+
 #: How `releases list` and `releases verify`/`download` count files, said by both.
 RELEASE_FILES_NOTE = ("FILES counts every file of the release, manifest.json and manifest.sig "
                       "included; `releases verify` counts the files the signed manifest lists "
@@ -829,7 +838,8 @@ def releases_download(client, as_json,
         f"downloaded {name} to {folder}" + (
             "" if not public_key else
             f"; signature OK and {_files(data['verification']['files_checked'])} the "
-            "manifest lists match their hashes (manifest.json and manifest.sig not counted)"
+            f"manifest lists {_match(data['verification']['files_checked'])} (manifest.json "
+            "and manifest.sig not counted)"
             if data["verification"]["ok"] else
             "; VERIFICATION FAILED:\n  " + "\n  ".join(data["verification"]["problems"]))))
     if public_key and not data["verification"]["ok"]:
@@ -841,8 +851,8 @@ def releases_verify(client, as_json, name: str = typer.Argument(...)):
     """Have the coordinator check a release's signature and hashes; exit 1 if they fail."""
     r = client.VerifyRelease(pb.VerifyReleaseRequest(name=name))
     _out(as_json, _dict(r), lambda: print(
-        f"OK: signature valid; {_files(r.files_checked)} the signed manifest lists match "
-        "their hashes (manifest.json and manifest.sig themselves not counted: `releases list` "
+        f"OK: signature valid; {_files(r.files_checked)} the signed manifest lists "
+        f"{_match(r.files_checked)} (manifest.json and manifest.sig themselves not counted: `releases list` "
         f"shows {r.files_checked + 2})" if r.ok else
         "FAILED:\n  " + "\n  ".join(r.problems)))
     if not r.ok:
