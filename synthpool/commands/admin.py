@@ -741,6 +741,9 @@ def train_watch(client, as_json,
             if line is not None:
                 print(line, flush=True)
     if last == "failed":
+        if not as_json:
+            for hint in lines.hints(study):
+                print(hint, flush=True)
         raise typer.Exit(1)
 
 
@@ -751,6 +754,8 @@ class WatchLines:
 
     def __init__(self) -> None:
         self._stage: Optional[tuple] = None
+        self.spent: set[str] = set()      # sites that refused: the study's cap is reached
+        self.no_budget: set[str] = set()  # sites that refused: no [budgets.STUDY] table
 
     def line(self, ev) -> Optional[str]:
         try:
@@ -759,6 +764,12 @@ class WatchLines:
             details = {}
         if not isinstance(details, dict):
             details = {}
+        if details.get("event") == "site_refused":
+            reason, site = str(details.get("reason", "")), str(details.get("site", "?"))
+            if " > cap " in reason:          # agent/ledger.py's BudgetExceeded
+                self.spent.add(site)
+            elif "no privacy budget configured" in reason:   # agent/ledger.py's NoBudget
+                self.no_budget.add(site)
         where = f"round {ev.round}" if ev.kind == "round" else ev.kind
         text = ev.message
         if details.get("event") == "secagg_stage":
@@ -772,6 +783,22 @@ class WatchLines:
         elif ev.kind == "round":
             text += _epsilon_text(details)
         return f"{_when(ev.at)}  {where:>10}  {text}"
+
+    def hints(self, study: str) -> list[str]:
+        """What to do after a run that failed on the sites' budgets (OPERATOR.md, "Run a study")."""
+        out = []
+        if self.spent:
+            sites = ", ".join(sorted(self.spent))
+            out.append(f"the budget of study {study!r} is spent at {sites}: "
+                       "a study's epsilon serves one training, and training it again is refused. "
+                       "A new training needs a new study (`synthpool studies create NEWNAME ...`) "
+                       "and a [budgets.NEWNAME] table in every site's site.toml, each agent then "
+                       "restarted (OPERATOR.md, \"Run a study\")")
+        if self.no_budget:
+            out.append(f"no [budgets.{study}] table at {', '.join(sorted(self.no_budget))}: each "
+                       "site's administrator adds one to site.toml (the cap they agree to) and "
+                       "restarts the agent")
+        return out
 
 
 def _epsilon_text(details: dict) -> str:
