@@ -404,9 +404,12 @@ def coordinator_serve_admin(
             training = None
     except (ValueError, TypeError, ImportError, AttributeError) as e:
         _fail(as_json, "CONFIG", str(e))
-    server = AdminServer(state_dir, listen=listen, mtls_listen=mtls_listen or None,
-                         database_url=database_url, releases_dir=releases_dir,
-                         runner=training, fleet=fleet).start()
+    try:
+        server = AdminServer(state_dir, listen=listen, mtls_listen=mtls_listen or None,
+                             database_url=database_url, releases_dir=releases_dir,
+                             runner=training, fleet=fleet).start()
+    except OSError as e:  # init's files missing; a port in use, an address not of this host
+        _fail(as_json, "CONFIG" if isinstance(e, FileNotFoundError) else "LISTEN", str(e))
     info = {"address": server.address, "mtls_address": server.mtls_address}
     _out(as_json, info, lambda: print(f"admin API on {server.address} (TLS, tokens)"
                                       + (f" and {server.mtls_address} (mTLS, certificates)"
