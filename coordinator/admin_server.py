@@ -64,7 +64,10 @@ class AdminServer:
             runner=runner, fleet=fleet, refusals=refusals)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
                                                               thread_name_prefix="synthpool-admin"),
-                                   maximum_concurrent_rpcs=max_workers * 4)
+                                   maximum_concurrent_rpcs=max_workers * 4,
+                                   # One server per port: with gRPC's default SO_REUSEPORT a
+                                   # second serve-admin binds the same port and takes calls.
+                                   options=[("grpc.so_reuseport", 0)])
         admin_pb2_grpc.add_AdminServicer_to_server(self.service, self._server)
         pair = [(self.pki.server_key.read_bytes(), self.pki.server_cert.read_bytes())]
         self.port = self._bind(listen, grpc.ssl_server_credentials(pair))
@@ -75,9 +78,14 @@ class AdminServer:
             self.service.mtls_hint = f"port {self.mtls_port}"
 
     def _bind(self, address: str, credentials: grpc.ServerCredentials) -> int:
-        port = self._server.add_secure_port(address, credentials)
+        try:
+            port = self._server.add_secure_port(address, credentials)
+        except RuntimeError:  # grpc >= 1.60 raises instead of returning 0
+            port = 0
         if not port:
-            raise OSError(f"cannot listen on {address}")
+            raise OSError(f"cannot listen on {address}: the port is in use (another serve-admin? "
+                          "`synthpool coordinator doctor` shows what listens) or the address is "
+                          "not this host's")
         return port
 
     @property

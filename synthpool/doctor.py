@@ -290,7 +290,9 @@ def coordinator_checks(state_dir: Path, *, hosts: Iterable[str] = (),
                                                "script writes it (deploy/scripts/coordinator-start.sh); "
                                                "serve-admin --superlink-flwr-home needs it"))
     out.append(port_finding("admin API (TLS)", listen, "admin API",
-                            "start `synthpool coordinator serve-admin` (systemd: synthpool-admin)"))
+                            "start `synthpool coordinator serve-admin` (systemd: "
+                            "synthpool-admin); one started just now listens once its log says "
+                            "'admin API on ...': run doctor again then"))
     if mtls_listen:
         out.append(port_finding("admin API (mTLS)", mtls_listen, "admin API", "see above"))
     if superlink:

@@ -194,6 +194,22 @@ def test_train_watch_shows_epsilon_per_site_and_each_stage_once():
     assert shown[5].endswith("round 2/2 completed with a")   # no epsilon reported: none shown
 
 
+def test_train_watch_says_what_to_do_after_budget_refusals():
+    lines = WatchLines()
+    spent = "[1001] site a refuses: the statistics stage of study 'adult' would spend epsilon " \
+            "3.012 > cap 3 at delta 1e-05; spent so far 2.994"
+    missing = "[1001] site b refuses: no privacy budget configured for study 'adult' at this " \
+              "site; refusing the statistics stage"
+    for site, reason in (("a", spent), ("b", missing)):
+        lines.line(_event("message", 0, f"site {site} refused: {reason}",
+                          {"event": "site_refused", "site": site, "reason": reason}))
+    spent_hint, missing_hint = lines.hints("adult")
+    assert "spent at a" in spent_hint and "synthpool studies create NEWNAME" in spent_hint
+    assert "[budgets.NEWNAME]" in spent_hint
+    assert missing_hint.startswith("no [budgets.adult] table at b")
+    assert WatchLines().hints("adult") == []
+
+
 # -- the agent -------------------------------------------------------------------------------------
 
 def test_agent_without_a_key_says_which_enroll_to_run(tmp_path):

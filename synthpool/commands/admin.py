@@ -420,13 +420,21 @@ def coordinator_serve_admin(
             training = None
     except (ValueError, TypeError, ImportError, AttributeError) as e:
         _fail(as_json, "CONFIG", str(e))
-    server = AdminServer(state_dir, listen=listen, mtls_listen=mtls_listen or None,
-                         database_url=database_url, releases_dir=releases_dir,
-                         runner=training, fleet=fleet).start()
+    try:
+        server = AdminServer(state_dir, listen=listen, mtls_listen=mtls_listen or None,
+                             database_url=database_url, releases_dir=releases_dir,
+                             runner=training, fleet=fleet).start()
+    except OSError as e:  # init's files missing; a port in use, an address not of this host
+        _fail(as_json, "CONFIG" if isinstance(e, FileNotFoundError) else "LISTEN", str(e))
     info = {"address": server.address, "mtls_address": server.mtls_address}
     _out(as_json, info, lambda: print(f"admin API on {server.address} (TLS, tokens)"
                                       + (f" and {server.mtls_address} (mTLS, certificates)"
                                          if server.mtls_address else ""), flush=True))
+    if not as_json and superlink_flwr_home and not runner:
+        # What every `train start` will pass: the operator's only feedback on --run-config.
+        print("training settings for every study (--run-config): "
+              + (" ".join(run_config) if run_config else "the app's defaults (none given)"),
+              flush=True)
     sys.stdout.flush()
     signal.signal(signal.SIGTERM, lambda *_: server.stop(2))
     try:
@@ -764,6 +772,9 @@ def train_watch(client, as_json,
             if line is not None:
                 print(line, flush=True)
     if last == "failed":
+        if not as_json:
+            for hint in lines.hints(study):
+                print(hint, flush=True)
         raise typer.Exit(1)
 
 
@@ -774,6 +785,8 @@ class WatchLines:
 
     def __init__(self) -> None:
         self._stage: Optional[tuple] = None
+        self.spent: set[str] = set()      # sites that refused: the study's cap is reached
+        self.no_budget: set[str] = set()  # sites that refused: no [budgets.STUDY] table
 
     def line(self, ev) -> Optional[str]:
         try:
@@ -782,6 +795,12 @@ class WatchLines:
             details = {}
         if not isinstance(details, dict):
             details = {}
+        if details.get("event") == "site_refused":
+            reason, site = str(details.get("reason", "")), str(details.get("site", "?"))
+            if " > cap " in reason:          # agent/ledger.py's BudgetExceeded
+                self.spent.add(site)
+            elif "no privacy budget configured" in reason:   # agent/ledger.py's NoBudget
+                self.no_budget.add(site)
         where = f"round {ev.round}" if ev.kind == "round" else ev.kind
         text = ev.message
         if details.get("event") == "secagg_stage":
@@ -795,6 +814,22 @@ class WatchLines:
         elif ev.kind == "round":
             text += _epsilon_text(details)
         return f"{_when(ev.at)}  {where:>10}  {text}"
+
+    def hints(self, study: str) -> list[str]:
+        """What to do after a run that failed on the sites' budgets (OPERATOR.md, "Run a study")."""
+        out = []
+        if self.spent:
+            sites = ", ".join(sorted(self.spent))
+            out.append(f"the budget of study {study!r} is spent at {sites}: "
+                       "a study's epsilon serves one training, and training it again is refused. "
+                       "A new training needs a new study (`synthpool studies create NEWNAME ...`) "
+                       "and a [budgets.NEWNAME] table in every site's site.toml, each agent then "
+                       "restarted (OPERATOR.md, \"Run a study\")")
+        if self.no_budget:
+            out.append(f"no [budgets.{study}] table at {', '.join(sorted(self.no_budget))}: each "
+                       "site's administrator adds one to site.toml (the cap they agree to) and "
+                       "restarts the agent")
+        return out
 
 
 def _epsilon_text(details: dict) -> str:
@@ -827,6 +862,10 @@ def _files(n: int) -> str:
     return "the 1 file" if n == 1 else f"the {n} files"
 
 
+def _match(n: int) -> str:
+    return "matches its hash" if n == 1 else "match their hashes"
+
+
 #: How `releases list` and `releases verify`/`download` count files, said by both.
 RELEASE_FILES_NOTE = ("FILES counts every file of the release, manifest.json and manifest.sig "
                       "included; `releases verify` counts the files the signed manifest lists "
@@ -857,7 +896,8 @@ def releases_download(client, as_json,
         f"downloaded {name} to {folder}" + (
             "" if not public_key else
             f"; signature OK and {_files(data['verification']['files_checked'])} the "
-            "manifest lists match their hashes (manifest.json and manifest.sig not counted)"
+            f"manifest lists {_match(data['verification']['files_checked'])} (manifest.json "
+            "and manifest.sig not counted)"
             if data["verification"]["ok"] else
             "; VERIFICATION FAILED:\n  " + "\n  ".join(data["verification"]["problems"]))))
     if public_key and not data["verification"]["ok"]:
@@ -869,8 +909,8 @@ def releases_verify(client, as_json, name: str = typer.Argument(...)):
     """Have the coordinator check a release's signature and hashes; exit 1 if they fail."""
     r = client.VerifyRelease(pb.VerifyReleaseRequest(name=name))
     _out(as_json, _dict(r), lambda: print(
-        f"OK: signature valid; {_files(r.files_checked)} the signed manifest lists match "
-        "their hashes (manifest.json and manifest.sig themselves not counted: `releases list` "
+        f"OK: signature valid; {_files(r.files_checked)} the signed manifest lists "
+        f"{_match(r.files_checked)} (manifest.json and manifest.sig themselves not counted: `releases list` "
         f"shows {r.files_checked + 2})" if r.ok else
         "FAILED:\n  " + "\n  ".join(r.problems)))
     if not r.ok:

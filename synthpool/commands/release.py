@@ -45,7 +45,10 @@ def verify(
         print(json.dumps({"ok": result.ok, "problems": result.problems,
                           "files_checked": result.files_checked}))
     elif result.ok:
-        console.print(f"OK: signature valid, {result.files_checked} files match their hashes")
+        n = result.files_checked
+        console.print(f"OK: signature valid, {n} "
+                      + ("file matches its hash" if n == 1 else "files match their hashes")
+                      + " (manifest.json and manifest.sig not counted)")
     else:
         console.print("FAILED:", style="red")
         for p in result.problems:
