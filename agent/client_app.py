@@ -53,7 +53,7 @@ from ..common.wire import (
 )
 from . import site_job
 from .config import ConfigError
-from .ledger import LedgerConflict, composed_epsilon
+from .ledger import LedgerConflict, LedgerError, composed_epsilon
 from .secure_aggregation import secure_aggregation_mod, update_of
 from .site_state import Release, SiteState, input_hash
 
@@ -148,7 +148,8 @@ def handle_stats(site: SiteState, wire: dict) -> Reply:
                           {"site": site.name, "replayed": replayed,
                            "size-source": cached.payload["size-source"]},
                           ledger_report(site, cfg.study), cached.payload["stats"])
-    except (BudgetExceeded, LedgerConflict, ConfigError, site_job.NoiseBelowCalibration) as e:
+    except (BudgetExceeded, LedgerConflict, LedgerError, ConfigError,
+            site_job.NoiseBelowCalibration) as e:
         # BudgetExceeded covers NoBudget (no cap for this study at this site).
         raise Refusal(str(e)) from None
 
@@ -193,7 +194,8 @@ def handle_train(site: SiteState, global_weights: list[np.ndarray], wire: dict,
         site.save_release(cfg.study, cfg.job_id, Release(weights, metrics, ih, {"info": info}))
         return Reply(weights, metrics, {"site": site.name, "replayed": False, **info},
                           ledger_report(site, cfg.study))
-    except (BudgetExceeded, LedgerConflict, ConfigError, site_job.NoiseBelowCalibration) as e:
+    except (BudgetExceeded, LedgerConflict, LedgerError, ConfigError,
+            site_job.NoiseBelowCalibration) as e:
         raise Refusal(str(e)) from None
 
 
@@ -230,7 +232,8 @@ def handle_evaluate(site: SiteState, wire: dict, sample: bytes) -> Reply:
                           ledger_report(site, cfg.study), evaluation=cached.payload["evaluation"])
     except BadSample as e:
         raise Refusal(f"{label}: {e}") from None
-    except (BudgetExceeded, LedgerConflict, ConfigError, site_job.NoiseBelowCalibration) as e:
+    except (BudgetExceeded, LedgerConflict, LedgerError, ConfigError,
+            site_job.NoiseBelowCalibration) as e:
         raise Refusal(str(e)) from None
 
 

@@ -223,6 +223,13 @@ def _calibrate(site: SiteState, cfg: RoundConfig, size: ReportedSize) -> dict:
     sigma = calibrate_noise(epsilon, prior.accountant_delta, q, plan.steps,
                             prior=[*prior.mechanisms, *reserved],
                             pure_epsilon=sum(p.epsilon for p in prior.pure))
+    site_cap = site.ledger.site_cap()
+    if site_cap is not None:  # what every study has spent leaves less than this one's cap?
+        everything = site.ledger.spent_by_site(site_cap.delta)
+        sigma = max(sigma, calibrate_noise(
+            site_cap.epsilon, everything.accountant_delta, q, plan.steps,
+            prior=[*everything.mechanisms, *reserved],
+            pure_epsilon=sum(p.epsilon for p in everything.pure)))
     saved = {"noise_multiplier": sigma, "sample_rate": q, "target_epsilon": epsilon,
              "steps": plan.steps, "calibrated_at_round": cfg.round,
              **({"evaluation_noise_multiplier": eval_sigma} if eval_sigma else {})}

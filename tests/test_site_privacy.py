@@ -58,6 +58,7 @@ def _crafted(site: SiteState, copies: int = 1) -> bytes:
 
 def test_a_crafted_sample_for_a_training_the_site_never_trained_is_refused(tmp_path, adult_slices):
     site = _site(tmp_path, adult_slices)
+    site.ledger  # noqa: B018  (made first, as the agent does when it starts)
     run = make_run(tmp_path, num_rounds=1, evaluation_share=0.0)
     for tid in ("made-up-1", "made-up-2"):  # fresh training ids were free queries before
         with pytest.raises(client_app.Refusal, match="did not train round 1 of training made-up-1"
@@ -158,3 +159,24 @@ def test_a_parquet_bomb_is_refused_from_its_footer(tmp_path, adult_slices):
     # A bad footer is a clear refusal, not a crash.
     with pytest.raises(client_app.Refusal, match="not a readable Parquet file"):
         _evaluate(site, run, "t1", b"PAR1 not really")
+
+
+def test_the_site_wide_cap_holds_across_studies_and_calibration_fits_what_is_left(tmp_path,
+                                                                                 adult_slices):
+    """Two studies on the same rows, each with cap 3, under a site-wide cap of 3.5: the first
+    training spends its 3; the second calibrates its noise to what is left site-wide instead of
+    being refused (or overspending) at its first round. (Two trainings of epsilon 3 compose to
+    about 4, not 6: the accountant composes, it does not add.)"""
+    extra = ('\n[site_budget]\nepsilon = 3.5\ndelta = 1e-5\n'
+             '\n[budgets.other]\nepsilon = 3.0\ndelta = 1e-5\n')
+    site = _site(tmp_path, adult_slices, extra=extra)
+    calibrated = dict(num_rounds=1, noise_multiplier=0.0, stats_noise_multiplier=0.0,
+                      target_epsilon=3.0, evaluation_share=0.0)
+    _train(site, make_run(tmp_path, **calibrated), "t1")
+    _train(site, make_run(tmp_path, study="other", **calibrated), "t2")
+    with Ledger(site.state_dir) as led:
+        first, second = led.spent("adult").epsilon, led.spent("other").epsilon
+        everything = led.spent_by_site().epsilon
+    assert 2.9 < first <= 3.0
+    assert second < 2.9                        # held back by what the site had left (2.997 without)
+    assert 3.4 < everything <= 3.5             # the site-wide cap, spent and not passed
