@@ -94,7 +94,8 @@ def key_refused_message(cfg: SiteConfig) -> str:
     return (f"[synthpool-agent] site {cfg.name}: the coordinator did not accept this site's key "
             f"(fingerprint {key_fingerprint(cfg)}): it is not approved yet, or it was revoked. "
             "Contact the coordinator's administrator with this fingerprint; the agent exits "
-            "and is retried (systemd restarts it with growing pauses).")
+            "and is retried (systemd restarts it with growing pauses; without systemd, start it "
+            "again once the key is approved).")
 
 
 class SuperNodeLog:
