@@ -1,4 +1,5 @@
-"""Our column shapes and pair trends agree with SDMetrics' QualityReport (test-only reference)."""
+"""Our column shapes and pair trends agree with SDMetrics' QualityReport (a reference, run only
+where sdmetrics is installed by hand: it requires Copulas, whose licence synthpool avoids)."""
 
 from __future__ import annotations
 
