@@ -153,7 +153,7 @@ def ledger(ctx: typer.Context,
     caps removed)."""
     if ctx.invoked_subcommand is not None:
         return
-    from .ledger import LEDGER_FILE, Ledger, LedgerError, composed_epsilon
+    from .ledger import LEDGER_FILE, Ledger, LedgerError
 
     if state_dir is None:
         typer.echo("--state-dir DIR is required: the site's state dir, which holds "
@@ -175,7 +175,7 @@ def ledger(ctx: typer.Context,
             charges = led.charges(s)
             # Recomposed now at the cap's delta (the stored per-charge numbers used the delta
             # of their day).
-            spent = composed_epsilon(led.spent(s)) if cap else \
+            spent = led.spent(s).epsilon if cap else \
                 (charges[-1].epsilon_after if charges else 0.0)
             report.append({
                 "study": s,
@@ -184,7 +184,7 @@ def ledger(ctx: typer.Context,
                 "charges": [c.to_dict() for c in charges],
             })
         site = led.site_cap()
-        site_spent = composed_epsilon(led.spent_by_site()) if site else None
+        site_spent = led.spent_by_site().epsilon if site else None
         events = [{"kind": e.kind, "at": e.at, "detail": e.detail} for e in led.events()]
     if as_json:
         typer.echo(json.dumps({

@@ -53,7 +53,7 @@ from ..common.wire import (
 )
 from . import site_job
 from .config import ConfigError
-from .ledger import LedgerConflict, LedgerError, composed_epsilon
+from .ledger import LedgerConflict, LedgerError
 from .secure_aggregation import secure_aggregation_mod, update_of
 from .site_state import Release, SiteState, input_hash
 
@@ -63,6 +63,12 @@ log = logging.getLogger("synthpool.agent")
 
 class Refusal(Exception):
     """The site declines the job; the message is sent to the coordinator verbatim."""
+
+
+# What a job may fail with that is a decision, not a fault: each message is one sentence for the
+# coordinator (BudgetExceeded covers NoBudget, no cap for this study at this site).
+REFUSED_BECAUSE = (BudgetExceeded, LedgerConflict, LedgerError, ConfigError,
+                   site_job.NoiseBelowCalibration)
 
 
 def ledger_report(site: SiteState, study: str) -> dict:
@@ -76,7 +82,7 @@ def ledger_report(site: SiteState, study: str) -> dict:
     ledger = site.ledger
     cap = ledger.cap(study)
     spend = ledger.spent(study)
-    return {"site": site.name, "study": study, "epsilon": composed_epsilon(spend),
+    return {"site": site.name, "study": study, "epsilon": spend.epsilon,
             "delta": spend.delta, "cap": {"epsilon": cap.epsilon, "delta": cap.delta},
             **accountant_fields(),
             "mechanisms": [m.to_dict() for m in spend.mechanisms],
@@ -148,9 +154,7 @@ def handle_stats(site: SiteState, wire: dict) -> Reply:
                           {"site": site.name, "replayed": replayed,
                            "size-source": cached.payload["size-source"]},
                           ledger_report(site, cfg.study), cached.payload["stats"])
-    except (BudgetExceeded, LedgerConflict, LedgerError, ConfigError,
-            site_job.NoiseBelowCalibration) as e:
-        # BudgetExceeded covers NoBudget (no cap for this study at this site).
+    except REFUSED_BECAUSE as e:
         raise Refusal(str(e)) from None
 
 
@@ -194,8 +198,7 @@ def handle_train(site: SiteState, global_weights: list[np.ndarray], wire: dict,
         site.save_release(cfg.study, cfg.job_id, Release(weights, metrics, ih, {"info": info}))
         return Reply(weights, metrics, {"site": site.name, "replayed": False, **info},
                           ledger_report(site, cfg.study))
-    except (BudgetExceeded, LedgerConflict, LedgerError, ConfigError,
-            site_job.NoiseBelowCalibration) as e:
+    except REFUSED_BECAUSE as e:
         raise Refusal(str(e)) from None
 
 
@@ -217,7 +220,7 @@ def handle_evaluate(site: SiteState, wire: dict, sample: bytes) -> Reply:
         replayed = cached is not None
         if cached is None:
             final = f"{cfg.training_id}/round-{cfg.num_rounds}"
-            if site.load_release(cfg.study, final) is None:
+            if not site.has_release(cfg.study, final):
                 raise Refusal(f"{label}: this site did not train round {cfg.num_rounds} of "
                               f"training {cfg.training_id}, so it has no release of it to score")
             synthetic = read_sample(site, sample)  # refused before anything is charged
@@ -232,8 +235,7 @@ def handle_evaluate(site: SiteState, wire: dict, sample: bytes) -> Reply:
                           ledger_report(site, cfg.study), evaluation=cached.payload["evaluation"])
     except BadSample as e:
         raise Refusal(f"{label}: {e}") from None
-    except (BudgetExceeded, LedgerConflict, LedgerError, ConfigError,
-            site_job.NoiseBelowCalibration) as e:
+    except REFUSED_BECAUSE as e:
         raise Refusal(str(e)) from None
 
 

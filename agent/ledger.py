@@ -186,13 +186,6 @@ def _canonical(mechanisms: Sequence[GaussianMechanism], pure: Sequence[PureSpend
     return m, p
 
 
-def composed_epsilon(spend: Spend) -> float:
-    """`spend.epsilon`. The accountant merges mechanisms of equal (noise, sample rate) into one
-    self-composition (common/privacy.py), so a charge costs O(distinct settings), not O(all
-    rounds ever)."""
-    return spend.epsilon
-
-
 def _who(site: str | None) -> str:
     return f"site {site}: " if site else ""
 
@@ -578,4 +571,4 @@ class Ledger:
         and its composed epsilon before and after them."""
         before = cls._spend(db, cap.study, cap.delta)
         after = Spend(cap.delta, [*before.mechanisms, *gauss], [*before.pure, *pure])
-        return after, composed_epsilon(before), composed_epsilon(after)
+        return after, before.epsilon, after.epsilon

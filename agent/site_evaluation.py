@@ -66,8 +66,11 @@ def read_sample(site: SiteState, data: bytes) -> pd.DataFrame:
 
     from ..common.evaluation.tables import conform
 
+    names = list(site.schema.names)
     try:
-        meta = pq.ParquetFile(io.BytesIO(data)).metadata
+        # Strings stay dictionary-encoded when read: one long value repeated costs its bytes once.
+        parquet = pq.ParquetFile(io.BytesIO(data), read_dictionary=names)
+        meta = parquet.metadata
         rows = meta.num_rows
         decoded = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
     except Exception as e:  # noqa: BLE001 - pyarrow raises many types for a bad file
@@ -79,14 +82,13 @@ def read_sample(site: SiteState, data: bytes) -> pd.DataFrame:
         raise BadSample(f"the synthetic sample would decode to {decoded} bytes in "
                         f"{meta.num_columns} columns; at most {limit} bytes in the study's "
                         f"{len(site.schema.names)} columns expected")
+    missing = [c for c in names if c not in parquet.schema_arrow.names]
+    if missing:
+        raise BadSample(f"the synthetic sample lacks the study's columns {missing}")
     try:
-        # Strings stay dictionary-encoded: one long value repeated costs its bytes once.
-        table = pq.read_table(io.BytesIO(data), columns=list(site.schema.names),
-                              read_dictionary=list(site.schema.names))
-        df = table.to_pandas()
-    except Exception as e:  # noqa: BLE001 - a missing column among them
-        raise BadSample(f"the synthetic sample lacks some of the study's columns {site.schema.names} "
-                        f"({type(e).__name__})") from None
+        df = parquet.read(columns=names).to_pandas()
+    except Exception as e:  # noqa: BLE001 - pyarrow raises many types for a bad page
+        raise BadSample(f"the synthetic sample's pages are unreadable ({type(e).__name__})") from None
     return conform(df, site.schema)
 
 

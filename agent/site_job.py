@@ -220,16 +220,16 @@ def _calibrate(site: SiteState, cfg: RoundConfig, size: ReportedSize) -> dict:
     # evaluation of its release together spend the target.
     eval_sigma = evaluation_noise(cfg, epsilon, delta)
     reserved = [GaussianMechanism(EVALUATION_MECHANISM, eval_sigma, 1.0, 1)] if eval_sigma else []
-    sigma = calibrate_noise(epsilon, prior.accountant_delta, q, plan.steps,
-                            prior=[*prior.mechanisms, *reserved],
-                            pure_epsilon=sum(p.epsilon for p in prior.pure))
+
+    def noise_within(cap_epsilon: float, spent) -> float:
+        return calibrate_noise(cap_epsilon, spent.accountant_delta, q, plan.steps,
+                               prior=[*spent.mechanisms, *reserved],
+                               pure_epsilon=sum(p.epsilon for p in spent.pure))
+
+    sigma = noise_within(epsilon, prior)
     site_cap = site.ledger.site_cap()
     if site_cap is not None:  # what every study has spent leaves less than this one's cap?
-        everything = site.ledger.spent_by_site(site_cap.delta)
-        sigma = max(sigma, calibrate_noise(
-            site_cap.epsilon, everything.accountant_delta, q, plan.steps,
-            prior=[*everything.mechanisms, *reserved],
-            pure_epsilon=sum(p.epsilon for p in everything.pure)))
+        sigma = max(sigma, noise_within(site_cap.epsilon, site.ledger.spent_by_site(site_cap.delta)))
     saved = {"noise_multiplier": sigma, "sample_rate": q, "target_epsilon": epsilon,
              "steps": plan.steps, "calibrated_at_round": cfg.round,
              **({"evaluation_noise_multiplier": eval_sigma} if eval_sigma else {})}

@@ -183,8 +183,14 @@ class SiteState:
     def _release_dir(self, study: str) -> Path:
         return self.state_dir / "releases" / _safe(study)
 
+    def _release_path(self, study: str, job_id: str) -> Path:
+        return self._release_dir(study) / f"{_safe(job_id)}.npz"
+
+    def has_release(self, study: str, job_id: str) -> bool:
+        return self._release_path(study, job_id).exists()
+
     def load_release(self, study: str, job_id: str) -> Release | None:
-        path = self._release_dir(study) / f"{_safe(job_id)}.npz"
+        path = self._release_path(study, job_id)
         if not path.exists():
             return None
         with np.load(path, allow_pickle=False) as z:

@@ -556,8 +556,7 @@ def _coordinator_reachable(cfg, now) -> list[Finding]:
 
 
 def _budgets(cfg, study: str | None, epsilon: float | None, read_ledger: bool) -> list[Finding]:
-    from synthpool.agent.ledger import LEDGER_FILE, Ledger, LedgerError, composed_epsilon, \
-        participation
+    from synthpool.agent.ledger import LEDGER_FILE, Ledger, LedgerError, participation
 
     out = []
     studies = [study] if study else sorted(cfg.budgets)
@@ -587,7 +586,7 @@ def _budgets(cfg, study: str | None, epsilon: float | None, read_ledger: bool) -
                 out.append(Finding("fail", check, f"no [budgets.{name}] table in {cfg.path}: "
                                                   "this site refuses the study"))
                 continue
-            spent = composed_epsilon(led.spent(name, cap.delta)) if led else 0.0
+            spent = led.spent(name, cap.delta).epsilon if led else 0.0
             left = cap.epsilon - spent
             text = (f"cap epsilon {cap.epsilon:g} at delta {cap.delta:g}, spent {spent:.3f}, "
                     f"left {max(left, 0):.3f}")
@@ -625,9 +624,7 @@ def _budgets(cfg, study: str | None, epsilon: float | None, read_ledger: bool) -
 
 def _site_budget(cap, led) -> Finding:
     """The site-wide cap ([site_budget]): what every study spent together, and what is left."""
-    from synthpool.agent.ledger import composed_epsilon
-
-    spent = composed_epsilon(led.spent_by_site(cap.delta)) if led else 0.0
+    spent = led.spent_by_site(cap.delta).epsilon if led else 0.0
     left = cap.epsilon - spent
     text = (f"site-wide cap epsilon {cap.epsilon:g} at delta {cap.delta:g} over all studies, "
             f"spent {spent:.3f}, left {max(left, 0):.3f}")

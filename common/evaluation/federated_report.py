@@ -39,6 +39,9 @@ def _best_auc(mia: dict | None) -> float | None:
     return max(aucs) if aucs else None
 
 
+OPTED_IN = "yes, by its owner's choice"
+
+
 def _per_site(d: dict) -> str:
     head = ("<tr><th>site</th><th>rows (DP estimate)</th><th>overall quality</th>"
             "<th>gradient boosting AUC, trained on synthetic / real</th><th>best attack AUC</th>"
@@ -57,7 +60,7 @@ def _per_site(d: dict) -> str:
             f"<td class='num'>{_num(_best_auc(risk.get('membership_inference')))}</td>"
             f"<td class='num'>{_pct(risk.get('dcr', {}).get('exact_copy_rate'), 1)}</td>"
             f"<td>{'yes' if s['shared_histograms'] else 'no'}</td>"
-            f"<td>{'yes, by its owner' + chr(39) + 's choice' if s.get('scores') else 'no'}</td></tr>")
+            f"<td>{OPTED_IN if s.get('scores') else 'no'}</td></tr>")
     pooled = d["utility"].get("models", {})
     util = ""
     if pooled:
