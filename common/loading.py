@@ -417,8 +417,10 @@ def _read_sql(url: str, query: str, display: str) -> _Raw:
     try:
         with engine.connect() as conn:
             frame = pd.read_sql_query(sqlalchemy.text(query), conn)
-    except SQLAlchemyError as e:
-        detail = getattr(e, "orig", None) or e
+    except (SQLAlchemyError, pd.errors.DatabaseError) as e:
+        # pandas 3 wraps the driver's error in its own DatabaseError; name the driver's words.
+        cause = e.__cause__ if isinstance(e.__cause__, SQLAlchemyError) else e
+        detail = getattr(cause, "orig", None) or cause
         raise DataError(display, reason=f"query failed: {detail}") from e
     finally:
         engine.dispose()

@@ -116,7 +116,8 @@ def test_synth_release_writes_values_as_the_input_wrote_them(tmp_path, fmt):
         assert list(types) == order
         assert types["visits"] == types["age"] == types["pdays"] == "int64"
         assert types["insured"] == "bool" and types["bmi"] == types["charges"] == "double"
-        assert types["flag"] == types["outcome"] == types["smoker"] == "string"
+        # pandas 3 writes its strings as Arrow large_string, pandas 2 as string: both are text.
+        assert {types[c] for c in ("flag", "outcome", "smoker")} <= {"string", "large_string"}
         back = pd.read_parquet(out)
         assert set(back["flag"].dropna()) == {"Y", "N"} and back["flag"].isna().any()
         assert set(back["outcome"]) == {"yes", "no"}

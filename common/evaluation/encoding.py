@@ -76,7 +76,8 @@ def scale_numeric(col: NumericColumn, values: pd.Series) -> tuple[np.ndarray, np
 
 def category_codes(values: pd.Series, labels: list) -> np.ndarray:
     """Index of each value in `labels`; -1 for missing or unknown values."""
-    return pd.Categorical(values.to_numpy(dtype=object), categories=labels).codes.astype(int)
+    index = pd.Index(labels)
+    return index.get_indexer(values.to_numpy(dtype=object)).astype(int)
 
 
 def _labels(col) -> list:
