@@ -71,17 +71,17 @@ REFUSED_BECAUSE = (BudgetExceeded, LedgerConflict, LedgerError, ConfigError,
                    site_job.NoiseBelowCalibration)
 
 
-def ledger_report(site: SiteState, study: str) -> dict:
+def ledger_report(site: SiteState, cfg: site_job.RoundConfig) -> dict:
     """What this site's ledger says about the study: every mechanism charged (all trainings), the
-    composed epsilon at the cap's delta, and the accountant that composed it: enough for anyone
-    to recompute the number (`common.privacy.epsilon_of`)."""
+    composed epsilon at the study's delta (the cap's, if the study asks for none or a larger
+    one), and the accountant that composed it: enough for anyone to recompute the number."""
     from dataclasses import asdict
 
     from ..common.privacy import accountant_fields
 
-    ledger = site.ledger
+    ledger, study = site.ledger, cfg.study
     cap = ledger.cap(study)
-    spend = ledger.spent(study)
+    spend = ledger.spent(study, site_job.budget(site, cfg)[1])
     return {"site": site.name, "study": study, "epsilon": spend.epsilon,
             "delta": spend.delta, "cap": {"epsilon": cap.epsilon, "delta": cap.delta},
             **accountant_fields(),
@@ -139,6 +139,7 @@ def handle_stats(site: SiteState, wire: dict) -> Reply:
         ih = input_hash([], cfg.to_wire())
         cached = _replay(site, cfg, ih)
         if cached is None:
+            site_job.charge_schema_draft(site, cfg)
             mechanism = site_job.plan_stats(site, cfg)
             site.ledger.charge(cfg.study, cfg.job_id, [mechanism], label=_label(cfg),
                                meta={"input_hash": ih, "training_id": cfg.training_id})
@@ -153,7 +154,7 @@ def handle_stats(site: SiteState, wire: dict) -> Reply:
         return Reply([], cached.metrics,
                           {"site": site.name, "replayed": replayed,
                            "size-source": cached.payload["size-source"]},
-                          ledger_report(site, cfg.study), cached.payload["stats"])
+                          ledger_report(site, cfg), cached.payload["stats"])
     except REFUSED_BECAUSE as e:
         raise Refusal(str(e)) from None
 
@@ -180,7 +181,7 @@ def handle_train(site: SiteState, global_weights: list[np.ndarray], wire: dict,
             return Reply(cached.weights, cached.metrics,
                               {"site": site.name, "replayed": True,
                                **cached.payload.get("info", {})},
-                              ledger_report(site, cfg.study))
+                              ledger_report(site, cfg))
         own = site_job.own_stats(site, cfg)
         if own is None:
             raise Refusal(f"{label}: this site released no statistics for training "
@@ -197,7 +198,7 @@ def handle_train(site: SiteState, global_weights: list[np.ndarray], wire: dict,
         info = {"size-source": size.source, "noise-source": plan.noise_source}
         site.save_release(cfg.study, cfg.job_id, Release(weights, metrics, ih, {"info": info}))
         return Reply(weights, metrics, {"site": site.name, "replayed": False, **info},
-                          ledger_report(site, cfg.study))
+                          ledger_report(site, cfg))
     except REFUSED_BECAUSE as e:
         raise Refusal(str(e)) from None
 
@@ -228,11 +229,11 @@ def handle_evaluate(site: SiteState, wire: dict, sample: bytes) -> Reply:
             site.ledger.charge(cfg.study, cfg.job_id, [mechanism] if mechanism else [],
                                label=label, meta={"input_hash": ih, "training_id": cfg.training_id,
                                                   "synthetic_digest": cfg.synthetic_digest})
-            payload = run_evaluation(site, cfg, synthetic, mechanism, ledger_report(site, cfg.study))
+            payload = run_evaluation(site, cfg, synthetic, mechanism, ledger_report(site, cfg))
             cached = Release([], {}, ih, {"evaluation": payload})
             site.save_release(cfg.study, cfg.job_id, cached)
         return Reply([], {}, {"site": site.name, "replayed": replayed},
-                          ledger_report(site, cfg.study), evaluation=cached.payload["evaluation"])
+                          ledger_report(site, cfg), evaluation=cached.payload["evaluation"])
     except BadSample as e:
         raise Refusal(f"{label}: {e}") from None
     except REFUSED_BECAUSE as e:

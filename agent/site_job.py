@@ -44,7 +44,8 @@ import numpy as np
 from ..common.atomic import atomic_write_text
 from ..common.generators.base import DPSGDConfig
 from ..common.planning import expected_batch, preprocessing_noise, sample_rate_for
-from ..common.privacy import GaussianMechanism, calibrate_noise, check_epsilon, delta_warning
+from ..common.privacy import (GaussianMechanism, PureSpend, calibrate_noise, check_delta,
+                              check_epsilon, delta_warning)
 from ..common.stats import TableStats, collect_stats
 from ..common.wire import TrainingSpec, as_wire, fields_from_wire
 from .ledger import NoBudget
@@ -91,6 +92,8 @@ class RoundConfig(TrainingSpec):
             raise ValueError(f"round {cfg.round} of {cfg.num_rounds} with {cfg.local_steps} steps")
         if cfg.target_epsilon != 0:  # 0: no study target, the site's own cap
             check_epsilon(cfg.target_epsilon, "target-epsilon")
+        if cfg.target_delta != 0:
+            check_delta(cfg.target_delta, "target-delta")
         if not 0 < cfg.preprocessing_share < 1 or not 0 <= cfg.evaluation_share < 1:
             raise ValueError(f"preprocessing-share {cfg.preprocessing_share!r} must lie in "
                              f"(0, 1) and evaluation-share {cfg.evaluation_share!r} in [0, 1)")
@@ -112,11 +115,13 @@ def stats_digest(stats_json: str) -> str:
 
 
 def budget(site: SiteState, cfg: RoundConfig) -> tuple[float, float]:
-    """(epsilon, delta) this site lets the study spend: min(study target, own cap)."""
+    """(epsilon, delta) this site lets the study spend: min(study target, own cap), each. A
+    smaller study delta is a stronger guarantee than the cap's, so the site plans for it."""
     cap = site.ledger.cap(cfg.study)
     if cap is None:
         raise NoBudget(f"no privacy budget configured for study {cfg.study!r} at this site")
-    return min(cfg.target_epsilon or cap.epsilon, cap.epsilon), cap.delta
+    return (min(cfg.target_epsilon or cap.epsilon, cap.epsilon),
+            min(cfg.target_delta or cap.delta, cap.delta))
 
 
 # -- the statistics stage ------------------------------------------------------------------------
@@ -143,6 +148,24 @@ def own_noise(requested: float, own: float | None, what: str, cfg: RoundConfig,
             f"({mine}, from its budget epsilon={epsilon:g}, delta={delta:g} and the study's "
             "plan); a site never runs less noise than its own calibration")
     return float(requested)
+
+
+def charge_schema_draft(site: SiteState, cfg: RoundConfig) -> None:
+    """A DP draft of the study schema read this site's rows (or does not say whose rows): its
+    spend is charged here, once per draft, before the statistics stage plans its noise. An exact
+    draft is no DP release at all: the site's owner is told at every training."""
+    drafts: dict[str, list[PureSpend]] = {}
+    for p in site.schema.provenance:
+        if p.charged_at(site.name):
+            drafts.setdefault(p.draft_id or "schema-draft", []).append(
+                PureSpend(f"schema: {p.mechanism}", p.epsilon, p.delta))
+    for job_id, spends in drafts.items():
+        site.ledger.charge(cfg.study, job_id, spends,
+                           label=f"the DP draft of study {cfg.study!r}'s schema",
+                           meta={"schema": site.schema.fingerprint()})
+    warning = site.schema.exact_draft_warning()
+    if warning:
+        log.warning("study %r: %s", cfg.study, warning)
 
 
 def plan_stats(site: SiteState, cfg: RoundConfig) -> GaussianMechanism:
@@ -215,7 +238,7 @@ def _calibrate(site: SiteState, cfg: RoundConfig, size: ReportedSize) -> dict:
     plan = cfg.plan
     q = sample_rate_for(plan, size.rows)
     epsilon, delta = budget(site, cfg)
-    prior = site.ledger.spent(cfg.study)
+    prior = site.ledger.spent(cfg.study, delta)
     # Budget for the evaluation histograms is reserved now, so that training and the
     # evaluation of its release together spend the target.
     eval_sigma = evaluation_noise(cfg, epsilon, delta)

@@ -7,6 +7,13 @@ from __future__ import annotations
 import math
 
 
+# How a person's rows may be spread over the sites of a study: at one site only ("disjoint":
+# the release's epsilon is the largest site's) or possibly at several ("overlapping": the sum,
+# which holds either way, hence the default).
+POPULATIONS = ("disjoint", "overlapping")
+DEFAULT_POPULATION = "overlapping"
+
+
 class InvalidBudget(ValueError):
     """An epsilon or delta at which no guarantee can be stated (epsilon <= 0, delta outside
     (0, 1), not finite). Raised before anything is read, spent or written."""

@@ -154,6 +154,38 @@ class Normalize(BaseModel):
     strip_suffix: list[str] = Field(default_factory=list)
 
 
+EXACT_DRAFT = "exact-draft"
+
+
+class Provenance(BaseModel):
+    """One way values of this schema were read from private rows. A DP draft records each of its
+    mechanisms with its (epsilon, delta); an exact draft records one `exact-draft` entry with no
+    epsilon, so every site that uses it can tell it from a public schema and warn."""
+
+    model_config = ConfigDict(extra="forbid")
+    mechanism: str
+    epsilon: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    delta: float = Field(default=0.0, ge=0, lt=1)
+    columns: list[str] = Field(default_factory=list)
+    purpose: str = ""
+    # Whose rows were read: that site's ledger is charged the spend. None: the draft does not
+    # say, so every site charges it (any of them may have drafted it).
+    site: str | None = None
+    # Ledger job id of the charge; a fresh one per draft, so two drafts are two charges.
+    draft_id: str = ""
+
+    @model_validator(mode="after")
+    def _kind(self) -> "Provenance":
+        if (self.epsilon is None) != (self.mechanism == EXACT_DRAFT):
+            raise ValueError(f"provenance {self.mechanism!r}: a DP mechanism needs an epsilon "
+                             f"and only {EXACT_DRAFT!r} (values read exactly) has none")
+        return self
+
+    def charged_at(self, site: str | None) -> bool:
+        """Whether `site` (None: a single-site run) must charge this spend to its ledger."""
+        return self.epsilon is not None and (site is None or self.site in (None, site))
+
+
 class Schema(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -163,9 +195,9 @@ class Schema(BaseModel):
     drop: list[str] = Field(default_factory=list)
     csv: CsvOptions = Field(default_factory=CsvOptions)
     normalize: Normalize = Field(default_factory=Normalize)
-    # How bounds/categories were obtained when not public: e.g. a DP draft records its mechanism
+    # How bounds/categories were obtained when not public: a DP draft records its mechanisms
     # and (epsilon, delta) here, and every run on this schema composes that spend.
-    provenance: list[dict] = Field(default_factory=list)
+    provenance: list[Provenance] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> "Schema":
@@ -186,6 +218,23 @@ class Schema(BaseModel):
         return self
 
     # -- access -------------------------------------------------------------------------------
+    def describe(self) -> dict:
+        """What a manifest says about the schema: which one, and how its values were obtained."""
+        return {"name": self.name, "fingerprint": self.fingerprint(), "target": self.target,
+                "provenance": [p.model_dump(mode="json", exclude_defaults=True)
+                               for p in self.provenance]}
+
+    def exact_draft_warning(self) -> str | None:
+        """What every user of an exact draft is told: its values may be real people's."""
+        exact = [p for p in self.provenance if p.mechanism == EXACT_DRAFT]
+        if not exact:
+            return None
+        whose = ", ".join(sorted({p.site for p in exact if p.site})) or "a site's rows"
+        return (f"schema {self.name!r} is an exact draft read from {whose} (provenance "
+                f"{EXACT_DRAFT!r}): unless every category, bound and point mass in it was "
+                "replaced with public values, sharing it disclosed real rows. Review it, then "
+                f"remove the {EXACT_DRAFT!r} entry (every site pins the same file).")
+
     def column(self, name: str) -> CategoricalColumn | NumericColumn | BooleanColumn:
         for c in self.columns:
             if c.name == name:

@@ -31,13 +31,14 @@ that is acceptable for a one-off draft but is one more reason to prefer public v
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from .loading import _canonical, _parse_numbers
-from .schema import BOOLEAN_PAIRS, CsvOptions, Schema
+from .schema import BOOLEAN_PAIRS, EXACT_DRAFT, CsvOptions, Schema
 
 NUMERIC_MIN_DISTINCT = 20  # fewer distinct numbers than this: a code list, modelled as categories
 # Lower-cased words that make a two-valued column boolean (true/false, yes/no, 1/0, t/f, y/n);
@@ -286,8 +287,12 @@ def _boolean_dp(p: _Profile, eps: float, rng: np.random.Generator) -> bool:
 
 def draft_schema(df: pd.DataFrame, *, name: str, target: str | None = None,
                  epsilon: float | None = None, delta: float = 1e-6, seed: int | None = None,
-                 csv: CsvOptions | None = None) -> tuple[Schema, list[str]]:
+                 csv: CsvOptions | None = None, site: str | None = None
+                 ) -> tuple[Schema, list[str]]:
     """Return a schema for `df` and plain-language warnings about what must be reviewed.
+
+    `site`: the study site whose rows `df` are, recorded in the provenance: in a federation that
+    site's agent charges a DP draft's spend to its ledger (without it, every site does).
 
     `epsilon` switches to DP: it is split evenly over the modelled columns and composed
     basically; `delta` is split over the categorical ones (only the stability histogram needs
@@ -325,10 +330,15 @@ def draft_schema(df: pd.DataFrame, *, name: str, target: str | None = None,
 
     if epsilon is None:
         columns = [_column_exact(p, warnings) for p in modelled]
-        provenance: list[dict] = []
+        provenance: list[dict] = [{"mechanism": EXACT_DRAFT, "columns": [p.name for p in modelled],
+                                   "purpose": "categories, bounds and point masses read exactly"}]
         warnings.insert(0, _EXACT_WARNING.format(example=_example(modelled)))
     else:
         columns, provenance = _columns_dp(modelled, target, epsilon, delta, seed, drop, warnings)
+        warnings.insert(2, _CHARGED_WARNING.format(
+            where=f"site {site!r}" if site else "every site (no --site named the drafting one)"))
+    draft_id = f"schema-draft/{secrets.token_hex(8)}"
+    provenance = [{**p, "site": site, "draft_id": draft_id} for p in provenance]
     csv = csv or CsvOptions()
     if not csv.header:
         order = [str(c) for c in df.columns]
@@ -347,7 +357,12 @@ _EXACT_WARNING = (
     "table has it). "
     "Review every value and replace it with public knowledge (a data dictionary, published "
     "ranges, official code lists) before sharing or using this schema, or redraft with --epsilon "
-    "to derive them with differential privacy.")
+    "to derive them with differential privacy. The file is marked as an exact draft "
+    f"(provenance {EXACT_DRAFT!r}) and every site that uses it warns until that entry is removed.")
+
+_CHARGED_WARNING = (
+    "In a federation the ledger of {where} is charged this spend when its agent first works on "
+    "the study; draft once, since every draft read the rows.")
 
 _DP_WARNING = (
     "Bounds, point masses and categories were derived with ({epsilon:g}, {delta:g})-differential "

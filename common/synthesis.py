@@ -39,11 +39,12 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def schema_spends(schema: Schema) -> list[PureSpend]:
-    """DP spends recorded in the schema's provenance (a DP schema draft) are part of the total."""
-    return [PureSpend(f"schema: {p.get('mechanism', 'draft')}", float(p["epsilon"]),
-                      float(p.get("delta", 0.0)))
-            for p in schema.provenance if "epsilon" in p]
+def schema_spends(schema: Schema, site: str | None = None) -> list[PureSpend]:
+    """DP spends recorded in the schema's provenance (a DP schema draft) that `site`'s ledger
+    must hold: those drafted on its rows or on rows the draft does not name. None: a single-site
+    run, which charges them all."""
+    return [PureSpend(f"schema: {p.mechanism}", p.epsilon, p.delta)
+            for p in schema.provenance if p.charged_at(site)]
 
 
 @dataclass
@@ -105,7 +106,7 @@ def train_single_site(
     manifest = {
         "kind": "synthpool.single-site",
         "created_unix": int(time.time()),
-        "schema": {"name": schema.name, "fingerprint": schema.fingerprint()},
+        "schema": schema.describe(),
         "model": generator.describe(),
         "training": {
             "plan": plan.to_dict(), "steps": train.steps, "sample_rate": dp.sample_rate,

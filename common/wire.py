@@ -59,6 +59,7 @@ class TrainingSpec:
     noise_multiplier: float = 0.0        # > 0: fixed; 0: each site calibrates for target_epsilon
     stats_noise_multiplier: float = 0.0  # > 0: fixed; 0: the plan's preprocessing share
     target_epsilon: float = 0.0          # the study's target; a site uses min(target, own cap)
+    target_delta: float = 0.0            # the study's delta; a site uses min(target, own cap's)
     # Evaluation: the share of epsilon each site reserves for the DP histograms it sends for the
     # shared report (0: none leave the site), or a fixed noise multiplier for them.
     evaluation_share: float = 0.05

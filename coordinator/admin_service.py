@@ -88,7 +88,7 @@ class StudyInfo:
     schema_fingerprint: str
     epsilon: float
     delta: float
-    overlap: str
+    population: str
     rounds: int
     rows: int
     sites: tuple[SiteInfo, ...]
@@ -533,7 +533,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             study = self.state.create_study(
                 name=request.name, schema_yaml=request.schema_yaml,
                 schema_fingerprint=fingerprint, epsilon=p.epsilon, delta=p.delta,
-                overlap=_OVERLAP_NAME.get(p.overlap, "overlapping"), rounds=p.rounds,
+                population=_POPULATION_NAME.get(p.population, "overlapping"), rounds=p.rounds,
                 rows=p.rows, sites_=list(request.sites), by=call.actor)
             call.detail = f"schema {fingerprint}"
             return self._study(study)
@@ -551,14 +551,14 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         n = len(self.state.participants(study))
         # The release guarantee (docs/ARCHITECTURE.md): max over sites if each person is at one site only,
         # the sum otherwise. Every site has the same per-study budget here.
-        factor = 1 if study.overlap == "disjoint" else n
+        factor = 1 if study.population == "disjoint" else n
         latest = self.state.latest_run(study.name)
         return _msg(
             pb.Study, name=study.name, schema_yaml=study.schema_yaml if with_schema else "",
             schema_fingerprint=study.schema_fingerprint,
             privacy=pb.PrivacySettings(epsilon=study.epsilon, delta=study.delta,
-                                       overlap=_OVERLAP_ENUM[study.overlap], rounds=study.rounds,
-                                       rows=study.rows),
+                                       population=_POPULATION_ENUM[study.population],
+                                       rounds=study.rounds, rows=study.rows),
             sites=list(study.sites), status=_STUDY_STATUS[study.status],
             created_at=_ts(study.created_at), created_by=study.created_by,
             release_epsilon=study.epsilon * factor if n else 0.0,
@@ -582,7 +582,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         info = StudyInfo(
             name=study.name, run_id=run.id, schema_yaml=study.schema_yaml,
             schema_fingerprint=study.schema_fingerprint, epsilon=study.epsilon,
-            delta=study.delta, overlap=study.overlap, rounds=study.rounds, rows=study.rows,
+            delta=study.delta, population=study.population, rounds=study.rounds, rows=study.rows,
             sites=tuple(SiteInfo(s.name, s.public_key or "", s.public_key_fingerprint or "",
                                   s.flower_node_id)
                         for s in sites))
@@ -807,9 +807,9 @@ _STUDY_STATUS = {st.STUDY_CREATED: pb.STUDY_STATUS_CREATED, st.STUDY_TRAINING: p
 _RUN_STATUS = {st.RUN_RUNNING: pb.RUN_STATUS_RUNNING, st.RUN_STOPPED: pb.RUN_STATUS_STOPPED,
                st.RUN_FINISHED: pb.RUN_STATUS_FINISHED, st.RUN_FAILED: pb.RUN_STATUS_FAILED,
                st.RUN_INTERRUPTED: pb.RUN_STATUS_INTERRUPTED}
-_OVERLAP_ENUM = {"disjoint": pb.OVERLAP_DISJOINT, "overlapping": pb.OVERLAP_OVERLAPPING}
-# Unspecified overlap is treated as overlapping: the sum is the guarantee that holds either way.
-_OVERLAP_NAME = {pb.OVERLAP_DISJOINT: "disjoint", pb.OVERLAP_OVERLAPPING: "overlapping"}
+_POPULATION_ENUM = {"disjoint": pb.POPULATION_DISJOINT, "overlapping": pb.POPULATION_OVERLAPPING}
+# An unspecified population is overlapping: the sum is the guarantee that holds either way.
+_POPULATION_NAME = {pb.POPULATION_DISJOINT: "disjoint", pb.POPULATION_OVERLAPPING: "overlapping"}
 
 
 def _check_name(name: str, what: str) -> None:

@@ -55,8 +55,6 @@ RESERVED_KEYS = frozenset({
     "study", "schema", "target-epsilon", "num-rounds", "population", "release-rows",
     "expected-sites", "checkpoint-dir", "release-dir", "signing-key", "node-registry", "node-ids",
 })
-# The admin API's overlap names -> StudyRun.population.
-POPULATION = {"disjoint": "disjoint", "overlapping": "overlap"}
 STAGING = ".staging"  # a dot-folder: ReleaseStore never lists it
 # `flwr run` prints this once the SuperLink accepted the run (flwr/cli/run/run.py).
 FLOWER_RUN_ID = re.compile(r"Successfully started run (\d+)")
@@ -225,8 +223,9 @@ class FlowerRunner:
             "study": study.name,
             "schema": str(schema_path),
             "target-epsilon": float(study.epsilon),
+            "target-delta": float(study.delta),
             "num-rounds": int(study.rounds),
-            "population": POPULATION.get(study.overlap, "overlap"),
+            "population": study.population,
             # Wait for every approved site before the first stage; carry on with fewer only if
             # the operator allowed it (min-sites).
             "expected-sites": n,

@@ -194,6 +194,12 @@ def _m5_one_running_run_per_study(conn: Connection) -> None:
                          "WHERE status = 'running'")
 
 
+def _m6_population(conn: Connection) -> None:
+    """studies.overlap is studies.population: one name for the setting everywhere (run config,
+    admin API, CLI, manifest), with the same values (disjoint, overlapping)."""
+    conn.exec_driver_sql("ALTER TABLE studies RENAME COLUMN overlap TO population")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "sites, admin tokens, studies, runs, run events, releases, audit log",
               _m1_initial),
@@ -201,6 +207,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "sites: Flower SuperNode id of the approved key", _m3_site_node_ids),
     Migration(4, "admin certificates: issued and revoked", _m4_admin_certificates),
     Migration(5, "runs: at most one running run per study", _m5_one_running_run_per_study),
+    Migration(6, "studies: overlap renamed population", _m6_population),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -13,7 +13,7 @@ release-level guarantee derived from them:
 
 * `population = "disjoint"` (each person's rows are at one site only): the sites' releases are
   about disjoint sets of people, so the guarantee is the MAX over sites (parallel composition);
-* `population = "overlap"` (a person may have rows at several sites): the SUM over sites (basic
+* `population = "overlapping"` (a person may have rows at several sites): the SUM over sites (basic
   sequential composition of the sites' (epsilon, delta)).
 
 Files are written atomically (common/table_io.py); the manifest, which holds the data's sha256,
@@ -163,8 +163,7 @@ def write_release(run, store: CheckpointStore, schema: Schema, start: dict, samp
         "created_unix": int(time.time()),
         "study": run.study,
         "training_id": start.get("training_id", ckpt.meta.get("training_id")),
-        "schema": {"name": schema.name, "fingerprint": schema.fingerprint(),
-                   "target": schema.target},
+        "schema": schema.describe(),
         "data": {"file": DATA_FILE, "rows": len(sample.frame), "columns": list(sample.frame.columns),
                  "sha256": data_sha, "sample_seed": sample.seed,
                  "sampling_seconds": round(sample.seconds, 2)},

@@ -44,7 +44,7 @@ from ..common.atomic import atomic_write_text
 from ..common.bundled import ADULT_SCHEMA
 from ..common.schema import Schema
 from ..common.stats import TableStats, cell_labels, histogram_columns
-from ..common.budget import check_epsilon
+from ..common.budget import DEFAULT_POPULATION, POPULATIONS, check_delta, check_epsilon
 from ..common.wire import (
     STATS_MESSAGE, TRAIN_MESSAGE, Reply, Request, TrainingSpec, fields_from_wire,
 )
@@ -54,7 +54,6 @@ from .strategy import FedAvg, QuorumNotReached, SiteResult
 log = logging.getLogger("synthpool.coordinator")
 
 BUNDLED_SCHEMAS = {"bundled:adult": ADULT_SCHEMA}
-POPULATIONS = ("disjoint", "overlap")
 
 
 class RoundFailed(RuntimeError):
@@ -80,11 +79,11 @@ class StudyRun(TrainingSpec):
     # Default: nodes.json beside the checkpoint dir.
     node_registry: str = ""
     # The release: where (default: release/ in the checkpoint dir), how many rows (0: the merged
-    # statistics' DP row total), and whether a person's rows can be at several sites ("overlap":
+    # statistics' DP row total), and whether a person's rows can be at several sites ("overlapping":
     # the release guarantee is the SUM of the sites' epsilons) or at one only ("disjoint": MAX).
     release_dir: str = ""
     release_rows: int = 0
-    population: str = "disjoint"
+    population: str = DEFAULT_POPULATION
     # Federated evaluation of the release (coordinator/evaluation_stage.py): on/off, and how many
     # of the release's rows each site scores.
     evaluate: bool = True
@@ -107,6 +106,8 @@ class StudyRun(TrainingSpec):
         self.hyperparameters  # noqa: B018  (a bad model setting fails the run before any stage)
         if self.target_epsilon != 0:  # 0: each site spends up to its own cap
             check_epsilon(self.target_epsilon, "run config target-epsilon")
+        if self.target_delta != 0:  # 0: each site's own cap's delta
+            check_delta(self.target_delta, "run config target-delta")
         if not 0 < self.preprocessing_share < 1 or not 0 <= self.evaluation_share < 1:
             raise ValueError("run config: preprocessing-share must lie in (0, 1) and "
                              "evaluation-share in [0, 1)")
@@ -356,6 +357,8 @@ def statistics_stage(grid, run: StudyRun, training_id: str, schema: Schema,
     nodes = run.study_nodes(grid)
     events.write("stats_started", nodes=nodes, training_id=training_id)
     fingerprint = schema.fingerprint()
+    if schema.exact_draft_warning():  # the manifest records it too (schema.provenance)
+        log.warning("%s", schema.exact_draft_warning())
     results = exchange(grid, nodes, Request(run.round_wire(training_id, 0, fingerprint)), 0, run,
                        names, message_type=STATS_MESSAGE, transcript=transcript)
     parts: dict[str, TableStats] = {}

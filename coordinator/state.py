@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from ..common.budget import POPULATIONS
 from . import migrations
 
 DB_FILE = "coordinator.db"
@@ -46,7 +47,6 @@ STUDY_CREATED, STUDY_TRAINING, STUDY_STOPPED, STUDY_FINISHED, STUDY_FAILED = (
     "created", "training", "stopped", "finished", "failed")
 RUN_RUNNING, RUN_STOPPED, RUN_FINISHED, RUN_FAILED, RUN_INTERRUPTED = (
     "running", "stopped", "finished", "failed", "interrupted")
-OVERLAPS = ("disjoint", "overlapping")
 
 
 # -- errors: each carries the gRPC status name the admin service answers with ------------------
@@ -123,7 +123,7 @@ studies = sa.Table(
     sa.Column("schema_fingerprint", sa.String(100), nullable=False),
     sa.Column("epsilon", sa.Float, nullable=False),
     sa.Column("delta", sa.Float, nullable=False),
-    sa.Column("overlap", sa.String(20), nullable=False),
+    sa.Column("population", sa.String(20), nullable=False),
     sa.Column("rounds", sa.Integer, nullable=False),
     sa.Column("rows", sa.BigInteger, nullable=False),
     sa.Column("sites", sa.Text, nullable=False),
@@ -220,7 +220,7 @@ class StudyRecord:
     schema_fingerprint: str
     epsilon: float
     delta: float
-    overlap: str
+    population: str
     rounds: int
     rows: int
     sites: tuple[str, ...]
@@ -616,10 +616,10 @@ class State:
 
     # -- studies --------------------------------------------------------------------------------
     def create_study(self, *, name: str, schema_yaml: str, schema_fingerprint: str,
-                     epsilon: float, delta: float, overlap: str, rounds: int, rows: int,
+                     epsilon: float, delta: float, population: str, rounds: int, rows: int,
                      sites_: list[str], by: str) -> StudyRecord:
-        if overlap not in OVERLAPS:
-            raise Invalid(f"overlap must be one of {OVERLAPS}")
+        if population not in POPULATIONS:
+            raise Invalid(f"population must be one of {POPULATIONS}")
         with self.transaction() as conn:
             if conn.execute(sa.select(studies.c.name).where(studies.c.name == name)).first():
                 raise AlreadyExists(f"study {name!r} exists")
@@ -628,7 +628,7 @@ class State:
                     raise Precondition(f"site {s!r} is revoked")
             conn.execute(studies.insert().values(
                 name=name, schema_yaml=schema_yaml, schema_fingerprint=schema_fingerprint,
-                epsilon=epsilon, delta=delta, overlap=overlap, rounds=rounds, rows=rows,
+                epsilon=epsilon, delta=delta, population=population, rounds=rounds, rows=rows,
                 sites=json.dumps(sorted(set(sites_))), status=STUDY_CREATED,
                 created_at=self.clock(), created_by=by))
             return self.get_study(name)

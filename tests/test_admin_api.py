@@ -391,7 +391,7 @@ def test_every_action_is_audited_without_secrets(coord, tmp_path):
 # -- studies and training ------------------------------------------------------------------------
 
 def _study_request(name: str, **privacy) -> pb.CreateStudyRequest:
-    settings = dict(epsilon=2.0, delta=1e-5, overlap=pb.OVERLAP_DISJOINT, rounds=3, rows=100)
+    settings = dict(epsilon=2.0, delta=1e-5, population=pb.POPULATION_DISJOINT, rounds=3, rows=100)
     settings.update(privacy)
     return pb.CreateStudyRequest(name=name, schema_yaml=SCHEMA,
                                  privacy=pb.PrivacySettings(**settings))
@@ -405,7 +405,7 @@ def test_studies(coord):
         assert created.status == pb.STUDY_STATUS_CREATED
         assert created.schema_fingerprint.startswith("sha256:")
         assert (created.release_epsilon, created.created_by) == (2.0, "token:tester")
-        overlapping = admin.CreateStudy(_study_request("s2", overlap=pb.OVERLAP_OVERLAPPING))
+        overlapping = admin.CreateStudy(_study_request("s2", population=pb.POPULATION_OVERLAPPING))
         assert overlapping.release_epsilon == pytest.approx(4.0)  # summed over two sites
         assert admin.GetStudy(pb.GetStudyRequest(name="s1")).schema_yaml == SCHEMA
         assert [s.name for s in admin.ListStudies(pb.ListStudiesRequest()).studies] == ["s1", "s2"]
@@ -579,7 +579,7 @@ def test_state_survives_a_restart_and_running_runs_are_interrupted(tmp_path):
     try:
         from synthpool.coordinator import migrations
 
-        assert [v for v, _ in migrations.applied(coord.state.engine)] == [1, 2, 3, 4, 5]
+        assert [v for v, _ in migrations.applied(coord.state.engine)] == [1, 2, 3, 4, 5, 6]
         with coord.admin() as admin:
             assert [s.name for s in admin.ListSites(pb.ListSitesRequest()).sites] == ["hosp-a"]
             study = admin.GetStudy(pb.GetStudyRequest(name="s1"))

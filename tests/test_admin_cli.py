@@ -68,7 +68,7 @@ def test_admin_workflow(coordinator, tmp_path):
     schema = tmp_path / "toy.yaml"
     schema.write_text(SCHEMA)
     study = json.loads(run(["studies", "create", "--schema", str(schema), "--epsilon", "1.5",
-                            "--delta", "1e-6", "--overlap", "disjoint", "--rounds", "2",
+                            "--delta", "1e-6", "--population", "disjoint", "--rounds", "2",
                             "--json"], env).stdout)
     assert study["name"] == "toy" and study["privacy"]["epsilon"] == 1.5
     assert [s["name"] for s in json.loads(run(["studies", "list", "--json"], env).stdout)] == ["toy"]

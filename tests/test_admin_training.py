@@ -97,7 +97,7 @@ def coord(tmp_path_factory):
 def _create(admin: AdminClient, name: str, rounds: int) -> pb.Study:
     return admin.CreateStudy(pb.CreateStudyRequest(
         name=name, schema_yaml=ADULT_SCHEMA.read_text(), sites=list(SITES),
-        privacy=pb.PrivacySettings(epsilon=10.0, delta=1e-5, overlap=pb.OVERLAP_DISJOINT,
+        privacy=pb.PrivacySettings(epsilon=10.0, delta=1e-5, population=pb.POPULATION_DISJOINT,
                                    rounds=rounds, rows=200)))
 
 

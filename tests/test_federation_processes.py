@@ -33,7 +33,8 @@ STATS_SIGMA = 12.0  # at least what a site calibrates for its statistics share o
 RUN = {"min-sites": 2, "expected-sites": 3, "noise-multiplier": 2.0,
        "stats-noise-multiplier": STATS_SIGMA, "local-steps": 3, "model": TINY_MODEL,
        "release-rows": 300, "straggler-grace": 5.0, "round-timeout": 150.0,
-       "node-wait-timeout": 90.0, "poll-interval": 0.3, "evaluate": False}
+       "node-wait-timeout": 90.0, "poll-interval": 0.3, "evaluate": False,
+       "population": "disjoint"}
 
 
 def _one_round_eps() -> tuple[float, float]:

@@ -117,7 +117,7 @@ def make_run(tmp_path, **kw) -> StudyRun:
     base = dict(study="adult", checkpoint_dir=str(tmp_path / "ckpt"), num_rounds=2, min_sites=2,
                 expected_sites=3, node_wait_timeout=1, round_timeout=2, straggler_grace=0.2,
                 poll_interval=0.01, noise_multiplier=2.0, stats_noise_multiplier=STATS_SIGMA,
-                evaluate=False, **TINY)
+                evaluate=False, population="disjoint", **TINY)
     base.update(kw)
     return StudyRun(**base)
 
@@ -229,8 +229,8 @@ def test_release_guarantee_is_max_for_disjoint_sites_and_sum_for_overlapping():
     per_site = {"a": {"epsilon": 1.0, "delta": 1e-5}, "b": {"epsilon": 2.5, "delta": 2e-5}}
     assert release.release_guarantee(per_site, "disjoint")["epsilon"] == 2.5
     assert release.release_guarantee(per_site, "disjoint")["delta"] == 2e-5
-    assert release.release_guarantee(per_site, "overlap")["epsilon"] == 3.5
-    assert release.release_guarantee(per_site, "overlap")["delta"] == pytest.approx(3e-5)
+    assert release.release_guarantee(per_site, "overlapping")["epsilon"] == 3.5
+    assert release.release_guarantee(per_site, "overlapping")["delta"] == pytest.approx(3e-5)
     with pytest.raises(ValueError):
         StudyRun(study="x", checkpoint_dir="/x", population="sometimes")
 
@@ -500,7 +500,7 @@ def test_release_manifest_reports_the_sites_ledgers(tmp_path, adult_slices):
     assert len(data) == TINY["release_rows"] and data.columns[-1] == "income"
     assert set(data["income"]) <= {"<=50K", ">50K"}
     # The same training released for a study that declares overlapping populations: the sum.
-    overlap = dataclasses.replace(run, population="overlap", release_dir=str(tmp_path / "rel2"))
+    overlap = dataclasses.replace(run, population="overlapping", release_dir=str(tmp_path / "rel2"))
     run_study(FakeGrid(configs), overlap)
     again = release.read_manifest(overlap.release_path)["privacy"]
     assert again["release"]["epsilon"] == pytest.approx(sum(v["epsilon"] for v in per_site.values()))

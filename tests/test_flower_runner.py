@@ -23,12 +23,12 @@ from synthpool.coordinator.server_app import StudyRun
 from synthpool.coordinator.training_progress import ProgressTranslator
 
 
-def _study(run_id: int = 7, *, overlap: str = "disjoint", sites=("a", "b", "c"),
+def _study(run_id: int = 7, *, population: str = "disjoint", sites=("a", "b", "c"),
            schema: str | None = None) -> StudyInfo:
     text = schema if schema is not None else ADULT_SCHEMA.read_text()
     return StudyInfo(name="adult", run_id=run_id, schema_yaml=text,
                      schema_fingerprint=Schema.load(ADULT_SCHEMA).fingerprint(), epsilon=3.0,
-                     delta=1e-5, overlap=overlap, rounds=4, rows=500,
+                     delta=1e-5, population=population, rounds=4, rows=500,
                      sites=tuple(SiteInfo(s, "", "") for s in sites))
 
 
@@ -40,12 +40,12 @@ def _runner(tmp_path, **kw) -> FlowerRunner:
 
 def test_the_run_config_is_the_study_and_reads_as_a_studyrun(tmp_path):
     runner = _runner(tmp_path, settings={"local-steps": 5, "min-sites": 2, "model": TINY_MODEL})
-    config = runner.run_config(_study(overlap="overlapping"), schema_path=tmp_path / "s.yaml",
+    config = runner.run_config(_study(population="overlapping"), schema_path=tmp_path / "s.yaml",
                                checkpoint_dir=tmp_path / "ckpt", release_dir=tmp_path / "rel")
     run = StudyRun.from_run_config(config)
     assert (run.study, run.target_epsilon, run.num_rounds, run.release_rows) == \
         ("adult", 3.0, 4, 500)
-    assert run.population == "overlap"  # the admin API's "overlapping": the sum guarantee
+    assert run.population == "overlapping"  # the sum guarantee
     assert (run.expected_sites, run.min_sites) == (3, 2)
     assert (run.local_steps, run.hyperparameters.hidden) == (5, 16)
     assert run.schema == str(tmp_path / "s.yaml")
@@ -53,7 +53,7 @@ def test_the_run_config_is_the_study_and_reads_as_a_studyrun(tmp_path):
     assert run.signing_key == str(tmp_path / "release.key")
     assert run.node_registry == str(tmp_path / "training" / "nodes.json")
     # min-sites defaults to every site of the study and never exceeds them.
-    assert _runner(tmp_path).run_config(_study(overlap="disjoint"), schema_path=tmp_path,
+    assert _runner(tmp_path).run_config(_study(population="disjoint"), schema_path=tmp_path,
                                         checkpoint_dir=tmp_path, release_dir=tmp_path)[
         "min-sites"] == 3
     assert _runner(tmp_path, settings={"min-sites": 9}).run_config(
@@ -129,7 +129,7 @@ def test_the_event_log_becomes_round_and_message_events(tmp_path):
     assert disjoint.release == {"rows": 50, "epsilon": 2.5, "path": "/x"}
     assert disjoint.failure == "" and disjoint.seen == len(log)
 
-    overlapping = ProgressTranslator(2, "overlap", store.dir)
+    overlapping = ProgressTranslator(2, "overlapping", store.dir)
     assert overlapping.translate(log[5])[0].details["epsilon_spent"] == 2.0   # the sum
 
     failing = ProgressTranslator(2, "disjoint", tmp_path / "elsewhere")

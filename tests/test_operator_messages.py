@@ -417,7 +417,7 @@ def test_coordinator_doctor(coordinator, capsys):
 
     state = server.state
     state.create_study(name="done", schema_yaml="x", schema_fingerprint="f", epsilon=1,
-                       delta=1e-5, overlap="disjoint", rounds=1, rows=10, sites_=[], by="t")
+                       delta=1e-5, population="disjoint", rounds=1, rows=10, sites_=[], by="t")
     run_ = state.start_run("done", "t")
     state.end_run(run_.id, st.RUN_FINISHED)
     again = {f.check: f for f in coordinator_checks(server.state_dir, online=False)}

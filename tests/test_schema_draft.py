@@ -32,7 +32,11 @@ def test_exact_draft_describes_and_validates_its_own_data(clinic_csv, tmp_path):
                                     epsilon=None, seed=None)
     schema.save(tmp_path / "clinic.yaml")
     again = Schema.load(tmp_path / "clinic.yaml")
-    assert again == schema and again.provenance == []
+    assert again == schema
+    # Marked as exact, so every site that uses it can tell it from a public schema and warn.
+    (mark,) = again.provenance
+    assert mark.mechanism == "exact-draft" and mark.epsilon is None
+    assert "exact draft" in again.exact_draft_warning()
     assert again.drop == ["patient_id"]
     age, charges, bmi = (again.column(c) for c in ("age", "charges", "bmi"))
     assert (age.kind, age.integer) == ("numeric", True)
@@ -58,14 +62,14 @@ def test_dp_draft_records_spend_covers_data_and_drops_rare_categories(clinic_csv
     schema, warnings = draft_schema(read_raw(path), name="clinic", target="readmitted",
                                     epsilon=8.0, delta=1e-6, seed=5)
     prov = schema.provenance
-    assert {p["mechanism"] for p in prov} == {"laplace-histogram", "point-mass-histogram",
+    assert {p.mechanism for p in prov} == {"laplace-histogram", "point-mass-histogram",
                                               "stability-histogram"}
-    assert sum(p["epsilon"] for p in prov) == pytest.approx(8.0)
-    assert sum(p["delta"] for p in prov) == pytest.approx(1e-6)
-    assert {c for p in prov for c in p["columns"]} == set(schema.names)
-    by = {p["mechanism"]: p for p in prov}
-    assert by["point-mass-histogram"]["columns"] == ["age", "charges", "bmi"]  # numerics
-    assert by["point-mass-histogram"]["epsilon"] == pytest.approx(3 * 8.0 / 7 / 4)
+    assert sum(p.epsilon for p in prov) == pytest.approx(8.0)
+    assert sum(p.delta for p in prov) == pytest.approx(1e-6)
+    assert {c for p in prov for c in p.columns} == set(schema.names)
+    by = {p.mechanism: p for p in prov}
+    assert by["point-mass-histogram"].columns == ["age", "charges", "bmi"]  # numerics
+    assert by["point-mass-histogram"].epsilon == pytest.approx(3 * 8.0 / 7 / 4)
     for name in ("age", "charges", "bmi"):
         col = schema.column(name)
         values = df[name].dropna()
@@ -86,7 +90,9 @@ def test_dp_draft_is_reproducible_only_with_a_seed(clinic_csv):
     raw = read_raw(clinic_csv[1])
     a = draft_schema(raw, name="c", target=None, epsilon=1.0, seed=3)[0]
     b = draft_schema(raw, name="c", target=None, epsilon=1.0, seed=3)[0]
-    assert a == b
+    assert a.columns == b.columns
+    # Two drafts read the rows twice: each is its own ledger charge at the site.
+    assert {p.draft_id for p in a.provenance} != {p.draft_id for p in b.provenance}
 
 
 def test_kind_guesses():
@@ -154,8 +160,8 @@ def test_cli_dp_draft_to_file(clinic_csv, tmp_path):
     assert result.stdout == "" and "wrote" in result.stderr
     schema = Schema.load(out)
     assert schema.name == "study"
-    assert sum(p["epsilon"] for p in schema.provenance) == pytest.approx(4)
-    assert sum(p["delta"] for p in schema.provenance) == pytest.approx(1e-7)
+    assert sum(p.epsilon for p in schema.provenance) == pytest.approx(4)
+    assert sum(p.delta for p in schema.provenance) == pytest.approx(1e-7)
 
 
 def test_cli_headerless_adult_draft_reads_adult_back(tmp_path):

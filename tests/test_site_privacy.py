@@ -18,6 +18,8 @@ from synthpool.agent.ledger import Ledger
 from synthpool.agent.site_state import SiteState
 from synthpool.coordinator.evaluation_stage import sample_bytes
 
+from accounting import recompute_epsilon
+
 from test_federation_units import (  # noqa: F401  (fixtures)
     DELTA, adult_slices, make_run, task_identity, torch_threads, write_site,
 )
@@ -43,6 +45,10 @@ def _evaluate(site: SiteState, run, tid: str, sample: bytes):
     wire = run.round_wire(tid, run.num_rounds, site.schema.fingerprint(), stage="evaluate",
                           synthetic_digest="sha256:" + hashlib.sha256(sample).hexdigest())
     return client_app.handle_evaluate(site, wire, sample)
+
+
+def _cfg(run, tid: str = "t1") -> site_job.RoundConfig:
+    return site_job.RoundConfig.from_wire(run.round_wire(tid, 0, ""))
 
 
 def _charges(site: SiteState) -> list[str]:
@@ -180,3 +186,70 @@ def test_the_site_wide_cap_holds_across_studies_and_calibration_fits_what_is_lef
     assert 2.9 < first <= 3.0
     assert second < 2.9                        # held back by what the site had left (2.997 without)
     assert 3.4 < everything <= 3.5             # the site-wide cap, spent and not passed
+
+
+def _drafted_adult(tmp_path, **provenance) -> str:
+    """The Adult schema as if a site had drafted it with DP (or exactly, without an epsilon)."""
+    from synthpool.common.bundled import ADULT_SCHEMA
+    from synthpool.common.schema import Provenance, Schema
+
+    path = tmp_path / "drafted.yaml"
+    Schema.load(ADULT_SCHEMA).model_copy(
+        update={"provenance": [Provenance(**provenance)]}).save(path)
+    return f'schema = "{path}"'
+
+
+@pytest.mark.parametrize("drafted_at", ["a", None])
+def test_a_dp_schema_draft_is_charged_once_at_the_site_whose_rows_it_read(tmp_path, adult_slices,
+                                                                       drafted_at):
+    """The federation charges the draft too: the drafting site (every site, when the draft
+    names none), once per draft however many trainings and retries follow."""
+    schema = _drafted_adult(tmp_path, mechanism="stability-histogram", epsilon=0.4, delta=1e-7,
+                            site=drafted_at, draft_id="schema-draft/d1")
+    a, b = (_site(tmp_path, adult_slices, name, extra=schema) for name in ("a", "b"))
+    run = make_run(tmp_path, num_rounds=1)
+    for site in (a, b):
+        for tid in ("t1", "t1", "t2"):  # a retry, then a second training
+            client_app.handle_stats(site, run.round_wire(tid, 0, site.schema.fingerprint()))
+    draft = {"name": "schema: stability-histogram", "epsilon": 0.4, "delta": 1e-7}
+    for site, charged in ((a, True), (b, drafted_at is None)):
+        report = client_app.ledger_report(site, _cfg(run))
+        assert report["pure_spends"] == ([draft] if charged else []), site.name
+        assert ("schema-draft/d1" in report["jobs"]) is charged
+        # An independent accountant composes the draft with the Gaussian stages.
+        assert recompute_epsilon(report) == pytest.approx(report["epsilon"], abs=1e-3)
+    assert client_app.ledger_report(a, _cfg(run))["epsilon"] > 0.4
+
+
+def test_an_exact_schema_draft_is_warned_about_at_every_training(tmp_path, adult_slices, caplog):
+    site = _site(tmp_path, adult_slices, extra=_drafted_adult(
+        tmp_path, mechanism="exact-draft", site="a"))
+    run = make_run(tmp_path, num_rounds=1)
+    with caplog.at_level("WARNING", logger="synthpool.agent"):
+        client_app.handle_stats(site, run.round_wire("t1", 0, site.schema.fingerprint()))
+    assert "exact draft read from a" in caplog.text and "disclosed real rows" in caplog.text
+    assert client_app.ledger_report(site, _cfg(run))["pure_spends"] == []  # nothing DP to charge
+
+
+def test_the_study_delta_reaches_the_site_and_a_bad_one_is_refused(tmp_path, adult_slices):
+    """A study asking a smaller delta than a site's cap gets it: the site plans its noise for it
+    and reports its epsilon at it. A delta outside (0, 1) is refused before anything is spent."""
+    sigma = {}
+    for label, delta in (("strict", DELTA / 100), ("loose", 0.0)):
+        site = _site(tmp_path / label, adult_slices)
+        run = make_run(tmp_path / label, num_rounds=1, noise_multiplier=0.0,
+                       stats_noise_multiplier=0.0, target_epsilon=3.0,
+                       target_delta=delta)
+        _train(site, run, "t1")
+        report = client_app.ledger_report(site, _cfg(run))
+        assert report["delta"] == (delta or DELTA) and report["cap"]["delta"] == DELTA
+        assert report["epsilon"] <= 3.0 + 1e-9
+        sigma[label] = site_job.load_plan(site, _cfg(run))["noise_multiplier"]
+    assert sigma["strict"] > 1.05 * sigma["loose"]  # the stronger guarantee costs noise
+
+    bad = make_run(tmp_path, num_rounds=1).round_wire("t2", 0, "") | {"target-delta": 1.5}
+    with pytest.raises(client_app.Refusal, match="target-delta must lie strictly between 0 and 1"):
+        client_app.handle_stats(site, bad)
+    assert "t2/stats" not in _charges(site)
+    with pytest.raises(ValueError, match="target-delta"):
+        make_run(tmp_path, target_delta=1.5)

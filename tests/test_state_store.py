@@ -124,7 +124,7 @@ def state(db_url, clock):
 
 def test_migrations_apply_once_and_survive_restart(db_url):
     engine = st.create_engine(db_url)
-    assert migrations.migrate(engine) == [1, 2, 3, 4, 5]
+    assert migrations.migrate(engine) == [1, 2, 3, 4, 5, 6]
     assert migrations.migrate(engine) == []  # idempotent
     engine.dispose()
 
@@ -133,7 +133,7 @@ def test_migrations_apply_once_and_survive_restart(db_url):
     first.close()
     again = State(db_url)  # a restarted coordinator: migrates (nothing to do), keeps the data
     assert [s.name for s in again.list_sites()] == ["hosp-a"]
-    assert [v for v, _ in migrations.applied(again.engine)] == [1, 2, 3, 4, 5]
+    assert [v for v, _ in migrations.applied(again.engine)] == [1, 2, 3, 4, 5, 6]
     again.close()
 
 
@@ -145,7 +145,7 @@ def test_upgrade_from_an_older_schema_keeps_data(db_url):
                                                   outcome="OK", detail="", peer=""))
     engine.dispose()
     s = State(db_url)  # applies the migrations after 1 only
-    assert [v for v, _ in migrations.applied(s.engine)] == [1, 2, 3, 4, 5]
+    assert [v for v, _ in migrations.applied(s.engine)] == [1, 2, 3, 4, 5, 6]
     assert [e.action for e in s.audit_entries()] == ["Old"]
     with pytest.raises(sa.exc.DBAPIError, match="append-only"):
         with s.engine.begin() as conn:
@@ -280,11 +280,11 @@ def test_audited_commits_with_the_action_and_logs_refusals_after_rollback(state)
     with pytest.raises(st.AlreadyExists):
         with state.audited("token:t", "CreateStudy", {"name": "s"}):
             state.create_study(name="s", schema_yaml="x", schema_fingerprint="f", epsilon=1,
-                               delta=1e-5, overlap="disjoint", rounds=1, rows=10, sites_=[],
+                               delta=1e-5, population="disjoint", rounds=1, rows=10, sites_=[],
                                by="token:t")
             state.invite_site("hosp-b", by="token:t")
             state.create_study(name="s", schema_yaml="x", schema_fingerprint="f", epsilon=1,
-                               delta=1e-5, overlap="disjoint", rounds=1, rows=10, sites_=[],
+                               delta=1e-5, population="disjoint", rounds=1, rows=10, sites_=[],
                                by="token:t")
     # The failed action left nothing behind...
     assert [s.name for s in state.list_sites()] == ["hosp-a"]
@@ -299,7 +299,7 @@ def test_audited_commits_with_the_action_and_logs_refusals_after_rollback(state)
 def test_runs_events_and_interruption(state):
     state.invite_site("hosp-a", by="t")
     state.create_study(name="s", schema_yaml="x", schema_fingerprint="f", epsilon=1, delta=1e-5,
-                       overlap="disjoint", rounds=2, rows=10, sites_=["hosp-a"], by="t")
+                       population="disjoint", rounds=2, rows=10, sites_=["hosp-a"], by="t")
     run = state.start_run("s", by="t")
     with pytest.raises(st.Precondition, match="already has run"):
         state.start_run("s", by="t")
@@ -319,7 +319,7 @@ def test_runs_events_and_interruption(state):
 
 def _study(state, name="s"):
     state.create_study(name=name, schema_yaml="x", schema_fingerprint="f", epsilon=1, delta=1e-5,
-                       overlap="disjoint", rounds=1, rows=10, sites_=[], by="t")
+                       population="disjoint", rounds=1, rows=10, sites_=[], by="t")
 
 
 def test_the_database_keeps_a_study_to_one_running_run(state):
@@ -370,10 +370,11 @@ def test_migration_5_ends_all_but_the_newest_of_runs_a_race_left_running(db_url)
     engine = st.create_engine(db_url)
     migrations.migrate(engine, target=4)
     with engine.begin() as conn:
-        conn.execute(st.studies.insert().values(
-            name="s", schema_yaml="x", schema_fingerprint="f", epsilon=1, delta=1e-5,
-            overlap="disjoint", rounds=1, rows=10, sites="[]", status="training", created_at=0,
-            created_by="t"))
+        # The table as it was before migration 6 (its `overlap` column is `population` since).
+        conn.execute(sa.text(
+            "INSERT INTO studies (name, schema_yaml, schema_fingerprint, epsilon, delta, overlap, "
+            "rounds, rows, sites, status, created_at, created_by) VALUES ('s', 'x', 'f', 1, "
+            "1e-5, 'disjoint', 1, 10, '[]', 'training', 0, 't')"))
         for _ in range(2):
             conn.execute(st.runs.insert().values(study="s", status=st.RUN_RUNNING, started_at=0,
                                                  started_by="t", message=""))
@@ -382,6 +383,7 @@ def test_migration_5_ends_all_but_the_newest_of_runs_a_race_left_running(db_url)
     first, second = (s.get_run(i) for i in (1, 2))
     assert (first.status, second.status) == (st.RUN_INTERRUPTED, st.RUN_RUNNING)
     assert "migration 5" in first.message
+    assert s.get_study("s").population == "disjoint"  # migration 6 kept the study's setting
     s.close()
 
 
@@ -409,7 +411,7 @@ def test_admin_certificates_issued_and_denied(state):
 
 def test_releases_index(state):
     state.create_study(name="s", schema_yaml="x", schema_fingerprint="f", epsilon=1, delta=1e-5,
-                       overlap="overlapping", rounds=1, rows=10, sites_=[], by="t")
+                       population="overlapping", rounds=1, rows=10, sites_=[], by="t")
     state.put_release(st.ReleaseRecord("r1", "s", 2.0, 3, 100, "a" * 64))
     state.put_release(st.ReleaseRecord("r0", None, 1.0, 3, 50, "b" * 64))
     state.put_release(st.ReleaseRecord("r1", "s", 2.0, 3, 120, "c" * 64))  # refreshed

@@ -14,6 +14,7 @@ from synthpool.common.bundled import ADULT_SCHEMA, ADULT_TRAIN
 from synthpool.common.loading import load_table
 from synthpool.common.planning import TrainingPlan
 from synthpool.common.privacy import InvalidBudget
+from synthpool.common.schema import Provenance
 from synthpool.common.synthesis import train_single_site
 from synthpool.common.table_io import manifest_path
 
@@ -74,7 +75,7 @@ def test_bad_input_is_reported_without_writing(tmp_path):
 
 
 def test_schema_dp_draft_spend_is_composed(adult_schema, adult_train):
-    schema = adult_schema.model_copy(update={"provenance": [{"mechanism": "laplace", "epsilon": 0.5, "delta": 0.0}]})
+    schema = adult_schema.model_copy(update={"provenance": [Provenance(mechanism="laplace", epsilon=0.5)]})
     res = train_single_site(schema, adult_train.head(4000), epsilon=2.0, delta=1e-5,
                             plan=TrainingPlan(steps=5), seed=0)
     assert res.spend.epsilon <= 2.0

@@ -242,9 +242,9 @@ def test_both_drafts_find_a_heavy_value_and_synth_reproduces_it(tmp_path):
     dp, _ = draft_schema(raw, name="t", target="outcome", epsilon=6.0, delta=1e-6, seed=3,
                          csv=csv)
     assert dp.column("pdays").point_masses == [-1.0]
-    charged = {p["mechanism"]: p for p in dp.provenance}["point-mass-histogram"]
-    assert charged["columns"] == ["pdays"] and charged["epsilon"] == pytest.approx(6.0 / 3 / 4)
-    assert sum(p["epsilon"] for p in dp.provenance) == pytest.approx(6.0)
+    charged = {p.mechanism: p for p in dp.provenance}["point-mass-histogram"]
+    assert charged.columns == ["pdays"] and charged.epsilon == pytest.approx(6.0 / 3 / 4)
+    assert sum(p.epsilon for p in dp.provenance) == pytest.approx(6.0)
 
     dp.save(tmp_path / "s.yaml")
     out = tmp_path / "out.csv"

@@ -652,13 +652,13 @@ def sites_register(client, as_json,
 
 # -- studies -------------------------------------------------------------------------------------
 
-_OVERLAP = {"disjoint": pb.OVERLAP_DISJOINT, "overlapping": pb.OVERLAP_OVERLAPPING}
+_POPULATION = {"disjoint": pb.POPULATION_DISJOINT, "overlapping": pb.POPULATION_OVERLAPPING}
 
 
 def _study_row(s) -> List[str]:
     p = s.privacy
     return [s.name, _enum(pb.StudyStatus, s.status, "STUDY_STATUS_"),
-            f"{p.epsilon:g}", f"{p.delta:g}", _enum(pb.Overlap, p.overlap, "OVERLAP_"),
+            f"{p.epsilon:g}", f"{p.delta:g}", _enum(pb.Population, p.population, "POPULATION_"),
             str(p.rounds), str(p.rows), f"{s.release_epsilon:g}"]
 
 
@@ -668,10 +668,10 @@ def studies_create(client, as_json,
                    schema: Path = path_option(..., "--schema", exists=True, dir_okay=False),
                    epsilon: float = typer.Option(..., "--epsilon", help="Budget per site."),
                    delta: float = typer.Option(..., "--delta", help="Per site."),
-                   overlap: str = typer.Option("overlapping", "--overlap",
-                                               help="disjoint (a person is at one site only: "
-                                                    "release epsilon = max) or overlapping "
-                                                    "(sum; the safe default)."),
+                   population: str = typer.Option("overlapping", "--population",
+                                                  help="disjoint (a person is at one site only: "
+                                                       "release epsilon = max) or overlapping "
+                                                       "(sum; the safe default)."),
                    rounds: int = typer.Option(3, "--rounds", min=1),
                    rows: int = typer.Option(10000, "--rows", min=1,
                                             help="Synthetic rows to release."),
@@ -681,8 +681,8 @@ def studies_create(client, as_json,
     """Create a study from a schema file and privacy settings."""
     import yaml
 
-    if overlap not in _OVERLAP:
-        raise typer.BadParameter("disjoint or overlapping", param_hint="--overlap")
+    if population not in _POPULATION:
+        raise typer.BadParameter("disjoint or overlapping", param_hint="--population")
     text = schema.read_text()
     if name is None:
         try:
@@ -693,8 +693,8 @@ def studies_create(client, as_json,
             raise typer.BadParameter("give a study name (the schema has none)", param_hint="NAME")
     r = client.CreateStudy(pb.CreateStudyRequest(
         name=name, schema_yaml=text, sites=site,
-        privacy=pb.PrivacySettings(epsilon=epsilon, delta=delta, overlap=_OVERLAP[overlap],
-                                   rounds=rounds, rows=rows)))
+        privacy=pb.PrivacySettings(epsilon=epsilon, delta=delta,
+                                   population=_POPULATION[population], rounds=rounds, rows=rows)))
     data = _dict(r)
     data.pop("schema_yaml", None)
     _out(as_json, data, lambda: print(
@@ -709,7 +709,7 @@ def studies_list(client, as_json):
     _out(as_json, [{k: v for k, v in d.items() if k != "schema_yaml"}
                    for d in _dict(r)["studies"]], lambda: _table(
         [_study_row(s) for s in r.studies],
-        ["NAME", "STATUS", "EPSILON", "DELTA", "OVERLAP", "ROUNDS", "ROWS", "RELEASE EPS"]))
+        ["NAME", "STATUS", "EPSILON", "DELTA", "POPULATION", "ROUNDS", "ROWS", "RELEASE EPS"]))
 
 
 @_api_command(studies_app, "get")
@@ -723,7 +723,7 @@ def studies_get(client, as_json,
         schema_out.write_text(r.schema_yaml)
 
     def human() -> None:
-        _table([_study_row(r)], ["NAME", "STATUS", "EPSILON", "DELTA", "OVERLAP", "ROUNDS",
+        _table([_study_row(r)], ["NAME", "STATUS", "EPSILON", "DELTA", "POPULATION", "ROUNDS",
                                  "ROWS", "RELEASE EPS"])
         print(f"schema {r.schema_fingerprint}; sites: {', '.join(r.sites) or 'all approved'}")
         if r.HasField("latest_run"):

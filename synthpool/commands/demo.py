@@ -91,7 +91,7 @@ def demo(
              for i, path in enumerate(data)]
     run_config = {
         "study": "adult", "num-rounds": rounds, "local-steps": steps,
-        "target-epsilon": epsilon, "expected-sites": sites, "min-sites": min(2, sites),
+        "target-epsilon": epsilon, "target-delta": DELTA, "expected-sites": sites, "min-sites": min(2, sites),
         # Sites share 2 cores here: wait for a slow one rather than drop it.
         "straggler-grace": 180.0, "round-timeout": 600.0, "node-wait-timeout": 120.0,
         "release-dir": str(release_dir.resolve()), "seed": seed, "population": "disjoint",

@@ -60,6 +60,9 @@ def draft(
     comment: Optional[str] = typer.Option(None, "--comment", help="CSV lines starting with this "
                                           "are skipped."),
     separator: str = typer.Option(",", "--separator", help="CSV field separator."),
+    site: Optional[str] = typer.Option(None, "--site", help="The study site whose table this "
+                                       "is: its agent charges a DP draft's spend to its ledger "
+                                       "(without --site, every site charges it)."),
 ) -> None:
     """Draft a schema from DATA and print it as YAML; review it before use."""
     err = Console(stderr=True)
@@ -69,7 +72,8 @@ def draft(
         df = read_raw(data, query=query, header=csv.header, separator=separator, missing=markers,
                       comment=comment)
         schema, warnings = draft_schema(df, name=name or _default_name(data), target=target,
-                                        epsilon=epsilon, delta=delta, seed=seed, csv=csv)
+                                        epsilon=epsilon, delta=delta, seed=seed, csv=csv,
+                                        site=site)
     except DataError as e:
         err.print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(1) from None

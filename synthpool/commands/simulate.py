@@ -163,7 +163,8 @@ def simulate(
                                              "simulation", 9094)))
     run = StudyRun(
         study="adult", checkpoint_dir=str(out / "coordinator" / "checkpoints"),
-        num_rounds=rounds, local_steps=steps, target_epsilon=epsilon, expected_sites=sites,
+        num_rounds=rounds, local_steps=steps, target_epsilon=epsilon,
+        target_delta=delta, expected_sites=sites,
         min_sites=min(2, sites), node_wait_timeout=60.0, round_timeout=float(timeout),
         straggler_grace=float(timeout), poll_interval=0.2, seed=seed,
         release_dir=str(out / "release"), population="disjoint", evaluate=site_evaluation,

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import typer
 
+from synthpool.common.budget import POPULATIONS
 from synthpool.common.cli_paths import absolute
 
 from .demo import _cores, _sigterm_as_interrupt, console, federate, next_steps, print_summary
@@ -128,8 +129,8 @@ def run_on_tables(*, schema_file: Path, site_args: list[str], query_args: list[s
 
     if on_invalid not in ("error", "drop"):
         raise typer.BadParameter("must be 'error' or 'drop'", param_hint="--on-invalid")
-    if population not in ("disjoint", "overlap"):
-        raise typer.BadParameter("must be 'disjoint' or 'overlap'", param_hint="--population")
+    if population not in POPULATIONS:
+        raise typer.BadParameter(f"must be one of {POPULATIONS}", param_hint="--population")
     sites = parse_sites(site_args, query_args)
     if len(sites) < 2:
         raise typer.BadParameter("a federation needs at least two sites (one --site each)",
@@ -165,7 +166,7 @@ def run_on_tables(*, schema_file: Path, site_args: list[str], query_args: list[s
              for s in sites]
     run_config = {
         "study": study, "schema": str(schema_file), "num-rounds": rounds, "local-steps": steps,
-        "target-epsilon": epsilon, "expected-sites": len(sites), "min-sites": 2,
+        "target-epsilon": epsilon, "target-delta": delta, "expected-sites": len(sites), "min-sites": 2,
         "straggler-grace": 180.0, "round-timeout": 600.0, "node-wait-timeout": 120.0,
         "release-dir": str(release_dir), "seed": seed, "population": population,
         "signing-key": str(work / "coordinator" / "release-key.pem"),

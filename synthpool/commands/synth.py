@@ -73,6 +73,8 @@ def synth(
     # The exact counts (rows read, dropped per column) are for the owner's eyes: printed here,
     # never written into the manifest that travels with the release.
     err.print(report.summary(), markup=False)
+    if schema.exact_draft_warning():
+        err.print(f"warning: {schema.exact_draft_warning()}", style="yellow", markup=False)
     with step_progress("DP-SGD", enabled=True) as progress, \
             warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DeltaWarning)
