@@ -14,6 +14,17 @@ SuperNode waiting for its reply for ever; trusted_app refuses what is not a Clie
 
 Every child is started with PR_SET_PDEATHSIG, as the agent starts this loop: a task process
 does not outlive the agent.
+
+Warm tasks (Linux): a fresh Python process per task spends 7-9 s importing Flower's runtime,
+torch, Opacus and pandas before it reads a byte of its message (DESIGN: a ClientApp runs in a new
+process for every message), which is most of a round at a small site. So this loop imports them
+once, from the site's own installation only (what any task would import, never the FAB's), and
+forks each task from itself: the child runs exactly what the spawned process runs (trusted_app),
+the FAB check first. Nothing of a task survives it. The preloading runs no torch operation, so
+no OpenMP pool exists to break in the child; DP noise and Poisson sampling take their seeds from
+OS entropy in the task (common/dp_training.py), and the global generators are reseeded in the
+child anyway. SYNTHPOOL_TASK_FORK=0 starts each task as a new process instead. A new synthpool
+installation takes effect when the agent restarts (the warm modules are the old ones until then).
 """
 
 from __future__ import annotations
@@ -29,6 +40,12 @@ from .lifeline import die_with_parent
 from .trusted_app import TOKEN_ENV
 
 POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"  # the knob Flower's SuperExec reads
+FORK_ENV = "SYNTHPOOL_TASK_FORK"
+# What every task imports; all of it is the site's installation.
+PRELOAD = ("numpy", "pandas", "pyarrow.parquet", "torch", "opacus", "sklearn.ensemble",
+           "flwr.app", "flwr.supernode.runtime.run_clientapp", "flwr.supercore.heartbeat",
+           "synthpool.agent.client_app", "synthpool.agent.site_evaluation",
+           "synthpool.common.dp_training", "synthpool.common.generators.autoregressive")
 
 
 def poll_interval() -> float:
@@ -47,6 +64,54 @@ def task_argv(runtime_api_address: str, task_type: str, config: Path) -> list[st
             "--config", str(config)]
 
 
+def forking() -> bool:
+    return sys.platform == "linux" and os.environ.get(FORK_ENV, "1") != "0"
+
+
+def preload() -> None:
+    import importlib
+
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 - a task that needs it fails with the reason
+            print(f"[synthpool-agent] trusted executor: cannot preload {name}: {e!r}",
+                  file=sys.stderr, flush=True)
+
+
+def fork_task(runtime_api_address: str, token: str, task_type: str, config: Path) -> int:
+    """Run one task in a child of this warm process; returns the child's pid."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        die_with_parent()
+        _reseed()
+        from .trusted_app import run_task
+
+        code = run_task(runtime_api_address, token, task_type, config)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:  # noqa: BLE001 - the child must never return into the loop
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _reseed() -> None:
+    """A forked child starts with its parent's generator states: draw fresh ones."""
+    import numpy as np
+
+    np.random.seed()
+    if "torch" in sys.modules:
+        sys.modules["torch"].seed()
+
+
 def serve(runtime_api_address: str, config: Path) -> None:
     from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=no-name-in-module
     from flwr.supercore.constant import TaskType
@@ -61,11 +126,17 @@ def serve(runtime_api_address: str, config: Path) -> None:
         retry_invoker=make_simple_http_retry_invoker())
     request = AcquireTaskRequest(supported_task_types=[t.value for t in TaskType])
     interval = poll_interval()
+    warm = forking()
+    if warm:
+        preload()
     children: list[subprocess.Popen] = []
+    forked: set[int] = set()
+    how = "forked from this warm process" if warm else "one new process each"
     print(f"[synthpool-agent] trusted executor: tasks from {runtime_api_address}, each checked "
-          f"against {config} before it runs", flush=True)
+          f"against {config} before it runs ({how})", flush=True)
     while True:
         children = [c for c in children if c.poll() is None]  # reap finished tasks
+        forked = {pid for pid in forked if os.waitpid(pid, os.WNOHANG) == (0, 0)}
         try:
             res = client.AcquireTask(request)
         except Exception as e:  # noqa: BLE001 - keep serving; the agent watches the SuperNode
@@ -73,7 +144,9 @@ def serve(runtime_api_address: str, config: Path) -> None:
                   file=sys.stderr, flush=True)
             time.sleep(1.0)
             continue
-        if res.HasField("task") and res.token:
+        if res.HasField("task") and res.token and warm:
+            forked.add(fork_task(runtime_api_address, res.token, res.task.type, config))
+        elif res.HasField("task") and res.token:
             env = dict(os.environ)
             env[TOKEN_ENV] = res.token
             children.append(subprocess.Popen(

@@ -132,6 +132,27 @@ def stats_mech() -> GaussianMechanism:
 
 # -- wire agreement (agent and coordinator do not import each other) ----------------------------
 
+def test_weights_travel_as_one_array_and_a_layout_that_does_not_fit_is_unreadable():
+    """One Flower object per message, not one per tensor (each is an HTTP request each way);
+    the layout is checked, so a reply cannot smuggle values past the shapes it claims."""
+    from flwr.app import Array
+
+    from synthpool.common.wire import Reply, Request
+
+    weights = [np.arange(12, dtype=np.float32).reshape(3, 4), np.zeros(0, np.float32),
+               np.array([7], dtype=np.int64)]
+    records = Reply(weights, {"num-examples": 5.0}, {"site": "a"}).records()
+    assert len(records.array_records["arrays"]) == 1
+    back = Reply.from_content(records).weights
+    assert [(w.shape, w.dtype) for w in back] == [(w.shape, w.dtype) for w in weights]
+    assert all((a == b).all() for a, b in zip(weights, back))
+    assert Request.from_content(Request({"x": 1}, weights).records()).weights[0].shape == (3, 4)
+    assert Request.from_content(Request({"x": 1}).records()).weights == []
+    records.array_records["arrays"]["packed"] = Array(np.zeros(14, np.float32))  # 1 too many
+    with pytest.raises(ValueError, match="do not fit their layout"):
+        Reply.from_content(records)
+
+
 def test_a_site_reads_back_every_setting_the_coordinator_sends():
     run = make_run(__import__("pathlib").Path("/tmp"), learning_rate=7e-3, evaluation_share=0.2,
                    proximal_mu=0.1, target_epsilon=2.5)

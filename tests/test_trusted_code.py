@@ -337,3 +337,19 @@ def test_foreign_apps_are_refused_at_every_site_and_the_genuine_app_trains(tmp_p
             # No app was ever unpacked at a site: the pinned code came from its installation.
             assert not (fed.site_state_dir(name) / "flwr-home" / "apps").exists()
         assert not marker.exists()
+
+
+def test_a_forked_task_draws_fresh_generator_states():
+    """Tasks fork from one warm executor: without a reseed every task would start from the
+    executor's generator states (the same 'random' draws in every round)."""
+    import numpy as np
+    import torch
+
+    from synthpool.agent import trusted_exec
+
+    torch.manual_seed(0)
+    np.random.seed(0)
+    torch_before, numpy_before = torch.get_rng_state(), np.random.get_state()[1].copy()
+    trusted_exec._reseed()
+    assert not torch.equal(torch.get_rng_state(), torch_before)
+    assert not (np.random.get_state()[1] == numpy_before).all()
