@@ -104,9 +104,15 @@ class TableStats:
         return np.asarray(self.histograms[name], dtype=float)
 
     def noisy_rows(self) -> float:
-        """A DP estimate of the number of rows (the target histogram's total)."""
-        first = next(iter(self.histograms.values()))
-        return max(float(np.sum(first)), 1.0)
+        """A DP estimate of the number of rows (post-processing of the histograms). Every
+        histogram counts every row once (a nullable column has a missing cell) and its cells
+        carry equal, independent noise, so each total estimates the count with variance
+        proportional to its number of cells: their inverse-variance weighted mean is several
+        times tighter than any one total (Adult: sd about 30 rows, not 200, at the demo's
+        noise)."""
+        totals = np.array([float(np.sum(h)) for h in self.histograms.values()])
+        weights = np.array([1.0 / max(len(h), 1) for h in self.histograms.values()])
+        return max(float(np.sum(weights * totals) / np.sum(weights)), 1.0)
 
     @staticmethod
     def merge(parts: list["TableStats"]) -> "TableStats":

@@ -52,8 +52,9 @@ log = logging.getLogger(__name__)
 
 # Run-config keys the runner derives from the study (or from where it keeps files).
 RESERVED_KEYS = frozenset({
-    "study", "schema", "target-epsilon", "num-rounds", "population", "release-rows",
-    "expected-sites", "checkpoint-dir", "release-dir", "signing-key", "node-registry", "node-ids",
+    "study", "schema", "target-epsilon", "target-delta", "num-rounds", "population",
+    "release-rows", "expected-sites", "checkpoint-dir", "release-dir", "signing-key",
+    "node-registry", "node-ids", "node-sites",
 })
 STAGING = ".staging"  # a dot-folder: ReleaseStore never lists it
 # `flwr run` prints this once the SuperLink accepted the run (flwr/cli/run/run.py).
@@ -236,11 +237,17 @@ class FlowerRunner:
         }
         if study.rows > 0:
             config["release-rows"] = int(study.rows)
-        # Only the study's SuperNodes are asked, when approval registered every site's key; one
-        # SuperLink serves many studies.
-        node_ids = [s.node_id for s in study.sites]
-        if node_ids and None not in node_ids:
-            config["node-ids"] = ",".join(str(n) for n in sorted(node_ids))
+        # Who each SuperNode is comes from the coordinator's enrollment records (approval
+        # registered the site's key), never from what a reply says; only these nodes are asked
+        # (one SuperLink serves many studies). A site without a registered key would be
+        # whichever node first answered under its name: such a run is refused.
+        unregistered = sorted(s.name for s in study.sites if s.node_id is None)
+        if unregistered:
+            raise ValueError(f"sites {unregistered} have no registered SuperNode key: approve "
+                             "them while serve-admin reaches the SuperLink (node authentication "
+                             "on), so that each node is known to be its site")
+        config["node-sites"] = json.dumps({str(s.node_id): s.name for s in study.sites},
+                                          sort_keys=True)
         if self.signing_key is not None:
             config["signing-key"] = str(self.signing_key)
         return config

@@ -173,13 +173,19 @@ def secure_round(grid, nodes: list[int], weights: list[np.ndarray], wire: dict, 
     settings.workflow(sum(sizes.values()))(fast, context)
 
     unmasked = {proxy.node_id: fitres for proxy, fitres in (strategy.results or [])}
-    results = [_site_result(node, unmasked.get(node), fast.replies.get(node), names,
-                            fast.unanswered.get(node, fast.stage)) for node in nodes]
+    from .server_app import one_node_per_site
+
+    results = one_node_per_site(
+        [_site_result(node, unmasked.get(node), fast.replies.get(node), names,
+                      fast.unanswered.get(node, fast.stage)) for node in nodes], names)
     if strategy.results is None:
         return None, results, ""
     mean_update = parameters_to_ndarrays(strategy.results[0][1].parameters)
     problem = ""
-    if [u.shape for u in mean_update] != [w.shape for w in weights]:
+    if forged := [r for r in results if r.status == "invalid"]:
+        # Its masked update is already in the sum: the round cannot be used without it.
+        problem = ("SecAgg+ round not used: " + "; ".join(r.reason for r in forged))
+    elif [u.shape for u in mean_update] != [w.shape for w in weights]:
         problem = (f"the unmasked aggregate has shapes {[u.shape for u in mean_update]}, the "
                    f"model {[w.shape for w in weights]}")
     elif not all(np.all(np.isfinite(u)) for u in mean_update):
@@ -202,8 +208,13 @@ def secure_round(grid, nodes: list[int], weights: list[np.ndarray], wire: dict, 
 def _site_result(node: int, fitres, last_reply, names: dict[str, str], stage: str) -> SiteResult:
     name = names.get(str(node), f"node-{node}")
     if fitres is not None:
+        from .server_app import identify
+
         out = read_secure_reply(fitres)
-        return SiteResult(node, out.info["site"] or name, "ok",
+        site, problem = identify(node, str(out.info["site"]), names)
+        if problem:
+            return SiteResult(node, site, "invalid", reason=problem)
+        return SiteResult(node, site, "ok",
                           num_examples=float(fitres.num_examples), metrics=out.metrics,
                           info={"replayed": out.info["replayed"]}, ledger=out.ledger)
     if last_reply is not None and last_reply.has_error():

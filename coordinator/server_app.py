@@ -93,6 +93,11 @@ class StudyRun(TrainingSpec):
     # The study's SuperNodes, comma-separated ids ("": every node connected to the SuperLink).
     # A SuperLink serves every study of a coordinator; a node outside the list is never asked.
     node_ids: str = ""
+    # The coordinator's enrollment records: JSON {node id: site name} of the study's approved
+    # SuperNodes (coordinator/flower_runner.py). When given, a node is the site it was enrolled
+    # as, only these nodes are asked, and a reply that names another site is invalid. Without
+    # it (a local federation of one's own sites) a node is the site it first answered as.
+    node_sites: str = ""
     # Secure aggregation (Flower's SecAgg+, coordinator/secure_aggregation.py): the coordinator
     # sees only the weighted mean of the sites' updates. The threshold is the share of a site's
     # key shares needed to unmask (and so how many sites may drop out of a round); the clipping
@@ -113,6 +118,11 @@ class StudyRun(TrainingSpec):
                              "evaluation-share in [0, 1)")
         if self.population not in POPULATIONS:
             raise ValueError(f"population must be one of {POPULATIONS}, not {self.population!r}")
+        try:
+            self.enrolled  # noqa: B018
+        except (ValueError, TypeError, AttributeError):
+            raise ValueError("run config node-sites must be a JSON object of node id -> site "
+                             "name") from None
         if self.secure_aggregation and self.min_sites < 2:
             raise ValueError("secure aggregation needs min-sites >= 2: the mean of one site's "
                              "update is that update")
@@ -127,12 +137,22 @@ class StudyRun(TrainingSpec):
                               max_update=self.max_update)
 
     def study_nodes(self, grid) -> list[int]:
-        """The connected SuperNodes this study may ask."""
+        """The connected SuperNodes this study may ask (read again before every stage, so a
+        site whose SuperNode restarted is asked again)."""
         nodes = sorted(grid.get_node_ids())
-        if not self.node_ids.strip():
-            return nodes
-        allowed = {int(n) for n in self.node_ids.split(",") if n.strip()}
-        return [n for n in nodes if n in allowed]
+        if self.node_ids.strip():
+            allowed = {int(n) for n in self.node_ids.split(",") if n.strip()}
+            nodes = [n for n in nodes if n in allowed]
+        if self.enrolled:
+            nodes = [n for n in nodes if str(n) in self.enrolled]
+        return nodes
+
+    @property
+    def enrolled(self) -> dict[str, str]:
+        """node id -> site name, from the coordinator's enrollment records ({} if none)."""
+        if not self.node_sites.strip():
+            return {}
+        return {str(int(k)): str(v) for k, v in json.loads(self.node_sites).items()}
 
     @property
     def registry_path(self) -> Path:
@@ -216,7 +236,36 @@ def exchange(grid, nodes: list[int], request: Request, rnd: int, run: StudyRun,
     for node in pending.values():
         results[node] = SiteResult(node, names.get(str(node), f"node-{node}"), "missing",
                                    reason=f"no reply after {waited:.0f} s")
-    return [results[n] for n in nodes]
+    return one_node_per_site([results[n] for n in nodes], names)
+
+
+def identify(node: int, declared: str, names: dict[str, str]) -> tuple[str, str]:
+    """Which site answered, and why the reply is invalid ('' if it is not): the coordinator's
+    own record of the node (its enrollment, else the name it first answered under), never only
+    what the reply says. An unknown node is the site it declares, until `one_node_per_site`."""
+    known = names.get(str(node))
+    if known is None or known.startswith("node-"):
+        return declared or f"node-{node}", ""
+    if declared and declared != known:
+        return known, f"node {node} is site {known!r} but answered as {declared!r}"
+    return known, ""
+
+
+def one_node_per_site(results: list[SiteResult], names: dict[str, str]) -> list[SiteResult]:
+    """Every stage, not only the statistics: two nodes answering as one site (a second agent, a
+    node claiming another's name) would count its update twice. The node the coordinator knows
+    under the name keeps it; any other is invalid."""
+    owner = {site: int(node) for node, site in names.items() if not site.startswith("node-")}
+    taken: dict[str, int] = {}
+    for r in sorted(results, key=lambda r: owner.get(r.site) != r.node_id):
+        if r.status != "ok":
+            continue
+        if r.site in taken or owner.get(r.site, r.node_id) != r.node_id:
+            first = taken.get(r.site, owner.get(r.site))
+            r.status, r.reason = "invalid", f"a second node answers as {r.site!r} (node {first})"
+        else:
+            taken[r.site] = r.node_id
+    return results
 
 
 def poll_replies(grid, pending: dict[str, int], timeout: float, poll: float,
@@ -250,7 +299,10 @@ def _read_reply(node: int, reply, names: dict[str, str]) -> SiteResult:
         out = Reply.from_content(reply.content)
     except ValueError as e:
         return SiteResult(node, name, "invalid", reason=str(e))
-    return SiteResult(node, str(out.info.get("site", name)), "ok", weights=out.weights,
+    site, problem = identify(node, str(out.info.get("site", "")), names)
+    if problem:
+        return SiteResult(node, site, "invalid", reason=problem)
+    return SiteResult(node, site, "ok", weights=out.weights,
                       num_examples=float(out.metrics.get("num-examples", 0)),
                       metrics=out.metrics, info=out.info, ledger=out.ledger, stats=out.stats,
                       evaluation=out.evaluation)
@@ -327,27 +379,28 @@ def size_problem(stats: TableStats, claimed: float, source: str) -> str:
     weight and its share of the merged statistics are what it claims, so it could take over both
     by claiming 1e12 rows. But every one of its histograms counts every row once, under Gaussian
     noise of a known scale: their totals must agree with each other, and an estimated size is
-    the first one's total (agent/site_job.py:reported_size); a declared size must agree with
-    them too."""
+    their weighted mean (TableStats.noisy_rows, agent/site_job.py:reported_size); a declared
+    size must agree with it too."""
     sigma_cell = stats.mechanisms[0].noise_multiplier * np.sqrt(len(stats.histograms))
-    totals = {name: (float(np.sum(stats.counts(name))), len(stats.counts(name)))
-              for name in stats.histograms}
-    (first, (t0, k0)), *rest = totals.items()
-    t0 = max(t0, 1.0)  # as TableStats.noisy_rows
-    for name, (t, k) in rest:
-        if abs(t - t0) > _TOLERANCE_SD * sigma_cell * np.sqrt(k + k0) + 1:
-            return (f"histogram totals disagree ({name!r}: {t:.0f}, {first!r}: {t0:.0f}) by more "
-                    "than their noise allows: every histogram counts every row once")
+    totals = [(name, float(np.sum(stats.counts(name))), len(stats.counts(name)))
+              for name in stats.histograms]
+    estimate = stats.noisy_rows()
+    estimate_sd = sigma_cell / np.sqrt(sum(1.0 / k for _, _, k in totals))
+    for name, t, k in totals:
+        if abs(t - estimate) > _TOLERANCE_SD * (sigma_cell * np.sqrt(k) + estimate_sd) + 1:
+            return (f"histogram totals disagree ({name!r}: {t:.0f}, all of them: "
+                    f"{estimate:.0f}) by more than their noise allows: every histogram counts "
+                    "every row once")
     if source == "declared":
         # A declared size counts the whole table; the histograms leave out the site's hold-out,
         # at most half of it (agent/config.py), so the table holds between 1x and 2x their total.
-        noise = _TOLERANCE_SD * sigma_cell * np.sqrt(k0) + 1
-        low, high = t0 - noise, (t0 + noise) / (1 - MAX_HOLDOUT_FRACTION)
+        noise = _TOLERANCE_SD * estimate_sd + 1
+        low, high = estimate - noise, (estimate + noise) / (1 - MAX_HOLDOUT_FRACTION)
     else:
-        low, high = t0 - 1.0, t0 + 1.0  # the site reports its first histogram's total, rounded
+        low, high = estimate - 1.0, estimate + 1.0  # the site reports the estimate, rounded
     if not low <= claimed <= high:
         return (f"reported size {claimed:.0f} ({source or 'estimated'}) disagrees with the total "
-                f"of its own histograms ({t0:.0f})")
+                f"of its own histograms ({estimate:.0f})")
     return ""
 
 
@@ -370,8 +423,6 @@ def statistics_stage(grid, run: StudyRun, training_id: str, schema: Schema,
             if not problem:
                 problem = size_problem(TableStats.from_dict(r.stats), r.num_examples,
                                        str(r.info.get("size-source", "")))
-            if not problem and r.site in parts:
-                problem = f"a second site calls itself {r.site!r}"
             if problem:
                 r.status, r.reason = "invalid", problem
             else:
@@ -418,7 +469,7 @@ def run_study(grid, run: StudyRun) -> dict:
     ckpt = store.load()
     saved = store.load_start()
     names: dict[str, str] = {**_load_registry(run.registry_path),
-                             **(ckpt.meta.get("sites", {}) if ckpt else {})}
+                             **(ckpt.meta.get("sites", {}) if ckpt else {}), **run.enrolled}
     first = (ckpt.round if ckpt else 0) + 1
     run_id = getattr(grid.run, "run_id", None)
     events.write("run_started", run_id=run_id, training_id=training_id, study=run.study,

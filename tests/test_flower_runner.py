@@ -5,6 +5,7 @@ The whole path with a real federation is tests/test_admin_training.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import numpy as np
@@ -29,7 +30,7 @@ def _study(run_id: int = 7, *, population: str = "disjoint", sites=("a", "b", "c
     return StudyInfo(name="adult", run_id=run_id, schema_yaml=text,
                      schema_fingerprint=Schema.load(ADULT_SCHEMA).fingerprint(), epsilon=3.0,
                      delta=1e-5, population=population, rounds=4, rows=500,
-                     sites=tuple(SiteInfo(s, "", "") for s in sites))
+                     sites=tuple(SiteInfo(s, "", "", node_id=100 + i) for i, s in enumerate(sites)))
 
 
 def _runner(tmp_path, **kw) -> FlowerRunner:
@@ -52,6 +53,8 @@ def test_the_run_config_is_the_study_and_reads_as_a_studyrun(tmp_path):
     assert run.release_dir == str(tmp_path / "rel")
     assert run.signing_key == str(tmp_path / "release.key")
     assert run.node_registry == str(tmp_path / "training" / "nodes.json")
+    # Each node is the site its enrollment says, whatever a reply claims.
+    assert run.enrolled == {"100": "a", "101": "b", "102": "c"}
     # min-sites defaults to every site of the study and never exceeds them.
     assert _runner(tmp_path).run_config(_study(population="disjoint"), schema_path=tmp_path,
                                         checkpoint_dir=tmp_path, release_dir=tmp_path)[
@@ -174,3 +177,13 @@ def test_serve_admin_refuses_operator_settings_that_belong_to_the_study(tmp_path
         "--superlink-flwr-home", str(tmp_path / "cli-home"), "--run-config", "num-rounds=9"])
     assert out.exit_code == 1
     assert "num-rounds: set by the study" in out.output
+
+
+def test_a_study_with_a_site_whose_key_was_never_registered_is_not_run(tmp_path):
+    """Without its node id the coordinator could not tell that site from any node answering
+    under its name."""
+    study = _study()
+    study = dataclasses.replace(study, sites=(*study.sites[:2], SiteInfo("c", "", "")))
+    with pytest.raises(ValueError, match=r"sites \['c'\] have no registered SuperNode key"):
+        _runner(tmp_path).run_config(study, schema_path=tmp_path, checkpoint_dir=tmp_path,
+                                     release_dir=tmp_path)
