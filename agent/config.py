@@ -112,13 +112,15 @@ class SiteSection(BaseModel):
 class SuperLinkSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
     address: str
-    insecure: bool = True
+    # TLS by default: plain HTTP is a choice written in the file, for a test on one host.
+    insecure: bool = False
     root_certificates: Path | None = None
 
     @model_validator(mode="after")
     def _tls(self) -> "SuperLinkSection":
         if not self.insecure and self.root_certificates is None:
-            raise ValueError("insecure = false needs root_certificates (the coordinator's CA)")
+            raise ValueError("[superlink] needs root_certificates (the coordinator's CA) to "
+                             "speak TLS; only for a test on one host, set insecure = true")
         return self
 
 

@@ -360,6 +360,11 @@ def test_start_script_tls_and_node_auth(tmp_path):
     assert f"--ssl-ca-certfile\n{files['ca']}" in out.stdout and "--enable-supernode-auth" in out.stdout
     conn = tomllib.loads((tmp_path / "state" / "cli-home" / "config.toml").read_text())
     assert conn["superlink"]["synthpool"]["root-certificates"] == str(files["ca"])
+    # With TLS, node authentication is on unless turned off explicitly.
+    default = _start(tmp_path, **tls)
+    assert default.returncode == 0 and "--enable-supernode-auth" in default.stdout
+    off = _start(tmp_path, SYNTHPOOL_NODE_AUTH="0", **tls)
+    assert off.returncode == 0 and "--enable-supernode-auth" not in off.stdout
     # Refusals: a partial TLS set; node auth without TLS; a bad port.
     partial = _start(tmp_path, SYNTHPOOL_TLS_CA=str(files["ca"]))
     assert partial.returncode == 2 and "go together" in partial.stderr

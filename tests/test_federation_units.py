@@ -101,7 +101,7 @@ def write_site(tmp_path, name, data, eps=3.0, extra="") -> str:
     path.write_text(
         f'[site]\nname = "{name}"\ndata = "{data}"\nstate_dir = "state"\ntorch_threads = 1\n'
         f'{extra}\n'
-        f'[superlink]\naddress = "127.0.0.1:1"\n\n'
+        f'[superlink]\naddress = "127.0.0.1:1"\ninsecure = true\n\n'
         f'[budgets.adult]\nepsilon = {eps}\ndelta = {DELTA}\n'
     )
     return str(path)

@@ -22,7 +22,8 @@
 #                         PEM files; all three or none. Without them the SuperLink speaks plain
 #                         HTTP (a warning is printed). Flower requires TLS for node auth.
 #   SYNTHPOOL_NODE_AUTH   1: only SuperNodes whose public key was registered with
-#                         `flwr supernode register` may connect (needs TLS)      default 0
+#                         `flwr supernode register` (site approval) may connect; needs TLS.
+#                         default 1 with TLS, 0 without (Flower has no node auth over plain HTTP)
 #   SYNTHPOOL_CONTROL_ADDRESS  address the admin CLI dials       default 127.0.0.1:$SYNTHPOOL_PORT
 #                         (with TLS the server certificate must name it)
 #   SYNTHPOOL_DRY_RUN     1: print the command instead of running it (used by tests/test_deploy.py)
@@ -35,7 +36,7 @@ venv_bin="${SYNTHPOOL_VENV_BIN:-/opt/synthpool/venv/bin}"
 tls_ca="${SYNTHPOOL_TLS_CA:-}"
 tls_cert="${SYNTHPOOL_TLS_CERT:-}"
 tls_key="${SYNTHPOOL_TLS_KEY:-}"
-node_auth="${SYNTHPOOL_NODE_AUTH:-0}"
+node_auth="${SYNTHPOOL_NODE_AUTH:-}"
 control="${SYNTHPOOL_CONTROL_ADDRESS:-127.0.0.1:$port}"
 
 die() { echo "synthpool-coordinator-start: $*" >&2; exit 2; }
@@ -63,11 +64,14 @@ else
   conn_security="insecure = true"
 fi
 
+if [ -z "$node_auth" ]; then
+  if [ -n "$tls_cert" ]; then node_auth=1; else node_auth=0; fi
+fi
 case "$node_auth" in
   1|true|yes)
     [ -n "$tls_cert" ] || die "SYNTHPOOL_NODE_AUTH=1 needs TLS (Flower refuses node auth without it)"
     set -- "$@" --enable-supernode-auth ;;
-  0|false|no|'') ;;
+  0|false|no) ;;
   *) die "SYNTHPOOL_NODE_AUTH must be 0 or 1, got '$node_auth'" ;;
 esac
 
