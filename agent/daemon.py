@@ -45,6 +45,8 @@ from .ledger import Ledger
 from .lifeline import die_with_parent
 from .site_state import NODE_CONFIG_KEY
 
+SUPEREXEC_SECRET = "superexec.secret"
+
 LOCALHOST = "127.0.0.1"
 #: In the state dir: flock-ed by the agent running on it, and holding that agent's pid.
 LOCK_FILE = "agent.lock"
@@ -143,7 +145,8 @@ def supernode_argv(cfg: SiteConfig) -> list[str]:
             "--host", LOCALHOST, "--port", str(cfg.supernode.port),
             "--node-config", f'{NODE_CONFIG_KEY}="{path}"',
             # No executor inside the SuperNode: the agent's own (executor_argv) takes its tasks.
-            "--isolation", "process"]
+            "--isolation", "process",
+            "--superexec-auth-secret-file", str(superexec_secret_path(cfg))]
     if cfg.superlink.insecure:
         argv.append("--insecure")
     else:
@@ -161,7 +164,26 @@ def executor_argv(cfg: SiteConfig) -> list[str]:
     `python -P`: the working directory is not put on sys.path."""
     return [sys.executable, "-P", "-m", "synthpool.agent.trusted_exec",
             "--runtime-api-address", f"{LOCALHOST}:{cfg.supernode.port}",
-            "--config", str(cfg.path)]
+            "--config", str(cfg.path), "--auth-secret-file", str(superexec_secret_path(cfg))]
+
+
+def superexec_secret_path(cfg: SiteConfig) -> Path:
+    return cfg.state_dir / SUPEREXEC_SECRET
+
+
+def write_superexec_secret(cfg: SiteConfig) -> Path:
+    """A fresh secret for this start, readable by the site's account only, shared by the
+    SuperNode and the executor: without it the SuperNode's local Runtime API would hand a task
+    (and its token) to any local process that asks first (Flower's HMAC SuperExec auth)."""
+    import secrets
+
+    path = superexec_secret_path(cfg)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secrets.token_hex(32).encode())
+    os.replace(tmp, path)
+    return path
 
 
 def supernode_env(cfg: SiteConfig) -> dict[str, str]:
@@ -250,6 +272,7 @@ def run(cfg: SiteConfig) -> int:
 
 def _supervise(cfg: SiteConfig) -> int:
     prepare(cfg).close()
+    write_superexec_secret(cfg)
     preexec = die_with_parent if sys.platform == "linux" else None
     env = supernode_env(cfg)
     node = subprocess.Popen(supernode_argv(cfg), env=env, preexec_fn=preexec,

@@ -41,6 +41,7 @@ from .trusted_app import TOKEN_ENV
 
 POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"  # the knob Flower's SuperExec reads
 FORK_ENV = "SYNTHPOOL_TASK_FORK"
+ACQUIRE_TASK = "/flwr.proto.Runtime/AcquireTask"  # the call Flower's SuperExec auth protects
 # What every task imports; all of it is the site's installation.
 PRELOAD = ("numpy", "pandas", "pyarrow.parquet", "torch", "opacus", "sklearn.ensemble",
            "flwr.app", "flwr.supernode.runtime.run_clientapp", "flwr.supercore.heartbeat",
@@ -112,16 +113,22 @@ def _reseed() -> None:
         sys.modules["torch"].seed()
 
 
-def serve(runtime_api_address: str, config: Path) -> None:
+def serve(runtime_api_address: str, config: Path, secret: bytes | None = None) -> None:
     from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=no-name-in-module
     from flwr.supercore.constant import TaskType
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
     from flwr.supercore.retry import make_simple_http_retry_invoker
     from flwr.supercore.runtime import RuntimeHttpClient
 
+    interceptors = [RuntimeVersionHttpInterceptor(component_name="SuperExec")]
+    if secret:  # the SuperNode hands tasks only to a caller that signs with the agent's secret
+        from flwr.supercore.interceptors.http.superexec_auth import SuperExecAuthHttpInterceptor
+
+        interceptors.append(SuperExecAuthHttpInterceptor(
+            master_secret=secret, protected_methods=frozenset({ACQUIRE_TASK})))
     client = RuntimeHttpClient.from_server_address(
         server_address=runtime_api_address, insecure=True, root_certificates=None,
-        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
+        interceptors=interceptors,
         # Retries connection errors for ever: the SuperNode's API comes up after this loop.
         retry_invoker=make_simple_http_retry_invoker())
     request = AcquireTaskRequest(supported_task_types=[t.value for t in TaskType])
@@ -159,9 +166,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runtime-api-address", required=True)
     parser.add_argument("--config", required=True, type=Path, help="the site's site.toml")
+    parser.add_argument("--auth-secret-file", type=Path, default=None,
+                        help="the secret the SuperNode was started with (agent/daemon.py)")
     args = parser.parse_args(argv)
+    secret = args.auth_secret_file.read_bytes() if args.auth_secret_file else None
     try:
-        serve(args.runtime_api_address, args.config.resolve())
+        serve(args.runtime_api_address, args.config.resolve(), secret)
     except KeyboardInterrupt:
         pass
 

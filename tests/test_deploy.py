@@ -526,6 +526,23 @@ def test_fleet_gateway_forwards_fleet_routes_only(gateway):
     assert _Recorder.seen == [(m, t) for m, t in passes], _Recorder.seen
 
 
+def test_fleet_gateway_refuses_huge_bodies_and_a_flood_from_one_address(gateway):
+    """Flower parses a body before its node-auth check: the gateway bounds the size of one
+    request and the rate of one client address, before anything reaches the SuperLink."""
+    port, tls = gateway
+    conn = (http.client.HTTPConnection("127.0.0.1", port, timeout=5) if tls is None else
+            http.client.HTTPSConnection("localhost", port, timeout=5, context=tls))
+    conn.putrequest("POST", "/v1/fleet/push-object", skip_accept_encoding=True)
+    conn.putheader("content-length", str(65 * 2**20))  # refused on the header, unsent
+    conn.endheaders()
+    assert conn.getresponse().status == 413
+    conn.close()
+    statuses = []
+    while 429 not in statuses and len(statuses) < 2000:
+        statuses.append(_raw_request(port, "POST", "/v1/fleet/pull-messages", b"x", tls))
+    assert statuses[:150] == [200] * 150 and 429 in statuses
+
+
 # -- demo data --------------------------------------------------------------------------------------
 
 def test_seed_demo_data_writes_disjoint_slices_the_schema_loads(tmp_path):

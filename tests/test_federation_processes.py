@@ -191,6 +191,26 @@ def test_federated_evaluation_no_reply_carries_a_real_row(fed, tight_run):
         assert list(fed.site_state_dir(site).glob("reports/*/*/report.html"))
 
 
+@pytest.mark.timeout(60)
+def test_a_local_process_without_the_agents_secret_gets_no_task(fed, tight_run):
+    """The SuperNode's local Runtime API hands a task (and its token) only to a caller signed
+    with the secret the agent started it with (0600, fresh each start)."""
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=no-name-in-module
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.runtime import RuntimeHttpClient
+
+    from synthpool.agent.config import load_site_config
+    from synthpool.agent.daemon import superexec_secret_path
+
+    cfg = load_site_config(fed.site_config("s0"))
+    assert superexec_secret_path(cfg).stat().st_mode & 0o077 == 0
+    intruder = RuntimeHttpClient.from_server_address(
+        server_address=f"127.0.0.1:{cfg.supernode.port}", insecure=True, root_certificates=None,
+        interceptors=[])
+    with pytest.raises(Exception, match="401 Unauthorized"):
+        intruder.AcquireTask(AcquireTaskRequest(supported_task_types=[t.value for t in TaskType]))
+
+
 @pytest.mark.timeout(400)
 def test_coordinator_killed_and_restarted_resumes_without_double_charge(fed):
     fed.checkpoint_dir = fed.coord_dir / "ckpt-restart"
