@@ -252,19 +252,23 @@ def identify(node: int, declared: str, names: dict[str, str]) -> tuple[str, str]
 
 
 def one_node_per_site(results: list[SiteResult], names: dict[str, str]) -> list[SiteResult]:
-    """Every stage, not only the statistics: two nodes answering as one site (a second agent, a
-    node claiming another's name) would count its update twice. The node the coordinator knows
-    under the name keeps it; any other is invalid."""
-    owner = {site: int(node) for node, site in names.items() if not site.startswith("node-")}
-    taken: dict[str, int] = {}
-    for r in sorted(results, key=lambda r: owner.get(r.site) != r.node_id):
-        if r.status != "ok":
+    """Every stage, not only the statistics: two nodes answering as one site in one exchange (a
+    second agent, a node claiming another's name) would count its update twice. A node the
+    coordinator knows under the name keeps it, else the first; any other is invalid. (A node
+    answering alone under a name another node had, as a restarted SuperNode without node
+    authentication does, takes it over.)"""
+    claims: dict[str, list[SiteResult]] = {}
+    for r in results:
+        if r.status == "ok":
+            claims.setdefault(r.site, []).append(r)
+    for site, rs in claims.items():
+        if len(rs) < 2:
             continue
-        if r.site in taken or owner.get(r.site, r.node_id) != r.node_id:
-            first = taken.get(r.site, owner.get(r.site))
-            r.status, r.reason = "invalid", f"a second node answers as {r.site!r} (node {first})"
-        else:
-            taken[r.site] = r.node_id
+        keep = next((r for r in rs if names.get(str(r.node_id)) == site), rs[0])
+        for r in rs:
+            if r is not keep:
+                r.status, r.reason = ("invalid", f"a second node answers as {site!r} "
+                                                 f"(node {keep.node_id})")
     return results
 
 
@@ -491,7 +495,10 @@ def run_study(grid, run: StudyRun) -> dict:
     weights = ckpt.weights if ckpt else initial
     strategy = FedAvg(min_sites=run.min_sites, proximal_mu=run.proximal_mu)
     for rnd in range(first, run.num_rounds + 1):
-        nodes = run.study_nodes(grid)
+        # A site known to have released no statistics in this training cannot take part in its
+        # rounds: it is not asked again. A node not known yet (a restarted SuperNode) is.
+        nodes = [n for n in run.study_nodes(grid)
+                 if str(n) not in names or names[str(n)] in sizes]
         events.write("round_started", round=rnd, run_id=run_id, nodes=nodes)
         t0 = time.monotonic()
         wire = run.round_wire(training_id, rnd, fingerprint, start["stats_digest"])
