@@ -22,7 +22,6 @@ import gzip
 import json
 import random
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -285,24 +284,3 @@ class LocalFederation:
         for p in self.procs.processes:
             parts.append(f"===== {p.name} (pid {p.pid}, rc {p.popen.poll()}) =====\n{p.log_tail(6000)}")
         return "\n".join(parts)
-
-
-def main() -> None:  # pragma: no cover - manual smoke run: python -m synthpool.coordinator.federation
-    import tempfile
-
-    from ..common.bundled import ADULT_TRAIN
-
-    work = Path(tempfile.mkdtemp(prefix="synthpool-fed-"))
-    data = split_rows(ADULT_TRAIN, work / "data", 3, rows_per_site=3000)
-    sites = [SiteSpec(f"site-{i}", p, {"adult": (3.0, 1e-5)}) for i, p in enumerate(data)]
-    with LocalFederation(work, sites) as fed:
-        fed.start()
-        out = fed.run({"num-rounds": 2, "min-sites": 2, "expected-sites": 3,
-                       "target-epsilon": 3.0, "local-steps": 10, "hidden": 64}, timeout=300)
-        print(out.output[-3000:])
-        print(json.dumps(out.events, indent=1)[-3000:])
-    print(work, file=sys.stderr)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
