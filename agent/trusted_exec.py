@@ -16,8 +16,8 @@ Every child is started with PR_SET_PDEATHSIG, as the agent starts this loop: a t
 does not outlive the agent.
 
 Warm tasks (Linux): a fresh Python process per task spends 7-9 s importing Flower's runtime,
-torch, Opacus and pandas before it reads a byte of its message (DESIGN: a ClientApp runs in a new
-process for every message), which is most of a round at a small site. So this loop imports them
+torch, Opacus and pandas before it reads a byte of its message (a ClientApp runs in a new
+process for every message: docs/ARCHITECTURE.md), which is most of a round at a small site. So this loop imports them
 once, from the site's own installation only (what any task would import, never the FAB's), and
 forks each task from itself: the child runs exactly what the spawned process runs (trusted_app),
 the FAB check first. Nothing of a task survives it. The preloading runs no torch operation, so
@@ -104,6 +104,14 @@ def fork_task(runtime_api_address: str, token: str, task_type: str, config: Path
         os._exit(code)
 
 
+def _running(pid: int) -> bool:
+    """Reap `pid` if it ended."""
+    try:
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return False
+
+
 def _reseed() -> None:
     """A forked child starts with its parent's generator states: draw fresh ones."""
     import numpy as np
@@ -143,7 +151,7 @@ def serve(runtime_api_address: str, config: Path, secret: bytes | None = None) -
           f"against {config} before it runs ({how})", flush=True)
     while True:
         children = [c for c in children if c.poll() is None]  # reap finished tasks
-        forked = {pid for pid in forked if os.waitpid(pid, os.WNOHANG) == (0, 0)}
+        forked = {pid for pid in forked if _running(pid)}
         try:
             res = client.AcquireTask(request)
         except Exception as e:  # noqa: BLE001 - keep serving; the agent watches the SuperNode
