@@ -44,8 +44,8 @@ import numpy as np
 from ..common.atomic import atomic_write_text
 from ..common.generators.base import DPSGDConfig
 from ..common.planning import expected_batch, preprocessing_noise, sample_rate_for
-from ..common.privacy import (GaussianMechanism, PureSpend, calibrate_noise, check_delta,
-                              check_epsilon, delta_warning)
+from ..common.privacy import (GaussianMechanism, calibrate_noise, check_delta, check_epsilon,
+                              delta_warning)
 from ..common.stats import TableStats, collect_stats
 from ..common.wire import TrainingSpec, as_wire, fields_from_wire
 from .ledger import NoBudget
@@ -154,12 +154,9 @@ def charge_schema_draft(site: SiteState, cfg: RoundConfig) -> None:
     """A DP draft of the study schema read this site's rows (or does not say whose rows): its
     spend is charged here, once per draft, before the statistics stage plans its noise. An exact
     draft is no DP release at all: the site's owner is told at every training."""
-    drafts: dict[str, list[PureSpend]] = {}
-    for p in site.schema.provenance:
-        if p.charged_at(site.name):
-            drafts.setdefault(p.draft_id or "schema-draft", []).append(
-                PureSpend(f"schema: {p.mechanism}", p.epsilon, p.delta))
-    for job_id, spends in drafts.items():
+    from ..common.synthesis import schema_drafts
+
+    for job_id, spends in schema_drafts(site.schema, site.name).items():
         site.ledger.charge(cfg.study, job_id, spends,
                            label=f"the DP draft of study {cfg.study!r}'s schema",
                            meta={"schema": site.schema.fingerprint()})

@@ -39,12 +39,20 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def schema_drafts(schema: Schema, site: str | None = None) -> dict[str, list[PureSpend]]:
+    """The DP spends recorded in the schema's provenance (a DP schema draft) that `site`'s
+    ledger must hold, by draft id (one ledger charge each): those drafted on its rows or on rows
+    the draft does not name. None: a single-site run, which charges them all."""
+    drafts: dict[str, list[PureSpend]] = {}
+    for p in schema.provenance:
+        if p.charged_at(site):
+            drafts.setdefault(p.draft_id or "schema-draft", []).append(
+                PureSpend(f"schema: {p.mechanism}", p.epsilon, p.delta))
+    return drafts
+
+
 def schema_spends(schema: Schema, site: str | None = None) -> list[PureSpend]:
-    """DP spends recorded in the schema's provenance (a DP schema draft) that `site`'s ledger
-    must hold: those drafted on its rows or on rows the draft does not name. None: a single-site
-    run, which charges them all."""
-    return [PureSpend(f"schema: {p.mechanism}", p.epsilon, p.delta)
-            for p in schema.provenance if p.charged_at(site)]
+    return [spend for spends in schema_drafts(schema, site).values() for spend in spends]
 
 
 @dataclass

@@ -151,6 +151,14 @@ def _read_json(content, name: str):
 _LAYOUT = "layout"
 
 
+def _weights_records(weights: list) -> dict:
+    """ARRAYS, and LAYOUT when there are weights: what `_read_arrays` reads back."""
+    records = {ARRAYS: _arrays_record(weights)}
+    if weights:
+        records[_LAYOUT] = _layout(weights)
+    return records
+
+
 def _arrays_record(weights: list):
     """The weights as ONE array plus their layout: Flower stores and moves every array of a
     record as its own object, one HTTP request each way, so a model of 50 tensors cost about 10
@@ -210,9 +218,7 @@ class Request:
     def records(self):
         from flwr.app import ConfigRecord, RecordDict
 
-        records = {ARRAYS: _arrays_record(self.weights), CONFIG: ConfigRecord(dict(self.config))}
-        if self.weights:
-            records[_LAYOUT] = _layout(self.weights)
+        records = {**_weights_records(self.weights), CONFIG: ConfigRecord(dict(self.config))}
         if self.stats_json is not None:
             records[STATS] = _json_record(self.stats_json)
         if self.synthetic is not None:
@@ -247,14 +253,12 @@ class Reply:
         from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
         records = {
-            ARRAYS: _arrays_record(self.weights),
+            **_weights_records(self.weights),
             METRICS: MetricRecord({k: v for k, v in self.metrics.items()
                                    if isinstance(v, (int, float))}),
             SITE: ConfigRecord(self.info),
             LEDGER: _json_record(self.ledger),
         }
-        if self.weights:
-            records[_LAYOUT] = _layout(self.weights)
         for name in (STATS, EVALUATION):
             if getattr(self, name) is not None:
                 records[name] = _json_record(getattr(self, name))
