@@ -32,12 +32,19 @@ def dp_sgd(
     device: str,
     progress: ProgressFn | None = None,
     proximal_mu: float = 0.0,
+    average: float = 0.0,
 ) -> TrainStats:
     """Run `dp.steps` DP-SGD steps of `criterion(module(x), x)` on the rows of `data`.
 
     `criterion` must return one loss per row when Opacus sets `reduction="none"`. The FedProx
     proximal pull towards the starting weights is applied as a separate decoupled step after each
     noised update: it does not touch the data, so it costs no privacy.
+
+    `average` in (0, 1): the job returns an exponential moving average of its iterates (decay
+    `average`, warmed up over the first steps) instead of the last one. Averaging is
+    post-processing of the noised iterates (no privacy cost) and cancels much of the noise a
+    larger learning rate would leave in the last iterate. It stays inside the convex hull of
+    the iterates, so the update bound (common/update_bound.py) holds for it too.
     """
     if not 0 < dp.sample_rate <= 1:
         raise ValueError(f"sample rate {dp.sample_rate} outside (0, 1]")
@@ -47,6 +54,7 @@ def dp_sgd(
     loader = DPDataLoader(TensorDataset(data), sample_rate=dp.sample_rate,
                           generator=torch.Generator().manual_seed(secrets.randbits(63)))
     anchor = [p.detach().clone() for p in module.parameters()] if proximal_mu > 0 else None
+    mean = [p.detach().clone() for p in module.parameters()] if average > 0 else None
     # The betas bound every step (common/update_bound.py): the coordinator checks updates by it.
     optimizer = torch.optim.Adam(module.parameters(), lr=lr, betas=ADAM_BETAS)
     with warnings.catch_warnings():
@@ -99,9 +107,18 @@ def dp_sgd(
                         for p, a in zip(module.parameters(), anchor):
                             p.sub_(lr * proximal_mu * (p - a))
                 step += 1
+                if mean is not None:
+                    decay = min(average, (1 + step) / (10 + step))
+                    with torch.no_grad():
+                        for p, m in zip(module.parameters(), mean):
+                            m.lerp_(p, 1 - decay)
                 rows += len(batch)
                 if progress is not None:
                     progress(step, dp.steps, loss_value)
     dp_module._close()  # removes Opacus' hooks so sampling runs on the bare module
+    if mean is not None:
+        with torch.no_grad():
+            for p, m in zip(module.parameters(), mean):
+                p.copy_(m)
     return TrainStats(steps=step, rows_seen=rows, seconds=time.perf_counter() - start,
                       final_loss=loss_value)

@@ -67,3 +67,31 @@ def test_the_normaliser_comes_from_the_dp_row_estimate(normalisers, monkeypatch)
     assert dp.expected_batch == pytest.approx(0.25 * 212.7) == expected_batch(0.25, 212.7)
     dp_sgd(_net(), _Reconstruction(), torch.randn(200, 3), dp, lr=1e-2, device="cpu")
     assert normalisers == [pytest.approx(0.25 * 212.7)] * 4
+
+
+def test_a_job_with_averaging_returns_the_moving_average_of_its_noised_iterates():
+    """The returned weights are the warmed-up exponential average of every iterate (recorded
+    here after each step), not the last one: post-processing of what DP-SGD produced, inside
+    the iterates' hull, so the update bound holds for it."""
+    net = _net()
+    start = [p.detach().clone() for p in net.parameters()]
+    iterates: list[list[torch.Tensor]] = []
+
+    def record(step, total, loss):
+        iterates.append([p.detach().clone() for p in net.parameters()])
+
+    dp = DPSGDConfig(steps=30, sample_rate=0.5, noise_multiplier=1.0, max_grad_norm=1.0,
+                     expected_batch=20.0)
+    dp_sgd(net, _Reconstruction(), torch.randn(40, 3), dp, lr=1e-2, device="cpu",
+           progress=record, average=0.9)
+    expected = [s.clone() for s in start]
+    for t, weights in enumerate(iterates, start=1):
+        decay = min(0.9, (1 + t) / (10 + t))
+        expected = [e + (1 - decay) * (w - e) for e, w in zip(expected, weights)]
+    final = list(net.parameters())
+    assert all(torch.allclose(p.detach(), e, atol=1e-6) for p, e in zip(final, expected))
+    assert not all(torch.allclose(p.detach(), w) for p, w in zip(final, iterates[-1]))
+    # Each coordinate stays within the furthest any iterate went from the start.
+    for p, s, *ws in zip(final, start, *iterates):
+        reach = torch.stack([(w - s).abs() for w in ws]).amax(0)
+        assert ((p.detach() - s).abs() <= reach + 1e-6).all()

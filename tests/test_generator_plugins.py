@@ -125,7 +125,7 @@ def test_a_plugin_family_runs_single_site_through_synth(installed_plugin, tmp_pa
     assert result.exit_code == 0, result.output
     manifest = json.loads(out.with_suffix(".manifest.json").read_text())
     assert manifest["model"]["family"] == TOY
-    assert manifest["model"]["hyperparameters"] == {"lr": 2e-3, "temperature": 0.8}
+    assert manifest["model"]["hyperparameters"] == {"lr": 2e-3, "average": 0.0, "temperature": 0.8}
     assert manifest["training"]["method"] == ToyGenerator.training
     rows = pd.read_csv(out)
     assert len(rows) == 400 and list(rows.columns) == schema.names

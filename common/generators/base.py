@@ -59,6 +59,9 @@ class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     lr: float = Field(2e-3, gt=0, le=1)
+    # Decay of the moving average of the iterates a job returns (0: the last iterate); see
+    # common.dp_training.dp_sgd.
+    average: float = Field(0.0, ge=0, lt=1)
 
 
 class Generator(ABC):
@@ -90,7 +93,7 @@ class Generator(ABC):
         from ..dp_training import dp_sgd  # dp_training imports this module's configs
 
         return dp_sgd(self.net, self.loss, encoded, dp, lr=self.hp.lr, device=self.device,
-                      progress=progress, proximal_mu=proximal_mu)
+                      progress=progress, proximal_mu=proximal_mu, average=self.hp.average)
 
     @abstractmethod
     def sample(self, n: int, conditions: dict[str, str] | None = None,
