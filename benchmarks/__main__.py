@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-ALL = ["engine", "generators", "utility", "federation", "secure_aggregation"]
+ALL = ["engine", "generators", "fedavg", "utility", "federation", "secure_aggregation"]
 
 
 def main() -> None:

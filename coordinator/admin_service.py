@@ -488,19 +488,56 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return pb.ListSitesResponse(sites=[_site(s) for s in sites])
 
     def ApproveSite(self, request, context):
+        # The SuperLink admits the key first, outside the audited transaction (seconds of
+        # Flower CLI); a failure there is raised inside it, so it is audited like any refusal.
+        node_id, failure = None, None
+        try:
+            node_id = self._admit(request, context)
+        except Exception as e:  # noqa: BLE001
+            failure = e
         with self._call(context, "ApproveSite", request) as call:
-            admit = (lambda s: self.fleet.admit(s.name, s.public_key)) if self.fleet else None
+            if failure is not None:
+                raise failure
             site = self.state.approve_site(request.name, call.actor, request.expected_fingerprint,
-                                           admit=admit)
+                                           node_id=node_id,
+                                           undo=self.fleet.shut_out if self.fleet else None)
             call.detail = f"key {site.public_key_fingerprint}" + (
                 f", SuperNode {site.flower_node_id}" if site.flower_node_id is not None else "")
         return _site(site)
 
+    def _admit(self, request, context) -> int | None:
+        """The SuperNode id the SuperLink gives the site's key, for an administrator's approval
+        of a site that may be approved; None otherwise (`_call` then refuses or reports)."""
+        try:
+            if self.fleet is None or self.authenticate(context) is None:
+                return None
+            site = self.state.get_site(request.name)
+            st.check_approvable(site, request.expected_fingerprint)
+        except st.StateError:
+            return None
+        if site.status != st.SITE_REGISTERED:
+            return None
+        return self.fleet.admit(site.name, site.public_key)
+
     def RevokeSite(self, request, context):
         with self._call(context, "RevokeSite", request) as call:
-            site = self.state.revoke_site(request.name, call.actor, request.reason,
-                                          shut_out=self.fleet.shut_out if self.fleet else None)
-        return _site(site)
+            site = self.state.revoke_site(request.name, call.actor, request.reason)
+            actor = call.actor
+        if site.flower_node_id is None or self.fleet is None:
+            return _site(site)
+        # After the revocation has committed (it holds whatever happens next), and outside the
+        # database's lock: the SuperLink may be slow, or down.
+        try:
+            self.fleet.shut_out(int(site.flower_node_id))
+        except Exception as e:  # noqa: BLE001
+            message = (f"site {site.name!r} is revoked and takes part in no further run, but its "
+                       f"SuperNode {site.flower_node_id} could not be shut out of the SuperLink "
+                       f"({type(e).__name__}: {e}); once the SuperLink is up, run `synthpool "
+                       f"sites revoke {site.name}` again")
+            self.state.record_audit(actor, "RevokeSite", audit_arguments(request), "UNAVAILABLE",
+                                    message, context.peer())
+            context.abort(grpc.StatusCode.UNAVAILABLE, st.bounded(message))
+        return _site(self.state.shut_out_done(site.name))
 
     def RegisterSite(self, request, context):
         with self._call(context, "RegisterSite", request, public=True) as call:

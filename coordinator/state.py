@@ -330,6 +330,22 @@ def _fields(cls, row) -> dict:
     return {name: m[name] for name in cls.__dataclass_fields__}
 
 
+def check_approvable(site: "SiteRecord", expected_fingerprint: str = "") -> None:
+    """Raise Precondition unless `site` may be approved (an approved one passes: approving is
+    idempotent) with the key the administrator confirmed."""
+    # Checked first: a wrong fingerprint is an error even for a site already approved.
+    if expected_fingerprint and site.public_key_fingerprint and \
+            expected_fingerprint != site.public_key_fingerprint:
+        raise Precondition(
+            f"site {site.name!r} registered key {site.public_key_fingerprint}, not "
+            f"{expected_fingerprint}: do not approve; check the fingerprint with the site, and "
+            f"if the key is not theirs, `synthpool sites revoke {site.name}` and invite them "
+            "again")
+    if site.status not in (SITE_REGISTERED, SITE_APPROVED):
+        raise Precondition(f"site {site.name!r} is {site.status}: only a registered site (one "
+                           "that has sent its key) can be approved")
+
+
 # -- the store ----------------------------------------------------------------------------------
 
 class State:
@@ -563,43 +579,45 @@ class State:
             return self.get_site(name)
 
     def approve_site(self, name: str, by: str, expected_fingerprint: str = "",
-                     admit: Callable[[SiteRecord], int] | None = None) -> SiteRecord:
-        """Approve a registered site; `admit(site)` lets its key into the SuperLink and returns
-        the node id, inside the transaction, so a failed admission approves nothing."""
+                     node_id: int | None = None,
+                     undo: Callable[[int], None] | None = None) -> SiteRecord:
+        """Approve a registered site whose key the SuperLink already admitted as `node_id` (the
+        admin service admits it before this transaction: a Flower CLI call takes seconds, and
+        the database's write lock must not be held meanwhile). If the site is no longer
+        registered with that key, nothing is approved and the admission is undone (`undo`)."""
         with self.transaction() as conn:
             site = self.get_site(name)
-            # Checked first: a wrong fingerprint is an error even for a site already approved.
-            if expected_fingerprint and site.public_key_fingerprint and \
-                    expected_fingerprint != site.public_key_fingerprint:
-                raise Precondition(
-                    f"site {name!r} registered key {site.public_key_fingerprint}, not "
-                    f"{expected_fingerprint}: do not approve; check the fingerprint with the "
-                    f"site, and if the key is not theirs, `synthpool sites revoke {name}` and "
-                    "invite them again")
+            try:
+                check_approvable(site, expected_fingerprint)
+            except Precondition:
+                if node_id is not None and undo is not None and site.status != SITE_APPROVED:
+                    undo(node_id)
+                raise
             if site.status == SITE_APPROVED:
                 return site
-            if site.status != SITE_REGISTERED:
-                raise Precondition(f"site {name!r} is {site.status}: only a registered site "
-                                   "(one that has sent its key) can be approved")
-            node_id = str(admit(site)) if admit else None
             conn.execute(sites.update().where(sites.c.name == name).values(
                 status=SITE_APPROVED, approved_at=self.clock(), approved_by=by,
-                flower_node_id=node_id))
+                flower_node_id=None if node_id is None else str(node_id)))
             return self.get_site(name)
 
-    def revoke_site(self, name: str, by: str, reason: str = "",
-                    shut_out: Callable[[int], None] | None = None) -> SiteRecord:
-        """Revoke a site in any state; a pending invitation token dies with it, and an admitted
-        SuperNode is shut out (`shut_out(node_id)`) before the revocation is recorded."""
+    def revoke_site(self, name: str, by: str, reason: str = "") -> SiteRecord:
+        """Revoke a site in any state: a pending invitation token dies with it, and from now on
+        it is in no study run (runs take approved sites only). The record keeps its SuperNode
+        id until the SuperLink has shut that node out (`shut_out_done`)."""
         with self.transaction() as conn:
             site = self.get_site(name)
-            if site.status == SITE_REVOKED:
-                return site
-            if site.flower_node_id is not None and shut_out is not None:
-                shut_out(int(site.flower_node_id))
-            conn.execute(sites.update().where(sites.c.name == name).values(
-                status=SITE_REVOKED, revoked_at=self.clock(), revoked_by=by,
-                revoke_reason=reason, token_hash=None, flower_node_id=None))
+            if site.status != SITE_REVOKED:
+                conn.execute(sites.update().where(sites.c.name == name).values(
+                    status=SITE_REVOKED, revoked_at=self.clock(), revoked_by=by,
+                    revoke_reason=reason, token_hash=None))
+            return self.get_site(name)
+
+    def shut_out_done(self, name: str) -> SiteRecord:
+        """A revoked site's SuperNode is shut out of the SuperLink: forget its node id."""
+        with self.transaction() as conn:
+            conn.execute(sites.update().where(sites.c.name == name,
+                                              sites.c.status == SITE_REVOKED)
+                         .values(flower_node_id=None))
             return self.get_site(name)
 
     def get_site(self, name: str) -> SiteRecord:

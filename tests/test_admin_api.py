@@ -42,12 +42,12 @@ class Clock:
 class Coordinator:
     """A started admin server with its state and credentials, restartable on the same dir."""
 
-    def __init__(self, root, runner=None, refusals=None) -> None:
+    def __init__(self, root, runner=None, refusals=None, fleet=None) -> None:
         self.state_dir = root / "state"
         self.pki = init_coordinator(self.state_dir, ["coord.test"])
         self.clock = Clock()
         self.runner = runner or InMemoryRunner(round_delay=0.02)
-        self.refusals = refusals
+        self.refusals, self.fleet = refusals, fleet
         self.start()
         self.token = self.state.add_admin_token("tester")
 
@@ -56,7 +56,7 @@ class Coordinator:
         self.server = AdminServer(self.state_dir, listen="127.0.0.1:0",
                                   mtls_listen="127.0.0.1:0", state=self.state,
                                   runner=self.runner, max_workers=8,
-                                  refusals=self.refusals).start()
+                                  refusals=self.refusals, fleet=self.fleet).start()
         self.service = self.server.service
 
     def stop(self) -> None:
@@ -323,6 +323,80 @@ def test_site_lifecycle_invite_register_approve_revoke(coord):
         assert _code(e) == grpc.StatusCode.INVALID_ARGUMENT
     actors = [(e.action, e.actor) for e in coord.state.audit_entries()]
     assert ("RegisterSite", "site:hosp-a") in actors
+
+
+class _Door:
+    """The SuperLink's door for tests that need it slow (a real `flwr supernode register`
+    takes seconds) or to have come back up after being down."""
+
+    def __init__(self, admitted: threading.Event | None = None) -> None:
+        self.wait_for, self.shut = admitted, []
+
+    def admit(self, site_name: str, public_key: str) -> int:
+        if self.wait_for is not None:
+            self.wait_for.wait(timeout=20)
+        return 4242
+
+    def shut_out(self, node_id: int) -> None:
+        self.shut.append(node_id)
+
+
+def test_approval_does_not_lock_the_database_while_the_superlink_admits_the_key(tmp_path):
+    """Finding 14: the admission (a Flower CLI call) ran inside the approval's write
+    transaction, so every other call waited for it. Here the admission only returns once
+    another administrator's write has gone through."""
+    written = threading.Event()
+    c = Coordinator(tmp_path, fleet=_Door(admitted=written))
+    try:
+        with c.admin() as admin, c.client() as anonymous:
+            token = admin.InviteSite(pb.InviteSiteRequest(name="hosp-a")).token
+            anonymous.RegisterSite(pb.RegisterSiteRequest(token=token, public_key=_site_key()))
+
+            def other_write():
+                with c.admin() as other:
+                    other.InviteSite(pb.InviteSiteRequest(name="hosp-b"))
+                written.set()
+
+            threading.Timer(0.5, other_write).start()
+            approved = admin.ApproveSite(pb.ApproveSiteRequest(name="hosp-a"))
+        assert written.is_set()  # it did not wait for the approval to commit
+        assert approved.status == pb.SITE_STATUS_APPROVED
+        assert c.state.get_site("hosp-a").flower_node_id == "4242"
+    finally:
+        c.stop()
+
+
+def test_revoking_with_the_superlink_down_takes_effect_and_the_shut_out_is_retried(tmp_path):
+    """Finding 14: revoking needed the SuperLink up. Now the revocation is recorded at once
+    (the site is in no further run) and the call says that its SuperNode is still to be shut
+    out; revoking again once the SuperLink is back does it."""
+    from synthpool.coordinator.flower_processes import SuperLinkAccess, write_connection
+
+    door = _Door()
+    c = Coordinator(tmp_path, fleet=door)
+    try:
+        with c.admin() as admin, c.client() as anonymous:
+            _enroll(admin, anonymous, "hosp-a")
+            study = _study_request("s1")
+            study.sites.append("hosp-a")
+            admin.CreateStudy(study)
+            # A real Flower CLI against a SuperLink that is not there.
+            c.service.fleet = SuperLinkAccess(write_connection(tmp_path / "cli", "127.0.0.1:1").parent)
+            with pytest.raises(grpc.RpcError) as e:
+                admin.RevokeSite(pb.RevokeSiteRequest(name="hosp-a", reason="left"))
+            assert _code(e) == grpc.StatusCode.UNAVAILABLE
+            assert "is revoked" in e.value.details() and "revoke hosp-a` again" in e.value.details()
+            site = c.state.get_site("hosp-a")
+            assert site.status == "revoked" and site.flower_node_id == "4242"
+            with pytest.raises(grpc.RpcError) as e:
+                admin.StartTraining(pb.StartTrainingRequest(study="s1"))
+            assert _code(e) == grpc.StatusCode.FAILED_PRECONDITION
+            c.service.fleet = door  # the SuperLink is back
+            assert admin.RevokeSite(pb.RevokeSiteRequest(name="hosp-a")).status == \
+                pb.SITE_STATUS_REVOKED
+        assert door.shut == [4242] and c.state.get_site("hosp-a").flower_node_id is None
+    finally:
+        c.stop()
 
 
 def test_expired_reused_and_bad_tokens_are_refused(coord):

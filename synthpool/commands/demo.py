@@ -3,9 +3,10 @@
 A coordinator (Flower SuperLink + our ServerApp) and N site agents (each `synthpool-agent run`
 -> its own SuperNode) start as separate processes on loopback (coordinator/federation.py). Each
 site holds a different slice of the Adult training rows and a privacy cap in its own site.toml.
-The sites release DP histograms, train the CVAE with DP-SGD for a few rounds, the coordinator
-pools the updates and samples a release; each site scores it against its own rows and the
-coordinator pools their answers into the release's report (data + report + manifest, signed).
+The sites release DP histograms, train the study's generator family with DP-SGD for a few
+rounds, the coordinator pools the updates and samples a release; each site scores it against its
+own rows and the coordinator pools their answers into the release's report (data + report +
+manifest, signed).
 Because Adult is public, the demo can also do what no real study can: score the release against
 the union of the sites' rows and the Adult hold-out (rows no site ever held), in
 `adult-test-report/` beside the release.
