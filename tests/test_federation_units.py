@@ -760,3 +760,18 @@ def test_histogram_totals_and_sizes_are_cross_checked():
     assert "disagrees" in server_app.size_problem(stats, total * 2, "estimated")
     forged = TableStats("fp", {"x": honest["x"], "y": [c * 1000 for c in honest["y"]]}, mech)
     assert "totals disagree" in server_app.size_problem(forged, round(total, 3), "estimated")
+
+
+def test_a_stage_failing_on_an_overloaded_host_says_so(tmp_path, adult_slices, monkeypatch):
+    """Fault table: at load 24 on 2 cores Flower's tasks expired and the stage failed with no
+    hint of the cause. The failure now names the load when it is over twice the cores."""
+    configs = {i: write_site(tmp_path, n, adult_slices[i - 1])
+               for i, n in [(1, "a"), (2, "b"), (3, "c")]}
+    monkeypatch.setattr(server_app.os, "getloadavg", lambda: (24.0, 20.0, 12.0))
+    monkeypatch.setattr(server_app.os, "cpu_count", lambda: 2)
+    with pytest.raises(RoundFailed, match=r"only 1 site.*overloaded \(load average 24 on 2 cores"):
+        run_study(FakeGrid(configs, down={2, 3}), make_run(tmp_path / "busy", num_rounds=1))
+    monkeypatch.setattr(server_app.os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+    with pytest.raises(RoundFailed) as quiet:
+        run_study(FakeGrid(configs, down={2, 3}), make_run(tmp_path / "quiet", num_rounds=1))
+    assert "overloaded" not in str(quiet.value)
