@@ -41,6 +41,7 @@ from ..common.wire import model_setting
 from .admin_service import RunEvent, StudyInfo
 from .checkpoint import CheckpointStore
 from .federation import APP_DIR
+from .release_signing import ReleaseRefused, ReleaseTerms, sign_release
 from .flower_processes import (
     CONNECTION, ManagedProcess, ProcessGroup, flower_run_status, stop_flower_run,
 )
@@ -53,7 +54,7 @@ log = logging.getLogger(__name__)
 # Run-config keys the runner derives from the study (or from where it keeps files).
 RESERVED_KEYS = frozenset({
     "study", "schema", "target-epsilon", "target-delta", "num-rounds", "population",
-    "release-rows", "expected-sites", "checkpoint-dir", "release-dir", "signing-key",
+    "release-rows", "expected-sites", "checkpoint-dir", "release-dir",
     "node-registry", "node-ids", "node-sites",
 })
 STAGING = ".staging"  # a dot-folder: ReleaseStore never lists it
@@ -248,8 +249,6 @@ class FlowerRunner:
                              "on), so that each node is known to be its site")
         config["node-sites"] = json.dumps({str(s.node_id): s.name for s in study.sites},
                                           sort_keys=True)
-        if self.signing_key is not None:
-            config["signing-key"] = str(self.signing_key)
         return config
 
     # -- following a run -------------------------------------------------------------------------
@@ -286,7 +285,7 @@ class FlowerRunner:
         if progress.release is not None:
             try:
                 name = self._publish(run)
-            except OSError as e:
+            except (OSError, ReleaseRefused) as e:
                 return RunEvent("failed", rnd, f"the release could not be published: {e}")
             return RunEvent("finished", rnd, f"release {name} published",
                             {"release": name, "rows": progress.release.get("rows"),
@@ -313,12 +312,16 @@ class FlowerRunner:
         return f"{what} without a release; last output: {' '.join(tail)[-600:]}"
 
     def _publish(self, run: FlowerRun) -> str:
-        """Move the finished release out of staging, under a name no other release has."""
+        """Check and sign the finished release (the ServerApp holds no key), then move it out
+        of staging under a name no other release has."""
         staged = run.staging_dir
         if not (staged / "manifest.json").is_file():
             raise OSError(f"{staged} holds no manifest.json")
-        if self.signing_key is not None and not (staged / "manifest.sig").is_file():
-            raise OSError(f"{staged} is not signed (no manifest.sig)")
+        if self.signing_key is not None:
+            study = run.study
+            sign_release(staged, self.signing_key, ReleaseTerms(
+                study=study.name, sites=frozenset(s.name for s in study.sites),
+                population=study.population, max_rows=study.rows))
         final = self.releases_dir / run.release_name
         n = 1
         while final.exists():

@@ -17,9 +17,10 @@ release-level guarantee derived from them:
   sequential composition of the sites' (epsilon, delta)).
 
 Files are written atomically (common/table_io.py); the manifest, which holds the data's sha256,
-is written last and is the release's commit point. With a signing key (run config `signing-key`)
-the release is sealed: every file's hash listed in the manifest, the manifest signed with Ed25519
-(common/signing.py; anyone checks it with `synthpool release verify`).
+is written last and is the release's commit point. The ServerApp holds no signing key: the
+process that launched the run checks the release and seals it (coordinator/release_signing.py):
+every file's hash listed in the manifest, the manifest signed with Ed25519 (common/signing.py;
+anyone checks it with `synthpool release verify`).
 """
 
 from __future__ import annotations
@@ -199,11 +200,8 @@ def write_release(run, store: CheckpointStore, schema: Schema, start: dict, samp
         "evaluation": _evaluation_summary(evaluation, report),
         "versions": package_versions(),
     }
+    # Unsigned: the launcher checks and signs it (coordinator/release_signing.py).
     write_json(manifest, out / MANIFEST_FILE)
-    if run.signing_key:
-        from ..common.signing import load_or_create_key, seal
-
-        manifest = seal(out, load_or_create_key(Path(run.signing_key)))
     return manifest
 
 

@@ -105,8 +105,6 @@ class StudyRun(TrainingSpec):
     # of the release's rows each site scores.
     evaluate: bool = True
     evaluation_rows: int = 10000
-    # Ed25519 key (PEM, created if absent) that signs the release (common/signing.py); "": unsigned.
-    signing_key: str = ""
     # The study's SuperNodes, comma-separated ids ("": every node connected to the SuperLink).
     # A SuperLink serves every study of a coordinator; a node outside the list is never asked.
     node_ids: str = ""

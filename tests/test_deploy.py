@@ -285,6 +285,19 @@ def test_systemd_unit_has_the_required_settings(role):
     assert d["ExecStart"][0].split()[0].startswith("/opt/synthpool/")
 
 
+def test_the_superlink_unit_hides_the_keys_a_serverapp_must_not_read():
+    """Finding 2: any local user can submit an app through the SuperLink's unauthenticated
+    Control API, and its ServerApp runs inside this unit. The keys that sign releases and issue
+    certificates are the ones `coordinator init` writes; the unit makes them inaccessible."""
+    from synthpool.coordinator.pki import CoordinatorPKI
+
+    pki = CoordinatorPKI(Path("/var/lib/synthpool-coordinator"))
+    hidden = {p.lstrip("-") for p in _unit_directives(UNITS["coordinator"])["InaccessiblePaths"]}
+    assert {str(pki.ca_key), str(pki.admin_key), str(pki.signing_key.parent)} <= hidden
+    # ... and nothing the SuperLink itself needs (its TLS certificate, key and the CA's cert).
+    assert not {str(pki.server_key), str(pki.server_cert), str(pki.ca_cert)} & hidden
+
+
 @pytest.mark.parametrize("role", sorted(UNITS))
 def test_systemd_analyze_verify(role, tmp_path):
     _require_systemd_analyze(tmp_path)

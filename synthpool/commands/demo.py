@@ -96,7 +96,6 @@ def demo(
         # Sites share 2 cores here: wait for a slow one rather than drop it.
         "straggler-grace": 180.0, "round-timeout": 600.0, "node-wait-timeout": 120.0,
         "release-dir": str(release_dir.resolve()), "seed": seed, "population": "disjoint",
-        "signing-key": str((work / "coordinator" / "release-key.pem").resolve()),
         "secure-aggregation": secure_aggregation,
     }
     if family:
@@ -112,7 +111,7 @@ def demo(
                                                 f"({split}), judged on the public Adult hold-out")
     print_summary(manifest, result, release_dir, None, trained, time.monotonic() - started,
                   files=False)
-    next_steps(manifest, release_dir, Path(run_config["signing-key"]).with_suffix(".pub"),
+    next_steps(manifest, release_dir, release_key(work).with_suffix(".pub"),
                out / "adult-test-report")
 
 
@@ -140,7 +139,7 @@ def run_federation(fed, run_config: dict, rounds: int, timeout: float, started: 
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn)
 
-    from synthpool.coordinator.release import read_manifest
+    from synthpool.coordinator.release_signing import ReleaseRefused, ReleaseTerms, sign_release
 
     deadline = started + timeout
     total = rounds + 3  # statistics, rounds, evaluation at the sites, release
@@ -187,7 +186,19 @@ def run_federation(fed, run_config: dict, rounds: int, timeout: float, started: 
     if proc.popen.returncode != 0 or not any(e["event"] == "release_written" for e in fed.events()):
         raise RuntimeError(f"`flwr run` ended with {proc.popen.returncode} and no release; its "
                            f"output:\n{proc.log_tail(3000)}")
-    return read_manifest(run_config["release-dir"])
+    # This process launched the run, so it signs the release; the ServerApp holds no key.
+    terms = ReleaseTerms(study=run_config["study"], sites=frozenset(fed.sites),
+                         population=run_config["population"],
+                         max_rows=int(run_config.get("release-rows", 0)))
+    try:
+        return sign_release(Path(run_config["release-dir"]), release_key(fed.workdir), terms)
+    except ReleaseRefused as e:
+        raise RuntimeError(str(e)) from None
+
+
+def release_key(work: Path) -> Path:
+    """The local federation's release-signing key (its public half beside it, `.pub`)."""
+    return Path(work).resolve() / "coordinator" / "release-key.pem"
 
 
 def site_rows(paths: list[Path]):

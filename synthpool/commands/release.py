@@ -1,4 +1,5 @@
-"""`synthpool release`: check a release folder (anyone holding the coordinator's public key)."""
+"""`synthpool release`: check a release folder (anyone holding the coordinator's public key), and
+sign one a by-hand run wrote (the coordinator's administrator)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,34 @@ def verify(
         for p in result.problems:
             console.print(f"  {p}", markup=False)
     raise typer.Exit(0 if result.ok else 1)
+
+
+@app.command()
+def sign(
+    folder: Path = path_argument(..., exists=True, file_okay=False,
+                                 help="The release folder a training you submitted by hand wrote."),
+    key: Path = path_option(..., "--key", exists=True, dir_okay=False,
+                            help="The coordinator's release-signing key (signing/release.key)."),
+    study: str = typer.Option(..., "--study", help="The study you launched."),
+    sites: str = typer.Option(..., "--sites", help="Its sites, comma-separated."),
+    population: str = typer.Option("overlapping", "--population",
+                                   help="How the sites' guarantees compose: overlapping (sum) "
+                                        "or disjoint (max), as the run config said."),
+    max_rows: int = typer.Option(0, "--max-rows", min=0, help="The most rows it may hold."),
+) -> None:
+    """Check a release a by-hand run wrote (it is the study's, on its sites, its guarantee what
+    its sites' give, only plain files) and sign it. The ServerApp never signs: it runs whatever
+    app the SuperLink accepts, so its account holds no key (deploy/OPERATOR.md)."""
+    from synthpool.coordinator.release_signing import ReleaseRefused, ReleaseTerms, sign_release
+
+    terms = ReleaseTerms(study=study, population=population, max_rows=max_rows,
+                         sites=frozenset(s.strip() for s in sites.split(",") if s.strip()))
+    try:
+        sealed = sign_release(folder, key, terms)
+    except ReleaseRefused as e:
+        err.print(str(e), markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    console.print(f"signed: {len(sealed['files'])} files in {shown(folder)}")
 
 
 def shown(path: Path) -> str:

@@ -169,7 +169,6 @@ def run_on_tables(*, schema_file: Path, site_args: list[str], query_args: list[s
         "target-epsilon": epsilon, "target-delta": delta, "expected-sites": len(sites), "min-sites": 2,
         "straggler-grace": 180.0, "round-timeout": 600.0, "node-wait-timeout": 120.0,
         "release-dir": str(release_dir), "seed": seed, "population": population,
-        "signing-key": str(work / "coordinator" / "release-key.pem"),
         "secure-aggregation": secure_aggregation, "evaluate": site_evaluation,
         **({"family": family} if family else {}), **extra,
     }
