@@ -27,6 +27,9 @@ def test_demo_with_default_out_from_a_checkout_root_ends_in_a_verified_release(t
                            "--steps-per-round", "2", "--plain-aggregation"],
                           cwd=checkout, capture_output=True, text=True, timeout=540)
     assert demo.returncode == 0, demo.stderr[-4000:]
+    # Its output went to a pipe, as to a log: the stages are there as lines, not a silent bar.
+    for stage in ("statistics stage", "round 1/1", "release written"):
+        assert stage in demo.stderr, demo.stderr[-2000:]
     release = checkout / "demo-out" / "release"
     manifest = json.loads((release / "manifest.json").read_text())
     assert sorted(manifest["privacy"]["per_site"]) == ["site-0", "site-1"]

@@ -23,8 +23,10 @@ import time
 from pathlib import Path
 
 import typer
-from synthpool.common.cli_paths import path_option
 from rich.console import Console
+from synthpool.common.cli_paths import path_option
+
+from .progress import StageProgress
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -136,52 +138,48 @@ def federate(work: Path, specs, run_config: dict, rounds: int, timeout: float, s
 def run_federation(fed, run_config: dict, rounds: int, timeout: float, started: float) -> dict:
     """Start the processes, submit the run, follow its events with a progress bar; returns the
     release manifest. Raises on failure or when `timeout` (from `started`) passes."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn)
-
     from synthpool.coordinator.release_signing import ReleaseRefused, ReleaseTerms, sign_release
 
     deadline = started + timeout
     total = rounds + 3  # statistics, rounds, evaluation at the sites, release
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=False) as bar:
-        task = bar.add_task("starting the coordinator and the sites", total=total)
+    with StageProgress(console, total, "starting the coordinator and the sites") as bar:
         fed.start()
         proc = fed.start_run(run_config)
-        bar.update(task, description="waiting for the sites to connect")
+        bar.update(description="waiting for the sites to connect")
         seen = 0
         while True:
             events = fed.events()
             for e in events[seen:]:
                 kind = e["event"]
                 if kind == "stats_started":
-                    bar.update(task, description="statistics stage: DP histograms")
+                    bar.update(description="statistics stage: DP histograms")
                 elif kind == "stats_completed":
-                    bar.update(task, completed=1, description=f"round 1/{rounds}")
+                    bar.update(completed=1, description=f"round 1/{rounds}")
                 elif kind == "round_completed":
                     done = e["round"]
-                    bar.update(task, completed=1 + done,
+                    bar.update(completed=1 + done,
                                description=f"round {done + 1}/{rounds}" if done < rounds
                                else "sampling the release")
                 elif kind == "secagg_stage":
-                    bar.update(task, description=f"round {e['round']}/{rounds}: SecAgg+ "
+                    bar.update(description=f"round {e['round']}/{rounds}: SecAgg+ "
                                                  f"{e['stage'].replace('_', ' ')}")
                 elif kind == "evaluation_started":
-                    bar.update(task, description="the sites score the release against their rows")
+                    bar.update(description="the sites score the release against their rows")
                 elif kind == "evaluation_completed":
-                    bar.update(task, completed=rounds + 2, description="writing the release")
+                    bar.update(completed=rounds + 2, description="writing the release")
                 elif kind.startswith("site_"):
-                    bar.console.print(f"[yellow]{e.get('site')} {kind[5:]}[/yellow] "
+                    bar.print(f"[yellow]{e.get('site')} {kind[5:]}[/yellow] "
                                       f"(round {e.get('round')}): {e.get('reason', '')}")
                 elif kind == "round_failed":
-                    bar.console.print(f"[red]round {e.get('round')} failed[/red]: {e.get('reason')}")
+                    bar.print(f"[red]round {e.get('round')} failed[/red]: {e.get('reason')}")
                 elif kind == "release_written":
-                    bar.update(task, completed=total, description="release written")
+                    bar.update(completed=total, description="release written")
             seen = len(events)
             if proc.popen.poll() is not None:
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no release after {timeout:.0f} s (--timeout)")
+            bar.tick()
             time.sleep(0.5)
     if proc.popen.returncode != 0 or not any(e["event"] == "release_written" for e in fed.events()):
         raise RuntimeError(f"`flwr run` ended with {proc.popen.returncode} and no release; its "
