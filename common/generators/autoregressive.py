@@ -33,11 +33,12 @@ from .tokens import ColumnLoss, mlp, target_tokens
 
 
 class AutoregressiveHyperparameters(Hyperparameters):
-    # A larger step than one Adam usually takes, with the iterates averaged: under DP-SGD the
-    # heads learn a rare class's conditionals far faster, and the average cancels much of the
-    # noise the larger step leaves (imbalanced Adult, epsilon 3, GB AUC 0.849 at 5e-3 without
-    # averaging, 0.868-0.869 here). 1.5e-2 did as well on one site but cost the 3-site
-    # federation's column shapes (0.970 against 0.983): benchmarks/results/generators.md.
+    # A larger step than one Adam usually takes, with the iterates averaged (the average
+    # cancels much of the noise the larger step leaves): more of the dependence between columns
+    # is kept (imbalanced Adult, epsilon 3: 87% against 83% at 5e-3 without averaging; the
+    # 3-site demo's study as in-process FedAvg: 85% against 79%) at the same AUC within noise.
+    # 1.5e-2 did as well on one site but cost the federation's column shapes (0.970 against
+    # 0.983): benchmarks/results/generators.md, fedavg.md.
     lr: float = Field(1e-2, gt=0, le=1)
     average: float = Field(0.98, ge=0, lt=1)
     hidden: int = Field(64, ge=1, le=4096)
