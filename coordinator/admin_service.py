@@ -490,24 +490,25 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     def ApproveSite(self, request, context):
         # The SuperLink admits the key first, outside the audited transaction (seconds of
         # Flower CLI); a failure there is raised inside it, so it is audited like any refusal.
-        node_id, failure = None, None
+        admitted, failure = None, None
         try:
-            node_id = self._admit(request, context)
+            admitted = self._admit(request, context)
         except Exception as e:  # noqa: BLE001
             failure = e
         with self._call(context, "ApproveSite", request) as call:
             if failure is not None:
                 raise failure
             site = self.state.approve_site(request.name, call.actor, request.expected_fingerprint,
-                                           node_id=node_id,
+                                           admitted=admitted,
                                            undo=self.fleet.shut_out if self.fleet else None)
             call.detail = f"key {site.public_key_fingerprint}" + (
                 f", SuperNode {site.flower_node_id}" if site.flower_node_id is not None else "")
         return _site(site)
 
-    def _admit(self, request, context) -> int | None:
-        """The SuperNode id the SuperLink gives the site's key, for an administrator's approval
-        of a site that may be approved; None otherwise (`_call` then refuses or reports)."""
+    def _admit(self, request, context) -> tuple[int, str] | None:
+        """(the SuperNode id the SuperLink gives the site's key, that key's fingerprint), for an
+        administrator's approval of a site that may be approved; None otherwise (`_call` then
+        refuses or reports)."""
         try:
             if self.fleet is None or self.authenticate(context) is None:
                 return None
@@ -517,7 +518,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             return None
         if site.status != st.SITE_REGISTERED:
             return None
-        return self.fleet.admit(site.name, site.public_key)
+        return self.fleet.admit(site.name, site.public_key), site.public_key_fingerprint
 
     def RevokeSite(self, request, context):
         with self._call(context, "RevokeSite", request) as call:

@@ -579,18 +579,27 @@ class State:
             return self.get_site(name)
 
     def approve_site(self, name: str, by: str, expected_fingerprint: str = "",
-                     node_id: int | None = None,
+                     admitted: tuple[int, str] | None = None,
                      undo: Callable[[int], None] | None = None) -> SiteRecord:
-        """Approve a registered site whose key the SuperLink already admitted as `node_id` (the
-        admin service admits it before this transaction: a Flower CLI call takes seconds, and
-        the database's write lock must not be held meanwhile). If the site is no longer
-        registered with that key, nothing is approved and the admission is undone (`undo`)."""
+        """Approve a registered site whose key the SuperLink already admitted: `admitted` is
+        (node id, that key's fingerprint). The admin service admits it before this transaction:
+        a Flower CLI call takes seconds, and the database's write lock must not be held
+        meanwhile. If the site is no longer registered with that key, nothing is approved and
+        the admission is undone (`undo(node_id)`)."""
+        node_id, admitted_key = admitted if admitted else (None, None)
         with self.transaction() as conn:
             site = self.get_site(name)
+            if node_id is not None and site.status == SITE_APPROVED and \
+                    site.flower_node_id == str(node_id):
+                return site  # a concurrent approval of the same key won: nothing to undo
             try:
                 check_approvable(site, expected_fingerprint)
+                if admitted_key is not None and (site.status != SITE_REGISTERED or
+                                                 site.public_key_fingerprint != admitted_key):
+                    raise Precondition(f"site {name!r} changed while its key was being admitted "
+                                       f"(now {site.status}): nothing was approved; try again")
             except Precondition:
-                if node_id is not None and undo is not None and site.status != SITE_APPROVED:
+                if node_id is not None and undo is not None:
                     undo(node_id)
                 raise
             if site.status == SITE_APPROVED:

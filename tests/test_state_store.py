@@ -206,6 +206,22 @@ def test_only_token_hashes_are_stored(state):
     assert state.admin_for_token(admin) is None
 
 
+def test_an_approval_that_lost_a_race_approves_nothing_and_undoes_the_admission(state):
+    """The SuperLink admits the key before the approval's transaction; if the site was revoked
+    and registered another key meanwhile, the admission is undone and nothing is approved. A
+    concurrent approval of the same key that already committed is left alone."""
+    _, token = state.invite_site("hosp-a", by="t", ttl_seconds=60)
+    state.consume_invitation(token, "ecdsa-sha2-nistp256 BBBB", "SHA256:new")
+    undone: list[int] = []
+    with pytest.raises(st.Precondition, match="changed while its key was being admitted"):
+        state.approve_site("hosp-a", by="t", admitted=(7, "SHA256:old"), undo=undone.append)
+    assert undone == [7] and state.get_site("hosp-a").status == st.SITE_REGISTERED
+    assert state.approve_site("hosp-a", by="t", admitted=(8, "SHA256:new"),
+                              undo=undone.append).flower_node_id == "8"
+    state.approve_site("hosp-a", by="t", admitted=(8, "SHA256:new"), undo=undone.append)
+    assert undone == [7]
+
+
 def test_site_lifecycle(state, clock):
     site, token = state.invite_site("hosp-a", by="token:t", ttl_seconds=60)
     assert site.status == st.SITE_INVITED and site.token_expires_at == clock.t + 60
