@@ -18,7 +18,7 @@ import statistics
 
 import numpy as np
 
-from .common import isolated, machine, markdown  # noqa: F401
+from .common import isolated, machine, markdown, median_range  # noqa: F401
 from .generators import POSITIVE, tables
 
 SITES, ROUNDS, STEPS, EPSILON, DELTA, ASIDE = 3, 3, 480, 3.0, 1e-5, 0.15
@@ -94,11 +94,6 @@ def alone(site: int, family: str, seed: int = 0) -> dict:
     return utility(schema, res.generator.sample(32561, seed=seed + 1), test, POSITIVE)
 
 
-def _cell(values: list[float]) -> str:
-    med = statistics.median(values)
-    return f"{med:.3f}" if len(values) == 1 else f"{med:.3f} ({min(values):.3f}-{max(values):.3f})"
-
-
 def run(jobs=JOBS) -> str:
     rows = []
     for split, family, hp, repeats in jobs:
@@ -107,9 +102,9 @@ def run(jobs=JOBS) -> str:
         label = family + "".join(f", {k}={v}" for k, v in hp.items())
         rows.append({"what": f"{SITES} sites, {split}, pooled: {label}"
                              + (f" (x{repeats})" if repeats > 1 else ""),
-                     "GB AUC": _cell([r["gb_auc"] for r in rs]),
-                     "shapes": _cell([r["shapes"] for r in rs]),
-                     "dependence": _cell([r["dependence"] for r in rs]),
+                     "GB AUC": median_range([r["gb_auc"] for r in rs]),
+                     "shapes": median_range([r["shapes"] for r in rs]),
+                     "dependence": median_range([r["dependence"] for r in rs]),
                      "kept": f"{100 * statistics.median(r['dependence_kept'] for r in rs):.0f}%"})
         if split == "skewed":
             for i in range(SITES):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from .common import isolated, machine, markdown  # noqa: F401
+from .common import isolated, machine, markdown, median_range  # noqa: F401
 
 POSITIVE = ">50K"
 # (table, epsilon, family, hyperparameters, repeats): every family on the main table, the
@@ -79,13 +79,6 @@ def one(family: str | None, epsilon: float, variant: str, seed: int = 0,
         "epsilon": res.spend.epsilon}
 
 
-def _cell(values: list[float]) -> str:
-    med = statistics.median(values)
-    if len(values) == 1:
-        return f"{med:.3f}"
-    return f"{med:.3f} ({min(values):.3f}-{max(values):.3f})"
-
-
 def run(jobs=JOBS) -> str:
     rows, reals = [], {}
     for variant, eps, family, hp, repeats in jobs:
@@ -104,10 +97,10 @@ def run(jobs=JOBS) -> str:
         label = family + "".join(f", {k}={v}" for k, v in hp.items())
         rows.append({"table": variant, "epsilon": f"{eps:g}",
                      "trained on": label + (f" (x{repeats})" if repeats > 1 else ""),
-                     "GB AUC": _cell([r["gb_auc"] for r in rs]),
-                     "RF AUC": _cell([r["rf_auc"] for r in rs]),
-                     "shapes": _cell([r["shapes"] for r in rs]),
-                     "dependence": _cell([r["dependence"] for r in rs]),
+                     "GB AUC": median_range([r["gb_auc"] for r in rs]),
+                     "RF AUC": median_range([r["rf_auc"] for r in rs]),
+                     "shapes": median_range([r["shapes"] for r in rs]),
+                     "dependence": median_range([r["dependence"] for r in rs]),
                      "kept": f"{100 * statistics.median(r['dependence_kept'] for r in rs):.0f}%",
                      "fit s": f"{statistics.median(r['fit_s'] for r in rs):.0f}",
                      "train rows/s": f"{statistics.median(r['rows_per_s'] for r in rs):,.0f}"})

@@ -25,7 +25,8 @@ import typer
 from synthpool.common.budget import POPULATIONS
 from synthpool.common.cli_paths import absolute
 
-from .demo import _cores, _sigterm_as_interrupt, console, federate, next_steps, print_summary
+from .demo import (_cores, _sigterm_as_interrupt, console, federate, next_steps, print_summary,
+                   release_key)
 
 SITE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # agent/config.py's rule for a site's name
 
@@ -180,4 +181,5 @@ def run_on_tables(*, schema_file: Path, site_args: list[str], query_args: list[s
     manifest = federate(work, specs, run_config, rounds, timeout, started, secure=secure)
     elapsed = time.monotonic() - started
     print_summary(manifest, None, release_dir, None, elapsed, elapsed, files=False)
-    next_steps(manifest, release_dir, work / "coordinator" / "release-key.pub", None, own_tables=True)
+    next_steps(manifest, release_dir, release_key(work).with_suffix(".pub"), None,
+               own_tables=True)
