@@ -79,7 +79,6 @@ class _ARNet(nn.Module):
                              persistent=False)
         sizes = [k for _, k in sequence]
         starts = [1 + int(sum(sizes[:j])) for j in range(len(sizes))]
-        self.unmodelled = unmodelled
         self.width = 1 + int(sum(sizes))
         # Where each modelled column's one-hot starts in the input: its head sees all before it.
         self.offsets, self.sizes = starts[unmodelled:], sizes[unmodelled:]
