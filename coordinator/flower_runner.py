@@ -7,16 +7,20 @@ follows the training through the ServerApp's event log (coordinator/training_pro
 ends with one terminal event when the `flwr run` process ends; `stop` stops the Flower run
 (`flwr stop`) and the `flwr run` process.
 
-Layout under `work_dir` (default `<state_dir>/training`)::
+Layout under `work_dir` (default `<state_dir>/training`; serve-admin `--training-dir`), the
+only folder the ServerApp writes: with separate accounts for the SuperLink and serve-admin
+(deploy/OPERATOR.md) it is shared by their group, and everything else stays serve-admin's::
 
     run-<id>/schema.yaml      the study's schema as the admin API stored it (run config `schema`)
     run-<id>/checkpoints/     the ServerApp's checkpoint dir: weights, events.jsonl, transcript
+    run-<id>/release/         the ServerApp's release, unsigned
     logs/run-<id>.log         the output of `flwr run --stream` (the ServerApp's own log)
     nodes.json                SuperNode id -> site name, shared by all trainings
 
-and the release is written to `<releases_dir>/.staging/<name>` and moved to
-`<releases_dir>/<name>` only when the run finished: the admin API lists a release once it is
-complete and signed, never half-written, and a failed or stopped run publishes nothing.
+When the run finished, the release is copied to `<releases_dir>/.staging/<name>` (serve-admin's
+own), checked and signed there, and moved to `<releases_dir>/<name>`: the admin API lists a
+release once it is complete and signed, never half-written, what is signed is what was checked,
+and a failed or stopped run publishes nothing.
 
 What the study decides is not open to the operator's settings (RESERVED_KEYS): the study name
 (which is what each site's budget table is named after), its schema, its epsilon, rounds, rows,
@@ -41,7 +45,7 @@ from ..common.wire import model_setting
 from .admin_service import RunEvent, StudyInfo
 from .checkpoint import CheckpointStore
 from .federation import APP_DIR
-from .release_signing import ReleaseRefused, ReleaseTerms, sign_release
+from .release_signing import ReleaseRefused, ReleaseTerms, sign_release, take_release
 from .flower_processes import (
     CONNECTION, ManagedProcess, ProcessGroup, flower_run_status, stop_flower_run,
 )
@@ -58,6 +62,9 @@ RESERVED_KEYS = frozenset({
     "node-registry", "node-ids", "node-sites",
 })
 STAGING = ".staging"  # a dot-folder: ReleaseStore never lists it
+# Folders the ServerApp writes in: the group (the SuperLink's, which serve-admin's account joins
+# under separate accounts) may write, and new entries keep that group (setgid).
+SHARED_DIR_MODE = 0o2770
 # `flwr run` prints this once the SuperLink accepted the run (flwr/cli/run/run.py).
 FLOWER_RUN_ID = re.compile(r"Successfully started run (\d+)")
 
@@ -117,7 +124,8 @@ class FlowerRunner:
             raise FileNotFoundError(f"no Flower app in {self.app_dir} (serve-admin --app-dir)")
         workdir = self.work_dir / f"run-{study.run_id}"
         try:
-            workdir.mkdir(parents=True)
+            _shared_dir(self.work_dir, exist_ok=True)
+            _shared_dir(workdir)
         except FileExistsError:
             # A fresh admin database would count run ids from 1 again; reusing the folder would
             # resume another training's checkpoints.
@@ -125,10 +133,11 @@ class FlowerRunner:
                                   "away before training again") from None
         schema_path = workdir / "schema.yaml"
         schema_path.write_text(study.schema_yaml)
+        schema_path.chmod(0o640)  # the ServerApp's account reads it
         _check_schema(schema_path, study.schema_fingerprint)
         name = f"{study.name[:80]}-run-{study.run_id}"
-        checkpoint_dir = workdir / "checkpoints"
-        staging = self.releases_dir / STAGING / name
+        checkpoint_dir = _shared_dir(workdir / "checkpoints")
+        staging = _shared_dir(workdir / "release")
         config = self.run_config(study, schema_path=schema_path, checkpoint_dir=checkpoint_dir,
                                  release_dir=staging)
         process = self.procs.start_run(self.app_dir, flwr_home=self.flwr_home,
@@ -312,16 +321,18 @@ class FlowerRunner:
         return f"{what} without a release; last output: {' '.join(tail)[-600:]}"
 
     def _publish(self, run: FlowerRun) -> str:
-        """Check and sign the finished release (the ServerApp holds no key), then move it out
-        of staging under a name no other release has."""
-        staged = run.staging_dir
-        if not (staged / "manifest.json").is_file():
-            raise OSError(f"{staged} holds no manifest.json")
+        """Copy the finished release out of the ServerApp's reach, check and sign it (the
+        ServerApp holds no key), then move it into the releases under a name no other release
+        has."""
+        if not (run.staging_dir / "manifest.json").is_file():
+            raise OSError(f"{run.staging_dir} holds no manifest.json")
+        staged = take_release(run.staging_dir, self.releases_dir / STAGING / run.release_name)
         if self.signing_key is not None:
             study = run.study
             sign_release(staged, self.signing_key, ReleaseTerms(
                 study=study.name, sites=frozenset(s.name for s in study.sites),
-                population=study.population, max_rows=study.rows))
+                population=study.population, max_rows=study.rows,
+                schema_fingerprint=study.schema_fingerprint or ""))
         final = self.releases_dir / run.release_name
         n = 1
         while final.exists():
@@ -346,12 +357,19 @@ class FlowerRunner:
     def close(self) -> None:
         """Stop the `flwr run` processes (the server is shutting down). The Flower runs
         themselves go on on the SuperLink; the admin API marks them interrupted at its next
-        start, and a release they write stays in `<releases_dir>/.staging/`."""
+        start, and a release they write stays unsigned in their `run-<id>/release/`."""
         self.procs.stop_all(grace=3.0)
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 BOX = "│╭╮╰╯─┃━"
+
+
+def _shared_dir(path: Path, exist_ok: bool = False) -> Path:
+    """mkdir with SHARED_DIR_MODE whatever the umask (serve-admin's unit has 0077)."""
+    path.mkdir(parents=True, exist_ok=exist_ok)
+    path.chmod(SHARED_DIR_MODE)
+    return path
 
 
 def _last_lines(text: str, n: int) -> list[str]:
@@ -428,7 +446,7 @@ def _check_schema(path: Path, fingerprint: str) -> None:
 
 
 def runner_for_coordinator(state_dir: Path, flwr_home: Path, *, releases_dir: Path | None = None,
-                           app_dir: Path | None = None,
+                           training_dir: Path | None = None, app_dir: Path | None = None,
                            settings: Mapping[str, object] | None = None,
                            run_timeout: float | None = None) -> FlowerRunner:
     """The runner `synthpool coordinator serve-admin` uses when it is given the SuperLink's
@@ -437,7 +455,8 @@ def runner_for_coordinator(state_dir: Path, flwr_home: Path, *, releases_dir: Pa
     from .pki import CoordinatorPKI
 
     pki = CoordinatorPKI(Path(state_dir))
-    return FlowerRunner(flwr_home=flwr_home, work_dir=Path(state_dir) / "training",
+    return FlowerRunner(flwr_home=flwr_home,
+                        work_dir=Path(training_dir or Path(state_dir) / "training"),
                         releases_dir=Path(releases_dir or Path(state_dir) / "releases"),
                         signing_key=pki.signing_key, app_dir=Path(app_dir or APP_DIR),
                         settings=settings, run_timeout=run_timeout)

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..common.signing import MANIFEST, SIGNATURE, load_or_create_key, seal
+from ..common.signing import MANIFEST, SIGNATURE, load_or_create_key, release_files, seal
 from .release import release_guarantee
 
 RELEASE_KIND = "synthpool.federated-release"
@@ -32,13 +34,14 @@ class ReleaseRefused(ValueError):
 
 @dataclass(frozen=True)
 class ReleaseTerms:
-    """What the launcher asked for: the study, its sites, how sites' guarantees compose, and the
-    most rows the release may hold (0: no limit)."""
+    """What the launcher asked for: the study, its sites, how sites' guarantees compose, the
+    most rows the release may hold (0: no limit) and the schema's fingerprint ("": unchecked)."""
 
     study: str
     sites: frozenset[str]
     population: str
     max_rows: int = 0
+    schema_fingerprint: str = ""
 
 
 def release_problems(folder: Path, terms: ReleaseTerms) -> list[str]:
@@ -54,6 +57,10 @@ def release_problems(folder: Path, terms: ReleaseTerms) -> list[str]:
     if manifest.get("study") != terms.study:
         problems.append(f"study {manifest.get('study')!r} is not the one launched, "
                         f"{terms.study!r}")
+    schema = manifest.get("schema") or {}
+    if terms.schema_fingerprint and schema.get("fingerprint") != terms.schema_fingerprint:
+        problems.append(f"schema fingerprint {schema.get('fingerprint')!r} is not the study's "
+                        f"{terms.schema_fingerprint!r}")
     if (Path(folder) / SIGNATURE).exists() or "signature" in manifest:
         problems.append("it is already signed, and the ServerApp signs nothing")
     rows = (manifest.get("data") or {}).get("rows")
@@ -88,6 +95,27 @@ def _guarantee_problems(per_site: dict, stated: dict, population: str) -> list[s
             return [f"the release's {key} {got!r} is not what its sites' give "
                     f"({population}: {want[key]!r})"]
     return []
+
+
+def take_release(source: Path, dest: Path) -> Path:
+    """Copy the release the ServerApp wrote in `source` into `dest`, a folder only the launcher
+    can write, before anything checks it: under separate accounts (deploy/OPERATOR.md) the
+    ServerApp's account can still change `source` after the checks, and what is signed must be
+    what was checked. Regular files only, opened without following links; raises
+    ReleaseRefused naming anything else, copying nothing."""
+    source, dest = Path(source), Path(dest)
+    files, problems = release_files(source)
+    if problems:
+        raise ReleaseRefused(f"{source}: not taken: " + "; ".join(problems))
+    if dest.exists():
+        shutil.rmtree(dest)  # a copy left by a publish that failed half-way
+    for rel, path in files.items():
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # a file swapped for a link meanwhile
+        with os.fdopen(fd, "rb") as src, open(target, "xb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+    return dest
 
 
 def sign_release(folder: Path, key_path: Path, terms: ReleaseTerms) -> dict:

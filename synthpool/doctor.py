@@ -221,6 +221,7 @@ RENEW_CA = ("a new CA means a new ca.pem at every site and new certificates (OPE
 def coordinator_checks(state_dir: Path, *, hosts: Iterable[str] = (),
                        database_url: str | None = None, listen: str = "127.0.0.1:50051",
                        mtls_listen: str = "127.0.0.1:50052", online: bool = True,
+                       flwr_home: Path | None = None,
                        now: dt.datetime | None = None) -> list[Finding]:
     from synthpool.coordinator.pki import CoordinatorPKI
     from synthpool.coordinator.state import DB_FILE
@@ -277,7 +278,8 @@ def coordinator_checks(state_dir: Path, *, hosts: Iterable[str] = (),
             out += sites_findings
             out += _studies(state)
 
-    cli_home = state_dir / "cli-home" / "config.toml"
+    flwr_home = Path(flwr_home or state_dir / "cli-home")
+    cli_home = flwr_home / "config.toml"
     superlink = None
     if cli_home.exists():
         try:
@@ -301,7 +303,7 @@ def coordinator_checks(state_dir: Path, *, hosts: Iterable[str] = (),
                           "synthpool-coordinator)")
         out.append(sl)
         if online and sl.level == "ok" and node_ids:
-            out += _registered(state_dir / "cli-home", node_ids)
+            out += _registered(flwr_home, node_ids)
     return out
 
 

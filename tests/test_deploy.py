@@ -50,9 +50,11 @@ DOCKERFILES = {"agent": DEPLOY / "docker" / "agent.Dockerfile",
 UNITS = {"agent": DEPLOY / "systemd" / "synthpool-agent.service",
          "coordinator": DEPLOY / "systemd" / "synthpool-coordinator.service",
          "admin": DEPLOY / "systemd" / "synthpool-admin.service"}
-# The admin API runs as the coordinator's account, on the coordinator's state.
-ACCOUNT = {"agent": "agent", "coordinator": "coordinator", "admin": "coordinator"}
+# The SuperLink (and every ServerApp) runs as synthpool-link; the admin API as
+# synthpool-coordinator, the only account with the CA key, the admin database and the signing key.
+ACCOUNT = {"agent": "agent", "coordinator": "link", "admin": "coordinator"}
 START_SCRIPT = DEPLOY / "scripts" / "coordinator-start.sh"
+FIREWALL_SCRIPT = DEPLOY / "scripts" / "control-firewall.sh"
 GATEWAY_TEMPLATE = DEPLOY / "docker" / "fleet-gateway.conf.template"
 GATEWAY_SCRIPT = DEPLOY / "scripts" / "gateway-conf.sh"
 SITES = ("site-a", "site-b", "site-c")
@@ -263,7 +265,7 @@ def _require_systemd_analyze(tmp_path: Path) -> None:
 
 def _unit_directives(path: Path) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for line in path.read_text().splitlines():
+    for line in re.sub(r"\\\n\s*", " ", path.read_text()).splitlines():
         if "=" in line and not line.startswith(("#", "[")):
             key, _, value = line.partition("=")
             out.setdefault(key.strip(), []).append(value.strip())
@@ -277,7 +279,7 @@ def test_systemd_unit_has_the_required_settings(role):
     state = f"/var/lib/{account}"
     assert d["User"] == [account]
     assert d["StateDirectory"] == [account]
-    assert d["ReadWritePaths"] == [state]
+    assert d["ReadWritePaths"][0].split()[0] == state
     for key, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "PrivateTmp": "yes",
                        "Restart": "on-failure", "KillSignal": "SIGTERM"}.items():
         assert d[key] == [value], key
@@ -285,17 +287,61 @@ def test_systemd_unit_has_the_required_settings(role):
     assert d["ExecStart"][0].split()[0].startswith("/opt/synthpool/")
 
 
-def test_the_superlink_unit_hides_the_keys_a_serverapp_must_not_read():
-    """Finding 2: any local user can submit an app through the SuperLink's unauthenticated
-    Control API, and its ServerApp runs inside this unit. The keys that sign releases and issue
-    certificates are the ones `coordinator init` writes; the unit makes them inaccessible."""
+def test_the_superlink_and_the_admin_api_run_as_separate_accounts():
+    """Finding 2: any app the SuperLink's Control API accepts gets a ServerApp inside the
+    SuperLink's unit. That unit's account is not serve-admin's, cannot see serve-admin's state
+    (the CA and admin keys, the signing key, the admin database and the signed releases, all
+    `coordinator init` writes), and shares with it only the two folders the start script
+    makes group-accessible."""
     from synthpool.coordinator.pki import CoordinatorPKI
 
-    pki = CoordinatorPKI(Path("/var/lib/synthpool-coordinator"))
-    hidden = {p.lstrip("-") for p in _unit_directives(UNITS["coordinator"])["InaccessiblePaths"]}
-    assert {str(pki.ca_key), str(pki.admin_key), str(pki.signing_key.parent)} <= hidden
-    # ... and nothing the SuperLink itself needs (its TLS certificate, key and the CA's cert).
-    assert not {str(pki.server_key), str(pki.server_cert), str(pki.ca_cert)} & hidden
+    link, admin = _unit_directives(UNITS["coordinator"]), _unit_directives(UNITS["admin"])
+    assert link["User"] != admin["User"] and link["Group"] != admin["Group"]
+    admin_state = "/var/lib/synthpool-coordinator"
+    pki = CoordinatorPKI(Path(admin_state))
+    for path in (pki.ca_key, pki.admin_key, pki.signing_key, pki.state_dir / "coordinator.db"):
+        assert str(path).startswith(admin_state + "/")
+    assert admin_state in {p.lstrip("-") for p in link["InaccessiblePaths"]}
+    assert not any(p.startswith("/var/lib/synthpool-coordinator")
+                   for p in link["ReadWritePaths"][0].split())
+    # serve-admin joins the SuperLink's group for its FLWR_HOME and the training folder, which
+    # the start script creates with the group's access.
+    assert admin["SupplementaryGroups"] == link["Group"]
+    exec_start = " ".join(admin["ExecStart"])
+    assert "--superlink-flwr-home /var/lib/synthpool-link/cli-home" in exec_start
+    assert "--training-dir /var/lib/synthpool-link/training" in exec_start
+    assert "-/var/lib/synthpool-link/training" in admin["ReadWritePaths"][0].split()
+    assert link["UMask"] == ["0027"] and admin["UMask"] == ["0077"]
+
+
+def test_the_superlink_starts_only_behind_the_control_firewall():
+    """The rules are loaded (as root, "+") before every start of the SuperLink; a missing
+    rules file fails the start. The guide renders that file with the script."""
+    link = _unit_directives(UNITS["coordinator"])
+    assert link["ExecStartPre"] == ["+/usr/sbin/nft -f /etc/synthpool/control-firewall.nft"]
+    install = "\n".join(" ".join(ln.split())
+                        for ln in _code_lines(_section("Install the coordinator (systemd)")))
+    assert "control-firewall.sh --port 9092 --allow synthpool-link --allow synthpool-coordinator" \
+        " --allow www-data > /etc/synthpool/control-firewall.nft" in install
+    assert install.index("control-firewall.nft") < install.index("enable --now synthpool-coordinator")
+
+
+def test_control_firewall_script_renders_one_replaceable_table():
+    assert os.access(FIREWALL_SCRIPT, os.X_OK)
+    assert _run(["sh", "-n", str(FIREWALL_SCRIPT)]).returncode == 0
+    if shutil.which("shellcheck"):
+        out = _run(["shellcheck", str(FIREWALL_SCRIPT)])
+        assert out.returncode == 0, out.stdout
+    out = _run(["sh", str(FIREWALL_SCRIPT), "--port", "9092", "--allow", "root", "--allow", "4242"])
+    assert out.returncode == 0, out.stderr
+    assert "tcp dport 9092 fib daddr type local meta skuid != { 0, 4242 }" in out.stdout
+    assert "reject with tcp reset" in out.stdout
+    assert "delete table inet synthpool_control" in out.stdout
+    for bad, why in ((["--port", "x", "--allow", "root"], "must be a number"),
+                     (["--port", "9092"], "at least one --allow"),
+                     (["--port", "9092", "--allow", "no-such-account-here"], "no account named")):
+        out = _run(["sh", str(FIREWALL_SCRIPT), *bad])
+        assert out.returncode == 2 and why in out.stderr, out.stderr
 
 
 @pytest.mark.parametrize("role", sorted(UNITS))
@@ -357,7 +403,11 @@ def test_start_script_dry_run(tmp_path):
     conn = tomllib.loads((tmp_path / "state" / "cli-home" / "config.toml").read_text())
     assert conn["superlink"]["default"] == "synthpool"
     assert conn["superlink"]["synthpool"] == {"address": "127.0.0.1:19092", "insecure": True}
-    assert oct((tmp_path / "state" / "checkpoints").stat().st_mode & 0o777) == "0o700"
+    modes = {d: oct((tmp_path / "state" / d).stat().st_mode & 0o7777)
+             for d in ("superlink-home", "cli-home", "training")}
+    # serve-admin, in the SuperLink account's group, reads cli-home and writes in training/.
+    assert modes == {"superlink-home": "0o700", "cli-home": "0o2750", "training": "0o2770"}
+    assert (tmp_path / "state" / "cli-home" / "config.toml").stat().st_mode & 0o777 == 0o640
 
 
 def test_start_script_tls_and_node_auth(tmp_path):
@@ -705,9 +755,14 @@ def test_guide_tls_switch_of_coordinator_env_gives_the_start_script_inits_files(
     env = dict(ln.split("=", 1) for ln in text.splitlines()
                if ln.strip() and not ln.startswith("#"))
     pki = CoordinatorPKI(Path("/var/lib/synthpool-coordinator"))
-    assert env["SYNTHPOOL_TLS_CA"] == str(pki.ca_cert)
-    assert env["SYNTHPOOL_TLS_CERT"] == str(pki.server_cert)
-    assert env["SYNTHPOOL_TLS_KEY"] == str(pki.server_key)
+    # The SuperLink's account reads copies of init's files, away from the CA's key; the guide
+    # makes exactly those copies.
+    install = _section("Install the coordinator (systemd)")
+    for var, made in (("SYNTHPOOL_TLS_CA", pki.ca_cert), ("SYNTHPOOL_TLS_CERT", pki.server_cert),
+                      ("SYNTHPOOL_TLS_KEY", pki.server_key)):
+        assert env[var] == f"/etc/synthpool/tls/{made.name}"
+        assert str(made) in install
+    assert "-g synthpool-link" in install and "/etc/synthpool/tls/" in install
     assert env["SYNTHPOOL_NODE_AUTH"] == "1" and env["SYNTHPOOL_HOST"] == "127.0.0.1"
 
 

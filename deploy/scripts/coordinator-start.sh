@@ -4,14 +4,17 @@
 # (deploy/systemd/synthpool-coordinator.service) run it.
 #
 # What it does:
-#   1. creates the state folders (mode 0700);
+#   1. creates the state folders: superlink-home/ (0700), and the two that serve-admin, under
+#      its own account in this account's group (deploy/OPERATOR.md, "Install the coordinator"),
+#      uses: cli-home/ (2750: it reads) and training/ (2770: it writes each run's schema, the
+#      ServerApp its checkpoints and unsigned release);
 #   2. writes the admin CLI's connection file, $STATE/cli-home/config.toml, naming the connection
 #      "synthpool" on the LOCAL address: `FLWR_HOME=$STATE/cli-home flwr run APP synthpool`;
 #   3. execs `flower-superlink` (so it receives SIGTERM from the service manager directly) with
 #      runtime dependency installation off (else it runs `uv sync` per run and pulls CUDA wheels).
 #
 # Settings (environment; systemd reads them from /etc/synthpool/coordinator.env):
-#   SYNTHPOOL_STATE_DIR   state folder                          default /var/lib/synthpool-coordinator
+#   SYNTHPOOL_STATE_DIR   state folder                          default /var/lib/synthpool-link
 #   SYNTHPOOL_HOST        address the SuperLink binds           default 127.0.0.1
 #                         The port carries Flower's Control API, which has NO authentication in
 #                         Flower 1.42: bind it where only this host (or, in compose, only the
@@ -29,7 +32,7 @@
 #   SYNTHPOOL_DRY_RUN     1: print the command instead of running it (used by tests/test_deploy.py)
 set -eu
 
-state="${SYNTHPOOL_STATE_DIR:-/var/lib/synthpool-coordinator}"
+state="${SYNTHPOOL_STATE_DIR:-/var/lib/synthpool-link}"
 host="${SYNTHPOOL_HOST:-127.0.0.1}"
 port="${SYNTHPOOL_PORT:-9092}"
 venv_bin="${SYNTHPOOL_VENV_BIN:-/opt/synthpool/venv/bin}"
@@ -44,8 +47,12 @@ die() { echo "synthpool-coordinator-start: $*" >&2; exit 2; }
 case "$port" in ''|*[!0-9]*) die "SYNTHPOOL_PORT must be a number, got '$port'" ;; esac
 [ -x "$venv_bin/flower-superlink" ] || die "no flower-superlink in $venv_bin (set SYNTHPOOL_VENV_BIN)"
 
-umask 077
-mkdir -p "$state/superlink-home" "$state/cli-home" "$state/checkpoints"
+# Group-readable by default: what the ServerApp writes in training/ is read by serve-admin.
+umask 027
+mkdir -p "$state/superlink-home" "$state/cli-home" "$state/training" "$state/checkpoints"
+chmod 0700 "$state/superlink-home"
+chmod 2750 "$state/cli-home"
+chmod 2770 "$state/training"
 
 set -- --disable-runtime-dependency-installation --host "$host" --port "$port" \
        --database "$state/superlink.db"

@@ -371,6 +371,11 @@ def coordinator_serve_admin(
         help="A FLWR_HOME whose config.toml names the SuperLink (connection 'synthpool'): "
              "approving a site then admits its key to the SuperLink, revoking shuts it out, "
              "and `train start` submits the study as a Flower run there."),
+    training_dir: Optional[Path] = path_option(
+        None, "--training-dir", file_okay=False,
+        help="Where each training's ServerApp reads its schema and writes checkpoints and its "
+             "unsigned release (default: STATE_DIR/training); with separate accounts, a folder "
+             "of the SuperLink account's group (deploy/OPERATOR.md)."),
     app_dir: Optional[Path] = path_option(
         None, "--app-dir", file_okay=False,
         help="The config-only Flower app to submit (default: deploy/app of this checkout; "
@@ -414,7 +419,8 @@ def coordinator_serve_admin(
             # The real backend whenever the SuperLink is known; InMemoryRunner (which trains
             # nothing) only when asked for by name, for trying the API.
             training = runner_for_coordinator(
-                state_dir, superlink_flwr_home, releases_dir=releases_dir, app_dir=app_dir,
+                state_dir, superlink_flwr_home, releases_dir=releases_dir,
+                training_dir=training_dir, app_dir=app_dir,
                 settings=parse_settings(run_config), run_timeout=run_timeout)
         else:
             training = None
@@ -459,6 +465,9 @@ def coordinator_doctor(
                                     help="serve-admin's --mtls-listen ('' for none)."),
     offline: bool = typer.Option(False, "--offline",
                                  help="Do not ask the SuperLink which keys it holds."),
+    superlink_flwr_home: Optional[Path] = path_option(
+        None, "--superlink-flwr-home", file_okay=False,
+        help="serve-admin's --superlink-flwr-home (default: STATE_DIR/cli-home)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Check the coordinator (on its host, as its account): files and key modes, certificates
@@ -468,7 +477,8 @@ def coordinator_doctor(
     from synthpool.doctor import coordinator_checks, report
 
     findings = coordinator_checks(state_dir, hosts=host, database_url=database_url,
-                                  listen=listen, mtls_listen=mtls_listen, online=not offline)
+                                  listen=listen, mtls_listen=mtls_listen, online=not offline,
+                                  flwr_home=superlink_flwr_home)
     raise typer.Exit(report(f"synthpool coordinator doctor: {state_dir}", findings, as_json))
 
 

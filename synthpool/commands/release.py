@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 from pathlib import Path
+from typing import Optional
 
 import typer
 from synthpool.common.cli_paths import path_argument, path_option
@@ -69,15 +70,26 @@ def sign(
                                    help="How the sites' guarantees compose: overlapping (sum) "
                                         "or disjoint (max), as the run config said."),
     max_rows: int = typer.Option(0, "--max-rows", min=0, help="The most rows it may hold."),
+    out: Optional[Path] = path_option(
+        None, "--out", file_okay=False,
+        help="Copy the release here first and sign the copy: for a folder the SuperLink's "
+             "account can still write (separate accounts, deploy/OPERATOR.md)."),
 ) -> None:
     """Check a release a by-hand run wrote (it is the study's, on its sites, its guarantee what
     its sites' give, only plain files) and sign it. The ServerApp never signs: it runs whatever
     app the SuperLink accepts, so its account holds no key (deploy/OPERATOR.md)."""
-    from synthpool.coordinator.release_signing import ReleaseRefused, ReleaseTerms, sign_release
+    from synthpool.coordinator.release_signing import (
+        ReleaseRefused, ReleaseTerms, sign_release, take_release,
+    )
 
     terms = ReleaseTerms(study=study, population=population, max_rows=max_rows,
                          sites=frozenset(s.strip() for s in sites.split(",") if s.strip()))
     try:
+        if out is not None:
+            if out.exists() and any(out.iterdir()):
+                err.print(f"{shown(out)} is not empty: --out takes a new folder", markup=False)
+                raise typer.Exit(2)
+            folder = take_release(folder, out)
         sealed = sign_release(folder, key, terms)
     except ReleaseRefused as e:
         err.print(str(e), markup=False, highlight=False)
