@@ -193,7 +193,10 @@ def handle_train(site: SiteState, global_weights: list[np.ndarray], wire: dict,
         weights, metrics = site_job.run_round(site, global_weights, cfg, plan, merged)
         cap = site.ledger.cap(cfg.study)
         after = site.ledger.get_charge(cfg.study, cfg.job_id)
-        metrics = {**metrics, "num-examples": size.rows, "epsilon-spent": after.epsilon_after,
+        # The weight this update carries; under SecAgg+ the site applies it itself, so it
+        # applies the coordinator's cap on any one site's share too.
+        weight = min(size.rows, cfg.weight_cap) if cfg.weight_cap > 0 else size.rows
+        metrics = {**metrics, "num-examples": weight, "epsilon-spent": after.epsilon_after,
                    "epsilon-cap": cap.epsilon, "delta": cap.delta}
         info = {"size-source": size.source, "noise-source": plan.noise_source}
         site.save_release(cfg.study, cfg.job_id, Release(weights, metrics, ih, {"info": info}))

@@ -69,6 +69,7 @@ class RoundConfig(TrainingSpec):
     stats_digest: str = ""           # sha256 of the merged statistics sent with a round
     stage: str = ""                  # "evaluate" for the evaluation; else told by `round`
     synthetic_digest: str = ""       # evaluation: sha256 of the synthetic sample sent with it
+    weight_cap: float = 0.0          # a round: the most a site's update may weigh (0: its size)
 
     @property
     def job_id(self) -> str:

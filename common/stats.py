@@ -126,6 +126,13 @@ class TableStats:
             mechanisms=[m for p in parts for m in p.mechanisms],
         )
 
+    def scaled(self, factor: float) -> "TableStats":
+        """Every count times `factor` (a site's share lowered before merging); the mechanisms
+        are those charged: rescaling a release is post-processing."""
+        return TableStats(self.schema_fingerprint,
+                          {n: [float(v) * factor for v in self.counts(n)] for n in self.histograms},
+                          list(self.mechanisms))
+
     def to_dict(self) -> dict:
         return {
             "schema_fingerprint": self.schema_fingerprint,

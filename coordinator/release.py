@@ -177,13 +177,16 @@ def write_release(run, store: CheckpointStore, schema: Schema, start: dict, samp
                        + (" under SecAgg+" if run.secure_aggregation else ""),
             "proximal_mu": run.proximal_mu,
             "weights": "each site's DP row estimate from its statistics stage (or its declared "
-                       "public size)",
+                       "public size), the largest lowered so that none holds more than "
+                       f"{start.get('max_site_share', 1.0):g} of the total",
+            "max_site_share": start.get("max_site_share", 1.0),
             "dp": f"at every site: {sample.model['training']}; noise calibrated once per "
                   "site for the whole schedule",
         },
         "participation": rounds,
         "statistics": {
-            "sites": {s: {"rows_estimate": v["rows"], "size_source": v.get("size_source", "")}
+            "sites": {s: {"rows_estimate": v["rows"], "weight": v.get("weight", v["rows"]),
+                          "size_source": v.get("size_source", "")}
                       for s, v in start["sites"].items()},
             "rows_estimate_dp": round(stats.noisy_rows(), 1),
             "digest": start.get("stats_digest"),

@@ -50,7 +50,7 @@ from ..common.wire import (
     STATS_MESSAGE, TRAIN_MESSAGE, Reply, Request, TrainingSpec, fields_from_wire,
 )
 from .checkpoint import CheckpointStore
-from .strategy import FedAvg, QuorumNotReached, SiteResult
+from .strategy import FedAvg, QuorumNotReached, SiteResult, site_share_limit, weight_cap
 
 log = logging.getLogger("synthpool.coordinator")
 
@@ -121,6 +121,10 @@ class StudyRun(TrainingSpec):
     secure_aggregation: bool = False
     secagg_threshold: float = 0.6
     secagg_clipping_range: float = 0.0   # 0: the update bound (TrainingSpec.max_update)
+    # The most of the FedAvg weights and of the merged statistics one site may hold: a site
+    # that fabricates statistics agreeing with a huge size gets no more (strategy.weight_cap).
+    # 1: sizes as they are; 0: strategy.site_share_limit (0.5 from three sites on).
+    max_site_share: float = 0.0
 
     def __post_init__(self) -> None:
         self.hyperparameters  # noqa: B018  (a bad model setting fails the run before any stage)
@@ -133,6 +137,9 @@ class StudyRun(TrainingSpec):
                              "evaluation-share in [0, 1)")
         if self.population not in POPULATIONS:
             raise ValueError(f"population must be one of {POPULATIONS}, not {self.population!r}")
+        if not 0 <= self.max_site_share <= 1:
+            raise ValueError(f"run config: max-site-share {self.max_site_share!r} must lie in "
+                             "[0, 1] (0: the default)")
         try:
             self.enrolled  # noqa: B018
         except (ValueError, TypeError, AttributeError):
@@ -192,11 +199,11 @@ class StudyRun(TrainingSpec):
         return self.load_schema().fingerprint()
 
     def round_wire(self, training_id: str, rnd: int, fingerprint: str, stats_digest: str = "",
-                   *, stage: str = "", synthetic_digest: str = "") -> dict:
+                   *, stage: str = "", synthetic_digest: str = "", weight_cap: float = 0.0) -> dict:
         """What every site receives with a stage (agent/site_job.py:RoundConfig reads it)."""
         return {**self.spec_wire(), "study": self.study, "training-id": training_id,
                 "round": rnd, "schema-fingerprint": fingerprint, "stats-digest": stats_digest,
-                "stage": stage, "synthetic-digest": synthetic_digest}
+                "stage": stage, "synthetic-digest": synthetic_digest, "weight-cap": weight_cap}
 
 
 def wait_for_nodes(grid, run: "StudyRun", want: int, need: int, timeout: float,
@@ -456,6 +463,16 @@ def statistics_stage(grid, run: StudyRun, training_id: str, schema: Schema,
         events.write("round_failed", round=0, reason=reason, sites=[r.summary() for r in results])
         raise RoundFailed(f"statistics stage: {reason}{overload_hint()}")
     ok = [r for r in results if r.status == "ok"]
+    share = run.max_site_share or site_share_limit(len(ok))
+    cap = weight_cap({r.site: r.num_examples for r in ok}, share)
+    for r in ok:
+        if r.num_examples > cap:
+            # Scaling released histograms is post-processing: no privacy cost.
+            parts[r.site] = parts[r.site].scaled(cap / r.num_examples)
+            events.write("site_weight_capped", round=0, site=r.site, rows=r.num_examples,
+                         weight=cap, max_site_share=share)
+            _say(f"statistics: site {r.site} weighs {cap:.0f} rows, not its {r.num_examples:.0f}"
+                 f" (max-site-share {share:g})")
     merged = TableStats.merge([parts[name] for name in sorted(parts)])
     stats_json = json.dumps(merged.to_dict(), sort_keys=True, separators=(",", ":"))
     start = {
@@ -463,7 +480,10 @@ def statistics_stage(grid, run: StudyRun, training_id: str, schema: Schema,
         "stats_json": stats_json,
         "stats_digest": "sha256:" + hashlib.sha256(stats_json.encode()).hexdigest(),
         "sites": {r.site: {"node_id": r.node_id, "rows": r.num_examples,
+                           "weight": min(r.num_examples, cap),
                            "size_source": str(r.info.get("size-source", ""))} for r in ok},
+        "weight_cap": cap if np.isfinite(cap) else 0.0,
+        "max_site_share": share,
         "ledgers": {r.site: r.ledger for r in ok},
         "results": [r.summary() for r in results],
     }
@@ -505,7 +525,8 @@ def run_study(grid, run: StudyRun) -> dict:
         _save_registry(run.registry_path, names)
     else:
         start, initial = saved
-    sizes = {site: float(s["rows"]) for site, s in start["sites"].items()}
+    # FedAvg weights: the DP sizes, the largest lowered to the statistics stage's cap.
+    sizes = {site: float(s.get("weight", s["rows"])) for site, s in start["sites"].items()}
     ledgers: dict[str, dict] = {**start["ledgers"], **(ckpt.meta.get("ledgers", {}) if ckpt else {})}
     weights = ckpt.weights if ckpt else initial
     strategy = FedAvg(min_sites=run.min_sites, proximal_mu=run.proximal_mu)
@@ -516,7 +537,8 @@ def run_study(grid, run: StudyRun) -> dict:
                  if str(n) not in names or names[str(n)] in sizes]
         events.write("round_started", round=rnd, run_id=run_id, nodes=nodes)
         t0 = time.monotonic()
-        wire = run.round_wire(training_id, rnd, fingerprint, start["stats_digest"])
+        wire = run.round_wire(training_id, rnd, fingerprint, start["stats_digest"],
+                              weight_cap=float(start.get("weight_cap", 0.0)))
         play = _secure_round if run.secure_aggregation else _plain_round
         results, pool = play(grid, nodes, weights, wire, start, rnd, run, sizes, names, store,
                              strategy)

@@ -8,7 +8,9 @@ look like success"). The arithmetic is FedAvg; everything else is bookkeeping th
 
 Weights: a site's weight is the row total of the noisy histograms it released in the training's
 statistics stage (already charged to its ledger; coordinator/server_app.py fixes it there and
-ignores sizes claimed later), or the size its owner declared public. Never an exact count.
+ignores sizes claimed later), or the size its owner declared public. Never an exact count. A
+site can still fabricate histograms that agree with a huge size, so no site's share of the
+weights (and of the merged statistics) may exceed `max-site-share` (`weight_cap`).
 FedProx is the same aggregation with `proximal-mu` > 0 sent to the sites, whose DP-SGD adds a
 proximal pull towards the global weights (common/dp_training.py).
 """
@@ -27,6 +29,31 @@ NODE_UNAVAILABLE = 5
 FLOWER_CODES = {0: "unknown", 1: "load-clientapp", 2: "clientapp-exception",
                 3: "message-unavailable", 4: "reply-unavailable", 5: "node-unavailable",
                 6: "mod-failed", 7: "invalid-fab", 8: "clientapp-crashed"}
+
+
+def site_share_limit(n_sites: int) -> float:
+    """max-site-share's default: no site outweighs all the others together. With two sites any
+    limit below 1 would override honest sizes (a 70/30 pair would be weighted 50/50), and the
+    other site is the whole rest of the federation: no limit there unless the study sets one."""
+    return 0.5 if n_sites >= 3 else 1.0
+
+
+def weight_cap(sizes: dict[str, float], max_share: float) -> float:
+    """The weight c such that min(size, c) gives no site more than `max_share` of the total
+    (water-filling: only the largest sites are lowered, all to the same c); inf when no site
+    exceeds it. When the cap cannot hold for every site (`max_share` below 1/n), every site gets
+    the smallest size: equal weights."""
+    values = sorted((float(v) for v in sizes.values()), reverse=True)
+    if max_share >= 1 or len(values) < 2 or values[0] <= max_share * sum(values):
+        return float("inf")
+    for k in range(1, len(values)):  # the k largest are capped
+        rest = sum(values[k:])
+        if k * max_share >= 1:
+            break
+        c = max_share * rest / (1 - k * max_share)
+        if values[k] <= c <= values[k - 1]:
+            return c
+    return values[-1]
 
 
 @dataclass

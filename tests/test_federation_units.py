@@ -730,6 +730,74 @@ def test_a_site_claiming_more_rows_than_its_histograms_hold_is_left_out(tmp_path
     assert store.load().meta["used"] == ["a", "b"]
 
 
+def test_a_site_fabricating_consistent_statistics_of_a_huge_table_gets_at_most_half_the_weight(
+        tmp_path, adult_slices, monkeypatch):
+    """The attack the cross-check cannot see: site c releases histograms of its rows counted
+    10,000 times, under noise of the charged scale, so its totals agree with each other and
+    with the size it reports (about 13 million rows). It
+    would hold 99.99% of the FedAvg weight and of the merged statistics; with max-site-share
+    0.5 it holds half, in both, and says so (event, manifest); its own reply weighs its round
+    update by that cap too, which is the weight it applies under SecAgg+. (0.5 is the default
+    from three sites on; with two, none unless the study sets one.)"""
+    from synthpool.common.stats import TableStats, exact_counts
+
+    honest = site_job.run_stats
+
+    def inflated(site, cfg, mechanism):
+        stats = honest(site, cfg, mechanism)
+        if site.name != "c":
+            return stats
+        # Exact counts times 10,000, then noise of the charged scale: what honest rows of a
+        # table that big would give.
+        rows = site.load_rows()
+        std = mechanism.noise_multiplier * np.sqrt(len(stats.histograms))
+        rng = np.random.default_rng(7)
+        return TableStats(stats.schema_fingerprint,
+                          {n: list(exact_counts(site.schema, n, rows[n]) * 1e4
+                                   + rng.normal(0, std, len(stats.counts(n))))
+                           for n in stats.histograms}, stats.mechanisms)
+
+    monkeypatch.setattr(site_job, "run_stats", inflated)
+    configs = {i: write_site(tmp_path, n, adult_slices[i - 1])
+               for i, n in [(1, "a"), (2, "b"), (3, "c")]}
+    run = make_run(tmp_path, num_rounds=1)
+    run_study(FakeGrid(configs), run)
+    store = CheckpointStore(run.checkpoint_dir)
+    start, _ = store.load_start()
+    sites = start["sites"]
+    assert sites["c"]["rows"] > 1e6  # not refused: nothing in its statistics disagrees
+    weights = {name: v["weight"] for name, v in sites.items()}
+    assert weights["a"] == sites["a"]["rows"] and weights["b"] == sites["b"]["rows"]
+    assert weights["c"] == pytest.approx(weights["a"] + weights["b"])  # half of the total
+    capped = [e for e in store.events.read() if e["event"] == "site_weight_capped"]
+    assert [(e["site"], e["max_site_share"]) for e in capped] == [("c", 0.5)]
+    # The merged statistics: c's share of the rows is a half, not 99.99%.
+    merged_rows = TableStats.from_dict(json.loads(start["stats_json"])).noisy_rows()
+    assert merged_rows == pytest.approx(2 * (weights["a"] + weights["b"]), rel=0.01)
+    # FedAvg used the capped weight, and c's own reply carried it.
+    used = {r["site"]: r["num_examples"] for r in store.load(1).meta["results"]}
+    assert used["c"] == pytest.approx(weights["c"])
+    replies = [json.loads(ln) for ln in (store.dir / "transcript.jsonl").read_text().splitlines()]
+    c_round = next(r for r in replies if r.get("round") == 1 and r.get("site") == "c")
+    assert c_round["metrics"]["metrics"]["num-examples"] == pytest.approx(weights["c"])
+    manifest = release.read_manifest(run.release_path)
+    assert manifest["statistics"]["sites"]["c"]["weight"] == pytest.approx(weights["c"])
+    assert manifest["training"]["max_site_share"] == 0.5
+
+
+def test_weight_cap_lowers_only_the_largest_sites_to_the_share():
+    cap = strategy.weight_cap
+    assert cap({"a": 100, "b": 100, "c": 100}, 0.5) == float("inf")
+    assert cap({"a": 1000, "b": 100}, 0.5) == pytest.approx(100)
+    assert cap({"a": 1000, "b": 100, "c": 100}, 0.5) == pytest.approx(200)
+    two_big = cap({"a": 1000, "b": 900, "c": 100, "d": 100}, 0.4)
+    shares = np.array([min(v, two_big) for v in (1000, 900, 100, 100)])
+    assert shares.max() / shares.sum() == pytest.approx(0.4) and shares[0] == shares[1]
+    assert cap({"a": 1000, "b": 10}, 1.0) == float("inf")
+    assert cap({"a": 1000, "b": 10}, 0.3) == 10  # below 1/n: equal weights
+    assert strategy.site_share_limit(3) == 0.5 and strategy.site_share_limit(2) == 1.0
+
+
 def test_the_dp_row_estimate_uses_every_histogram():
     """Each histogram's total estimates the row count; weighting them by inverse variance is
     tighter than any one (here 4 histograms of 10 cells each: sd half that of one)."""
