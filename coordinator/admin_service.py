@@ -492,6 +492,12 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         # Flower CLI); a failure there is raised inside it, so it is audited like any refusal.
         admitted, failure = None, None
         try:
+            if not request.expected_fingerprint.strip():
+                # Approving whatever key arrived under a name admits whoever used its invitation.
+                raise st.Invalid(f"approving site {request.name!r} needs the fingerprint of "
+                                 "the key the site sent (expected_fingerprint; `synthpool sites "
+                                 "approve NAME --fingerprint SHA256:...`), confirmed with the "
+                                 "site out of band")
             admitted = self._admit(request, context)
         except Exception as e:  # noqa: BLE001
             failure = e

@@ -92,8 +92,9 @@ def _code(excinfo) -> grpc.StatusCode:
 
 def _enroll(admin: AdminClient, anonymous: AdminClient, name: str) -> pb.Site:
     token = admin.InviteSite(pb.InviteSiteRequest(name=name)).token
-    anonymous.RegisterSite(pb.RegisterSiteRequest(token=token, public_key=_site_key()))
-    return admin.ApproveSite(pb.ApproveSiteRequest(name=name))
+    site = anonymous.RegisterSite(pb.RegisterSiteRequest(token=token, public_key=_site_key())).site
+    return admin.ApproveSite(pb.ApproveSiteRequest(
+        name=name, expected_fingerprint=site.public_key_fingerprint))
 
 
 # -- authentication ------------------------------------------------------------------------------
@@ -296,11 +297,17 @@ def test_site_lifecycle_invite_register_approve_revoke(coord):
         invite = admin.InviteSite(pb.InviteSiteRequest(name="hosp-a", ttl_seconds=600))
         assert invite.site.status == pb.SITE_STATUS_INVITED and invite.token.startswith("spi_")
         with pytest.raises(grpc.RpcError) as e:
-            admin.ApproveSite(pb.ApproveSiteRequest(name="hosp-a"))
+            admin.ApproveSite(pb.ApproveSiteRequest(name="hosp-a", expected_fingerprint="SHA256:x"))
         assert _code(e) == grpc.StatusCode.FAILED_PRECONDITION
 
         registered = site.RegisterSite(pb.RegisterSiteRequest(token=invite.token,
                                                               public_key=_site_key())).site
+        with pytest.raises(grpc.RpcError) as e:  # finding 15: no fingerprint, no approval
+            admin.ApproveSite(pb.ApproveSiteRequest(name="hosp-a"))
+        assert _code(e) == grpc.StatusCode.INVALID_ARGUMENT
+        assert "needs the fingerprint" in e.value.details()
+        listed = admin.ListSites(pb.ListSitesRequest()).sites
+        assert [x.status for x in listed if x.name == "hosp-a"] == [pb.SITE_STATUS_REGISTERED]
         assert registered.status == pb.SITE_STATUS_REGISTERED
         assert registered.public_key.startswith("ecdsa-sha2-nistp256 ")
         with pytest.raises(grpc.RpcError) as e:  # the administrator checks the fingerprint
@@ -350,7 +357,8 @@ def test_approval_does_not_lock_the_database_while_the_superlink_admits_the_key(
     try:
         with c.admin() as admin, c.client() as anonymous:
             token = admin.InviteSite(pb.InviteSiteRequest(name="hosp-a")).token
-            anonymous.RegisterSite(pb.RegisterSiteRequest(token=token, public_key=_site_key()))
+            fp = anonymous.RegisterSite(pb.RegisterSiteRequest(
+                token=token, public_key=_site_key())).site.public_key_fingerprint
 
             def other_write():
                 with c.admin() as other:
@@ -358,7 +366,8 @@ def test_approval_does_not_lock_the_database_while_the_superlink_admits_the_key(
                 written.set()
 
             threading.Timer(0.5, other_write).start()
-            approved = admin.ApproveSite(pb.ApproveSiteRequest(name="hosp-a"))
+            approved = admin.ApproveSite(pb.ApproveSiteRequest(name="hosp-a",
+                                                               expected_fingerprint=fp))
         assert written.is_set()  # it did not wait for the approval to commit
         assert approved.status == pb.SITE_STATUS_APPROVED
         assert c.state.get_site("hosp-a").flower_node_id == "4242"
@@ -435,8 +444,9 @@ def test_every_action_is_audited_without_secrets(coord, tmp_path):
     _make_release(coord.state_dir, coord.pki.signing_key, "rel-1")
     with coord.admin() as admin, coord.client() as site:
         invite = admin.InviteSite(pb.InviteSiteRequest(name="hosp-a"))
-        site.RegisterSite(pb.RegisterSiteRequest(token=invite.token, public_key=_site_key()))
-        admin.ApproveSite(pb.ApproveSiteRequest(name="hosp-a"))
+        fp = site.RegisterSite(pb.RegisterSiteRequest(
+            token=invite.token, public_key=_site_key())).site.public_key_fingerprint
+        admin.ApproveSite(pb.ApproveSiteRequest(name="hosp-a", expected_fingerprint=fp))
         admin.ListSites(pb.ListSitesRequest())
         admin.CreateStudy(_study_request("s1"))
         admin.GetStudy(pb.GetStudyRequest(name="s1"))
