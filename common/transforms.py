@@ -112,21 +112,25 @@ class _NumericCodec:
         for i, p in enumerate(col.point_masses):
             out[tokens == i] = p
         bins = tokens - self.n_masses
-        in_bin = (bins >= 0) & (bins < self.n_bins)
-        for b in np.unique(bins[in_bin]):
-            rows = np.flatnonzero(bins == b)
-            s, e = self.bin_starts[b], self.bin_ends[b]
-            w = self.weights[s:e]
-            cells = s + rng.choice(e - s, size=len(rows), p=w / w.sum())
-            lo, hi = self.lows[cells], self.highs[cells]
-            u = rng.random(len(rows))
-            if col.scale == "log":
-                a, c = np.log1p(lo - col.lower), np.log1p(hi - col.lower)
-                out[rows] = col.lower + np.expm1(a + u * (c - a))
-            else:
-                out[rows] = lo + u * (hi - lo)
-            if col.integer:
-                out[rows] = np.minimum(np.floor(out[rows]), hi - 1)
+        rows = np.flatnonzero((bins >= 0) & (bins < self.n_bins))
+        b = bins[rows]
+        # A cell of the row's bin in proportion to the cells' weights: one inverse-CDF draw over
+        # the cumulative weights of all cells, inside the bin's stretch of them.
+        cum = np.concatenate([[0.0], np.cumsum(self.weights)])
+        below, above = cum[self.bin_starts[b]], cum[self.bin_ends[b]]
+        cells = np.searchsorted(cum, below + rng.random(len(rows)) * (above - below),
+                                side="right") - 1
+        cells = np.clip(cells, self.bin_starts[b], self.bin_ends[b] - 1)
+        lo, hi = self.lows[cells], self.highs[cells]
+        u = rng.random(len(rows))
+        if col.scale == "log":
+            a, c = np.log1p(lo - col.lower), np.log1p(hi - col.lower)
+            values = col.lower + np.expm1(a + u * (c - a))
+        else:
+            values = lo + u * (hi - lo)
+        if col.integer:
+            values = np.minimum(np.floor(values), hi - 1)
+        out[rows] = values
         out = np.where(np.isnan(out), np.nan, np.clip(out, col.lower, col.upper))
         return pd.Series(out, name=self.name, dtype=float)
 
@@ -213,4 +217,5 @@ class TableTransformer:
                 for i, b in enumerate(self.blocks)}
         if self.target_dim:
             cols[self.schema.target] = self.codecs[self.schema.target].decode(target_tokens, rng)
-        return pd.DataFrame({n: cols[n] for n in self.schema.names})
+        # copy=False: no consolidation of the object columns into one block (3 s of 4.7 at 1M rows).
+        return pd.DataFrame({n: cols[n] for n in self.schema.names}, copy=False)

@@ -99,3 +99,36 @@ def test_column_order_comes_from_the_dp_statistics_not_the_rows():
     assert schema_order["column_order"] == [schema.target] + [
         n for n in schema.names if n != schema.target]
     assert schema_order["column_order_source"] == "schema"
+
+
+def test_sampling_draws_what_the_network_predicts_for_the_tokens_drawn_so_far(trained):
+    """Sampling sums a head's first-layer weights over the tokens drawn so far instead of
+    running the head over the one-hot prefix. Every drawn row, fed back through the network as
+    training sees it (teacher forcing), must give each column the distribution its token was
+    drawn from: the drawn token lies where the uniform draw falls in that distribution's CDF."""
+    import torch
+
+    _, res = trained
+    gen = res.generator
+    n, seed = 3000, 5
+    syn = gen.sample(n, seed=seed)
+    # The same uniform draws sample() used (its generator is seeded the same way).
+    rng = np.random.default_rng(seed)
+    torch_gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    from synthpool.common.generators.tokens import target_tokens
+
+    target_tokens(gen.transformer, n, None, rng)
+    u = torch.rand(n, len(gen.order), generator=torch_gen)
+    rows = gen.transformer.encode(syn)
+    with torch.inference_mode():
+        logits = gen.net(rows)
+    at, ok = 0, []
+    for j, k in enumerate(gen.net.sizes):
+        cdf = torch.softmax(logits[:, at:at + k], 1).cumsum(1)
+        tok = rows[:, gen.net.perm[gen.net.offsets[j] - 1:gen.net.offsets[j] - 1 + k]].argmax(1)
+        below = torch.where(tok > 0, cdf.gather(1, (tok - 1).clamp(min=0)[:, None])[:, 0], 0.0)
+        above = cdf.gather(1, tok[:, None])[:, 0]
+        ok.append(((below <= u[:, j] + 1e-5) & ((u[:, j] <= above + 1e-5) | (tok == k - 1))))
+        at += k
+    share = torch.stack(ok).float().mean().item()
+    assert share == 1.0, share
