@@ -54,12 +54,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..common.bundled import ADULT_SCHEMA
+from ..common.bundled import BUNDLED_SCHEMAS, DEFAULT_SCHEMA, schema_path
 from ..common.budget import check_delta, check_epsilon
 from ..common.schema import Schema
 from .fab_policy import DEFAULT_ALLOWED_FILES, PINNED_CLIENTAPP, TrustPolicy
 
-BUNDLED_SCHEMAS = {"bundled:adult": ADULT_SCHEMA}
 
 
 class ConfigError(ValueError):
@@ -90,7 +89,7 @@ class SiteSection(BaseModel):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     data: Path
     state_dir: Path
-    schema_ref: str = Field(default="bundled:adult", alias="schema")
+    schema_ref: str = Field(default=DEFAULT_SCHEMA, alias="schema")
     # Rows with cells outside the schema: refuse to work ("error") or drop them ("drop").
     on_invalid: Literal["error", "drop"] = "error"
     # The size the site gives for FedAvg weights and its Poisson sample rate: "estimated" is the
@@ -213,7 +212,7 @@ class SiteConfig(BaseModel):
 
     def schema(self) -> Schema:
         ref = self.site.schema_ref
-        return Schema.load(BUNDLED_SCHEMAS.get(ref, ref))
+        return Schema.load(schema_path(ref))
 
     def apply_caps(self, ledger) -> None:
         """Make the ledger's caps this file's: the only way a cap is ever set or removed."""

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from ..common.bundled import DEFAULT_SCHEMA
 from .checkpoint import CheckpointStore
 from .flower_processes import (
     LOOPBACK, ManagedProcess, ProcessGroup, TLSFiles, bin_dir, flower_env, free_port,
@@ -73,7 +74,7 @@ class SiteSpec:
     declared_rows: int | None = None
     torch_threads: int = 0  # 0: all cores (sites sharing one host should split them)
     # The study schema the site pins: "bundled:adult" or a schema YAML's path.
-    schema: str = "bundled:adult"
+    schema: str = DEFAULT_SCHEMA
     on_invalid: str = "error"  # the site's rule for rows with cells outside the schema
     # Opt in to sending the evaluation's aggregate (not DP) scores: for public showcase data and
     # local simulations, where every site is the user's own.

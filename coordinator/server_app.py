@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from ..common.atomic import atomic_write_text
-from ..common.bundled import ADULT_SCHEMA
+from ..common.bundled import DEFAULT_SCHEMA, schema_path
 from ..common.schema import Schema
 from ..common.stats import TableStats, cell_labels, histogram_columns
 from ..common.budget import DEFAULT_POPULATION, POPULATIONS, check_delta, check_epsilon
@@ -54,7 +54,7 @@ from .strategy import FedAvg, QuorumNotReached, SiteResult, site_share_limit, we
 
 log = logging.getLogger("synthpool.coordinator")
 
-BUNDLED_SCHEMAS = {"bundled:adult": ADULT_SCHEMA}
+
 
 
 class RoundFailed(RuntimeError):
@@ -84,7 +84,7 @@ class StudyRun(TrainingSpec):
 
     study: str
     checkpoint_dir: str
-    schema: str = "bundled:adult"
+    schema: str = DEFAULT_SCHEMA
     min_sites: int = 2
     expected_sites: int = 0          # wait for this many nodes before the first stage (0: min_sites)
     node_wait_timeout: float = 120.0
@@ -193,7 +193,7 @@ class StudyRun(TrainingSpec):
         return cls(**kwargs)
 
     def load_schema(self) -> Schema:
-        return Schema.load(BUNDLED_SCHEMAS.get(self.schema, self.schema))
+        return Schema.load(schema_path(self.schema))
 
     def schema_fingerprint(self) -> str:
         return self.load_schema().fingerprint()

@@ -138,8 +138,9 @@ def federate(work: Path, specs, run_config: dict, rounds: int, timeout: float, s
 def run_federation(fed, run_config: dict, rounds: int, timeout: float, started: float) -> dict:
     """Start the processes, submit the run, follow its events with a progress bar; returns the
     release manifest. Raises on failure or when `timeout` (from `started`) passes."""
-    from synthpool.common.schema import Schema
     from synthpool.coordinator.release_signing import ReleaseRefused, ReleaseTerms, sign_release
+    from synthpool.common.bundled import DEFAULT_SCHEMA, schema_path
+    from synthpool.common.schema import Schema
 
     deadline = started + timeout
     total = rounds + 3  # statistics, rounds, evaluation at the sites, release
@@ -189,7 +190,8 @@ def run_federation(fed, run_config: dict, rounds: int, timeout: float, started: 
     terms = ReleaseTerms(study=run_config["study"], sites=frozenset(fed.sites),
                          population=run_config["population"],
                          max_rows=int(run_config.get("release-rows", 0)),
-                         schema_fingerprint=Schema.load(run_config["schema"]).fingerprint())
+                         schema_fingerprint=Schema.load(schema_path(
+                             run_config.get("schema", DEFAULT_SCHEMA))).fingerprint())
     try:
         return sign_release(Path(run_config["release-dir"]), release_key(fed.workdir), terms)
     except ReleaseRefused as e:
