@@ -123,8 +123,9 @@ class FlowerRunner:
         if not (self.app_dir / "pyproject.toml").is_file():
             raise FileNotFoundError(f"no Flower app in {self.app_dir} (serve-admin --app-dir)")
         workdir = self.work_dir / f"run-{study.run_id}"
+        if not self.work_dir.exists():  # under the units the SuperLink's start script made it
+            _shared_dir(self.work_dir)
         try:
-            _shared_dir(self.work_dir, exist_ok=True)
             _shared_dir(workdir)
         except FileExistsError:
             # A fresh admin database would count run ids from 1 again; reusing the folder would
@@ -365,9 +366,10 @@ ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 BOX = "│╭╮╰╯─┃━"
 
 
-def _shared_dir(path: Path, exist_ok: bool = False) -> Path:
-    """mkdir with SHARED_DIR_MODE whatever the umask (serve-admin's unit has 0077)."""
-    path.mkdir(parents=True, exist_ok=exist_ok)
+def _shared_dir(path: Path) -> Path:
+    """A new folder with SHARED_DIR_MODE whatever the umask (serve-admin's unit has 0077). Only
+    a folder this process made: one the SuperLink's account owns cannot be chmod-ed by ours."""
+    path.mkdir(parents=True)
     path.chmod(SHARED_DIR_MODE)
     return path
 

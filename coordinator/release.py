@@ -154,6 +154,7 @@ def write_release(run, store: CheckpointStore, schema: Schema, start: dict, samp
         raise RuntimeError(f"no ledger report from {missing}: cannot state the guarantee")
     per_site = {s: _site_privacy(ledgers[s]) for s in contributors}
     guarantee = release_guarantee(per_site, run.population)
+    max_share = start.get("max_site_share", 1.0)  # trainings checkpointed before the limit
     report = None
     if evaluation is not None:
         report = _write_report(run, schema, sample, evaluation, per_site, guarantee, out)
@@ -178,8 +179,8 @@ def write_release(run, store: CheckpointStore, schema: Schema, start: dict, samp
             "proximal_mu": run.proximal_mu,
             "weights": "each site's DP row estimate from its statistics stage (or its declared "
                        "public size), the largest lowered so that none holds more than "
-                       f"{start.get('max_site_share', 1.0):g} of the total",
-            "max_site_share": start.get("max_site_share", 1.0),
+                       f"{max_share:g} of the total",
+            "max_site_share": max_share,
             "dp": f"at every site: {sample.model['training']}; noise calibrated once per "
                   "site for the whole schedule",
         },
