@@ -110,8 +110,8 @@ def write_json(data: dict, path: Path) -> None:
     atomic_write_text(Path(path), json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def manifest_path(table: Path) -> Path:
-    """`out.csv` -> `out.manifest.json` beside it."""
+def manifest_path(table: Path, kind: str = "manifest") -> Path:
+    """`out.csv` -> `out.manifest.json` beside it (`kind` names another companion file)."""
     table = Path(table)
     stem = table.name.split(".")[0]
-    return table.with_name(f"{stem}.manifest.json")
+    return table.with_name(f"{stem}.{kind}.json")

@@ -22,3 +22,16 @@ def adult_train(adult_schema):
 @pytest.fixture(scope="session")
 def adult_test(adult_schema):
     return load_table(ADULT_TEST, adult_schema)[0]
+
+
+@pytest.fixture
+def flower_task_identity():
+    """flwr 1.42 builds a Message's metadata from TaskIdentity (flwr/app/message/message.py),
+    which only a real flwr-serverapp/flwr-clientapp process sets: tests that run a ClientApp or
+    the round loop in this process set it as such a process would."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 1
+    yield
+    TaskIdentity._run_id = TaskIdentity._node_id = TaskIdentity._task_id = None
+

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from synthpool.common.evaluation.empirical_privacy import chebyshev_epsilon, empirical_privacy
+from synthpool.common.evaluation.density_shift import density_shift
+from synthpool.common.evaluation.empirical_privacy import chebyshev_epsilon
 from synthpool.common.evaluation.privacy import privacy_risk
 from test_evaluation_data import adult_schema, adult_splits, shuffle_columns
 
@@ -102,11 +103,11 @@ def test_chebyshev_bound():
     assert chebyshev_epsilon(-1.0, 0.0, 0.05) == 0.0
 
 
-def test_empirical_privacy_separates_shift_from_noise():
+def test_density_shift_separates_shift_from_noise():
     rng = np.random.default_rng(0)
-    null = empirical_privacy(rng.standard_t(3, 4000), rng.standard_t(3, 4000))
+    null = density_shift(rng.standard_t(3, 4000), rng.standard_t(3, 4000))
     assert null["excess_std"] == 0.0 and null["epsilon_hat"] < 0.3
-    leak = empirical_privacy(rng.normal(2.0, 3.0, 4000), rng.normal(0.0, 1.0, 4000))
+    leak = density_shift(rng.normal(2.0, 3.0, 4000), rng.normal(0.0, 1.0, 4000))
     assert leak["expected_privacy_loss"] == pytest.approx(2.0, abs=0.2)
     assert leak["excess_std"] == pytest.approx(np.sqrt(8.0), rel=0.15)
     assert leak["epsilon_hat"] == pytest.approx(2.0 + np.sqrt(8.0) / np.sqrt(0.05), rel=0.15)

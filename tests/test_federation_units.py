@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from flwr.app import Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from tables import TINY_MODEL
 from synthpool.agent import client_app, site_job
@@ -70,13 +69,7 @@ class FakeGrid:
         return [self.outbox.pop(m) for m in list(message_ids) if m in self.outbox]
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    """flwr 1.42 builds a Message's metadata from TaskIdentity (flwr/app/message/message.py:200),
-    which only a real flwr-serverapp/flwr-clientapp process sets."""
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 1
-    yield
-    TaskIdentity._run_id = TaskIdentity._node_id = TaskIdentity._task_id = None
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 @pytest.fixture(autouse=True)
@@ -514,9 +507,9 @@ def test_site_refuses_wrong_schema_digest_and_second_release(tmp_path, adult_sli
                                            "round": 2}, merged)
     with pytest.raises(client_app.Refusal, match="no statistics for training t2"):
         client_app.handle_train(site, [], {**wire, "training-id": "t2"}, merged)
-    with pytest.raises(client_app.Refusal, match="family 'gan' is not installed"):
+    with pytest.raises(client_app.Refusal, match="family 'no-such-family' is not installed"):
         client_app.handle_stats(site, run.round_wire("t3", 0, site.schema.fingerprint())
-                                | {"family": "gan"})
+                                | {"family": "no-such-family"})
     # No budget for a study the owner never configured.
     with pytest.raises(client_app.Refusal, match="no privacy budget configured for study 'x'"):
         client_app.handle_stats(site, {**run.round_wire("t4", 0, ""), "study": "x"})

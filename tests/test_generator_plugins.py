@@ -27,6 +27,7 @@ from synthpool.common.generators.tokens import ColumnLoss, draw_tokens, target_t
 from synthpool.common.wire import model_setting
 
 TOY = "toy-naive-bayes"
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 class ToyHyperparameters(Hyperparameters):
@@ -190,14 +191,3 @@ def adult_slices(tmp_path_factory):
     from synthpool.coordinator.federation import split_rows
 
     return split_rows(ADULT_TRAIN, tmp_path_factory.mktemp("data"), 2, rows_per_site=1000)
-
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    """flwr 1.42 builds a Message's metadata from TaskIdentity, which only a real Flower process
-    sets (as in test_federation_units)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 1
-    yield
-    TaskIdentity._run_id = TaskIdentity._node_id = TaskIdentity._task_id = None

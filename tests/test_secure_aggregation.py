@@ -17,14 +17,7 @@ from synthpool.agent.secure_aggregation import secure_aggregation_mod, update_of
 from synthpool.common.wire import Reply, read_secure_request, secure_reply_records
 from synthpool.coordinator.secure_aggregation import SecAggSettings, secure_round
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    """A Message's metadata comes from TaskIdentity, which only a real Flower app process sets."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 1
-    yield
-    TaskIdentity._run_id = TaskIdentity._node_id = TaskIdentity._task_id = None
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 SIZES = {"a": 1000.0, "b": 2000.0, "c": 3000.0}

@@ -21,8 +21,10 @@ from synthpool.coordinator.evaluation_stage import sample_bytes
 from accounting import recompute_epsilon
 
 from test_federation_units import (  # noqa: F401  (fixtures)
-    DELTA, adult_slices, make_run, task_identity, torch_threads, write_site,
+    DELTA, adult_slices, make_run, torch_threads, write_site,
 )
+
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 def _site(tmp_path, adult_slices, name="a", **kw) -> SiteState:

@@ -7,7 +7,9 @@ One module per job; import the one you need (nothing heavy is imported here):
 - `fidelity`: column shapes and pair trends (SDMetrics-compatible), dependence, diagnostics
 - `utility`: train-on-synthetic-test-on-real vs train-on-real, with curves
 - `privacy`: distance to closest record, exact copies, two membership-inference attacks
-- `empirical_privacy`: Triastcyn & Faltings' Chebyshev-bounded empirical privacy estimate
+- `empirical_privacy`: Triastcyn & Faltings' empirical privacy estimate (retrains the generator
+  without some records; `synth --empirical-privacy`)
+- `density_shift`: a density-ratio heuristic on one release (the attacks' `empirical_privacy` key)
 - `neighbours`: the nearest-neighbour and kernel-density helpers those two share
 - `site_scores`: the aggregates a site may return from its evaluation
 - `pooled` / `federated_report`: the shared report of a federated release from the sites' returns

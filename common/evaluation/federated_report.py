@@ -126,10 +126,12 @@ def _attacks(d: dict) -> str:
         for k, name in (("distance", "distance"), ("density_ratio", "density ratio")))
     emp_line = ""
     if emp.get("epsilon_hat") is not None:
-        emp_line = (f"<p class='explain'>Empirical privacy estimate (in the manner of Triastcyn &amp; Faltings; "
-                    f"site {escape(emp['site'])}): the shift towards a person exceeds "
+        emp_line = (f"<p class='explain'>Density-ratio shift, a heuristic (site {escape(emp['site'])}): "
+                    f"the synthetic data's shift towards a person exceeds "
                     f"<b>{_num(emp['epsilon_hat'], 2)}</b> for at most {_pct(emp.get('delta_hat'))} "
-                    "of people. An estimate on that site's data, not a guarantee.</p>")
+                    "of people. A score on that site's data, not a guarantee. The empirical "
+                    "privacy estimate of Triastcyn &amp; Faltings is a separate section, produced "
+                    "by <code>synthpool synth --empirical-privacy</code>.</p>")
     return ("<section id='privacy-checks'><h2>Is it safe? Attacks the sites ran</h2>"
             "<p class='explain'>Each site attacked the synthetic data with its own rows: could it "
             "tell which of its people were in the training data, from rows it set aside before "

@@ -27,9 +27,11 @@ rows, memorised outliers), and the one-line reading of each is in the report.
       plain copies, but several times the true-positive rate at 1% false positives on noisy
       copies (measured on Adult): the regime that matters (Carlini et al., "Membership inference
       attacks from first principles", 2022).
-- Empirical privacy of Triastcyn & Faltings (see empirical_privacy): per-record log density ratios
-  in nats, from Gaussian kernel densities over the k nearest rows, bandwidth = the median distance
-  from a fresh real row to its nearest synthetic row.
+- Density-ratio shift (see density_shift; a heuristic, NOT Triastcyn & Faltings' estimator, which
+  needs a generator retrained without the records: empirical_privacy): per-record log density
+  ratios in nats, from Gaussian kernel densities over the k nearest rows, bandwidth = the median
+  distance from a fresh real row to its nearest synthetic row. Reported under the key
+  "empirical_privacy", which is on the wire between sites and coordinator.
 
 Row caps, for speed on two cores: every queried set (synthetic rows for DCR, members, non-members)
 is a random sample of at most `max_query_rows` (default 5,000); the sets searched (training rows,
@@ -48,7 +50,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from ..schema import Schema
-from .empirical_privacy import empirical_privacy
+from .density_shift import density_shift
 from .encoding import Encoder
 from .neighbours import Index, log_density_from_distances
 
@@ -100,7 +102,7 @@ def privacy_risk(schema: Schema, train: pd.DataFrame, holdout: pd.DataFrame,
     ratio_attack = _attack(labels, np.r_[_knn_ratio(ds_mem, dr_mem), _knn_ratio(ds_non, dr_non)])
     density_attack = ratio_attack | {"neighbours": 1}
 
-    say("privacy: empirical privacy estimate")
+    say("privacy: density-ratio shift")
     h = _bandwidth(ds_non[:, 0])
     def kde_ratio(ds, dr):
         return (log_density_from_distances(ds, h, syn_index.n)
@@ -116,7 +118,8 @@ def privacy_risk(schema: Schema, train: pd.DataFrame, holdout: pd.DataFrame,
             "n_nonmembers": int(n_eval),
             "n_reference": int(len(x_ref)),
         },
-        "empirical_privacy": empirical_privacy(ell_mem, ell_non) | {"bandwidth": h, "neighbours": k},
+        # The key keeps its old name: sites send it to the coordinator (site_scores, pooled).
+        "empirical_privacy": density_shift(ell_mem, ell_non) | {"bandwidth": h, "neighbours": k},
         "caps": {"max_query_rows": max_query_rows, "max_index_rows": max_index_rows,
                  "synthetic_rows_searched": int(len(x_syn)), "training_rows_searched": int(len(x_train))},
     }

@@ -36,6 +36,10 @@ def evaluate_command(
     privacy: Path | None = path_option(None, "--privacy", exists=True, dir_okay=False,
                                         help='JSON with the formal guarantee, e.g. '
                                              '{"epsilon": 3, "delta": 1e-5, "per_site": {...}}.'),
+    empirical: Path | None = path_option(
+        None, "--empirical-privacy", exists=True, dir_okay=False,
+        help="The *.empirical-privacy.json that `synthpool synth --empirical-privacy` wrote: "
+             "shown beside the formal epsilon, as an estimate."),
     title: str = typer.Option("Synthetic data evaluation", "--title", help="Report title."),
     on_invalid: str = typer.Option(
         "error", "--on-invalid",
@@ -63,6 +67,11 @@ def evaluate_command(
                                                     on_invalid=on_invalid)
             synthetic_df = read_table(synthetic, study, strict=False)
         guarantee = json.loads(privacy.read_text()) if privacy else None
+        if empirical:
+            found = json.loads(empirical.read_text())
+            # synth records the release's formal epsilon with the estimate it made.
+            guarantee = ((guarantee or {"epsilon": found.get("formal_epsilon")})
+                         | {"empirical_estimate": found})
     except (ValueError, OSError) as e:  # SchemaError, DataError, bad JSON: say what and where
         console.print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(2) from None

@@ -46,6 +46,14 @@ def synth(
     model: Optional[list[str]] = typer.Option(
         None, "--model", help="KEY=VALUE hyperparameter of the family (repeatable), "
                               "e.g. hidden=128."),
+    empirical_privacy: bool = typer.Option(
+        False, "--empirical-privacy",
+        help="Also estimate the release's privacy loss empirically (Triastcyn & Faltings): "
+             "trains the generator twice more (without 200 rows, and again on all), so it takes "
+             "about three times as long. Written beside the output for your eyes only "
+             "(*.empirical-privacy.json): it is computed from your rows without DP noise, so it "
+             "is not part of the manifest; `synthpool evaluate --privacy` shows it beside the "
+             "formal epsilon."),
 ) -> None:
     """Train a DP generator on your table and write synthetic rows plus a manifest."""
     if on_invalid not in ("error", "drop"):
@@ -75,13 +83,16 @@ def synth(
     err.print(report.summary(), markup=False)
     if schema.exact_draft_warning():
         err.print(f"warning: {schema.exact_draft_warning()}", style="yellow", markup=False)
-    with step_progress("DP-SGD", enabled=True) as progress, \
-            warnings.catch_warnings(record=True) as caught:
+    def train(rows, run_seed: int, label: str = "DP-SGD"):
+        with step_progress(label, enabled=True) as progress:
+            return train_single_site(schema, rows, epsilon=epsilon, delta=delta,
+                                     plan=TrainingPlan(steps=steps), device=device,
+                                     seed=run_seed, progress=progress, family=family,
+                                     hyperparameters=hyperparameters.model_dump())
+
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DeltaWarning)
-        result = train_single_site(schema, df, epsilon=epsilon, delta=delta,
-                                   plan=TrainingPlan(steps=steps), device=device, seed=seed,
-                                   progress=progress, family=family,
-                                   hyperparameters=hyperparameters.model_dump())
+        result = train(df, seed)
     for w in caught:
         if issubclass(w.category, DeltaWarning):
             err.print(f"warning: {w.message}", style="yellow", markup=False)
@@ -98,3 +109,30 @@ def synth(
     write_json(manifest, manifest_path(out))
     err.print(f"wrote {rows} rows to {out} and {manifest_path(out).name}: "
               f"epsilon={result.spend.epsilon:.3f}, delta={delta:g} (PLD accountant)", markup=False)
+    if empirical_privacy:
+        _estimate_privacy(schema, df, result, train, out, seed)
+
+
+def _estimate_privacy(schema, df, result, train, out: Path, seed: int) -> None:
+    """The empirical estimate beside the release: the release's own model is the training on all
+    rows; the estimator retrains without its records, and on all rows again (the null)."""
+    from synthpool.common.evaluation.empirical_privacy import estimate
+
+    def fit_and_sample(rows, run_seed):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeltaWarning)  # said once, for the release
+            return train(rows, run_seed, "DP-SGD (estimate)").generator.sample(len(rows),
+                                                                             seed=run_seed + 1)
+
+    found = estimate(schema, df, fit_and_sample, seed=seed,
+                     release=result.generator.sample(len(df), seed=seed + 1),
+                     progress=lambda m: err.print(m, markup=False))
+    path = manifest_path(out, "empirical-privacy")
+    write_json(found | {"formal_epsilon": result.spend.epsilon}, path)
+    if "skipped" in found:
+        err.print(f"empirical privacy estimate skipped: {found['skipped']}", markup=False)
+        return
+    err.print(f"empirical privacy estimate (not a guarantee; yours only, not in the manifest): "
+              f"epsilon_hat={found['epsilon_hat']:.3f} at delta_hat={found['delta_hat']:g}, "
+              f"against {found['null_epsilon_hat']:.3f} for a second training on the same rows; "
+              f"formal epsilon {result.spend.epsilon:.3f}. Written to {path}", markup=False)
