@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-ALL = ["engine", "generators", "fedavg", "utility", "federation", "secure_aggregation"]
+ALL = ["engine", "generators", "empirical_privacy", "fedavg", "utility", "federation",
+       "secure_aggregation"]
 
 
 def main() -> None:

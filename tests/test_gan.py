@@ -146,7 +146,7 @@ def test_the_gan_federates_and_its_updates_pass_the_coordinators_checks(tmp_path
     run = make_run(tmp_path, num_rounds=2, expected_sites=2, family="gan",
                    model=model_setting({"hidden": 16, "critic_hidden": 16, "latent": 8,
                                         "generator_steps": 2}))
-    assert run.max_update == max_displacement(2e-3, 2 * run.local_steps, BETAS)
+    assert run.max_update == max_displacement(1e-3, 2 * run.local_steps, BETAS)
     run_study(FakeGrid(configs), run)
     manifest = release.read_manifest(run.release_path)
     assert manifest["model"]["family"] == "gan"
