@@ -50,7 +50,7 @@ SUPEREXEC_SECRET = "superexec.secret"
 LOCALHOST = "127.0.0.1"
 #: In the state dir: flock-ed by the agent running on it, and holding that agent's pid.
 LOCK_FILE = "agent.lock"
-#: The admin API's TLS port, where a site enrolls (coordinator/admin_server.py DEFAULT_LISTEN).
+#: The admin API's TLS port, where a site enrolls (coordinator/admin/server.py DEFAULT_LISTEN).
 ENROLL_PORT = 50051
 #: Flower's exit code when the SuperNode cannot start its connection to the SuperLink
 #: (flwr.supercore.exit.ExitCode.SUPERNODE_CONNECTION_ERROR); the process itself exits 1.

@@ -1,4 +1,4 @@
-"""The site's side of a SecAgg+ round (coordinator/secure_aggregation.py has the protocol).
+"""The site's side of a SecAgg+ round (coordinator/serverapp/secure_aggregation.py has the protocol).
 
 Flower's `secaggplus_mod` runs the key agreement, and in its "collect masked vectors" stage it
 calls our `train` handler, then weights, quantizes and masks what the handler returned. Two things
@@ -51,7 +51,7 @@ def secure_aggregation_mod(msg, ctxt, call_next):
 def update_of(global_weights: list[np.ndarray], weights: list[np.ndarray],
               max_update: float) -> list[np.ndarray]:
     """The displacement this site contributes, checked as the coordinator checks a plain update
-    (coordinator/strategy.py), since here the coordinator cannot."""
+    (coordinator/serverapp/strategy.py), since here the coordinator cannot."""
     if [w.shape for w in weights] != [g.shape for g in global_weights]:
         raise ValueError("the trained model's shapes differ from the global model's")
     update = [np.asarray(w, dtype=np.float64) - np.asarray(g, dtype=np.float64)

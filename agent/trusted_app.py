@@ -70,7 +70,7 @@ def decide(task_type: str, fab_content: bytes, trust: SiteTrust) -> FabVerdict:
 
 
 def refusal_reason(trust: SiteTrust, run_id: int, verdict: FabVerdict) -> str:
-    # "site NAME refuses: ..." is how the coordinator reads a site's refusal (server_app).
+    # "site NAME refuses: ..." is how the coordinator reads a site's refusal (coordinator/serverapp/transport.py).
     who = f"site {trust.site} refuses" if trust.site else "this site refuses"
     return f"{who}: run {run_id}: untrusted app: {verdict.reason}"
 

@@ -223,8 +223,8 @@ def coordinator_checks(state_dir: Path, *, hosts: Iterable[str] = (),
                        mtls_listen: str = "127.0.0.1:50052", online: bool = True,
                        flwr_home: Path | None = None,
                        now: dt.datetime | None = None) -> list[Finding]:
-    from synthpool.coordinator.pki import CoordinatorPKI
-    from synthpool.coordinator.state import DB_FILE
+    from synthpool.coordinator.admin.pki import CoordinatorPKI
+    from synthpool.coordinator.admin.state import DB_FILE
 
     state_dir = Path(state_dir)
     pki = CoordinatorPKI(state_dir)
@@ -263,7 +263,7 @@ def coordinator_checks(state_dir: Path, *, hosts: Iterable[str] = (),
                                                "init`"))
         state = None
     else:
-        from synthpool.coordinator.state import State
+        from synthpool.coordinator.admin.state import State
 
         try:
             state = State.open(state_dir, database_url)
@@ -355,7 +355,7 @@ def _tokens(state) -> list[Finding]:
 def _sites(state) -> tuple[list[Finding], dict[str, str]]:
     import time
 
-    from synthpool.coordinator import state as st
+    from synthpool.coordinator.admin import state as st
 
     out, node_ids = [], {}
     sites = state.list_sites()
@@ -389,7 +389,7 @@ def _sites(state) -> tuple[list[Finding], dict[str, str]]:
 
 
 def _studies(state) -> list[Finding]:
-    from synthpool.coordinator import state as st
+    from synthpool.coordinator.admin import state as st
 
     out = []
     for study in state.list_studies():
@@ -417,7 +417,7 @@ def _studies(state) -> list[Finding]:
 def _registered(cli_home: Path, node_ids: dict[str, str]) -> list[Finding]:
     """Each approved site's SuperNode id is registered at the SuperLink (`flwr supernode
     list`)."""
-    from synthpool.coordinator.flower_processes import bin_dir, flower_env
+    from synthpool.coordinator.admin.flower_processes import bin_dir, flower_env
 
     try:
         out = subprocess.run([str(bin_dir() / "flwr"), "supernode", "list", "synthpool",

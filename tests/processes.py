@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from synthpool.coordinator.flower_processes import bin_dir
+from synthpool.coordinator.admin.flower_processes import bin_dir
 
 REAL_FLOWER_PROCESSES = [
     pytest.mark.skipif(sys.platform != "linux", reason="process plumbing reads /proc"),

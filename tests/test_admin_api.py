@@ -14,10 +14,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from synthpool.commands.admin import AdminClient, download_release
 from synthpool.common import signing
-from synthpool.coordinator.admin_server import AdminServer
-from synthpool.coordinator.admin_service import InMemoryRunner, RefusalLimiter
-from synthpool.coordinator.pki import certificate_ids, init_coordinator, issue_admin_certificate
-from synthpool.coordinator.state import State
+from synthpool.coordinator.admin.server import AdminServer
+from in_memory_runner import InMemoryRunner
+from synthpool.coordinator.admin.refusals import RefusalLimiter
+from synthpool.coordinator.admin.pki import certificate_ids, init_coordinator, issue_admin_certificate
+from synthpool.coordinator.admin.state import State
 from synthpool.protos import admin_pb2 as pb
 
 SCHEMA = """\
@@ -379,7 +380,7 @@ def test_revoking_with_the_superlink_down_takes_effect_and_the_shut_out_is_retri
     """Finding 14: revoking needed the SuperLink up. Now the revocation is recorded at once
     (the site is in no further run) and the call says that its SuperNode is still to be shut
     out; revoking again once the SuperLink is back does it."""
-    from synthpool.coordinator.flower_processes import SuperLinkAccess, write_connection
+    from synthpool.coordinator.admin.flower_processes import SuperLinkAccess, write_connection
 
     door = _Door()
     c = Coordinator(tmp_path, fleet=door)
@@ -661,7 +662,7 @@ def test_state_survives_a_restart_and_running_runs_are_interrupted(tmp_path):
     coord.runner = InMemoryRunner(round_delay=0.01)
     coord.start()  # same state dir, a new process's worth of objects
     try:
-        from synthpool.coordinator import migrations
+        from synthpool.coordinator.admin import migrations
 
         assert [v for v, _ in migrations.applied(coord.state.engine)] == [1, 2, 3, 4, 5, 6]
         with coord.admin() as admin:

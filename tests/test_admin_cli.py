@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from typer.testing import CliRunner
 
 from synthpool.commands.admin import APPS
-from synthpool.coordinator.admin_server import AdminServer
-from synthpool.coordinator.admin_service import InMemoryRunner
+from synthpool.coordinator.admin.server import AdminServer
+from in_memory_runner import InMemoryRunner
 from test_admin_api import SCHEMA, _make_release
 
 app = typer.Typer()

@@ -1,4 +1,4 @@
-"""coordinator/pki.py: the coordinator's CA, certificates and keys."""
+"""coordinator/admin/pki.py: the coordinator's CA, certificates and keys."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from synthpool.common import signing
-from synthpool.coordinator.pki import (
+from synthpool.coordinator.admin.pki import (
     CoordinatorPKI, admin_identity, init_coordinator, issue_admin_certificate, site_public_key,
 )
 

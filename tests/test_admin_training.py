@@ -1,6 +1,6 @@
 """Training driven through the admin API, with real processes and TLS everywhere, no mocks.
 
-A TLS + node-auth SuperLink (coordinator/federation.py), `synthpool coordinator serve-admin` as
+A TLS + node-auth SuperLink (synthpool/local_federation.py), `synthpool coordinator serve-admin` as
 its own process with `--superlink-flwr-home` (so its training runner is the FlowerRunner, not the
 stand-in), two sites enrolled the way an operator enrolls them (invite through the API, the site
 agent registers its key with the one-time token, the admin approves, which admits the key to the
@@ -22,8 +22,8 @@ import pytest
 from synthpool.commands.admin import AdminClient
 from synthpool.common.bundled import ADULT_SCHEMA, ADULT_TRAIN
 from synthpool.common.schema import Schema
-from synthpool.coordinator.federation import LocalFederation, SiteSpec, split_rows
-from synthpool.coordinator.flower_processes import (
+from synthpool.local_federation import LocalFederation, SiteSpec, split_rows
+from synthpool.coordinator.admin.flower_processes import (
     LOOPBACK, bin_dir, flower_run_status, free_port, wait_for_port,
 )
 from synthpool.protos import admin_pb2 as pb

@@ -39,7 +39,7 @@ def _why_not() -> str:
 # Runs inside the namespace: the rules, a SuperLink, then the three callers. Prints JSON.
 DRIVER = textwrap.dedent("""
     import json, subprocess, sys, time
-    from synthpool.coordinator.flower_processes import (
+    from synthpool.coordinator.admin.flower_processes import (
         ProcessGroup, bin_dir, flower_env, free_port, write_connection)
     from pathlib import Path
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from synthpool.coordinator.flower_runner import SHARED_DIR_MODE
+from synthpool.coordinator.admin.flower_runner import SHARED_DIR_MODE
 
 ROOT = Path(__file__).resolve().parent.parent
 START_SCRIPT = ROOT / "deploy" / "scripts" / "coordinator-start.sh"

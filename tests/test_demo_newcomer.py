@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from synthpool.coordinator.flower_processes import bin_dir
+from synthpool.coordinator.admin.flower_processes import bin_dir
 from processes import REAL_FLOWER_PROCESSES
 
 pytestmark = REAL_FLOWER_PROCESSES

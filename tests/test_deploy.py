@@ -293,7 +293,7 @@ def test_the_superlink_and_the_admin_api_run_as_separate_accounts():
     (the CA and admin keys, the signing key, the admin database and the signed releases, all
     `coordinator init` writes), and shares with it only the two folders the start script
     makes group-accessible."""
-    from synthpool.coordinator.pki import CoordinatorPKI
+    from synthpool.coordinator.admin.pki import CoordinatorPKI
 
     link, admin = _unit_directives(UNITS["coordinator"]), _unit_directives(UNITS["admin"])
     assert link["User"] != admin["User"] and link["Group"] != admin["Group"]
@@ -509,7 +509,7 @@ def gateway(request, tmp_path):
     listen = f"127.0.0.1:{_free_port()}"
     superlink = f"127.0.0.1:{upstream.server_address[1]}"
     if tls:
-        from synthpool.coordinator.pki import init_coordinator
+        from synthpool.coordinator.admin.pki import init_coordinator
 
         pki = init_coordinator(tmp_path / "coord")
         server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -731,7 +731,7 @@ def test_guide_documents_the_admin_cli_connection_settings():
 
 
 def test_guide_documents_the_enrollment_port():
-    from synthpool.coordinator.admin_server import DEFAULT_LISTEN
+    from synthpool.coordinator.admin.server import DEFAULT_LISTEN
 
     section = _section("The enrollment port (50051)")
     assert DEFAULT_LISTEN in section and "admin bearer tokens" in section
@@ -743,7 +743,7 @@ def test_guide_documents_the_enrollment_port():
 def test_guide_tls_switch_of_coordinator_env_gives_the_start_script_inits_files(tmp_path):
     """`sed -i 's/^#SYNTHPOOL_/SYNTHPOOL_/' coordinator.env` as the guide says: TLS with the files
     init makes, and node authentication."""
-    from synthpool.coordinator.pki import CoordinatorPKI
+    from synthpool.coordinator.admin.pki import CoordinatorPKI
 
     section = _section("TLS on the SuperLink, node authentication")
     assert "sed -i 's/^#SYNTHPOOL_/SYNTHPOOL_/' /etc/synthpool/coordinator.env" in section
@@ -829,8 +829,8 @@ def test_guide_has_a_path_without_systemd():
 def test_guide_backup_table_names_the_real_state_files():
     from synthpool.agent import identity, site_state
     from synthpool.agent.ledger import LEDGER_FILE
-    from synthpool.coordinator.pki import CoordinatorPKI
-    from synthpool.coordinator.state import DB_FILE
+    from synthpool.coordinator.admin.pki import CoordinatorPKI
+    from synthpool.coordinator.admin.state import DB_FILE
 
     backup = _section("Back up")
     assert "keys/" not in backup

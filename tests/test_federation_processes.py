@@ -21,8 +21,8 @@ from tables import TINY_MODEL
 from synthpool.agent.ledger import Ledger
 from synthpool.common.bundled import ADULT_TRAIN
 from synthpool.common.privacy import GaussianMechanism, epsilon_of
-from synthpool.coordinator.checkpoint import CheckpointStore
-from synthpool.coordinator.federation import LocalFederation, SiteSpec, split_rows
+from synthpool.coordinator.serverapp.checkpoint import CheckpointStore
+from synthpool.local_federation import LocalFederation, SiteSpec, split_rows
 from payloads import list_lengths, numbers
 from processes import REAL_FLOWER_PROCESSES
 
@@ -110,7 +110,7 @@ def test_stats_two_rounds_and_a_release(fed, tight_run):
 
 @pytest.mark.timeout(60)
 def test_release_manifest_carries_each_sites_ledger(fed, tight_run):
-    from synthpool.coordinator.release import read_manifest
+    from synthpool.coordinator.serverapp.release import read_manifest
 
     manifest = read_manifest(fed.checkpoint_dir / "release")
     per_site = manifest["privacy"]["per_site"]
@@ -148,7 +148,7 @@ def test_federated_evaluation_no_reply_carries_a_real_row(fed, tight_run):
     from synthpool.common.loading import load_table
     from synthpool.common.schema import Schema
     from synthpool.common.stats import cell_labels, histogram_columns
-    from synthpool.coordinator.release import read_manifest
+    from synthpool.coordinator.serverapp.release import read_manifest
 
     schema = Schema.load(ADULT_SCHEMA)
     real = [load_table(fed.sites[s].data, schema)[0] for s in ("s0", "s1", "s2")]

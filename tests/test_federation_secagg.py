@@ -18,8 +18,8 @@ import pytest
 from tables import TINY_MODEL
 from synthpool.agent.site_state import SiteState
 from synthpool.common.bundled import ADULT_TRAIN
-from synthpool.coordinator.checkpoint import CheckpointStore
-from synthpool.coordinator.federation import LocalFederation, SiteSpec, split_rows
+from synthpool.coordinator.serverapp.checkpoint import CheckpointStore
+from synthpool.local_federation import LocalFederation, SiteSpec, split_rows
 from processes import REAL_FLOWER_PROCESSES
 
 pytestmark = REAL_FLOWER_PROCESSES
@@ -103,7 +103,7 @@ def test_no_site_update_reached_the_coordinator_in_the_clear(secure_run):
         ledger = json.loads(r["config"]["fitres.metrics"]["ledger"])
         assert ledger["site"] == r["site"] and ledger["epsilon"] > 0
 
-    from synthpool.coordinator.release import read_manifest
+    from synthpool.coordinator.serverapp.release import read_manifest
 
     manifest = read_manifest(fed.checkpoint_dir / "release")
     assert manifest["training"]["aggregation"] == "FedAvg under SecAgg+"

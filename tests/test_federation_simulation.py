@@ -23,9 +23,10 @@ def test_simulation_engine_runs_the_same_apps(tmp_path):
     from synthpool.agent.ledger import Ledger
     from synthpool.commands.simulate import SimulatedSites, run_simulation
     from synthpool.common.bundled import ADULT_TRAIN
-    from synthpool.coordinator.federation import SiteSpec, split_rows, write_site_config
-    from synthpool.coordinator.release import read_manifest
-    from synthpool.coordinator.server_app import StudyRun, make_app as make_server_app
+    from synthpool.local_federation import SiteSpec, split_rows, write_site_config
+    from synthpool.coordinator.serverapp.release import read_manifest
+    from synthpool.coordinator.serverapp.app import make_app as make_server_app
+    from synthpool.coordinator.serverapp.study_run import StudyRun
 
     data = split_rows(ADULT_TRAIN, tmp_path / "data", 3, rows_per_site=800)
     configs, caps = [], [1.5, 2.0, 2.5]

@@ -16,9 +16,9 @@ import pytest
 
 from tables import TINY_MODEL
 from synthpool.common.bundled import ADULT_TRAIN
-from synthpool.coordinator.federation import LocalFederation, SiteSpec, split_rows
-from synthpool.coordinator.flower_processes import LOOPBACK, bin_dir
-from synthpool.coordinator.release import read_manifest
+from synthpool.local_federation import LocalFederation, SiteSpec, split_rows
+from synthpool.coordinator.admin.flower_processes import LOOPBACK, bin_dir
+from synthpool.coordinator.serverapp.release import read_manifest
 from processes import REAL_FLOWER_PROCESSES
 
 pytestmark = REAL_FLOWER_PROCESSES
@@ -90,12 +90,12 @@ def test_admin_approval_admits_the_sites_key_to_the_superlink_and_revocation_rem
     import json
 
     from synthpool.commands.admin import AdminClient
-    from synthpool.coordinator.admin_server import AdminServer
-    from synthpool.coordinator.federation import write_site_config
-    from synthpool.coordinator.flower_processes import (
+    from synthpool.coordinator.admin.server import AdminServer
+    from synthpool.local_federation import write_site_config
+    from synthpool.coordinator.admin.flower_processes import (
         ProcessGroup, SuperLinkAccess, TLSFiles, flower_env, free_port, write_connection,
     )
-    from synthpool.coordinator.pki import init_coordinator
+    from synthpool.coordinator.admin.pki import init_coordinator
     from synthpool.protos import admin_pb2 as pb
 
     pki = init_coordinator(tmp_path / "coord", [LOOPBACK])

@@ -21,11 +21,13 @@ from synthpool.agent.site_state import SiteState
 from synthpool.common.bundled import ADULT_TRAIN
 from synthpool.common.privacy import GaussianMechanism, epsilon_of
 from synthpool.common.wire import TrainingSpec
-from synthpool.coordinator import release, server_app, strategy
-from synthpool.coordinator.checkpoint import CheckpointError, CheckpointStore
-from synthpool.coordinator.federation import split_rows
-from synthpool.coordinator.flower_processes import format_node_config
-from synthpool.coordinator.server_app import RoundFailed, StudyRun, run_study
+from synthpool.coordinator.serverapp import release, statistics_stage, strategy, transport
+from synthpool.coordinator.serverapp.checkpoint import CheckpointError, CheckpointStore
+from synthpool.local_federation import split_rows
+from synthpool.coordinator.admin.flower_processes import format_node_config
+from synthpool.coordinator.serverapp.study import run_study
+from synthpool.coordinator.serverapp.study_run import StudyRun
+from synthpool.coordinator.serverapp.transport import RoundFailed
 from payloads import list_lengths
 
 DELTA = 1e-5
@@ -163,13 +165,13 @@ def test_a_site_reads_back_every_setting_the_coordinator_sends():
 def test_app_run_config_matches_study_run():
     import tomllib
 
-    from synthpool.coordinator.federation import APP_DIR
+    from synthpool.local_federation import APP_DIR
 
     cfg = tomllib.loads((APP_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
     declared = set(cfg["config"])
     fields = {f.name.replace("_", "-") for f in dataclasses.fields(StudyRun)}
     assert declared == fields
-    assert cfg["components"] == {"serverapp": "synthpool.coordinator.server_app:app",
+    assert cfg["components"] == {"serverapp": "synthpool.coordinator.serverapp.app:app",
                                  "clientapp": "synthpool.agent.client_app:app"}
     defaults = StudyRun.from_run_config({**cfg["config"], "checkpoint-dir": "/x"})
     assert (defaults.num_rounds * defaults.local_steps, defaults.family) == (480, "autoregressive")
@@ -203,7 +205,7 @@ def test_fedavg_weights_by_reported_size_and_rejects_bad_updates():
 def test_an_update_that_moved_further_than_adam_can_is_rejected():
     """A site's weights may be anywhere, but within one round they can move from the global
     weights by at most what lr x steps of Adam allow (common/update_bound.py)."""
-    run = server_app.StudyRun(study="x", checkpoint_dir="c", learning_rate=5e-3, local_steps=160)
+    run = StudyRun(study="x", checkpoint_dir="c", learning_rate=5e-3, local_steps=160)
     bound = run.max_update
     assert 1.5 < bound < 1.6
     g = [np.full(3, 10.0)]
@@ -254,16 +256,16 @@ def test_coordinator_rejects_statistics_it_cannot_merge(adult_schema, adult_trai
 
     good = collect_stats(adult_schema, adult_train.iloc[:500], 5.0, np.random.default_rng(0))
     result = lambda d: strategy.SiteResult(1, "a", "ok", stats=d)  # noqa: E731
-    assert server_app.stats_problem(result(good.to_dict()), adult_schema) == ""
+    assert statistics_stage.stats_problem(result(good.to_dict()), adult_schema) == ""
     short = good.to_dict()
     short["histograms"]["age"] = short["histograms"]["age"][:-1]
-    assert "is not 74 finite counts" in server_app.stats_problem(result(short), adult_schema)
+    assert "is not 74 finite counts" in statistics_stage.stats_problem(result(short), adult_schema)
     missing = good.to_dict()
     del missing["histograms"]["income"]
-    assert "expected" in server_app.stats_problem(result(missing), adult_schema)
+    assert "expected" in statistics_stage.stats_problem(result(missing), adult_schema)
     other = {**good.to_dict(), "schema_fingerprint": "sha256:00"}
-    assert "another schema" in server_app.stats_problem(result(other), adult_schema)
-    assert "unreadable" in server_app.stats_problem(result({"x": 1}), adult_schema)
+    assert "another schema" in statistics_stage.stats_problem(result(other), adult_schema)
+    assert "unreadable" in statistics_stage.stats_problem(result({"x": 1}), adult_schema)
 
 
 # -- the protocol against real ClientApps --------------------------------------------------------
@@ -651,7 +653,7 @@ def test_process_group_stops_detached_grandchildren(tmp_path):
     import sys
     import time
 
-    from synthpool.coordinator.flower_processes import ProcessGroup, _alive
+    from synthpool.coordinator.admin.flower_processes import ProcessGroup, _alive
 
     script = ("import subprocess, sys, time\n"
               "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
@@ -813,14 +815,14 @@ def test_histogram_totals_and_sizes_are_cross_checked():
     honest = {"x": list(rng.normal(100, 5 * np.sqrt(2), 10)), "y": list(rng.normal(200, 5 * np.sqrt(2), 5))}
     stats = TableStats("fp", honest, mech)
     total = stats.noisy_rows()  # what an honest site reports: all totals, weighted
-    assert server_app.size_problem(stats, round(total, 3), "estimated") == ""
-    assert server_app.size_problem(stats, total, "declared") == ""
-    assert server_app.size_problem(stats, total / 0.85, "declared") == ""  # 15% held out
-    assert "disagrees" in server_app.size_problem(stats, 3 * total, "declared")
-    assert "disagrees" in server_app.size_problem(stats, total / 2, "declared")
-    assert "disagrees" in server_app.size_problem(stats, total * 2, "estimated")
+    assert statistics_stage.size_problem(stats, round(total, 3), "estimated") == ""
+    assert statistics_stage.size_problem(stats, total, "declared") == ""
+    assert statistics_stage.size_problem(stats, total / 0.85, "declared") == ""  # 15% held out
+    assert "disagrees" in statistics_stage.size_problem(stats, 3 * total, "declared")
+    assert "disagrees" in statistics_stage.size_problem(stats, total / 2, "declared")
+    assert "disagrees" in statistics_stage.size_problem(stats, total * 2, "estimated")
     forged = TableStats("fp", {"x": honest["x"], "y": [c * 1000 for c in honest["y"]]}, mech)
-    assert "totals disagree" in server_app.size_problem(forged, round(total, 3), "estimated")
+    assert "totals disagree" in statistics_stage.size_problem(forged, round(total, 3), "estimated")
 
 
 def test_a_stage_failing_on_an_overloaded_host_says_so(tmp_path, adult_slices, monkeypatch):
@@ -828,11 +830,11 @@ def test_a_stage_failing_on_an_overloaded_host_says_so(tmp_path, adult_slices, m
     hint of the cause. The failure now names the load when it is over twice the cores."""
     configs = {i: write_site(tmp_path, n, adult_slices[i - 1])
                for i, n in [(1, "a"), (2, "b"), (3, "c")]}
-    monkeypatch.setattr(server_app.os, "getloadavg", lambda: (24.0, 20.0, 12.0))
-    monkeypatch.setattr(server_app.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(transport.os, "getloadavg", lambda: (24.0, 20.0, 12.0))
+    monkeypatch.setattr(transport.os, "cpu_count", lambda: 2)
     with pytest.raises(RoundFailed, match=r"only 1 site.*overloaded \(load average 24 on 2 cores"):
         run_study(FakeGrid(configs, down={2, 3}), make_run(tmp_path / "busy", num_rounds=1))
-    monkeypatch.setattr(server_app.os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+    monkeypatch.setattr(transport.os, "getloadavg", lambda: (1.0, 1.0, 1.0))
     with pytest.raises(RoundFailed) as quiet:
         run_study(FakeGrid(configs, down={2, 3}), make_run(tmp_path / "quiet", num_rounds=1))
     assert "overloaded" not in str(quiet.value)

@@ -14,14 +14,14 @@ import pytest
 from tables import TINY_MODEL
 from synthpool.common.bundled import ADULT_SCHEMA
 from synthpool.common.schema import Schema
-from synthpool.coordinator.admin_service import SiteInfo, StudyInfo
-from synthpool.coordinator.checkpoint import CheckpointStore
-from synthpool.coordinator.flower_processes import bin_dir, free_port, write_connection
-from synthpool.coordinator.flower_runner import (
+from synthpool.coordinator.admin.supervisor import SiteInfo, StudyInfo
+from synthpool.coordinator.serverapp.checkpoint import CheckpointStore
+from synthpool.coordinator.admin.flower_processes import bin_dir, free_port, write_connection
+from synthpool.coordinator.admin.flower_runner import (
     RESERVED_KEYS, FlowerRunner, parse_settings, runner_for_coordinator,
 )
-from synthpool.coordinator.server_app import StudyRun
-from synthpool.coordinator.training_progress import ProgressTranslator
+from synthpool.coordinator.serverapp.study_run import StudyRun
+from synthpool.coordinator.admin.training_progress import ProgressTranslator
 
 
 def _study(run_id: int = 7, *, population: str = "disjoint", sites=("a", "b", "c"),
@@ -168,7 +168,7 @@ def test_serve_admin_refuses_operator_settings_that_belong_to_the_study(tmp_path
     from typer.testing import CliRunner
 
     from synthpool.cli import app
-    from synthpool.coordinator.pki import init_coordinator
+    from synthpool.coordinator.admin.pki import init_coordinator
 
     init_coordinator(tmp_path / "state")
     (tmp_path / "cli-home").mkdir()

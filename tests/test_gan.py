@@ -136,9 +136,9 @@ def test_the_gan_federates_and_its_updates_pass_the_coordinators_checks(tmp_path
     from synthpool.common.bundled import ADULT_TRAIN
     from synthpool.common.update_bound import max_displacement
     from synthpool.common.wire import model_setting
-    from synthpool.coordinator import release
-    from synthpool.coordinator.federation import split_rows
-    from synthpool.coordinator.server_app import run_study
+    from synthpool.coordinator.serverapp import release
+    from synthpool.local_federation import split_rows
+    from synthpool.coordinator.serverapp.study import run_study
     from test_federation_units import FakeGrid, ledger_of, make_run, write_site
 
     slices = split_rows(ADULT_TRAIN, tmp_path / "data", 2, rows_per_site=800)

@@ -139,9 +139,9 @@ def test_a_plugin_family_runs_single_site_through_synth(installed_plugin, tmp_pa
 
 
 def test_a_plugin_family_federates(installed_plugin, tmp_path, adult_slices):
-    from synthpool.coordinator import release
-    from synthpool.coordinator.checkpoint import CheckpointStore
-    from synthpool.coordinator.server_app import run_study
+    from synthpool.coordinator.serverapp import release
+    from synthpool.coordinator.serverapp.checkpoint import CheckpointStore
+    from synthpool.coordinator.serverapp.study import run_study
     from test_federation_units import FakeGrid, make_run, write_site
 
     configs = {1: write_site(tmp_path, "a", adult_slices[0]),
@@ -163,7 +163,7 @@ def test_a_plugin_family_federates(installed_plugin, tmp_path, adult_slices):
 def test_a_site_refuses_a_family_or_setting_it_cannot_build_before_charging(tmp_path, adult_slices):
     from synthpool.agent.ledger import Ledger
     from synthpool.agent.site_state import SiteState
-    from synthpool.coordinator.server_app import StudyRun
+    from synthpool.coordinator.serverapp.study_run import StudyRun
 
     with pytest.raises(ValueError, match="unknown generator family"):
         StudyRun(study="adult", checkpoint_dir=str(tmp_path), family="not-installed")
@@ -188,6 +188,6 @@ def test_a_site_refuses_a_family_or_setting_it_cannot_build_before_charging(tmp_
 @pytest.fixture(scope="module")
 def adult_slices(tmp_path_factory):
     from synthpool.common.bundled import ADULT_TRAIN
-    from synthpool.coordinator.federation import split_rows
+    from synthpool.local_federation import split_rows
 
     return split_rows(ADULT_TRAIN, tmp_path_factory.mktemp("data"), 2, rows_per_site=1000)

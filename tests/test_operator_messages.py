@@ -413,7 +413,7 @@ def test_coordinator_doctor(coordinator, capsys):
     assert {f.check for f in bad if f.level == "fail"} == {"server.pem names"}
     assert report("t", bad) == 1 and "1 failed" in capsys.readouterr().out
     # A trained study: its budget is spent.
-    from synthpool.coordinator import state as st
+    from synthpool.coordinator.admin import state as st
 
     state = server.state
     state.create_study(name="done", schema_yaml="x", schema_fingerprint="f", epsilon=1,
@@ -428,7 +428,7 @@ def test_coordinator_doctor(coordinator, capsys):
 
 def test_site_doctor(tmp_path, capsys):
     from synthpool.common.privacy import GaussianMechanism
-    from synthpool.coordinator.pki import init_coordinator
+    from synthpool.coordinator.admin.pki import init_coordinator
 
     pki = init_coordinator(tmp_path / "coord", ["coord.test"])
     config = _site(tmp_path, pki.ca_cert, port=_free_port())

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from synthpool.common import signing
-from synthpool.coordinator.release_signing import (
+from synthpool.coordinator.admin.release_signing import (
     ReleaseRefused, ReleaseTerms, sign_release, take_release,
 )
 

@@ -17,8 +17,8 @@ import yaml
 from typer.testing import CliRunner
 
 from synthpool.cli import app
-from synthpool.coordinator.federation import LocalFederation
-from synthpool.coordinator.flower_processes import bin_dir
+from synthpool.local_federation import LocalFederation
+from synthpool.coordinator.admin.flower_processes import bin_dir
 from processes import REAL_FLOWER_PROCESSES
 from tables import CLINIC_QUERY, CLINIC_SCHEMA, make_clinic_table, write_table
 

@@ -16,7 +16,7 @@ import pytest
 from synthpool.agent import client_app, site_job
 from synthpool.agent.ledger import Ledger
 from synthpool.agent.site_state import SiteState
-from synthpool.coordinator.evaluation_stage import sample_bytes
+from synthpool.coordinator.serverapp.evaluation_stage import sample_bytes
 
 from accounting import recompute_epsilon
 

@@ -1,4 +1,4 @@
-"""coordinator/state.py and migrations.py, on SQLite and on a real PostgreSQL 15.
+"""coordinator/admin/state.py and migrations.py, on SQLite and on a real PostgreSQL 15.
 
 The PostgreSQL runs are a throwaway cluster (initdb in a temp dir, loopback port, fsync off),
 started once for the module; each test gets a database of its own. They skip, with the reason,
@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from synthpool.coordinator import migrations
-from synthpool.coordinator import state as st
-from synthpool.coordinator.state import State
+from synthpool.coordinator.admin import migrations
+from synthpool.coordinator.admin import state as st
+from synthpool.coordinator.admin.state import State
 
 
 class Clock:

@@ -26,18 +26,18 @@ from tables import TINY_MODEL
 from synthpool.agent.fab_policy import (
     DEFAULT_ALLOWED_FILES, FLOWER_MANIFEST, PINNED_CLIENTAPP, TrustPolicy, inspect_fab,
 )
-from synthpool.coordinator.federation import APP_DIR
-from synthpool.coordinator.flower_processes import bin_dir
+from synthpool.local_federation import APP_DIR
+from synthpool.coordinator.admin.flower_processes import bin_dir
 
 GENUINE_PYPROJECT = (APP_DIR / "pyproject.toml").read_text()
 
 
 def pyproject(clientapp: str = PINNED_CLIENTAPP,
-              serverapp: str = "synthpool.coordinator.server_app:app") -> str:
+              serverapp: str = "synthpool.coordinator.serverapp.app:app") -> str:
     """deploy/app's pyproject.toml with other components."""
     text = GENUINE_PYPROJECT
     text = text.replace(f'clientapp = "{PINNED_CLIENTAPP}"', f'clientapp = "{clientapp}"')
-    return text.replace('serverapp = "synthpool.coordinator.server_app:app"',
+    return text.replace('serverapp = "synthpool.coordinator.serverapp.app:app"',
                         f'serverapp = "{serverapp}"')
 
 
@@ -263,7 +263,7 @@ import sys
 from pathlib import Path
 here = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
-from synthpool.coordinator import server_app as _server_app
+from synthpool.coordinator.serverapp import app as _server_app
 app = _server_app.app  # an assignment: `flwr run` looks for one in the module's syntax tree
 '''
 
@@ -291,7 +291,7 @@ def test_foreign_apps_are_refused_at_every_site_and_the_genuine_app_trains(tmp_p
     from synthpool.agent.ledger import Ledger
     from synthpool.agent.trusted_app import REFUSALS_FILE
     from synthpool.common.bundled import ADULT_TRAIN
-    from synthpool.coordinator.federation import LocalFederation, SiteSpec, split_rows
+    from synthpool.local_federation import LocalFederation, SiteSpec, split_rows
 
     marker = tmp_path / "FOREIGN-CODE-RAN"
     apps = _foreign_apps(tmp_path / "apps", marker)

@@ -285,8 +285,8 @@ def coordinator_init(
 ) -> None:
     """Create the CA, the server and admin certificates, the release-signing key, the state
     database and a first admin token (printed once). Safe to re-run: keeps what exists."""
-    from synthpool.coordinator.pki import certificate_ids, init_coordinator
-    from synthpool.coordinator.state import AlreadyExists, State
+    from synthpool.coordinator.admin.pki import certificate_ids, init_coordinator
+    from synthpool.coordinator.admin.state import AlreadyExists, State
 
     pki = init_coordinator(state_dir, host)
     with State.open(state_dir, database_url) as state:
@@ -394,15 +394,15 @@ def coordinator_serve_admin(
     import logging
     import signal
 
-    from synthpool.coordinator.admin_server import AdminServer, load_runner
+    from synthpool.coordinator.admin.server import AdminServer, load_runner
 
     # force: opacus calls basicConfig at import (WARNING), which would make this one a no-op.
     logging.basicConfig(level=logging.INFO, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from synthpool.coordinator.flower_processes import SuperLinkAccess
-    from synthpool.coordinator.flower_runner import parse_settings, runner_for_coordinator
+    from synthpool.coordinator.admin.flower_processes import SuperLinkAccess
+    from synthpool.coordinator.admin.flower_runner import parse_settings, runner_for_coordinator
 
-    from synthpool.coordinator.pki import CoordinatorPKI
+    from synthpool.coordinator.admin.pki import CoordinatorPKI
     from synthpool.doctor import RENEW_CA, RENEW_SERVER, expiry_warning
 
     pki = CoordinatorPKI(state_dir)
@@ -491,7 +491,7 @@ def coordinator_add_token(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Create another admin bearer token (printed once)."""
-    from synthpool.coordinator.state import AlreadyExists, State
+    from synthpool.coordinator.admin.state import AlreadyExists, State
 
     with State.open(state_dir, database_url) as state:
         try:
@@ -512,7 +512,7 @@ def coordinator_list_tokens(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """List the admin bearer tokens by name (the tokens themselves are not stored)."""
-    from synthpool.coordinator.state import State
+    from synthpool.coordinator.admin.state import State
 
     with State.open(state_dir, database_url) as state:
         tokens = state.list_admin_tokens()
@@ -538,7 +538,7 @@ def coordinator_revoke_token(
 ) -> None:
     """Revoke an admin bearer token: the admin API refuses it from its next call on (no
     restart needed). Its name stays taken; make a new token under another name."""
-    from synthpool.coordinator.state import State, StateError
+    from synthpool.coordinator.admin.state import State, StateError
 
     with State.open(state_dir, database_url) as state:
         try:
@@ -564,8 +564,8 @@ def coordinator_add_admin_cert(
 ) -> None:
     """Issue another administrator's client certificate from the coordinator's CA (recorded,
     with its serial and fingerprint, for `admins list-certs` and the audit log)."""
-    from synthpool.coordinator.pki import CoordinatorPKI, certificate_ids, issue_admin_certificate
-    from synthpool.coordinator.state import State
+    from synthpool.coordinator.admin.pki import CoordinatorPKI, certificate_ids, issue_admin_certificate
+    from synthpool.coordinator.admin.state import State
 
     cert, key = out / f"{name}.pem", out / f"{name}.key"
     if cert.exists() or key.exists():
@@ -991,7 +991,7 @@ def admins_revoke_cert(client, as_json,
     """Put an admin client certificate on the deny list: every call presenting it is refused
     from then on (the TLS handshake still succeeds; certificates cannot be withdrawn there)."""
     if pem is not None:
-        from synthpool.coordinator.pki import certificate_ids
+        from synthpool.coordinator.admin.pki import certificate_ids
 
         if serial or fingerprint:
             _fail(as_json, "CONFIG", "give --pem, or --serial / --fingerprint, not both")

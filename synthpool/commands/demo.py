@@ -1,7 +1,7 @@
 """`synthpool demo`: a whole federation on this machine, on the bundled Adult data, end to end.
 
 A coordinator (Flower SuperLink + our ServerApp) and N site agents (each `synthpool-agent run`
--> its own SuperNode) start as separate processes on loopback (coordinator/federation.py). Each
+-> its own SuperNode) start as separate processes on loopback (synthpool/local_federation.py). Each
 site holds a different slice of the Adult training rows and a privacy cap in its own site.toml.
 The sites release DP histograms, train the study's generator family with DP-SGD for a few
 rounds, the coordinator pools the updates and samples a release; each site scores it against its
@@ -76,7 +76,7 @@ def demo(
 ) -> None:
     """Federated DP synthesis of Adult across SITES local processes, evaluated on the hold-out."""
     from synthpool.common.bundled import ADULT_TRAIN
-    from synthpool.coordinator.federation import SiteSpec, split_rows
+    from synthpool.local_federation import SiteSpec, split_rows
 
     if split not in ("iid", "skewed"):
         raise typer.BadParameter("must be 'iid' or 'skewed'", param_hint="--split")
@@ -121,7 +121,7 @@ def federate(work: Path, specs, run_config: dict, rounds: int, timeout: float, s
              *, secure: bool) -> dict:
     """The sites and the coordinator as processes on this machine, through to the release;
     returns its manifest. Every process is stopped however it ends; a failure exits with why."""
-    from synthpool.coordinator.federation import LocalFederation
+    from synthpool.local_federation import LocalFederation
 
     try:
         with LocalFederation(work, specs, tls=secure, node_auth=secure) as fed:
@@ -138,7 +138,7 @@ def federate(work: Path, specs, run_config: dict, rounds: int, timeout: float, s
 def run_federation(fed, run_config: dict, rounds: int, timeout: float, started: float) -> dict:
     """Start the processes, submit the run, follow its events with a progress bar; returns the
     release manifest. Raises on failure or when `timeout` (from `started`) passes."""
-    from synthpool.coordinator.release_signing import ReleaseRefused, ReleaseTerms, sign_release
+    from synthpool.coordinator.admin.release_signing import ReleaseRefused, ReleaseTerms, sign_release
     from synthpool.common.bundled import DEFAULT_SCHEMA, schema_path
     from synthpool.common.schema import Schema
 

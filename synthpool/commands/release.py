@@ -78,7 +78,7 @@ def sign(
     """Check a release a by-hand run wrote (it is the study's, on its sites, its guarantee what
     its sites' give, only plain files) and sign it. The ServerApp never signs: it runs whatever
     app the SuperLink accepts, so its account holds no key (deploy/OPERATOR.md)."""
-    from synthpool.coordinator.release_signing import (
+    from synthpool.coordinator.admin.release_signing import (
         ReleaseRefused, ReleaseTerms, sign_release, take_release,
     )
 

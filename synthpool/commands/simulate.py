@@ -142,9 +142,10 @@ def simulate(
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     from synthpool.agent.client_app import make_app as make_client_app
     from synthpool.common.bundled import ADULT_TRAIN
-    from synthpool.coordinator.federation import SiteSpec, split_rows, write_site_config
-    from synthpool.coordinator.release import read_manifest
-    from synthpool.coordinator.server_app import StudyRun, make_app as make_server_app
+    from synthpool.local_federation import SiteSpec, split_rows, write_site_config
+    from synthpool.coordinator.serverapp.release import read_manifest
+    from synthpool.coordinator.serverapp.app import make_app as make_server_app
+    from synthpool.coordinator.serverapp.study_run import StudyRun
 
     if split not in ("iid", "skewed"):
         raise typer.BadParameter("must be 'iid' or 'skewed'", param_hint="--split")

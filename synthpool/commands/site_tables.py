@@ -1,7 +1,7 @@
 """`synthpool simulate --schema study.yaml --site NAME=TABLE ...`: the demo's federation on your
 own tables, one site per table.
 
-The same processes as `synthpool demo` (coordinator/federation.py: a SuperLink, one
+The same processes as `synthpool demo` (synthpool/local_federation.py: a SuperLink, one
 `synthpool-agent run` per site, TLS and enrolled SuperNodes, SecAgg+ by default), the same run of
 `deploy/app` (statistics stage, DP-SGD rounds, the sites' evaluation, the signed release), only
 the schema and the tables are yours. Each table is validated with the loader `synth` uses before
@@ -125,8 +125,8 @@ def run_on_tables(*, schema_file: Path, site_args: list[str], query_args: list[s
                   population: str, secure: bool, secure_aggregation: bool,
                   site_evaluation: bool, settings: list[str]) -> None:
     from synthpool.common.schema import Schema, SchemaError
-    from synthpool.coordinator.federation import SiteSpec
-    from synthpool.coordinator.flower_runner import parse_settings
+    from synthpool.local_federation import SiteSpec
+    from synthpool.coordinator.admin.flower_runner import parse_settings
 
     if on_invalid not in ("error", "drop"):
         raise typer.BadParameter("must be 'error' or 'drop'", param_hint="--on-invalid")

@@ -1,9 +1,9 @@
 """The admin API's training backend: a study becomes a real Flower run on the coordinator's
-SuperLink (admin_service.TrainingRunner).
+SuperLink (supervisor.TrainingRunner).
 
 `start` submits `flwr run APP CONN --stream` (the same command an operator types, and that
-coordinator/federation.py drives in tests) with a run config built from the study; `events`
-follows the training through the ServerApp's event log (coordinator/training_progress.py) and
+synthpool/local_federation.py drives in tests) with a run config built from the study; `events`
+follows the training through the ServerApp's event log (coordinator/admin/training_progress.py) and
 ends with one terminal event when the `flwr run` process ends; `stop` stops the Flower run
 (`flwr stop`) and the `flwr run` process.
 
@@ -40,11 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from ..common.schema import Schema, SchemaError
-from ..common.wire import model_setting
-from .admin_service import RunEvent, StudyInfo
-from .checkpoint import CheckpointStore
-from .federation import APP_DIR
+from ...common.schema import Schema, SchemaError
+from ...common.wire import model_setting
+from ..serverapp.checkpoint import CheckpointStore
+from .supervisor import RunEvent, StudyInfo
 from .release_signing import ReleaseRefused, ReleaseTerms, sign_release, take_release
 from .flower_processes import (
     CONNECTION, ManagedProcess, ProcessGroup, flower_run_status, stop_flower_run,
@@ -65,6 +64,8 @@ STAGING = ".staging"  # a dot-folder: ReleaseStore never lists it
 # Folders the ServerApp writes in: the group (the SuperLink's, which serve-admin's account joins
 # under separate accounts) may write, and new entries keep that group (setgid).
 SHARED_DIR_MODE = 0o2770
+# The config-only Flower app a checkout carries (serve-admin --app-dir names another).
+APP_DIR = Path(__file__).resolve().parents[2] / "deploy" / "app"
 # `flwr run` prints this once the SuperLink accepted the run (flwr/cli/run/run.py).
 FLOWER_RUN_ID = re.compile(r"Successfully started run (\d+)")
 
@@ -228,7 +229,7 @@ class FlowerRunner:
     # -- what a run is told ----------------------------------------------------------------------
     def run_config(self, study: StudyInfo, *, schema_path: Path, checkpoint_dir: Path,
                    release_dir: Path) -> dict:
-        """The run config of the study's training (StudyRun's keys, coordinator/server_app.py)."""
+        """The run config of the study's training (StudyRun's keys, coordinator/serverapp/study_run.py)."""
         n = len(study.sites)
         config = {
             **self.settings,

@@ -18,49 +18,41 @@ Administrators' credentials are revocable: tokens (admin_tokens.revoked_at) and 
 certificates (a deny list by serial or fingerprint, state.admin_certificates), both checked on
 every call, so a revocation takes effect at the next call without a restart.
 
-Training is delegated: the service records runs and their events, but the work is done by a
-`TrainingRunner` (start / stop / events). The real one submits Flower runs to the coordinator's
-SuperLink (coordinator/flower_runner.py); `InMemoryRunner` trains nothing and serves tests of the
-API itself. One background thread per run drains the runner's events
-into the database, so any number of `WatchTraining` streams (and a later restart) read the same
-history, and a run's end is recorded even if nobody is watching.
-
-Releases are folders under the releases directory, each sealed with common.signing (manifest.json
-+ manifest.sig); they are listed, streamed in chunks, and verified with the coordinator's key.
+Training is delegated to a `TrainingRunner` (coordinator/admin/supervisor.py); releases are
+listed, streamed in chunks and verified with the coordinator's key (release_store.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import logging
 import math
-import re
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import grpc
 import yaml
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import json_format
 
-from synthpool.common import signing
-from synthpool.protos import admin_pb2 as pb
-from synthpool.protos import admin_pb2_grpc
-
+from ...common import signing
+from ...protos import admin_pb2 as pb
+from ...protos import admin_pb2_grpc
 from . import state as st
+from .proto_mapping import (
+    POPULATION_ENUM, POPULATION_NAME, STUDY_STATUS, certificate_message, event_message, message,
+    run_message, site_message, timestamp, token_message,
+)
+from .refusals import RefusalLimiter, peer_host
+from .release_store import ReleaseStore
+from .supervisor import TERMINAL, SiteInfo, StudyInfo, TrainingRunner, TrainingSupervisor
 from .pki import (admin_identity, certificate_ids, normalize_fingerprint, normalize_serial,
                   site_public_key)
 
 log = logging.getLogger(__name__)
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 MAX_INVITE_TTL = 30 * 24 * 3600
-CHUNK_SIZE = 64 * 1024
-TERMINAL = ("finished", "failed", "stopped")
 # Request fields never written to the audit log (secrets) and fields logged as a digest only
 # (large public text).
 SECRET_FIELDS = frozenset({"token"})
@@ -68,328 +60,11 @@ DIGEST_FIELDS = frozenset({"schema_yaml"})
 ANONYMOUS = "anonymous"
 
 
-# -- the training seam ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SiteInfo:
-    name: str
-    public_key: str
-    fingerprint: str
-    node_id: int | None = None   # its SuperNode id once approval registered its key
-
-
-@dataclass(frozen=True)
-class StudyInfo:
-    """Everything a runner needs to train a study, resolved when the run starts."""
-
-    name: str
-    run_id: int
-    schema_yaml: str
-    schema_fingerprint: str
-    epsilon: float
-    delta: float
-    population: str
-    rounds: int
-    rows: int
-    sites: tuple[SiteInfo, ...]
-
-
-@dataclass(frozen=True)
-class RunEvent:
-    """One progress event. `kind`: started | round | message | finished | failed | stopped; the
-    last three end the run."""
-
-    kind: str
-    round: int = 0
-    message: str = ""
-    details: dict = field(default_factory=dict)
-
-
-@runtime_checkable
-class TrainingRunner(Protocol):
-    """What the federation code implements so the admin API can drive training.
-
-    `start` launches a run and returns promptly; `events` yields the run's events from its
-    beginning and ends after a terminal event; `stop` asks the run to end (the runner then emits
-    `stopped`). The service calls `events` once per run, from its own thread.
-    """
-
-    def start(self, study: StudyInfo) -> None: ...
-
-    def stop(self, study: str) -> None: ...
-
-    def events(self, study: str) -> Iterator[RunEvent]: ...
-
-
-class InMemoryRunner:
-    """A runner that trains nothing: it emits `started`, one `round` event per round (with a
-    made-up linear epsilon spend) and `finished`, `round_delay` seconds apart. For tests and for
-    trying the admin API before the federation is wired in."""
-
-    def __init__(self, round_delay: float = 0.01, fail_at_round: int | None = None) -> None:
-        self.round_delay = round_delay
-        self.fail_at_round = fail_at_round
-        self._runs: dict[str, tuple[StudyInfo, threading.Event]] = {}
-        self._lock = threading.Lock()
-        self.started: list[StudyInfo] = []
-
-    def start(self, study: StudyInfo) -> None:
-        with self._lock:
-            self._runs[study.name] = (study, threading.Event())
-            self.started.append(study)
-
-    def stop(self, study: str) -> None:
-        with self._lock:
-            if study in self._runs:
-                self._runs[study][1].set()
-
-    def events(self, study: str) -> Iterator[RunEvent]:
-        with self._lock:
-            info, stop = self._runs[study]
-        yield RunEvent("started", message=f"run {info.run_id} with {len(info.sites)} sites",
-                       details={"sites": [s.name for s in info.sites]})
-        for rnd in range(1, info.rounds + 1):
-            if stop.wait(self.round_delay):
-                yield RunEvent("stopped", rnd - 1, "stopped on request")
-                return
-            if rnd == self.fail_at_round:
-                yield RunEvent("failed", rnd, "simulated failure")
-                return
-            yield RunEvent("round", rnd, f"round {rnd}/{info.rounds}",
-                           {"epsilon_spent": info.epsilon * rnd / info.rounds})
-        yield RunEvent("finished", info.rounds, "done")
-
-
-class TrainingSupervisor:
-    """Drains each run's runner events into the database and wakes the watchers."""
-
-    def __init__(self, state: st.State, runner: TrainingRunner | None,
-                 stop_timeout: float = 10.0) -> None:
-        self.state = state
-        self.runner = runner
-        self.stop_timeout = stop_timeout
-        self._changed = threading.Condition()
-        self._threads: dict[int, threading.Thread] = {}
-        self._stop_requested: set[int] = set()
-        self._closed = False
-
-    def close(self) -> None:
-        """Stop recording: the server is shutting down. Runs still going are marked interrupted
-        by the next start-up (State.interrupt_running), not by a half-stopped process now."""
-        self._closed = True
-        self._notify()
-
-    def follow(self, run: st.RunRecord) -> None:
-        thread = threading.Thread(target=self._pump, args=(run,), daemon=True,
-                                  name=f"synthpool-run-{run.id}")
-        self._threads[run.id] = thread
-        thread.start()
-
-    def stop(self, run: st.RunRecord) -> st.RunRecord:
-        """Ask the runner to stop and wait (bounded) for it to confirm; a runner that does not
-        confirm in time still has its run recorded as stopped, with a note."""
-        self._stop_requested.add(run.id)
-        assert self.runner is not None
-        self.runner.stop(run.study)
-        thread = self._threads.get(run.id)
-        if thread is not None:
-            thread.join(self.stop_timeout)
-        with self.state.transaction():
-            if self.state.get_run(run.id).status == st.RUN_RUNNING:
-                message = (f"stop requested; the runner did not confirm within "
-                           f"{self.stop_timeout:g} s")
-                # The event first: a watcher that sees the run ended has the event to read.
-                self.state.add_event(run.id, "stopped", message=message)
-                self.state.end_run(run.id, st.RUN_STOPPED, message)
-        self._notify()
-        return self.state.get_run(run.id)
-
-    def wait(self, timeout: float) -> None:
-        with self._changed:
-            self._changed.wait(timeout)
-
-    def _notify(self) -> None:
-        with self._changed:
-            self._changed.notify_all()
-
-    def _pump(self, run: st.RunRecord) -> None:
-        assert self.runner is not None
-        final: RunEvent | None = None
-        try:
-            for event in self.runner.events(run.study):
-                if self._closed:
-                    return
-                if event.kind in TERMINAL:
-                    final = event
-                    break
-                self.state.add_event(run.id, event.kind, event.round, event.message, event.details)
-                self._notify()
-        except Exception as e:  # noqa: BLE001 - a runner bug must end the run, not the thread silently
-            log.exception("runner failed during run %s", run.id)
-            final = RunEvent("failed", message=f"runner error: {type(e).__name__}: {e}")
-        if self._closed:
-            return
-        if final is None:
-            final = (RunEvent("stopped", message="stopped on request")
-                     if run.id in self._stop_requested else
-                     RunEvent("failed", message="the runner's events ended without a final event"))
-        status = {"finished": st.RUN_FINISHED, "failed": st.RUN_FAILED,
-                  "stopped": st.RUN_STOPPED}[final.kind]
-        try:
-            with self.state.transaction():
-                if self.state.get_run(run.id).status == st.RUN_RUNNING:
-                    self.state.add_event(run.id, final.kind, final.round, final.message,
-                                         final.details)
-                    self.state.end_run(run.id, status, final.message)
-        except Exception:  # noqa: BLE001
-            log.exception("could not record the end of run %s", run.id)
-        self._notify()
-
-
-# -- releases ------------------------------------------------------------------------------------
-
-class ReleaseStore:
-    """Release folders under `root`, indexed in the state database as they are found."""
-
-    def __init__(self, root: Path, state: st.State) -> None:
-        self.root = Path(root)
-        self.state = state
-
-    def scan(self) -> None:
-        if not self.root.is_dir():
-            return
-        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            if not NAME.match(folder.name) or not (folder / signing.MANIFEST).is_file():
-                continue
-            body = (folder / signing.MANIFEST).read_bytes()
-            try:
-                manifest = json.loads(body)
-            except ValueError:
-                manifest = {}
-            if not isinstance(manifest, dict):
-                manifest = {}
-            files = self.files(folder.name)
-            study = manifest.get("study")
-            self.state.put_release(st.ReleaseRecord(
-                name=folder.name, study=str(study) if study is not None else None,
-                created_at=float(manifest.get("created_unix") or
-                                 (folder / signing.MANIFEST).stat().st_mtime),
-                files=len(files), bytes=sum(p.stat().st_size for _, p in files),
-                manifest_sha256=hashlib.sha256(body).hexdigest()))
-
-    def present(self) -> set[str]:
-        if not self.root.is_dir():
-            return set()
-        return {p.name for p in self.root.iterdir() if (p / signing.MANIFEST).is_file()}
-
-    def folder(self, name: str) -> Path:
-        if not NAME.match(name or ""):
-            raise st.Invalid(f"invalid release name {name!r}")
-        folder = self.root / name
-        if folder.is_symlink() or not (folder / signing.MANIFEST).is_file():
-            raise st.NotFound(f"no release {name!r}")
-        return folder
-
-    def files(self, name: str) -> list[tuple[str, Path]]:
-        """(relative path, file) for every regular file of the release, sorted: the files the
-        signature covers plus the manifest and signature. Symbolic links are left out: a
-        release must not be a way to read other files of the coordinator (and `verify` fails
-        it for them)."""
-        files, _links = signing.release_files(self.folder(name))
-        return sorted(files.items())
-
-    def chunks(self, name: str, chunk_size: int = CHUNK_SIZE) -> Iterator[pb.FileChunk]:
-        for rel, path in self.files(name):
-            size = path.stat().st_size
-            with open(path, "rb") as f:
-                offset = 0
-                while True:
-                    data = f.read(chunk_size)
-                    last = offset + len(data) >= size or not data
-                    yield pb.FileChunk(path=rel, offset=offset, data=data, file_size=size,
-                                       last=last)
-                    offset += len(data)
-                    if last:
-                        break
-
-
-# -- refused calls -------------------------------------------------------------------------------
-
-class RefusalLimiter:
-    """A token bucket per caller address for refused calls: `burst` at once, then `per_second`.
-
-    Keyed by `peer_host`, not the peer: a new connection is a new source port, and must not buy a
-    fresh bucket. Refusals over the rate are counted per address, to be logged as one entry.
-    """
-
-    def __init__(self, burst: int = 20, per_second: float = 0.1, *,
-                 clock=time.monotonic, max_hosts: int = 10_000) -> None:
-        if burst < 1 or per_second < 0:
-            raise ValueError("a refusal limit needs burst >= 1 and per_second >= 0")
-        self.burst, self.per_second, self.clock = burst, per_second, clock
-        self.max_hosts = max_hosts
-        self._hosts: dict[str, tuple[float, float, int]] = {}  # tokens, updated, suppressed
-        self._lock = threading.Lock()
-
-    def admit(self, host: str) -> tuple[bool, int]:
-        """Whether this refusal from `host` may be logged, and how many refusals from it were
-        over the rate since its last logged one (0 when not admitted)."""
-        with self._lock:
-            now = self.clock()
-            tokens, updated, suppressed = self._hosts.get(host, (float(self.burst), now, 0))
-            tokens = self._refilled(tokens, updated, now)
-            if tokens < 1:
-                self._hosts[host] = (tokens, now, suppressed + 1)
-                return False, 0
-            self._hosts[host] = (tokens - 1, now, 0)
-            if len(self._hosts) > self.max_hosts:
-                self._forget_idle(now)
-            return True, suppressed
-
-    def drain(self) -> dict[str, int]:
-        """The refusals over the rate not reported yet, by address (and forget them)."""
-        with self._lock:
-            counts = {h: n for h, (_, _, n) in self._hosts.items() if n}
-            for host in counts:
-                tokens, updated, _ = self._hosts[host]
-                self._hosts[host] = (tokens, updated, 0)
-            return counts
-
-    def describe(self) -> str:
-        pace = f", then one every {1 / self.per_second:g} s" if self.per_second else ""
-        return f"{self.burst} at once{pace}"
-
-    def _refilled(self, tokens: float, updated: float, now: float) -> float:
-        return min(float(self.burst), tokens + (now - updated) * self.per_second)
-
-    def _forget_idle(self, now: float) -> None:
-        # An address whose bucket is full again and that owes no count is like a new one.
-        idle = [h for h, (t, u, n) in self._hosts.items()
-                if not n and self._refilled(t, u, now) >= self.burst]
-        for host in idle:
-            del self._hosts[host]
-
-
-def peer_host(peer: str) -> str:
-    """gRPC's peer string (`ipv4:1.2.3.4:5678`, `ipv6:[::1]:5678`) without the port; IPv6 by its
-    /64, which one host usually holds whole."""
-    kind, _, rest = peer.partition(":")
-    if kind not in ("ipv4", "ipv6"):
-        return peer
-    address = rest.rsplit(":", 1)[0]
-    if kind == "ipv6":
-        try:
-            address = str(ipaddress.IPv6Network(f"{address.strip('[]')}/64", strict=False))
-        except ValueError:
-            pass
-    return f"{kind}:{address}"
-
-
 # -- the servicer --------------------------------------------------------------------------------
 
 @runtime_checkable
 class FleetAccess(Protocol):
-    """Who the SuperLink lets in (coordinator/flower_processes.py:SuperLinkAccess): approving
+    """Who the SuperLink lets in (coordinator/admin/flower_processes.py:SuperLinkAccess): approving
     a site admits its key, revoking shuts its SuperNode out."""
 
     def admit(self, site_name: str, public_key: str) -> int: ...
@@ -480,12 +155,12 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 raise st.Invalid(f"ttl_seconds may be at most {MAX_INVITE_TTL} (30 days)")
             site, token = self.state.invite_site(request.name, call.actor, ttl)
             call.detail = f"token expires {_iso(site.token_expires_at)}"
-        return pb.InviteSiteResponse(site=_site(site), token=token)
+        return pb.InviteSiteResponse(site=site_message(site), token=token)
 
     def ListSites(self, request, context):
         with self._call(context, "ListSites", request):
             sites = self.state.list_sites()
-        return pb.ListSitesResponse(sites=[_site(s) for s in sites])
+        return pb.ListSitesResponse(sites=[site_message(s) for s in sites])
 
     def ApproveSite(self, request, context):
         # The SuperLink admits the key first, outside the audited transaction (seconds of
@@ -509,7 +184,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                                            undo=self.fleet.shut_out if self.fleet else None)
             call.detail = f"key {site.public_key_fingerprint}" + (
                 f", SuperNode {site.flower_node_id}" if site.flower_node_id is not None else "")
-        return _site(site)
+        return site_message(site)
 
     def _admit(self, request, context) -> tuple[int, str] | None:
         """(the SuperNode id the SuperLink gives the site's key, that key's fingerprint), for an
@@ -531,7 +206,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             site = self.state.revoke_site(request.name, call.actor, request.reason)
             actor = call.actor
         if site.flower_node_id is None or self.fleet is None:
-            return _site(site)
+            return site_message(site)
         # After the revocation has committed (it holds whatever happens next), and outside the
         # database's lock: the SuperLink may be slow, or down.
         try:
@@ -544,7 +219,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             self.state.record_audit(actor, "RevokeSite", audit_arguments(request), "UNAVAILABLE",
                                     message, context.peer())
             context.abort(grpc.StatusCode.UNAVAILABLE, st.bounded(message))
-        return _site(self.state.shut_out_done(site.name))
+        return site_message(self.state.shut_out_done(site.name))
 
     def RegisterSite(self, request, context):
         with self._call(context, "RegisterSite", request, public=True) as call:
@@ -556,7 +231,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             site = self.state.consume_invitation(request.token, key, fingerprint)
             call.actor = f"site:{site.name}"
             call.detail = f"registered key {fingerprint}; awaiting approval"
-        return pb.RegisterSiteResponse(site=_site(site))
+        return pb.RegisterSiteResponse(site=site_message(site))
 
     # -- studies --------------------------------------------------------------------------------
     def CreateStudy(self, request, context):
@@ -577,7 +252,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             study = self.state.create_study(
                 name=request.name, schema_yaml=request.schema_yaml,
                 schema_fingerprint=fingerprint, epsilon=p.epsilon, delta=p.delta,
-                population=_POPULATION_NAME.get(p.population, "overlapping"), rounds=p.rounds,
+                population=POPULATION_NAME.get(p.population, "overlapping"), rounds=p.rounds,
                 rows=p.rows, sites_=list(request.sites), by=call.actor)
             call.detail = f"schema {fingerprint}"
             return self._study(study)
@@ -597,17 +272,17 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         # the sum otherwise. Every site has the same per-study budget here.
         factor = 1 if study.population == "disjoint" else n
         latest = self.state.latest_run(study.name)
-        return _msg(
+        return message(
             pb.Study, name=study.name, schema_yaml=study.schema_yaml if with_schema else "",
             schema_fingerprint=study.schema_fingerprint,
             privacy=pb.PrivacySettings(epsilon=study.epsilon, delta=study.delta,
-                                       population=_POPULATION_ENUM[study.population],
+                                       population=POPULATION_ENUM[study.population],
                                        rounds=study.rounds, rows=study.rows),
-            sites=list(study.sites), status=_STUDY_STATUS[study.status],
-            created_at=_ts(study.created_at), created_by=study.created_by,
+            sites=list(study.sites), status=STUDY_STATUS[study.status],
+            created_at=timestamp(study.created_at), created_by=study.created_by,
             release_epsilon=study.epsilon * factor if n else 0.0,
             release_delta=min(study.delta * factor, 1.0) if n else 0.0,
-            latest_run=_run(latest) if latest else None)
+            latest_run=run_message(latest) if latest else None)
 
     # -- training -------------------------------------------------------------------------------
     def StartTraining(self, request, context):
@@ -644,7 +319,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                                     f"run {run.id}: {message}", context.peer())
             context.abort(grpc.StatusCode.INTERNAL, message)
         self.training.follow(run)
-        return _run(self.state.get_run(run.id))
+        return run_message(self.state.get_run(run.id))
 
     def StopTraining(self, request, context):
         with self._call(context, "StopTraining", request) as call:
@@ -653,7 +328,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             if run is None or run.status != st.RUN_RUNNING:
                 raise st.Precondition(f"study {request.study!r} has no running run")
             call.detail = f"run {run.id}"
-        return _run(self.training.stop(run))
+        return run_message(self.training.stop(run))
 
     def WatchTraining(self, request, context):
         with self._call(context, "WatchTraining", request) as call:
@@ -671,14 +346,14 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         while context.is_active():
             events = self.state.events(run.id, after)
             for event in events:
-                yield _event(event)
+                yield event_message(event)
                 after = event.seq
                 if event.kind in TERMINAL:
                     return
             if not events:
                 if self.state.get_run(run.id).status != st.RUN_RUNNING:
                     for event in self.state.events(run.id, after):  # written just before the end
-                        yield _event(event)
+                        yield event_message(event)
                     return
                 self.training.wait(0.5)
 
@@ -689,7 +364,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             # The table indexes every release ever seen; list those still on disk.
             present = self.releases.present()
             return pb.ListReleasesResponse(releases=[
-                pb.Release(name=r.name, study=r.study or "", created_at=_ts(r.created_at),
+                pb.Release(name=r.name, study=r.study or "", created_at=timestamp(r.created_at),
                            files=r.files, bytes=r.bytes, manifest_sha256=r.manifest_sha256)
                 for r in self.state.list_releases(request.study) if r.name in present])
 
@@ -713,18 +388,18 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     def ListAdminTokens(self, request, context):
         with self._call(context, "ListAdminTokens", request):
             tokens = self.state.list_admin_tokens()
-        return pb.ListAdminTokensResponse(tokens=[_token(t) for t in tokens])
+        return pb.ListAdminTokensResponse(tokens=[token_message(t) for t in tokens])
 
     def RevokeAdminToken(self, request, context):
         with self._call(context, "RevokeAdminToken", request) as call:
             token = self.state.revoke_admin_token(request.name)
             call.detail = "refused from its next call on"
-        return _token(token)
+        return token_message(token)
 
     def ListAdminCertificates(self, request, context):
         with self._call(context, "ListAdminCertificates", request):
             certificates = self.state.list_admin_certificates()
-        return pb.ListAdminCertificatesResponse(certificates=[_certificate(c)
+        return pb.ListAdminCertificatesResponse(certificates=[certificate_message(c)
                                                               for c in certificates])
 
     def RevokeAdminCertificate(self, request, context):
@@ -740,14 +415,14 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             call.detail = (f"denied {certificate.name or 'a certificate'} (serial "
                            f"{certificate.serial or '?'}, fingerprint "
                            f"{certificate.fingerprint or '?'})")
-        return _certificate(certificate)
+        return certificate_message(certificate)
 
     # -- audit ----------------------------------------------------------------------------------
     def ListAudit(self, request, context):
         with self._call(context, "ListAudit", request):
             entries = self.state.audit_entries(request.after_id, min(request.limit or 1000, 10000))
         return pb.ListAuditResponse(entries=[
-            pb.AuditEntry(id=e.id, at=_ts(e.at), actor=e.actor, action=e.action,
+            pb.AuditEntry(id=e.id, at=timestamp(e.at), actor=e.actor, action=e.action,
                           arguments_json=json.dumps(e.arguments, sort_keys=True),
                           outcome=e.outcome, detail=e.detail, peer=e.peer) for e in entries])
 
@@ -841,30 +516,16 @@ def audit_arguments(request) -> dict:
     return data
 
 
-# -- conversions ---------------------------------------------------------------------------------
-
-_SITE_STATUS = {st.SITE_INVITED: pb.SITE_STATUS_INVITED, st.SITE_REGISTERED: pb.SITE_STATUS_REGISTERED,
-                st.SITE_APPROVED: pb.SITE_STATUS_APPROVED, st.SITE_REVOKED: pb.SITE_STATUS_REVOKED}
-_STUDY_STATUS = {st.STUDY_CREATED: pb.STUDY_STATUS_CREATED, st.STUDY_TRAINING: pb.STUDY_STATUS_TRAINING,
-                 st.STUDY_STOPPED: pb.STUDY_STATUS_STOPPED, st.STUDY_FINISHED: pb.STUDY_STATUS_FINISHED,
-                 st.STUDY_FAILED: pb.STUDY_STATUS_FAILED}
-_RUN_STATUS = {st.RUN_RUNNING: pb.RUN_STATUS_RUNNING, st.RUN_STOPPED: pb.RUN_STATUS_STOPPED,
-               st.RUN_FINISHED: pb.RUN_STATUS_FINISHED, st.RUN_FAILED: pb.RUN_STATUS_FAILED,
-               st.RUN_INTERRUPTED: pb.RUN_STATUS_INTERRUPTED}
-_POPULATION_ENUM = {"disjoint": pb.POPULATION_DISJOINT, "overlapping": pb.POPULATION_OVERLAPPING}
-# An unspecified population is overlapping: the sum is the guarantee that holds either way.
-_POPULATION_NAME = {pb.POPULATION_DISJOINT: "disjoint", pb.POPULATION_OVERLAPPING: "overlapping"}
-
 
 def _check_name(name: str, what: str) -> None:
-    if not NAME.match(name or ""):
+    if not st.NAME.match(name or ""):
         shown = repr(name) if len(name) <= 100 else f"{name[:40]!r}... ({len(name)} chars)"
         raise st.Invalid(f"invalid {what} name {shown}: letters, digits, '.', '_', '-' "
                          "(up to 100, starting with a letter or digit)")
 
 
 def _schema_fingerprint(text: str) -> str:
-    from synthpool.common.schema import Schema, SchemaError
+    from ...common.schema import Schema, SchemaError
 
     try:
         raw = yaml.safe_load(text)
@@ -876,56 +537,7 @@ def _schema_fingerprint(text: str) -> str:
         raise st.Invalid(str(e)) from None
 
 
-def _ts(seconds: float | None) -> timestamp_pb2.Timestamp | None:
-    if seconds is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(int(round(seconds * 1e9)))
-    return ts
-
-
 def _iso(seconds: float | None) -> str:
     return "" if seconds is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-def _msg(cls, **fields):
-    """Build a message leaving out None fields (unset timestamps, absent sub-messages)."""
-    return cls(**{k: v for k, v in fields.items() if v is not None})
-
-
-def _site(s: st.SiteRecord) -> pb.Site:
-    return _msg(pb.Site, name=s.name, status=_SITE_STATUS[s.status], public_key=s.public_key or "",
-                public_key_fingerprint=s.public_key_fingerprint or "",
-                invited_at=_ts(s.invited_at),
-                token_expires_at=_ts(s.token_expires_at) if s.status == st.SITE_INVITED else None,
-                registered_at=_ts(s.registered_at), approved_at=_ts(s.approved_at),
-                revoked_at=_ts(s.revoked_at))
-
-
-def _token(t: st.AdminTokenRecord) -> pb.AdminToken:
-    return _msg(pb.AdminToken, name=t.name, created_at=_ts(t.created_at),
-                revoked_at=_ts(t.revoked_at))
-
-
-def _certificate(c: st.AdminCertificateRecord) -> pb.AdminCertificate:
-    return _msg(pb.AdminCertificate, name=c.name or "", serial=c.serial or "",
-                fingerprint=c.fingerprint or "", issued_at=_ts(c.issued_at),
-                not_after=_ts(c.not_after), revoked_at=_ts(c.revoked_at),
-                revoked_by=c.revoked_by or "", revoke_reason=c.revoke_reason or "")
-
-
-def _run(r: st.RunRecord) -> pb.Run:
-    return _msg(pb.Run, id=r.id, study=r.study, status=_RUN_STATUS[r.status],
-                started_at=_ts(r.started_at), ended_at=_ts(r.ended_at), started_by=r.started_by,
-                message=r.message)
-
-
-def _event(e: st.EventRecord) -> pb.TrainingEvent:
-    return pb.TrainingEvent(run_id=e.run_id, seq=e.seq, at=_ts(e.at), kind=e.kind, round=e.round,
-                            message=e.message, details_json=json.dumps(e.details, sort_keys=True))
-
-
-__all__: Iterable[str] = (
-    "AdminService", "InMemoryRunner", "RefusalLimiter", "ReleaseStore", "RunEvent", "SiteInfo",
-    "StudyInfo", "TrainingRunner", "TrainingSupervisor", "audit_arguments", "peer_host",
-)

@@ -175,7 +175,7 @@ def flower_run_status(flwr_home: Path, run_id: int, connection: str = CONNECTION
 
 
 class SuperLinkAccess:
-    """The admin API's hold on the SuperLink's door (admin_service.FleetAccess), through the
+    """The admin API's hold on the SuperLink's door (service.FleetAccess), through the
     Flower CLI's Control API connection in `flwr_home` (config.toml names it)."""
 
     def __init__(self, flwr_home: Path, connection: str = CONNECTION) -> None:

@@ -4,7 +4,7 @@ For tests, the demo and benchmarks. It drives the same commands a real deploymen
 the coordinator's `flower-superlink` and `flwr run deploy/app`, and at each site
 `synthpool-agent run --config site.toml` (which applies the site's caps and starts its
 SuperNode). It only adds what one host needs: free ports, per-party folders, log files, a
-way to crash a party, and stopping everything by PID (coordinator/flower_processes.py).
+way to crash a party, and stopping everything by PID (coordinator/admin/flower_processes.py).
 
 Layout under `workdir`::
 
@@ -27,15 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from ..common.bundled import DEFAULT_SCHEMA
-from .checkpoint import CheckpointStore
-from .flower_processes import (
+from .common.bundled import DEFAULT_SCHEMA
+from .coordinator.serverapp.checkpoint import CheckpointStore
+from .coordinator.admin.flower_runner import APP_DIR
+from .coordinator.admin.flower_processes import (
     LOOPBACK, ManagedProcess, ProcessGroup, TLSFiles, bin_dir, flower_env, free_port,
     register_supernode, unregister_supernode, write_connection,
 )
-
-APP_DIR = Path(__file__).resolve().parent.parent / "deploy" / "app"
-
 
 def split_rows(source: Path, out_dir: Path, n_sites: int, rows_per_site: int | None = None,
                prefix: str = "site", split: str = "contiguous", seed: int = 0) -> list[Path]:
@@ -134,7 +132,7 @@ class RunOutcome:
 class LocalFederation:
     """A SuperLink and one `synthpool-agent run` per site, as processes on loopback.
 
-    `tls=True`: the coordinator's PKI (coordinator/pki.py) is created, every Flower API is served
+    `tls=True`: the coordinator's PKI (coordinator/admin/pki.py) is created, every Flower API is served
     over TLS and every site verifies it with the CA. `node_auth=True` (needs TLS): the SuperLink
     admits only enrolled SuperNodes: `enroll(name)` makes the site's key pair AT THE SITE
     (`synthpool-agent enroll`) and registers its public key; `revoke(name)` unregisters it.
@@ -179,7 +177,7 @@ class LocalFederation:
         """The SuperLink on its fixed port with its database: a restart finds its state."""
         tls = None
         if self.tls:
-            from .pki import init_coordinator
+            from .coordinator.admin.pki import init_coordinator
 
             pki = init_coordinator(self.coord_dir / "state", [self.host, LOOPBACK])
             tls = TLSFiles(pki.ca_cert, pki.server_cert, pki.server_key)
@@ -193,7 +191,7 @@ class LocalFederation:
 
     @property
     def ca_cert(self) -> Path | None:
-        from .pki import CoordinatorPKI
+        from .coordinator.admin.pki import CoordinatorPKI
 
         return CoordinatorPKI(self.coord_dir / "state").ca_cert if self.tls else None
 

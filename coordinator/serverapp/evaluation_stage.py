@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..common.evaluation.grids import column_grid
-from ..common.evaluation.pooled import SiteEvaluation
-from ..common.schema import Schema
-from ..common.wire import EVALUATE_MESSAGE, Request
+from ...common.evaluation.grids import column_grid
+from ...common.evaluation.pooled import SiteEvaluation
+from ...common.schema import Schema
+from ...common.wire import EVALUATE_MESSAGE, Request
+from .transport import exchange
 
 MAX_BINS = 256  # a histogram grid beyond this is not one the study asked for
 
@@ -84,8 +85,6 @@ def _numbers_only(tree) -> bool:
 def evaluation_stage(grid, run, training_id: str, schema: Schema, synthetic: pd.DataFrame,
                      names: dict[str, str], weights: dict[str, float], events,
                      transcript=None) -> EvaluationOutcome:
-    from .server_app import exchange
-
     sample = sample_bytes(synthetic, run.evaluation_rows)
     out = EvaluationOutcome(rows=min(len(synthetic), run.evaluation_rows),
                             digest="sha256:" + hashlib.sha256(sample).hexdigest())

@@ -22,8 +22,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..common.signing import MANIFEST, SIGNATURE, load_or_create_key, release_files, seal
-from .release import release_guarantee
+from ...common.signing import MANIFEST, SIGNATURE, load_or_create_key, release_files, seal
+from ..serverapp.release import release_guarantee
 
 RELEASE_KIND = "synthpool.federated-release"
 

@@ -7,7 +7,7 @@ reason. Flower's strategies log a failure count and move on (docs/ARCHITECTURE.m
 look like success"). The arithmetic is FedAvg; everything else is bookkeeping that Flower does not do.
 
 Weights: a site's weight is the row total of the noisy histograms it released in the training's
-statistics stage (already charged to its ledger; coordinator/server_app.py fixes it there and
+statistics stage (already charged to its ledger; coordinator/serverapp/statistics_stage.py fixes it there and
 ignores sizes claimed later), or the size its owner declared public. Never an exact count. A
 site can still fabricate histograms that agree with a huge size, so no site's share of the
 weights (and of the merged statistics) may exceed `max-site-share` (`weight_cap`).
@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..common.update_bound import displacement_problem
-from ..common.wire import REFUSED
+from ...common.update_bound import displacement_problem
+from ...common.wire import REFUSED
 
 # Flower's own error codes (flwr/common/constant.py:199).
 NODE_UNAVAILABLE = 5

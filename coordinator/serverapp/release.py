@@ -18,7 +18,7 @@ release-level guarantee derived from them:
 
 Files are written atomically (common/table_io.py); the manifest, which holds the data's sha256,
 is written last and is the release's commit point. The ServerApp holds no signing key: the
-process that launched the run checks the release and seals it (coordinator/release_signing.py):
+process that launched the run checks the release and seals it (coordinator/admin/release_signing.py):
 every file's hash listed in the manifest, the manifest signed with Ed25519 (common/signing.py;
 anyone checks it with `synthpool release verify`).
 """
@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..common.schema import Schema
-from ..common.stats import TableStats
+from ...common.budget import POPULATIONS
+from ...common.schema import Schema
+from ...common.stats import TableStats
 from .checkpoint import Checkpoint, CheckpointStore
-from .server_app import POPULATIONS
 
 DATA_FILE = "synthetic.csv"
 MANIFEST_FILE = "manifest.json"
@@ -56,8 +56,8 @@ def build_generator(run, schema: Schema, stats: TableStats):
     """The generator exactly as every site builds it for this training (agent/site_job.py)."""
     import torch
 
-    from ..common.generators import registry
-    from ..common.transforms import TableTransformer
+    from ...common.generators import registry
+    from ...common.transforms import TableTransformer
 
     torch.set_num_threads(_threads())
     transformer = TableTransformer(schema, stats, max_bins=run.max_bins)
@@ -120,7 +120,7 @@ def sample_release(run, store: CheckpointStore, schema: Schema, start: dict) -> 
     generator = build_generator(run, schema, stats)
     generator.set_weights(ckpt.weights)
     # The DP total can be inflated by a site's forged counts only within what the statistics
-    # stage let through (server_app.size_problem); the cap bounds the work whatever happens.
+    # stage let through (statistics_stage.size_problem); the cap bounds the work whatever happens.
     n = int(run.release_rows) or min(MAX_RELEASE_ROWS, max(1, round(stats.noisy_rows())))
     t0 = time.perf_counter()
     frame = generator.sample(n, seed=run.seed + 1)
@@ -132,8 +132,8 @@ def write_release(run, store: CheckpointStore, schema: Schema, start: dict, samp
                   ledgers: dict[str, dict], evaluation=None) -> dict:
     """Data, the shared report (when the sites evaluated the release), manifest, signature into
     `run.release_path`; returns the manifest. `ledgers`: each site's latest ledger report."""
-    from ..common.synthesis import package_versions
-    from ..common.table_io import write_json, write_table
+    from ...common.synthesis import package_versions
+    from ...common.table_io import write_json, write_table
 
     ckpt, stats = sample.checkpoint, sample.stats
     out = run.release_path
@@ -204,15 +204,15 @@ def write_release(run, store: CheckpointStore, schema: Schema, start: dict, samp
         "evaluation": _evaluation_summary(evaluation, report),
         "versions": package_versions(),
     }
-    # Unsigned: the launcher checks and signs it (coordinator/release_signing.py).
+    # Unsigned: the launcher checks and signs it (coordinator/admin/release_signing.py).
     write_json(manifest, out / MANIFEST_FILE)
     return manifest
 
 
 def _write_report(run, schema, sample: Sample, evaluation, per_site, guarantee, out: Path) -> dict:
-    from ..common.evaluation.federated_report import render_federated_html
-    from ..common.evaluation.pooled import pool
-    from ..common.evaluation.report import write_report
+    from ...common.evaluation.federated_report import render_federated_html
+    from ...common.evaluation.pooled import pool
+    from ...common.evaluation.report import write_report
 
     privacy = {"epsilon": guarantee["epsilon"], "delta": guarantee["delta"],
                "composition": guarantee["composition"],

@@ -39,8 +39,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from synthpool.common.atomic import atomic_write_bytes
-from synthpool.common.signing import generate_key, ssh_key_fingerprint
+from ...common.atomic import atomic_write_bytes
+from ...common.signing import generate_key, ssh_key_fingerprint
 
 ORGANIZATION = "synthpool"
 #: The organisational unit that marks an administrator's client certificate. The admin server

@@ -17,9 +17,9 @@ clipped, and a displacement fits where weights need not. Quantization step at th
 
 Why not Flower's `DefaultWorkflow`: it owns the whole training loop (its own rounds, no
 checkpoints, no quorum, no named refusals). Here the workflow runs for ONE round inside
-`server_app.run_study`, behind a tiny legacy `Strategy` that hands it our FitIns and takes the
+`study.run_study`, behind a tiny legacy `Strategy` that hands it our FitIns and takes the
 aggregate back, so checkpoints, resume, the event log and the release stay the same as in a plain
-round. `_FastGrid` gives the workflow the plain round's polling (server_app.poll_replies, not
+round. `_FastGrid` gives the workflow the plain round's polling (transport.poll_replies, not
 Flower's 3 s sleeps) and records every reply in the transcript.
 
 What the coordinator can and cannot check: it never sees one site's update (that is the point),
@@ -35,8 +35,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..common.wire import SECAGG_CONFIGS, read_secure_reply, secure_fitins
+from ...common.wire import SECAGG_CONFIGS, read_secure_reply, secure_fitins
 from .strategy import SiteResult
+from .study_run import StudyRun
+from .transport import identify, one_node_per_site, poll_replies, transcribe
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,13 @@ class SecAggSettings:
     # The most one round can move a weight (the family's bound): the mean of honest updates
     # cannot move further, whatever the weights.
     max_update: float = float("inf")
+
+    @classmethod
+    def of(cls, run: StudyRun) -> "SecAggSettings":
+        return cls(threshold=run.secagg_threshold,
+                   clipping_range=run.secagg_clipping_range or run.max_update,
+                   timeout=run.round_timeout, poll_interval=run.poll_interval,
+                   max_update=run.max_update)
 
     def workflow(self, total_weight: float):
         from flwr.server.workflow import SecAggPlusWorkflow
@@ -120,8 +129,6 @@ class _FastGrid:
         return getattr(self.grid, name)
 
     def send_and_receive(self, messages, *, timeout=None):
-        from .server_app import poll_replies, transcribe
-
         messages = list(messages)
         if messages:
             configs = messages[0].content.config_records.get(SECAGG_CONFIGS, {})
@@ -173,8 +180,6 @@ def secure_round(grid, nodes: list[int], weights: list[np.ndarray], wire: dict, 
     settings.workflow(sum(sizes.values()))(fast, context)
 
     unmasked = {proxy.node_id: fitres for proxy, fitres in (strategy.results or [])}
-    from .server_app import one_node_per_site
-
     results = one_node_per_site(
         [_site_result(node, unmasked.get(node), fast.replies.get(node), names,
                       fast.unanswered.get(node, fast.stage)) for node in nodes], names)
@@ -208,8 +213,6 @@ def secure_round(grid, nodes: list[int], weights: list[np.ndarray], wire: dict, 
 def _site_result(node: int, fitres, last_reply, names: dict[str, str], stage: str) -> SiteResult:
     name = names.get(str(node), f"node-{node}")
     if fitres is not None:
-        from .server_app import identify
-
         out = read_secure_reply(fitres)
         site, problem = identify(node, str(out.info["site"]), names)
         if problem:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..common.atomic import atomic_write_bytes, atomic_write_text
+from ...common.atomic import atomic_write_bytes, atomic_write_text
 
 
 @dataclass
@@ -56,7 +56,7 @@ class CheckpointStore:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.events = EventLog(self.dir / "events.jsonl")
-        # Every reply every site sent (server_app.record_transcript), for audit.
+        # Every reply every site sent (transport.record_transcript), for audit.
         self.transcript = EventLog(self.dir / "transcript.jsonl")
 
     # -- training identity ---------------------------------------------------------------------

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import threading
 import time
@@ -35,10 +36,12 @@ from typing import Any, Callable, Iterator
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from ..common.budget import POPULATIONS
+from ...common.budget import POPULATIONS
 from . import migrations
 
 DB_FILE = "coordinator.db"
+# Sites, studies, releases and administrators are named by this rule: safe as a folder name.
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 DEFAULT_INVITE_TTL = 24 * 3600
 
 SITE_INVITED, SITE_REGISTERED, SITE_APPROVED, SITE_REVOKED = ("invited", "registered",

@@ -5,7 +5,7 @@ all; it cannot ask for one and accept its absence. Administrators with a certifi
 connect to the mutual-TLS port (default 50052), where the handshake itself refuses anyone without
 a certificate from the coordinator's CA. Bearer-token administrators and enrolling sites (which
 have only their invitation token) connect to the TLS port (default 50051). Both ports serve the
-same service, which checks credentials on every call (admin_service.AdminService.authenticate).
+same service, which checks credentials on every call (service.AdminService.authenticate).
 
 Both default to loopback: exposing the admin API beyond the coordinator host is an operator's
 decision (`--listen 0.0.0.0:50051`), and sites only ever need the TLS port, for enrollment.
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import grpc
 
-from synthpool.protos import admin_pb2_grpc
+from ...protos import admin_pb2_grpc
 
-from .admin_service import AdminService, RefusalLimiter, TrainingRunner
+from .service import AdminService, RefusalLimiter, TrainingRunner
 from .pki import CoordinatorPKI
 from .state import State
 
@@ -39,7 +39,7 @@ class AdminServer:
     `mtls_listen=None` serves tokens only. The state database is `database_url` or the SQLite
     file in `state_dir`; releases are read from `releases_dir` (default `<state_dir>/releases`).
     `refusals` limits how fast calls refused to non-administrators are logged, per caller address
-    (default: admin_service.RefusalLimiter()).
+    (default: refusals.RefusalLimiter()).
     """
 
     def __init__(self, state_dir: Path, *, listen: str = DEFAULT_LISTEN,
@@ -126,7 +126,7 @@ class AdminServer:
 def load_runner(spec: str | None) -> TrainingRunner | None:
     """`package.module:name` -> an instance: `name` is a runner class or factory called with no
     arguments. This is how `serve-admin --runner` plugs in another runner than the default (the
-    FlowerRunner, coordinator/flower_runner.py, built by serve-admin itself) without the admin
+    FlowerRunner, coordinator/admin/flower_runner.py, built by serve-admin itself) without the admin
     server importing it."""
     if not spec:
         return None

@@ -1,9 +1,9 @@
 """The ServerApp's event log, retold as the admin API's progress events.
 
-Why a translation and not the raw log: the ServerApp (coordinator/server_app.py) writes what an
+Why a translation and not the raw log: the ServerApp (coordinator/serverapp/) writes what an
 auditor needs (every stage, every site's refusal with its reason) into the checkpoint dir's
 `events.jsonl`; an administrator watching `synthpool train watch` needs the admin API's few kinds
-(admin_service.RunEvent: started | round | message | finished | failed | stopped). Every log entry
+(supervisor.RunEvent: started | round | message | finished | failed | stopped). Every log entry
 becomes one event, so nothing the coordinator knows is hidden from the watcher:
 
 * `round_completed` -> `round`, with progress (round / rounds), the sites used and dropped, and
@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .admin_service import RunEvent
-from .checkpoint import CheckpointError, CheckpointStore
+from .supervisor import RunEvent
+from ..serverapp.checkpoint import CheckpointError, CheckpointStore
 
 __all__ = ["ProgressTranslator"]
 
@@ -66,7 +66,7 @@ class ProgressTranslator:
         out = {**details, "rounds": self.rounds,
                "progress": round(rnd / self.rounds, 4) if self.rounds else 1.0}
         if by_site:
-            from .release import across_sites  # the release's own rule (max or sum)
+            from ..serverapp.release import across_sites  # the release's own rule (max or sum)
 
             out["epsilon_by_site"] = by_site
             out["epsilon_spent"] = across_sites(list(by_site.values()), self.population)

@@ -1,0 +1,25 @@
+"""The entry point Flower loads (deploy/app/pyproject.toml: `serverapp`). Nothing imports this
+module: building the ServerApp is its only effect."""
+
+from __future__ import annotations
+
+from .study import run_study
+from .study_run import StudyRun
+
+
+def make_app(run: StudyRun | None = None):
+    """The ServerApp. Deployment reads the StudyRun from the run config of `flwr run`; the
+    simulation (synthpool/commands/simulate.py) passes its own."""
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_study(grid, run or StudyRun.from_run_config(dict(context.run_config)))
+
+    return app
+
+
+app = make_app()
