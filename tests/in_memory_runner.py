@@ -4,10 +4,9 @@ coordinator/admin/flower_runner.py, has its own real-process tests)."""
 from __future__ import annotations
 
 import threading
-import time
 from typing import Iterator
 
-from synthpool.coordinator.admin.supervisor import RunEvent, StudyInfo
+from synthpool.coordinator.admin.supervisor import RunEvent, TrainingOrder
 
 
 class InMemoryRunner:
@@ -18,11 +17,11 @@ class InMemoryRunner:
     def __init__(self, round_delay: float = 0.01, fail_at_round: int | None = None) -> None:
         self.round_delay = round_delay
         self.fail_at_round = fail_at_round
-        self._runs: dict[str, tuple[StudyInfo, threading.Event]] = {}
+        self._runs: dict[str, tuple[TrainingOrder, threading.Event]] = {}
         self._lock = threading.Lock()
-        self.started: list[StudyInfo] = []
+        self.started: list[TrainingOrder] = []
 
-    def start(self, study: StudyInfo) -> None:
+    def start(self, study: TrainingOrder) -> None:
         with self._lock:
             self._runs[study.name] = (study, threading.Event())
             self.started.append(study)

@@ -26,7 +26,7 @@ def test_simulation_engine_runs_the_same_apps(tmp_path):
     from synthpool.local_federation import SiteSpec, split_rows, write_site_config
     from synthpool.coordinator.serverapp.release import read_manifest
     from synthpool.coordinator.serverapp.app import make_app as make_server_app
-    from synthpool.coordinator.serverapp.study_run import StudyRun
+    from synthpool.coordinator.serverapp.run_config import RunConfig
 
     data = split_rows(ADULT_TRAIN, tmp_path / "data", 3, rows_per_site=800)
     configs, caps = [], [1.5, 2.0, 2.5]
@@ -34,7 +34,7 @@ def test_simulation_engine_runs_the_same_apps(tmp_path):
         spec = SiteSpec(f"site-{i}", path, {"adult": (cap, DELTA)}, torch_threads=1)
         configs.append(str(write_site_config(tmp_path / spec.name / "site.toml", spec,
                                              tmp_path / spec.name / "state", "simulation", 1)))
-    run = StudyRun(study="adult", checkpoint_dir=str(tmp_path / "ckpt"), num_rounds=1,
+    run = RunConfig(study="adult", checkpoint_dir=str(tmp_path / "ckpt"), num_rounds=1,
                    local_steps=2, model=TINY_MODEL, release_rows=100,
                    noise_multiplier=0.0, stats_noise_multiplier=0.0, expected_sites=3,
                    min_sites=3, node_wait_timeout=120, round_timeout=240, poll_interval=0.2)

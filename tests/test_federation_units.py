@@ -26,7 +26,7 @@ from synthpool.coordinator.serverapp.checkpoint import CheckpointError, Checkpoi
 from synthpool.local_federation import split_rows
 from synthpool.coordinator.admin.flower_processes import format_node_config
 from synthpool.coordinator.serverapp.study import run_study
-from synthpool.coordinator.serverapp.study_run import StudyRun
+from synthpool.coordinator.serverapp.run_config import RunConfig
 from synthpool.coordinator.serverapp.transport import RoundFailed
 from payloads import list_lengths
 
@@ -108,13 +108,13 @@ TINY = dict(local_steps=3, model=TINY_MODEL, release_rows=300)
 STATS_SIGMA = 12.0  # at least what a site with epsilon 3 calibrates for its statistics share
 
 
-def make_run(tmp_path, **kw) -> StudyRun:
+def make_run(tmp_path, **kw) -> RunConfig:
     base = dict(study="adult", checkpoint_dir=str(tmp_path / "ckpt"), num_rounds=2, min_sites=2,
                 expected_sites=3, node_wait_timeout=1, round_timeout=2, straggler_grace=0.2,
                 poll_interval=0.01, noise_multiplier=2.0, stats_noise_multiplier=STATS_SIGMA,
                 evaluate=False, population="disjoint", **TINY)
     base.update(kw)
-    return StudyRun(**base)
+    return RunConfig(**base)
 
 
 def ledger_of(cfg: str) -> Ledger:
@@ -162,18 +162,18 @@ def test_a_site_reads_back_every_setting_the_coordinator_sends():
         site_job.RoundConfig.from_wire({"study": "adult"})
 
 
-def test_app_run_config_matches_study_run():
+def test_app_run_config_matches_run_config():
     import tomllib
 
     from synthpool.local_federation import APP_DIR
 
     cfg = tomllib.loads((APP_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
     declared = set(cfg["config"])
-    fields = {f.name.replace("_", "-") for f in dataclasses.fields(StudyRun)}
+    fields = {f.name.replace("_", "-") for f in dataclasses.fields(RunConfig)}
     assert declared == fields
     assert cfg["components"] == {"serverapp": "synthpool.coordinator.serverapp.app:app",
                                  "clientapp": "synthpool.agent.client_app:app"}
-    defaults = StudyRun.from_run_config({**cfg["config"], "checkpoint-dir": "/x"})
+    defaults = RunConfig.from_run_config({**cfg["config"], "checkpoint-dir": "/x"})
     assert (defaults.num_rounds * defaults.local_steps, defaults.family) == (480, "autoregressive")
 
 
@@ -205,7 +205,7 @@ def test_fedavg_weights_by_reported_size_and_rejects_bad_updates():
 def test_an_update_that_moved_further_than_adam_can_is_rejected():
     """A site's weights may be anywhere, but within one round they can move from the global
     weights by at most what lr x steps of Adam allow (common/update_bound.py)."""
-    run = StudyRun(study="x", checkpoint_dir="c", learning_rate=5e-3, local_steps=160)
+    run = RunConfig(study="x", checkpoint_dir="c", learning_rate=5e-3, local_steps=160)
     bound = run.max_update
     assert 1.5 < bound < 1.6
     g = [np.full(3, 10.0)]
@@ -248,7 +248,7 @@ def test_release_guarantee_is_max_for_disjoint_sites_and_sum_for_overlapping():
     assert release.release_guarantee(per_site, "overlapping")["epsilon"] == 3.5
     assert release.release_guarantee(per_site, "overlapping")["delta"] == pytest.approx(3e-5)
     with pytest.raises(ValueError):
-        StudyRun(study="x", checkpoint_dir="/x", population="sometimes")
+        RunConfig(study="x", checkpoint_dir="/x", population="sometimes")
 
 
 def test_coordinator_rejects_statistics_it_cannot_merge(adult_schema, adult_train):
@@ -485,7 +485,7 @@ def test_silent_site_is_dropped_and_quorum_enforced(tmp_path, adult_slices):
         run_study(FakeGrid(configs, down={2, 3}), make_run(tmp_path / "again", num_rounds=1))
 
 
-def _stats_then_wire(site: SiteState, run: StudyRun, tid: str):
+def _stats_then_wire(site: SiteState, run: RunConfig, tid: str):
     fp = site.schema.fingerprint()
     reply = client_app.handle_stats(site, run.round_wire(tid, 0, fp))
     merged = json.dumps(reply.stats, sort_keys=True)

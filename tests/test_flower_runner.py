@@ -14,20 +14,20 @@ import pytest
 from tables import TINY_MODEL
 from synthpool.common.bundled import ADULT_SCHEMA
 from synthpool.common.schema import Schema
-from synthpool.coordinator.admin.supervisor import SiteInfo, StudyInfo
+from synthpool.coordinator.admin.supervisor import SiteInfo, TrainingOrder
 from synthpool.coordinator.serverapp.checkpoint import CheckpointStore
 from synthpool.coordinator.admin.flower_processes import bin_dir, free_port, write_connection
 from synthpool.coordinator.admin.flower_runner import (
     RESERVED_KEYS, FlowerRunner, parse_settings, runner_for_coordinator,
 )
-from synthpool.coordinator.serverapp.study_run import StudyRun
+from synthpool.coordinator.serverapp.run_config import RunConfig
 from synthpool.coordinator.admin.training_progress import ProgressTranslator
 
 
 def _study(run_id: int = 7, *, population: str = "disjoint", sites=("a", "b", "c"),
-           schema: str | None = None) -> StudyInfo:
+           schema: str | None = None) -> TrainingOrder:
     text = schema if schema is not None else ADULT_SCHEMA.read_text()
-    return StudyInfo(name="adult", run_id=run_id, schema_yaml=text,
+    return TrainingOrder(name="adult", run_id=run_id, schema_yaml=text,
                      schema_fingerprint=Schema.load(ADULT_SCHEMA).fingerprint(), epsilon=3.0,
                      delta=1e-5, population=population, rounds=4, rows=500,
                      sites=tuple(SiteInfo(s, "", "", node_id=100 + i) for i, s in enumerate(sites)))
@@ -43,7 +43,7 @@ def test_the_run_config_is_the_study_and_reads_as_a_studyrun(tmp_path):
     runner = _runner(tmp_path, settings={"local-steps": 5, "min-sites": 2, "model": TINY_MODEL})
     config = runner.run_config(_study(population="overlapping"), schema_path=tmp_path / "s.yaml",
                                checkpoint_dir=tmp_path / "ckpt", release_dir=tmp_path / "rel")
-    run = StudyRun.from_run_config(config)
+    run = RunConfig.from_run_config(config)
     assert (run.study, run.target_epsilon, run.num_rounds, run.release_rows) == \
         ("adult", 3.0, 4, 500)
     assert run.population == "overlapping"  # the sum guarantee

@@ -163,14 +163,14 @@ def test_a_plugin_family_federates(installed_plugin, tmp_path, adult_slices):
 def test_a_site_refuses_a_family_or_setting_it_cannot_build_before_charging(tmp_path, adult_slices):
     from synthpool.agent.ledger import Ledger
     from synthpool.agent.site_state import SiteState
-    from synthpool.coordinator.serverapp.study_run import StudyRun
+    from synthpool.coordinator.serverapp.run_config import RunConfig
 
     with pytest.raises(ValueError, match="unknown generator family"):
-        StudyRun(study="adult", checkpoint_dir=str(tmp_path), family="not-installed")
+        RunConfig(study="adult", checkpoint_dir=str(tmp_path), family="not-installed")
     with pytest.raises(ValueError, match="hidden"):
-        StudyRun(study="adult", checkpoint_dir=str(tmp_path), model='{"hidden": -4}')
+        RunConfig(study="adult", checkpoint_dir=str(tmp_path), model='{"hidden": -4}')
     with pytest.raises(ValueError, match="target-epsilon"):
-        StudyRun(study="adult", checkpoint_dir=str(tmp_path), target_epsilon=-1.0)
+        RunConfig(study="adult", checkpoint_dir=str(tmp_path), target_epsilon=-1.0)
 
     from synthpool.agent.client_app import Refusal, _parse
 

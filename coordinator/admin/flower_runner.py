@@ -43,7 +43,7 @@ from typing import Iterator, Mapping
 from ...common.schema import Schema, SchemaError
 from ...common.wire import model_setting
 from ..serverapp.checkpoint import CheckpointStore
-from .supervisor import RunEvent, StudyInfo
+from .supervisor import RunEvent, TrainingOrder
 from .release_signing import ReleaseRefused, ReleaseTerms, sign_release, take_release
 from .flower_processes import (
     CONNECTION, ManagedProcess, ProcessGroup, flower_run_status, stop_flower_run,
@@ -74,7 +74,7 @@ FLOWER_RUN_ID = re.compile(r"Successfully started run (\d+)")
 class FlowerRun:
     """One study's training as this runner drives it."""
 
-    study: StudyInfo
+    study: TrainingOrder
     workdir: Path
     checkpoint_dir: Path
     staging_dir: Path
@@ -114,7 +114,7 @@ class FlowerRunner:
         self._lock = threading.Lock()
 
     # -- the TrainingRunner protocol -------------------------------------------------------------
-    def start(self, study: StudyInfo) -> None:
+    def start(self, study: TrainingOrder) -> None:
         """Write the schema, submit the Flower run; returns once `flwr run` is started (the
         SuperLink's answer is read by `events`). Raises if the run cannot be submitted."""
         with self._lock:
@@ -227,9 +227,9 @@ class FlowerRunner:
         return True
 
     # -- what a run is told ----------------------------------------------------------------------
-    def run_config(self, study: StudyInfo, *, schema_path: Path, checkpoint_dir: Path,
+    def run_config(self, study: TrainingOrder, *, schema_path: Path, checkpoint_dir: Path,
                    release_dir: Path) -> dict:
-        """The run config of the study's training (StudyRun's keys, coordinator/serverapp/study_run.py)."""
+        """The run config of the study's training (RunConfig's keys, coordinator/serverapp/run_config.py)."""
         n = len(study.sites)
         config = {
             **self.settings,

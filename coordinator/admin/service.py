@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -46,7 +47,7 @@ from .proto_mapping import (
 )
 from .refusals import RefusalLimiter, peer_host
 from .release_store import ReleaseStore
-from .supervisor import TERMINAL, SiteInfo, StudyInfo, TrainingRunner, TrainingSupervisor
+from .supervisor import TERMINAL, SiteInfo, TrainingOrder, TrainingRunner, TrainingSupervisor
 from .pki import (admin_identity, certificate_ids, normalize_fingerprint, normalize_serial,
                   site_public_key)
 
@@ -298,10 +299,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 raise st.Precondition(f"sites not approved: {', '.join(pending)}")
             run = self.state.start_run(study.name, call.actor)
             call.detail = f"run {run.id}"
-        info = StudyInfo(
-            name=study.name, run_id=run.id, schema_yaml=study.schema_yaml,
-            schema_fingerprint=study.schema_fingerprint, epsilon=study.epsilon,
-            delta=study.delta, population=study.population, rounds=study.rounds, rows=study.rows,
+        terms = {f.name: getattr(study, f.name) for f in fields(st.StudyTerms)}
+        info = TrainingOrder(
+            **terms, run_id=run.id,
             sites=tuple(SiteInfo(s.name, s.public_key or "", s.public_key_fingerprint or "",
                                   s.flower_node_id)
                         for s in sites))

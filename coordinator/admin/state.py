@@ -217,7 +217,9 @@ class SiteRecord:
 
 
 @dataclass(frozen=True)
-class StudyRecord:
+class StudyTerms:
+    """What an administrator fixed when creating a study; every run of it trains under them."""
+
     name: str
     schema_yaml: str
     schema_fingerprint: str
@@ -226,6 +228,12 @@ class StudyRecord:
     population: str
     rounds: int
     rows: int
+
+
+@dataclass(frozen=True)
+class StudyRecord(StudyTerms):
+    """A study as stored: its terms, the sites it names (none: every approved site), status."""
+
     sites: tuple[str, ...]
     status: str
     created_at: float

@@ -1,4 +1,4 @@
-"""The training seam of the admin API: what a `TrainingRunner` is given (`StudyInfo`), what it
+"""The training seam of the admin API: what a `TrainingRunner` is given (`TrainingOrder`), what it
 reports (`RunEvent`), and the supervisor that drains each run's events into the database.
 
 Training is delegated: the service records runs and their events, but the work is done by a
@@ -30,19 +30,13 @@ class SiteInfo:
     node_id: int | None = None   # its SuperNode id once approval registered its key
 
 
-@dataclass(frozen=True)
-class StudyInfo:
-    """Everything a runner needs to train a study, resolved when the run starts."""
+@dataclass(frozen=True, kw_only=True)
+class TrainingOrder(st.StudyTerms):
+    """One run of a study, as a runner receives it: the study's terms, the run's id, and its
+    sites resolved (keys, SuperNode ids) when the run starts. (The ServerApp's own view of the
+    training is its run config, coordinator/serverapp/run_config.py.)"""
 
-    name: str
     run_id: int
-    schema_yaml: str
-    schema_fingerprint: str
-    epsilon: float
-    delta: float
-    population: str
-    rounds: int
-    rows: int
     sites: tuple[SiteInfo, ...]
 
 
@@ -66,7 +60,7 @@ class TrainingRunner(Protocol):
     `stopped`). The service calls `events` once per run, from its own thread.
     """
 
-    def start(self, study: StudyInfo) -> None: ...
+    def start(self, study: TrainingOrder) -> None: ...
 
     def stop(self, study: str) -> None: ...
 

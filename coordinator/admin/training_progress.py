@@ -32,7 +32,7 @@ class ProgressTranslator:
     """Turns the event-log records of one training into RunEvents, in order."""
 
     rounds: int
-    population: str                  # StudyRun's: "disjoint" | "overlapping"
+    population: str                  # RunConfig's: "disjoint" | "overlapping"
     checkpoint_dir: Path
     last_round: int = 0
     release: dict | None = None      # the `release_written` record, once seen

@@ -4,11 +4,11 @@ module: building the ServerApp is its only effect."""
 from __future__ import annotations
 
 from .study import run_study
-from .study_run import StudyRun
+from .run_config import RunConfig
 
 
-def make_app(run: StudyRun | None = None):
-    """The ServerApp. Deployment reads the StudyRun from the run config of `flwr run`; the
+def make_app(run: RunConfig | None = None):
+    """The ServerApp. Deployment reads the RunConfig from the run config of `flwr run`; the
     simulation (synthpool/commands/simulate.py) passes its own."""
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
@@ -17,7 +17,7 @@ def make_app(run: StudyRun | None = None):
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_study(grid, run or StudyRun.from_run_config(dict(context.run_config)))
+        run_study(grid, run or RunConfig.from_run_config(dict(context.run_config)))
 
     return app
 

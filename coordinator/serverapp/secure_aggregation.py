@@ -37,13 +37,13 @@ import numpy as np
 
 from ...common.wire import SECAGG_CONFIGS, read_secure_reply, secure_fitins
 from .strategy import SiteResult
-from .study_run import StudyRun
+from .run_config import RunConfig
 from .transport import identify, one_node_per_site, poll_replies, transcribe
 
 
 @dataclass(frozen=True)
 class SecAggSettings:
-    """The protocol's parameters (StudyRun: secagg-threshold, secagg-clipping-range)."""
+    """The protocol's parameters (RunConfig: secagg-threshold, secagg-clipping-range)."""
 
     threshold: float = 0.6          # share of a site's key shares needed to rebuild its secrets
     clipping_range: float = 8.0
@@ -54,7 +54,7 @@ class SecAggSettings:
     max_update: float = float("inf")
 
     @classmethod
-    def of(cls, run: StudyRun) -> "SecAggSettings":
+    def of(cls, run: RunConfig) -> "SecAggSettings":
         return cls(threshold=run.secagg_threshold,
                    clipping_range=run.secagg_clipping_range or run.max_update,
                    timeout=run.round_timeout, poll_interval=run.poll_interval,

@@ -16,7 +16,7 @@ from ...common.stats import TableStats, cell_labels, histogram_columns
 from ...common.wire import STATS_MESSAGE, Request
 from .release import initial_weights
 from .strategy import SiteResult, site_share_limit, weight_cap
-from .study_run import StudyRun
+from .run_config import RunConfig
 from .transport import RoundFailed, exchange, overload_hint, say
 
 log = logging.getLogger("synthpool.coordinator")
@@ -82,7 +82,7 @@ def size_problem(stats: TableStats, claimed: float, source: str) -> str:
     return ""
 
 
-def statistics_stage(grid, run: StudyRun, training_id: str, schema: Schema,
+def statistics_stage(grid, run: RunConfig, training_id: str, schema: Schema,
                      names: dict[str, str], events, transcript=None) -> tuple[dict, list[np.ndarray]]:
     """Ask every connected site for its noisy histograms; merge; build the initial model."""
     nodes = run.study_nodes(grid)

@@ -1,5 +1,5 @@
 """One training of a study in the ServerApp (Message API): a DP generator trained by the sites,
-pooled by FedAvg, sampled into a release. One run = `run_study(grid, StudyRun)`:
+pooled by FedAvg, sampled into a release. One run = `run_study(grid, RunConfig)`:
 
 * resume: the checkpoint dir names the training (training.json), its statistics (start.json) and
   its last completed round; a restarted coordinator continues there with the SAME training id, so
@@ -38,7 +38,7 @@ from .release import sample_release, write_release
 from .secure_aggregation import SecAggSettings, secure_round
 from .statistics_stage import statistics_stage
 from .strategy import FedAvg, QuorumNotReached, SiteResult
-from .study_run import StudyRun
+from .run_config import RunConfig
 from .transport import RoundFailed, exchange, overload_hint, say, wait_for_nodes
 
 
@@ -53,7 +53,7 @@ def _reference_shapes(weights: list[np.ndarray], results: list[SiteResult]):
     common = shapes.most_common(1)[0][0]
     return [np.zeros(s) for s in common]
 
-def run_study(grid, run: StudyRun) -> dict:
+def run_study(grid, run: RunConfig) -> dict:
     """The statistics stage (unless checkpointed), `run.num_rounds` rounds (or the rest of them
     after a restart), then the release. Returns a summary."""
     store = CheckpointStore(Path(run.checkpoint_dir))

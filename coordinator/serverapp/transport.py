@@ -12,7 +12,7 @@ import numpy as np
 
 from ...common.wire import TRAIN_MESSAGE, Reply, Request
 from .strategy import SiteResult
-from .study_run import StudyRun
+from .run_config import RunConfig
 
 
 class RoundFailed(RuntimeError):
@@ -35,7 +35,7 @@ def overload_hint() -> str:
             "the sites, which their own logs show) and run again")
 
 
-def wait_for_nodes(grid, run: "StudyRun", want: int, need: int, timeout: float,
+def wait_for_nodes(grid, run: "RunConfig", want: int, need: int, timeout: float,
                    poll: float = 0.5) -> list[int]:
     deadline = time.monotonic() + timeout
     while True:
@@ -50,7 +50,7 @@ def wait_for_nodes(grid, run: "StudyRun", want: int, need: int, timeout: float,
         time.sleep(poll)
 
 
-def exchange(grid, nodes: list[int], request: Request, rnd: int, run: StudyRun,
+def exchange(grid, nodes: list[int], request: Request, rnd: int, run: RunConfig,
              names: dict[str, str], *, message_type: str = TRAIN_MESSAGE, transcript=None,
              group: str | None = None) -> list[SiteResult]:
     """One round trip of `request` to `nodes`; returns one classified SiteResult per node.

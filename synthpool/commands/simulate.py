@@ -145,7 +145,7 @@ def simulate(
     from synthpool.local_federation import SiteSpec, split_rows, write_site_config
     from synthpool.coordinator.serverapp.release import read_manifest
     from synthpool.coordinator.serverapp.app import make_app as make_server_app
-    from synthpool.coordinator.serverapp.study_run import StudyRun
+    from synthpool.coordinator.serverapp.run_config import RunConfig
 
     if split not in ("iid", "skewed"):
         raise typer.BadParameter("must be 'iid' or 'skewed'", param_hint="--split")
@@ -162,7 +162,7 @@ def simulate(
         site_dir = out / "sites" / spec.name
         configs.append(str(write_site_config(site_dir / "site.toml", spec, site_dir / "state",
                                              "simulation", 9094)))
-    run = StudyRun(
+    run = RunConfig(
         study="adult", checkpoint_dir=str(out / "coordinator" / "checkpoints"),
         num_rounds=rounds, local_steps=steps, target_epsilon=epsilon,
         target_delta=delta, expected_sites=sites,

@@ -13,7 +13,7 @@ from ...common.wire import TrainingSpec, fields_from_wire
 
 
 @dataclass(frozen=True, kw_only=True)
-class StudyRun(TrainingSpec):
+class RunConfig(TrainingSpec):
     """The run config of a training (keys in the FAB's pyproject use dashes): the TrainingSpec
     every site receives (common/wire.py), plus what only the coordinator needs."""
 
@@ -111,7 +111,7 @@ class StudyRun(TrainingSpec):
         return Path(self.release_dir or Path(self.checkpoint_dir) / "release")
 
     @classmethod
-    def from_run_config(cls, config: dict) -> "StudyRun":
+    def from_run_config(cls, config: dict) -> "RunConfig":
         kwargs = fields_from_wire(cls, config)
         if not kwargs.get("checkpoint_dir"):
             raise ValueError("run config 'checkpoint-dir' is required (where the coordinator "
