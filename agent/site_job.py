@@ -278,23 +278,19 @@ def run_round(site: SiteState, global_weights: list[np.ndarray], cfg: RoundConfi
     encoded with the transform every site builds from the same merged statistics."""
     import torch
 
-    from ..common.generators import registry
     from ..common.generators.base import resolve_device
-    from ..common.transforms import TableTransformer
+    from ..common.pipeline import Synthesizer
 
     torch.set_num_threads(torch_threads(site))
-    transformer = TableTransformer(site.schema, stats, max_bins=cfg.max_bins)
+    synthesizer = Synthesizer(site.schema, stats, cfg.family, cfg.hyperparameters,
+                              max_bins=cfg.max_bins, seed=cfg.seed, device=resolve_device("auto"))
     # The encoding depends on the rows and the merged statistics only: cached per training.
     encoded = site.cached_array(
         f"encoded-{cfg.stats_digest.removeprefix('sha256:')[:16]}",
-        lambda: transformer.encode(site.load_rows()).numpy())
-    device = resolve_device("auto")
-    generator = registry.build(cfg.family, transformer, cfg.hyperparameters, seed=cfg.seed,
-                               device=device)
+        lambda: synthesizer.encode(site.load_rows()).numpy())
     if global_weights:
-        generator.set_weights(global_weights)
-    train = generator.fit_steps(torch.from_numpy(encoded).to(device), plan.dp,
-                                proximal_mu=cfg.proximal_mu)
+        synthesizer.set_weights(global_weights)
+    train = synthesizer.fit(torch.from_numpy(encoded), plan.dp, proximal_mu=cfg.proximal_mu)
     if train.steps != plan.dp.steps:  # the ledger was charged for plan.dp.steps, up front
         raise RuntimeError(f"took {train.steps} DP-SGD steps, {plan.dp.steps} were charged")
     # No timing: how long the steps took depends on the sizes of the Poisson batches (the
@@ -304,5 +300,5 @@ def run_round(site: SiteState, global_weights: list[np.ndarray], cfg: RoundConfi
              train.seconds)
     metrics = {"steps": train.steps, "noise-multiplier": plan.dp.noise_multiplier,
                "sample-rate": plan.dp.sample_rate}
-    return generator.get_weights(), metrics
+    return synthesizer.get_weights(), metrics
 

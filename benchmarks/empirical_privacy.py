@@ -41,7 +41,7 @@ def one(generator: str, epsilon: float = 3.0, seed: int = 0) -> dict:
         res = train_single_site(schema, rows, epsilon=epsilon, delta=1e-5, seed=run_seed,
                                 family=generator)
         formal = res.spend.epsilon
-        return res.generator.sample(len(rows), seed=run_seed + 1)
+        return res.sample(len(rows))
 
     found = estimate(schema, train, fit_and_sample, seed=seed)
     return found | {"formal_epsilon": formal}

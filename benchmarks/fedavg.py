@@ -46,10 +46,9 @@ def pooled(split: str, family: str, hyperparameters: dict, seed: int = 0) -> dic
     import pandas as pd
     import torch
 
-    from synthpool.common.generators import registry
+    from synthpool.common.pipeline import Synthesizer
     from synthpool.common.planning import TrainingPlan, dp_sgd_config, preprocessing_noise
     from synthpool.common.stats import collect_stats
-    from synthpool.common.transforms import TableTransformer
 
     from .referee import independent_floor, judge
 
@@ -61,22 +60,22 @@ def pooled(split: str, family: str, hyperparameters: dict, seed: int = 0) -> dic
     rng = np.random.default_rng()
     # Merged statistics: the sum of the sites' noisy histograms has sqrt(sites) x one's noise.
     merged = collect_stats(schema, union, noise * np.sqrt(SITES), rng)
-    transformer = TableTransformer(schema, merged, max_bins=plan.max_bins)
-    generator = registry.build(family, transformer, hyperparameters, seed=seed)
+    model = Synthesizer(schema, merged, family, hyperparameters, max_bins=plan.max_bins,
+                        seed=seed)
     jobs = []
     for rows in sites:
         own = collect_stats(schema, rows, noise, rng)
         dp = dp_sgd_config(plan, EPSILON, DELTA, own.noisy_rows(), own.mechanisms,
                            steps=STEPS // ROUNDS)
-        jobs.append((transformer.encode(rows), dp))
+        jobs.append((model.encode(rows), dp))
     for _ in range(ROUNDS):
-        start, updates = generator.get_weights(), []
+        start, updates = model.get_weights(), []
         for encoded, dp in jobs:
-            generator.set_weights(start)
-            generator.fit_steps(encoded, dp)
-            updates.append(generator.get_weights())
-        generator.set_weights([np.mean(ws, axis=0) for ws in zip(*updates)])
-    synthetic = generator.sample(len(union), seed=seed + 1)
+            model.set_weights(start)
+            model.fit(encoded, dp)
+            updates.append(model.get_weights())
+        model.set_weights([np.mean(ws, axis=0) for ws in zip(*updates)])
+    synthetic = model.sample(len(union))
     return judge(schema, union, test, synthetic, POSITIVE, independent_floor(schema, union))
 
 
@@ -91,7 +90,7 @@ def alone(site: int, family: str, seed: int = 0) -> dict:
     schema, sites, test = site_rows("skewed")
     res = train_single_site(schema, sites[site], epsilon=EPSILON, delta=DELTA, seed=seed,
                             family=family)
-    return utility(schema, res.generator.sample(32561, seed=seed + 1), test, POSITIVE)
+    return utility(schema, res.sample(32561), test, POSITIVE)
 
 
 def run(jobs=JOBS) -> str:

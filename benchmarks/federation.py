@@ -79,7 +79,7 @@ def _single_site_auc(path: str, seed: int = 0) -> float:
     rows, _ = load_table(path, schema)
     test, _ = load_table(ADULT_TEST, schema)
     res = train_single_site(schema, rows, epsilon=3.0, delta=1e-5, seed=seed)
-    return _referee(schema, res.generator.sample(32561, seed=seed + 1), test)["gb_auc"]
+    return _referee(schema, res.sample(32561), test)["gb_auc"]
 
 
 def single_site(path: str) -> dict:

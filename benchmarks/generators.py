@@ -76,7 +76,7 @@ def one(family: str | None, epsilon: float, variant: str, seed: int = 0,
     res = train_single_site(schema, train, epsilon=epsilon, delta=1e-5, seed=seed, family=family,
                             hyperparameters=hyperparameters)
     fit = time.perf_counter() - start
-    syn = res.generator.sample(len(train), seed=seed + 1)
+    syn = res.sample(len(train))
     risk = privacy_risk(schema, train, test, syn, seed=seed)
     attacks = risk["membership_inference"]
     return judge(schema, train, test, syn, POSITIVE, floor) | {

@@ -43,7 +43,7 @@ def one(epsilon: float | None, seed: int = 0) -> dict:
     start = time.perf_counter()
     res = train_single_site(schema, train, epsilon=epsilon, delta=1e-5, seed=seed)
     fit = time.perf_counter() - start
-    syn = res.generator.sample(len(train), seed=seed + 1)
+    syn = res.sample(len(train))
     return _referee(schema, syn, test) | {"fit_s": fit, "epsilon_spent": res.spend.epsilon}
 
 

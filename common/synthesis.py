@@ -6,37 +6,23 @@ with a manifest that lets anyone recompute the epsilon from its own fields.
 
 from __future__ import annotations
 
-import platform
-import time
 import warnings
 from dataclasses import dataclass, field
-from importlib import metadata
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .generators.base import Generator, TrainStats, resolve_device
+from .dp_training import ProgressFn, TrainStats
 from .generators import registry
+from .generators.base import resolve_device
 from .generators.registry import DEFAULT_FAMILY
+from .manifest import manifest as new_manifest
+from .pipeline import Synthesizer
 from .planning import TrainingPlan, dp_sgd_config, preprocessing_noise
 from .privacy import DeltaWarning, GaussianMechanism, PureSpend, Spend, check_budget, delta_warning
 from .schema import Schema
 from .stats import collect_stats
-from .transforms import TableTransformer
-
-PACKAGES = ("synthpool", "torch", "opacus", "flwr", "numpy", "pandas", "scikit-learn")
-
-
-def package_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for p in PACKAGES:
-        try:
-            out[p] = metadata.version(p)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def schema_drafts(schema: Schema, site: str | None = None) -> dict[str, list[PureSpend]]:
@@ -57,12 +43,24 @@ def schema_spends(schema: Schema, site: str | None = None) -> list[PureSpend]:
 
 @dataclass
 class SynthesisResult:
-    generator: Generator
+    synthesizer: Synthesizer
     spend: Spend
     manifest: dict = field(default_factory=dict)
     # How training went (steps, rows seen, seconds): for the owner's own console and benchmarks,
     # never written to the manifest (rows seen and seconds depend on the exact Poisson batches).
     train: TrainStats | None = None
+
+    @property
+    def generator(self):
+        return self.synthesizer.generator
+
+    def sample(self, rows: int) -> pd.DataFrame:
+        return self.synthesizer.sample(rows)
+
+    def release_manifest(self, file: str, rows: int, source: str, on_invalid: str) -> dict:
+        """The manifest of `rows` rows written to `file` (the input named as the owner gave it)."""
+        return self.manifest | {"output": {"file": file, "rows": rows},
+                                "input": {"source": source, "on_invalid": on_invalid}}
 
 
 def train_single_site(
@@ -75,7 +73,7 @@ def train_single_site(
     family: str = DEFAULT_FAMILY,
     device: str = "auto",
     seed: int = 0,
-    progress: Callable[[int, int, float], None] | None = None,
+    progress: ProgressFn | None = None,
     hyperparameters: dict | None = None,
 ) -> SynthesisResult:
     """Spend (epsilon, delta) on `df`: DP histograms, then DP-SGD calibrated so the composition of
@@ -98,39 +96,33 @@ def train_single_site(
     warning = delta_warning(delta, stats.noisy_rows())
     if warning:
         warnings.warn(warning, DeltaWarning, stacklevel=2)
-    transformer = TableTransformer(schema, stats, max_bins=plan.max_bins)
+    synthesizer = Synthesizer(schema, stats, family, hp, max_bins=plan.max_bins, seed=seed,
+                              device=device)
     dp = dp_sgd_config(plan, rdp_epsilon, rdp_delta, stats.noisy_rows(), stats.mechanisms)
-    generator = registry.build(family, transformer, hp, seed=seed, device=device)
-    encoded = transformer.encode(df).to(device)
-    train = generator.fit_steps(encoded, dp, progress=progress)
+    train = synthesizer.fit(synthesizer.encode(df), dp, progress=progress)
     # The steps actually taken are what the accountant charges.
     mechanisms = [*stats.mechanisms,
                   GaussianMechanism("dp-sgd", dp.noise_multiplier, dp.sample_rate, train.steps)]
     spend = Spend(delta=delta, mechanisms=mechanisms, pure=pure)
     # Nothing here is an exact count or a timing of the private rows: the row count is the DP
     # estimate, and the training's seconds and rows seen (which add up the Poisson batch sizes)
-    # stay in `SynthesisResult.train`. The creation time is taken after training, so with the
-    # files' own times it does not bracket how long training took.
-    manifest = {
-        "kind": "synthpool.single-site",
-        "created_unix": int(time.time()),
-        "schema": schema.describe(),
-        "model": generator.describe(),
-        "training": {
+    # stay in `SynthesisResult.train`.
+    manifest = new_manifest(
+        "synthpool.single-site", schema, synthesizer.describe(),
+        training={
             "plan": plan.to_dict(), "steps": train.steps, "sample_rate": dp.sample_rate,
             "noise_multiplier": dp.noise_multiplier, "max_grad_norm": dp.max_grad_norm,
-            "poisson_sampling": True, "method": generator.training,
+            "poisson_sampling": True, "method": synthesizer.generator.training,
             "expected_batch": dp.expected_batch, "device": device,
         },
-        "rows_estimate_dp": round(stats.noisy_rows()),
-        "privacy": {
+        rows_estimate_dp=round(stats.noisy_rows()),
+        privacy={
             "requested": {"epsilon": epsilon, "delta": delta},
             **spend.to_dict(),
             "unit": "one row of the input table (add/remove neighbouring datasets)",
             **({"warnings": [warning]} if warning else {}),
         },
-        "seed": seed,
-        "versions": package_versions(),
-        "torch_threads": torch.get_num_threads(),
-    }
-    return SynthesisResult(generator, spend, manifest, train)
+        seed=seed,
+        torch_threads=torch.get_num_threads(),
+    )
+    return SynthesisResult(synthesizer, spend, manifest, train)

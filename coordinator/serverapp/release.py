@@ -36,6 +36,8 @@ import numpy as np
 import pandas as pd
 
 from ...common.budget import POPULATIONS
+from ...common.manifest import manifest as new_manifest
+from ...common.pipeline import Synthesizer, sample_seed
 from ...common.schema import Schema
 from ...common.stats import TableStats
 from .checkpoint import Checkpoint, CheckpointStore
@@ -52,22 +54,18 @@ def _threads() -> int:
         return os.cpu_count() or 1
 
 
-def build_generator(run, schema: Schema, stats: TableStats):
-    """The generator exactly as every site builds it for this training (agent/site_job.py)."""
+def synthesizer(run, schema: Schema, stats: TableStats) -> Synthesizer:
+    """The synthesizer exactly as every site builds it for this training (agent/site_job.py)."""
     import torch
 
-    from ...common.generators import registry
-    from ...common.transforms import TableTransformer
-
     torch.set_num_threads(_threads())
-    transformer = TableTransformer(schema, stats, max_bins=run.max_bins)
-    return registry.build(run.family, transformer, run.hyperparameters, seed=run.seed,
-                          device="cpu")
+    return Synthesizer(schema, stats, run.family, run.hyperparameters, max_bins=run.max_bins,
+                       seed=run.seed)
 
 
 def initial_weights(run, schema: Schema, stats: TableStats) -> list[np.ndarray]:
     """The public starting point of round 1 (deterministic in the run's seed)."""
-    return build_generator(run, schema, stats).get_weights()
+    return synthesizer(run, schema, stats).get_weights()
 
 
 def across_sites(values: list[float], population: str) -> float:
@@ -117,22 +115,21 @@ def sample_release(run, store: CheckpointStore, schema: Schema, start: dict) -> 
     if ckpt is None:
         raise RuntimeError("no completed round to release")
     stats = TableStats.from_dict(json.loads(start["stats_json"]))
-    generator = build_generator(run, schema, stats)
-    generator.set_weights(ckpt.weights)
+    pooled = synthesizer(run, schema, stats)
+    pooled.set_weights(ckpt.weights)
     # The DP total can be inflated by a site's forged counts only within what the statistics
     # stage let through (statistics_stage.size_problem); the cap bounds the work whatever happens.
     n = int(run.release_rows) or min(MAX_RELEASE_ROWS, max(1, round(stats.noisy_rows())))
     t0 = time.perf_counter()
-    frame = generator.sample(n, seed=run.seed + 1)
-    return Sample(frame, run.seed + 1, time.perf_counter() - t0, ckpt, stats,
-                  generator.describe())
+    frame = pooled.sample(n)
+    return Sample(frame, sample_seed(run.seed), time.perf_counter() - t0, ckpt, stats,
+                  pooled.describe())
 
 
 def write_release(run, store: CheckpointStore, schema: Schema, start: dict, sample: Sample,
                   ledgers: dict[str, dict], evaluation=None) -> dict:
     """Data, the shared report (when the sites evaluated the release), manifest, signature into
     `run.release_path`; returns the manifest. `ledgers`: each site's latest ledger report."""
-    from ...common.synthesis import package_versions
     from ...common.table_io import write_json, write_table
 
     ckpt, stats = sample.checkpoint, sample.stats
@@ -160,17 +157,15 @@ def write_release(run, store: CheckpointStore, schema: Schema, start: dict, samp
         report = _write_report(run, schema, sample, evaluation, per_site, guarantee, out)
     weights_sha = hashlib.sha256(b"".join(np.ascontiguousarray(w).tobytes()
                                           for w in ckpt.weights)).hexdigest()
-    manifest = {
-        "kind": "synthpool.federated-release",
-        "created_unix": int(time.time()),
-        "study": run.study,
-        "training_id": start.get("training_id", ckpt.meta.get("training_id")),
-        "schema": schema.describe(),
-        "data": {"file": DATA_FILE, "rows": len(sample.frame), "columns": list(sample.frame.columns),
-                 "sha256": data_sha, "sample_seed": sample.seed,
-                 "sampling_seconds": round(sample.seconds, 2)},
-        "model": sample.model | {"weights_sha256": weights_sha, "init_seed": run.seed},
-        "training": {
+    manifest = new_manifest(
+        "synthpool.federated-release", schema,
+        sample.model | {"weights_sha256": weights_sha, "init_seed": run.seed},
+        study=run.study,
+        training_id=start.get("training_id", ckpt.meta.get("training_id")),
+        data={"file": DATA_FILE, "rows": len(sample.frame), "columns": list(sample.frame.columns),
+              "sha256": data_sha, "sample_seed": sample.seed,
+              "sampling_seconds": round(sample.seconds, 2)},
+        training={
             "rounds": ckpt.round,
             "steps_per_round": run.local_steps,
             "plan": run.plan.to_dict(),
@@ -184,15 +179,15 @@ def write_release(run, store: CheckpointStore, schema: Schema, start: dict, samp
             "dp": f"at every site: {sample.model['training']}; noise calibrated once per "
                   "site for the whole schedule",
         },
-        "participation": rounds,
-        "statistics": {
+        participation=rounds,
+        statistics={
             "sites": {s: {"rows_estimate": v["rows"], "weight": v.get("weight", v["rows"]),
                           "size_source": v.get("size_source", "")}
                       for s, v in start["sites"].items()},
             "rows_estimate_dp": round(stats.noisy_rows(), 1),
             "digest": start.get("stats_digest"),
         },
-        "privacy": {
+        privacy={
             "unit": "one row of one site's table (add/remove neighbouring datasets)",
             "population": run.population,
             "per_site": per_site,
@@ -201,9 +196,8 @@ def write_release(run, store: CheckpointStore, schema: Schema, start: dict, samp
                       "(each site's ledger includes them); not the report's aggregate scores",
             "source": "each site's ledger as the site last reported it to the coordinator",
         },
-        "evaluation": _evaluation_summary(evaluation, report),
-        "versions": package_versions(),
-    }
+        evaluation=_evaluation_summary(evaluation, report),
+    )
     # Unsigned: the launcher checks and signs it (coordinator/admin/release_signing.py).
     write_json(manifest, out / MANIFEST_FILE)
     return manifest

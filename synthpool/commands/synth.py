@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -101,12 +100,10 @@ def synth(
     if result.train is not None and result.train.seconds > 0:
         err.print(f"trained {result.train.steps} DP-SGD steps in {result.train.seconds:.1f} s "
                   "(this console only: the manifest holds no timings)", markup=False)
-    synthetic = result.generator.sample(rows, seed=seed + 1)
     # In the table's own vocabulary and column order: spellings, integers, missing markers.
-    write_table(synthetic, out, schema, columns=report.columns)
-    manifest = result.manifest | {"output": {"file": out.name, "rows": rows},
-                                  "input": {"source": report.source, "on_invalid": on_invalid}}
-    write_json(manifest, manifest_path(out))
+    write_table(result.sample(rows), out, schema, columns=report.columns)
+    write_json(result.release_manifest(out.name, rows, report.source, on_invalid),
+               manifest_path(out))
     err.print(f"wrote {rows} rows to {out} and {manifest_path(out).name}: "
               f"epsilon={result.spend.epsilon:.3f}, delta={delta:g} (PLD accountant)", markup=False)
     if empirical_privacy:
@@ -121,11 +118,10 @@ def _estimate_privacy(schema, df, result, train, out: Path, seed: int) -> None:
     def fit_and_sample(rows, run_seed):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeltaWarning)  # said once, for the release
-            return train(rows, run_seed, "DP-SGD (estimate)").generator.sample(len(rows),
-                                                                             seed=run_seed + 1)
+            return train(rows, run_seed, "DP-SGD (estimate)").sample(len(rows))
 
     found = estimate(schema, df, fit_and_sample, seed=seed,
-                     release=result.generator.sample(len(df), seed=seed + 1),
+                     release=result.sample(len(df)),
                      progress=lambda m: err.print(m, markup=False))
     path = manifest_path(out, "empirical-privacy")
     write_json(found | {"formal_epsilon": result.spend.epsilon}, path)
