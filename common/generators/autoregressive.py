@@ -141,8 +141,13 @@ class AutoregressiveGenerator(Generator):
         net.eval()
         # A head's first layer over one-hot inputs is the sum of the weight columns of the hot
         # inputs: an embedding-bag sum over the tokens drawn so far, instead of a matmul over the
-        # whole one-hot prefix (most of sampling's time).
-        first = [(head[0].weight.t().contiguous(), head[0].bias) for head in net.heads]
+        # whole one-hot prefix (most of sampling's time). The constant input (index 0) is hot in
+        # every row, so its column carries the bias too.
+        first = []
+        for head in net.heads:
+            w = head[0].weight.t().contiguous()
+            w[0] += head[0].bias
+            first.append(w)
         given = 1 + int(bool(t.target_dim))  # the constant input, then the target's token
         tokens = np.empty((n, len(self.order)), dtype=np.int64)
         for lo in range(0, n, batch_size):
@@ -151,12 +156,15 @@ class AutoregressiveGenerator(Generator):
             hot = torch.zeros(m, given + len(net.heads), dtype=torch.long, device=self.device)
             if t.target_dim:
                 hot[:, 1] = 1 + torch.as_tensor(y_tok[lo:hi], device=self.device)
-            u = torch.rand(m, len(self.order), generator=gen, device=self.device)
-            for j, (head, (w, b), off, k) in enumerate(zip(net.heads, first, net.offsets,
-                                                          net.sizes)):
-                z = nn.functional.embedding_bag(hot[:, :given + j], w, mode="sum") + b
-                cdf = torch.softmax(head[1:](z), dim=1).cumsum_(1)
-                tok = (cdf < u[:, j:j + 1]).sum(1).clamp_(max=k - 1)
+            u = torch.rand(len(self.order), m, 1, generator=gen, device=self.device)
+            for j, (head, w, off, k) in enumerate(zip(net.heads, first, net.offsets, net.sizes)):
+                z = nn.functional.embedding_bag(hot[:, :given + j], w, mode="sum").relu_()
+                for layer in head[2:]:
+                    z = layer(z)
+                # Inverse CDF on the unnormalised probabilities: u scaled by their total
+                # instead of a softmax's division of every cell.
+                cdf = (z - z.amax(1, keepdim=True)).exp_().cumsum_(1)
+                tok = (cdf < u[j] * cdf[:, -1:]).sum(1).clamp_(max=k - 1)
                 hot[:, given + j] = off + tok
-                tokens[lo:hi, self.order[j]] = tok.cpu().numpy()
+            tokens[lo:hi, self.order] = hot[:, given:].numpy(force=True) - np.asarray(net.offsets)
         return t.decode(tokens, y_tok if t.target_dim else None, rng)
