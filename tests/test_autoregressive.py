@@ -118,7 +118,7 @@ def test_sampling_draws_what_the_network_predicts_for_the_tokens_drawn_so_far(tr
     from synthpool.common.generators.tokens import target_tokens
 
     target_tokens(gen.transformer, n, None, rng)
-    u = torch.rand(n, len(gen.order), generator=torch_gen)
+    u = torch.rand(len(gen.order), n, 1, generator=torch_gen)[:, :, 0].t()  # per column
     rows = gen.transformer.encode(syn)
     with torch.inference_mode():
         logits = gen.net(rows)
