@@ -13,6 +13,15 @@ from .client import DEFAULT_COORDINATOR, ENV, command_group, fail, print_table, 
 
 app = command_group("Set up and run the coordinator (on the coordinator host).")
 
+# The state dir init made: for every command but init itself and doctor (which reports it missing).
+_EXISTING_STATE_DIR = path_option(..., "--state-dir", exists=True, file_okay=False)
+_DATABASE_URL = typer.Option(None, "--database-url", envvar="SYNTHPOOL_DATABASE_URL")
+
+
+def _local_actor() -> str:
+    """Who the audit log names for a command run on the coordinator host, past the admin API."""
+    return f"local:{getpass.getuser()}"
+
 
 @app.command("init")
 def coordinator_init(
@@ -38,7 +47,7 @@ def coordinator_init(
             token = None
         # Recorded like add-admin-cert's, so `admins list-certs` names it with its serial.
         state.record_admin_certificate("admin", *certificate_ids(pki.admin_cert.read_bytes()))
-        state.record_audit(f"local:{getpass.getuser()}", "CoordinatorInit",
+        state.record_audit(_local_actor(), "CoordinatorInit",
                            {"hosts": host, "admin_token_created": token is not None}, "OK")
     data = {"state_dir": str(state_dir), **pki.as_dict(), "admin_token": token,
             "environment": connection_environment(pki.ca_cert, token)}
@@ -95,13 +104,12 @@ def connection_instructions(pki, token: Optional[str]) -> str:
 
 @app.command("serve-admin")
 def coordinator_serve_admin(
-    state_dir: Path = path_option(..., "--state-dir", exists=True, file_okay=False),
+    state_dir: Path = _EXISTING_STATE_DIR,
     listen: str = typer.Option("127.0.0.1:50051", "--listen",
                                help="TLS port: bearer tokens and site enrollment."),
     mtls_listen: str = typer.Option("127.0.0.1:50052", "--mtls-listen",
                                     help="Mutual-TLS port for admin certificates ('' for none)."),
-    database_url: Optional[str] = typer.Option(None, "--database-url",
-                                               envvar="SYNTHPOOL_DATABASE_URL"),
+    database_url: Optional[str] = _DATABASE_URL,
     releases_dir: Optional[Path] = path_option(None, "--releases-dir",
                                                 help="Default: STATE_DIR/releases."),
     runner: Optional[str] = typer.Option(None, "--runner",
@@ -199,8 +207,7 @@ def coordinator_doctor(
     state_dir: Path = path_option(..., "--state-dir", help="The coordinator's state folder."),
     host: List[str] = typer.Option([], "--host", help="A name sites or administrators dial "
                                    "(repeatable): the server certificate must name it."),
-    database_url: Optional[str] = typer.Option(None, "--database-url",
-                                               envvar="SYNTHPOOL_DATABASE_URL"),
+    database_url: Optional[str] = _DATABASE_URL,
     listen: str = typer.Option("127.0.0.1:50051", "--listen",
                                help="serve-admin's --listen (the TLS port)."),
     mtls_listen: str = typer.Option("127.0.0.1:50052", "--mtls-listen",
@@ -227,9 +234,8 @@ def coordinator_doctor(
 @app.command("add-token")
 def coordinator_add_token(
     name: str = typer.Argument(..., help="Who the token is for (shown in the audit log)."),
-    state_dir: Path = path_option(..., "--state-dir", exists=True, file_okay=False),
-    database_url: Optional[str] = typer.Option(None, "--database-url",
-                                               envvar="SYNTHPOOL_DATABASE_URL"),
+    state_dir: Path = _EXISTING_STATE_DIR,
+    database_url: Optional[str] = _DATABASE_URL,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Create another admin bearer token (printed once)."""
@@ -240,17 +246,15 @@ def coordinator_add_token(
             token = state.add_admin_token(name)
         except AlreadyExists as e:
             fail(as_json, "ALREADY_EXISTS", str(e))
-        state.record_audit(f"local:{getpass.getuser()}", "AddAdminToken",
-                           {"name": name}, "OK")
+        state.record_audit(_local_actor(), "AddAdminToken", {"name": name}, "OK")
     show(as_json, {"name": name, "token": token}, lambda: print(
         f"{token}\n(shown once) use it as: export {ENV}TOKEN={token}"))
 
 
 @app.command("list-tokens")
 def coordinator_list_tokens(
-    state_dir: Path = path_option(..., "--state-dir", exists=True, file_okay=False),
-    database_url: Optional[str] = typer.Option(None, "--database-url",
-                                               envvar="SYNTHPOOL_DATABASE_URL"),
+    state_dir: Path = _EXISTING_STATE_DIR,
+    database_url: Optional[str] = _DATABASE_URL,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """List the admin bearer tokens by name (the tokens themselves are not stored)."""
@@ -273,9 +277,8 @@ def coordinator_list_tokens(
 @app.command("revoke-token")
 def coordinator_revoke_token(
     name: str = typer.Argument(..., help="The token's name (`coordinator list-tokens`)."),
-    state_dir: Path = path_option(..., "--state-dir", exists=True, file_okay=False),
-    database_url: Optional[str] = typer.Option(None, "--database-url",
-                                               envvar="SYNTHPOOL_DATABASE_URL"),
+    state_dir: Path = _EXISTING_STATE_DIR,
+    database_url: Optional[str] = _DATABASE_URL,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Revoke an admin bearer token: the admin API refuses it from its next call on (no
@@ -286,11 +289,9 @@ def coordinator_revoke_token(
         try:
             state.revoke_admin_token(name)
         except StateError as e:
-            state.record_audit(f"local:{getpass.getuser()}", "RevokeAdminToken",
-                               {"name": name}, e.code, str(e))
+            state.record_audit(_local_actor(), "RevokeAdminToken", {"name": name}, e.code, str(e))
             fail(as_json, e.code, str(e))
-        state.record_audit(f"local:{getpass.getuser()}", "RevokeAdminToken",
-                           {"name": name}, "OK")
+        state.record_audit(_local_actor(), "RevokeAdminToken", {"name": name}, "OK")
     show(as_json, {"name": name, "revoked": True}, lambda: print(
         f"revoked admin token {name!r}: the admin API refuses it from now on"))
 
@@ -298,10 +299,9 @@ def coordinator_revoke_token(
 @app.command("add-admin-cert")
 def coordinator_add_admin_cert(
     name: str = typer.Argument(..., help="The administrator (certificate CN, shown in the audit log)."),
-    state_dir: Path = path_option(..., "--state-dir", exists=True, file_okay=False),
+    state_dir: Path = _EXISTING_STATE_DIR,
     out: Path = path_option(..., "--out", help="Folder for NAME.pem and NAME.key."),
-    database_url: Optional[str] = typer.Option(None, "--database-url",
-                                               envvar="SYNTHPOOL_DATABASE_URL"),
+    database_url: Optional[str] = _DATABASE_URL,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Issue another administrator's client certificate from the coordinator's CA (recorded,
@@ -313,8 +313,7 @@ def coordinator_add_admin_cert(
     if cert.exists() or key.exists():
         fail(as_json, "ALREADY_EXISTS", f"{cert} or {key} exists")
     with State.open(state_dir, database_url) as state, state.audited(
-            f"local:{getpass.getuser()}", "AddAdminCertificate",
-            {"name": name, "cert": str(cert)}) as audit:
+            _local_actor(), "AddAdminCertificate", {"name": name, "cert": str(cert)}) as audit:
         issue_admin_certificate(CoordinatorPKI(state_dir), name, cert, key)
         ids = certificate_ids(cert.read_bytes())
         state.record_admin_certificate(name, *ids)
