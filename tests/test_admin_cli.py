@@ -1,4 +1,4 @@
-"""The admin CLI (synthpool/commands/admin.py) against a real admin server over TLS."""
+"""The admin CLI (synthpool/commands/admin/) against a real admin server over TLS."""
 
 from __future__ import annotations
 

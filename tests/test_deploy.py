@@ -719,13 +719,13 @@ def test_guide_initialises_the_coordinator_before_starting_its_services():
 
 
 def test_guide_documents_the_admin_cli_connection_settings():
-    from synthpool.commands import admin
+    from synthpool.commands.admin.client import CONNECTION_OPTIONS, DEFAULT_COORDINATOR
 
     section = _section("Connect the admin CLI")
-    for name, _type, option in admin._CONNECTION:
+    for name, _type, option in CONNECTION_OPTIONS:
         assert option.envvar in section, option.envvar
         assert option.param_decls[0] in section, option.param_decls[0]
-    assert admin.DEFAULT_COORDINATOR in section
+    assert DEFAULT_COORDINATOR in section
     # What init prints is what the guide shows.
     assert "export SYNTHPOOL_ADMIN_TOKEN=" in section and "coordinator init" in section
 

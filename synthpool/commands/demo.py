@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from rich.console import Console
 from synthpool.common.cli_paths import path_option
 
 from .progress import StageProgress
+from .signals import sigterm_as_interrupt
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -38,16 +38,6 @@ def _cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
-
-
-def _sigterm_as_interrupt() -> None:
-    """SIGTERM and SIGINT both unwind through the federation's cleanup (SIGINT explicitly: a
-    shell starting us in the background would otherwise leave it ignored)."""
-    def handler(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def demo(
@@ -80,7 +70,7 @@ def demo(
 
     if split not in ("iid", "skewed"):
         raise typer.BadParameter("must be 'iid' or 'skewed'", param_hint="--split")
-    _sigterm_as_interrupt()
+    sigterm_as_interrupt()
     started = time.monotonic()
     work = out / "federation"
     release_dir = out / "release"
