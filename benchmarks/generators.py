@@ -7,7 +7,7 @@ the training and the test rows alike). Each synthetic table has as many rows as 
 rows and is judged by benchmarks/referee.py: gradient boosting and random forest trained on it and
 tested on the real hold-out (adult.test), column shapes, and dependence between columns (with the
 share kept above the independent floor). The attacks are the product's own membership-inference
-attacks (common/evaluation/privacy.py: training rows against adult.test rows, the attacker holding
+attacks (common/evaluation/attacks.py: training rows against adult.test rows, the attacker holding
 only the release); "attack AUC" is the better of the two (0.5: a coin flip). A configuration run more than once (different seeds;
 the DP noise is fresh each time anyway) shows the median and the range.
 """
@@ -62,7 +62,7 @@ def one(family: str | None, epsilon: float, variant: str, seed: int = 0,
         hyperparameters: dict | None = None) -> dict:
     import torch
 
-    from synthpool.common.evaluation.privacy import privacy_risk
+    from synthpool.common.evaluation.attacks import privacy_risk
     from synthpool.common.synthesis import train_single_site
 
     from .referee import independent_floor, judge, utility

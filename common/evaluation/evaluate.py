@@ -21,7 +21,7 @@ import pandas as pd
 from ..schema import Schema
 from .fidelity import fidelity
 from .jsonable import jsonable
-from .privacy import privacy_risk
+from .attacks import privacy_risk
 from .grids import exact_histograms
 from .utility import tstr
 

@@ -8,7 +8,7 @@ import pytest
 
 from synthpool.common.evaluation.density_shift import density_shift
 from synthpool.common.evaluation.empirical_privacy import chebyshev_epsilon
-from synthpool.common.evaluation.privacy import privacy_risk
+from synthpool.common.evaluation.attacks import privacy_risk
 from test_evaluation_data import adult_schema, adult_splits, shuffle_columns
 
 N = 3000
