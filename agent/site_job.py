@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..common.atomic import atomic_write_text
-from ..common.generators.base import DPSGDConfig
+from ..common.dp_training import DPSGDConfig
 from ..common.planning import expected_batch, preprocessing_noise, sample_rate_for
 from ..common.privacy import (GaussianMechanism, calibrate_noise, check_delta, check_epsilon,
                               delta_warning)

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .generators.base import Generator, TrainStats, resolve_device
+from .dp_training import TrainStats
+from .generators.base import Generator, resolve_device
 from .generators import registry
 from .generators.registry import DEFAULT_FAMILY
 from .planning import TrainingPlan, dp_sgd_config, preprocessing_noise
