@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from ..common.atomic import atomic_write_bytes, atomic_write_text, create_once
+from ..common.digests import file_sha256
 from ..common.schema import Schema
 from .config import SiteConfig, load_site_config
 from .ledger import Ledger
@@ -109,12 +110,9 @@ class SiteState:
                 return cached["sha256"]
         except (OSError, ValueError):
             pass
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        atomic_write_text(memo, json.dumps({"key": key, "sha256": h.hexdigest()}))
-        return h.hexdigest()
+        digest = file_sha256(path)
+        atomic_write_text(memo, json.dumps({"key": key, "sha256": digest}))
+        return digest
 
     def load_table(self) -> pd.DataFrame:
         """The site's whole table, validated against the study schema (common/loading.py).

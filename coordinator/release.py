@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..common.digests import file_sha256
 from ..common.schema import Schema
 from ..common.stats import TableStats
 from .checkpoint import Checkpoint, CheckpointStore
@@ -138,7 +139,7 @@ def write_release(run, store: CheckpointStore, schema: Schema, start: dict, samp
     ckpt, stats = sample.checkpoint, sample.stats
     out = run.release_path
     write_table(sample.frame, out / DATA_FILE, schema)  # in the table's own spellings
-    data_sha = hashlib.sha256((out / DATA_FILE).read_bytes()).hexdigest()
+    data_sha = file_sha256(out / DATA_FILE)
 
     rounds = []
     for rnd in range(1, ckpt.round + 1):
