@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +46,7 @@ from ..common.planning import expected_batch, preprocessing_noise, sample_rate_f
 from ..common.privacy import (GaussianMechanism, calibrate_noise, check_delta, check_epsilon,
                               delta_warning)
 from ..common.stats import TableStats, collect_stats
+from ..common.threads import usable_cores
 from ..common.wire import TrainingSpec, as_wire, fields_from_wire
 from .ledger import NoBudget
 from .site_state import ReportedSize, SiteState, _safe
@@ -264,12 +264,7 @@ def _calibrate(site: SiteState, cfg: RoundConfig, size: ReportedSize) -> dict:
 def torch_threads(site: SiteState) -> int:
     """The site's thread setting, else every core this process may run on."""
     wanted = site.config.site.torch_threads
-    if wanted:
-        return wanted
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return wanted or usable_cores()
 
 
 def run_round(site: SiteState, global_weights: list[np.ndarray], cfg: RoundConfig,

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,19 +37,13 @@ import pandas as pd
 from ..common.digests import file_sha256
 from ..common.schema import Schema
 from ..common.stats import TableStats
+from ..common.threads import usable_cores
 from .checkpoint import Checkpoint, CheckpointStore
 from .server_app import POPULATIONS
 
 DATA_FILE = "synthetic.csv"
 MANIFEST_FILE = "manifest.json"
 MAX_RELEASE_ROWS = 10_000_000  # rows sampled when the run does not say (release-rows = 0)
-
-
-def _threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def build_generator(run, schema: Schema, stats: TableStats):
@@ -60,7 +53,7 @@ def build_generator(run, schema: Schema, stats: TableStats):
     from ..common.generators import registry
     from ..common.transforms import TableTransformer
 
-    torch.set_num_threads(_threads())
+    torch.set_num_threads(usable_cores())
     transformer = TableTransformer(schema, stats, max_bins=run.max_bins)
     return registry.build(run.family, transformer, run.hyperparameters, seed=run.seed,
                           device="cpu")
