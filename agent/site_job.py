@@ -49,7 +49,7 @@ from ..common.stats import TableStats, collect_stats
 from ..common.threads import usable_cores
 from ..common.wire import TrainingSpec, as_wire, fields_from_wire
 from .ledger import NoBudget
-from .site_state import ReportedSize, SiteState, _safe
+from .site_state import ReportedSize, SiteState, safe_file_name
 
 STATS_MECHANISM = "preprocessing histograms"  # the name common/stats.py:collect_stats gives it
 
@@ -203,7 +203,7 @@ def reported_size(site: SiteState, stats: TableStats) -> ReportedSize:
 # -- one round --------------------------------------------------------------------------------------
 
 def plan_path(site: SiteState, cfg: RoundConfig):
-    return site.state_dir / "plans" / _safe(cfg.study) / f"{_safe(cfg.training_id)}.json"
+    return site.state_dir / "plans" / safe_file_name(cfg.study) / f"{safe_file_name(cfg.training_id)}.json"
 
 
 def load_plan(site: SiteState, cfg: RoundConfig) -> dict | None:

@@ -179,10 +179,10 @@ class SiteState:
 
     # -- releases -----------------------------------------------------------------------------
     def _release_dir(self, study: str) -> Path:
-        return self.state_dir / "releases" / _safe(study)
+        return self.state_dir / "releases" / safe_file_name(study)
 
     def _release_path(self, study: str, job_id: str) -> Path:
-        return self._release_dir(study) / f"{_safe(job_id)}.npz"
+        return self._release_dir(study) / f"{safe_file_name(job_id)}.npz"
 
     def has_release(self, study: str, job_id: str) -> bool:
         return self._release_path(study, job_id).exists()
@@ -202,10 +202,10 @@ class SiteState:
                 "input_hash": release.input_hash, "payload": release.payload}
         arrays = {f"w{i}": w for i, w in enumerate(release.weights)}
         np.savez(buf, __meta__=np.array(json.dumps(meta)), **arrays)
-        atomic_write_bytes(self._release_dir(study) / f"{_safe(job_id)}.npz", buf.getvalue())
+        atomic_write_bytes(self._release_path(study, job_id), buf.getvalue())
 
 
-def _safe(name: str) -> str:
+def safe_file_name(name: str) -> str:
     """A job id or study as a file name (ids contain '/' and ':')."""
     out = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     return out + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
@@ -221,4 +221,4 @@ def input_hash(weights: list[np.ndarray], config: dict) -> str:
     return h.hexdigest()
 
 
-__all__ = ["SiteState", "ReportedSize", "Release", "input_hash", "NODE_CONFIG_KEY"]
+__all__ = ["SiteState", "ReportedSize", "Release", "input_hash", "safe_file_name", "NODE_CONFIG_KEY"]

@@ -36,7 +36,7 @@ class Encoder:
             if isinstance(col, NumericColumn):
                 names += [name, f"{name}=<missing>"]
             else:
-                names += [f"{name}={lab}" for lab in _labels(col)] + [f"{name}=<missing>"]
+                names += [f"{name}={lab}" for lab in column_labels(col)] + [f"{name}=<missing>"]
         self.feature_names = names
 
     @property
@@ -52,7 +52,7 @@ class Encoder:
     def _column(col, values: pd.Series) -> np.ndarray:
         if isinstance(col, NumericColumn):
             return np.column_stack(scale_numeric(col, values))
-        labels = _labels(col)
+        labels = column_labels(col)
         out = np.zeros((len(values), len(labels) + 1))
         missing = values.isna().to_numpy()
         codes = category_codes(values, labels)
@@ -80,7 +80,8 @@ def category_codes(values: pd.Series, labels: list) -> np.ndarray:
     return index.get_indexer(values.to_numpy(dtype=object)).astype(int)
 
 
-def _labels(col) -> list:
+def column_labels(col) -> list:
+    """The values of a categorical or boolean column, in the schema's order."""
     if isinstance(col, CategoricalColumn):
         return list(col.categories)
     if isinstance(col, BooleanColumn):

@@ -33,7 +33,7 @@ console = Console(stderr=True, soft_wrap=True)
 DELTA = 1e-5
 
 
-def _sigterm_as_interrupt() -> None:
+def sigterm_as_interrupt() -> None:
     """SIGTERM and SIGINT both unwind through the federation's cleanup (SIGINT explicitly: a
     shell starting us in the background would otherwise leave it ignored)."""
     def handler(signum, frame):  # noqa: ARG001
@@ -73,7 +73,7 @@ def demo(
 
     if split not in ("iid", "skewed"):
         raise typer.BadParameter("must be 'iid' or 'skewed'", param_hint="--split")
-    _sigterm_as_interrupt()
+    sigterm_as_interrupt()
     started = time.monotonic()
     work = out / "federation"
     release_dir = out / "release"

@@ -26,7 +26,7 @@ from synthpool.common.budget import POPULATIONS
 from synthpool.common.cli_paths import absolute
 from synthpool.common.threads import usable_cores
 
-from .demo import (_sigterm_as_interrupt, console, federate, next_steps, print_summary,
+from .demo import (sigterm_as_interrupt, console, federate, next_steps, print_summary,
                    release_key)
 
 SITE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # agent/config.py's rule for a site's name
@@ -154,7 +154,7 @@ def run_on_tables(*, schema_file: Path, site_args: list[str], query_args: list[s
             raise typer.BadParameter(f"site {site.name!r}: {site.source} is inside {out}'s "
                                      "federation/ or release/ folder, which a run starts by "
                                      "emptying", param_hint="--site")
-    _sigterm_as_interrupt()
+    sigterm_as_interrupt()
     started = time.monotonic()
     validate(sites, schema, on_invalid)  # before anything is started or deleted
 
