@@ -66,8 +66,9 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import NearestNeighbors
 
+from ..grids import category_codes, column_labels
 from ..schema import Schema
-from .encoding import Encoder, category_codes, column_labels
+from .encoding import Encoder
 
 DELTAS = (0.1, 0.05, 0.01)
 HEADLINE_DELTA = 0.05

@@ -21,7 +21,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..schema import BooleanColumn, CategoricalColumn, NumericColumn, Schema
+from ..grids import category_codes, column_labels
+from ..schema import NumericColumn, Schema
 
 
 class Encoder:
@@ -74,16 +75,3 @@ def scale_numeric(col: NumericColumn, values: pd.Series) -> tuple[np.ndarray, np
     return z, missing.astype(float)
 
 
-def category_codes(values: pd.Series, labels: list) -> np.ndarray:
-    """Index of each value in `labels`; -1 for missing or unknown values."""
-    index = pd.Index(labels)
-    return index.get_indexer(values.to_numpy(dtype=object)).astype(int)
-
-
-def column_labels(col) -> list:
-    """The values of a categorical or boolean column, in the schema's order."""
-    if isinstance(col, CategoricalColumn):
-        return list(col.categories)
-    if isinstance(col, BooleanColumn):
-        return [False, True]
-    raise TypeError(f"unsupported column {col!r}")

@@ -25,8 +25,9 @@ from sklearn.metrics import (accuracy_score, f1_score, precision_recall_curve, r
                              roc_curve)
 from threadpoolctl import threadpool_limits
 
+from ..grids import category_codes, column_labels
 from ..schema import Schema
-from .encoding import Encoder, category_codes, column_labels
+from .encoding import Encoder
 
 MODELS: dict[str, Callable[[int], object]] = {
     "random_forest": lambda seed: RandomForestClassifier(n_estimators=100, n_jobs=2, random_state=seed),
