@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ..common.privacy import GaussianMechanism, histogram_noise_for
-from .site_state import SiteState, _safe
+from .site_state import SiteState, safe_file_name
 
 EVALUATION_MECHANISM = "evaluation histograms"
 MAX_SYNTHETIC_ROWS = 200_000  # a sample beyond this is a mistake or an attack on the site's CPU
@@ -104,7 +104,7 @@ def run_evaluation(site: SiteState, cfg, synthetic: pd.DataFrame,
     privacy = {"epsilon": ledger["epsilon"], "delta": ledger["delta"],
                "per_site": {site.name: {"epsilon": ledger["epsilon"], "delta": ledger["delta"]}}}
     result = evaluate(schema, train, site.load_holdout(), synthetic, privacy=privacy, seed=cfg.seed)
-    report_dir = site.state_dir / "reports" / _safe(cfg.study) / _safe(cfg.training_id)
+    report_dir = site.state_dir / "reports" / safe_file_name(cfg.study) / safe_file_name(cfg.training_id)
     write_report(result, report_dir, title=f"{site.name}: evaluation of training {cfg.training_id} "
                                            "(this site's own copy: contains its real distributions)")
     histograms = None

@@ -36,20 +36,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..common.atomic import atomic_write_text
-from ..common.generators.base import DPSGDConfig
+from ..common.dp_training import DPSGDConfig
 from ..common.planning import expected_batch, preprocessing_noise, sample_rate_for
 from ..common.privacy import (GaussianMechanism, calibrate_noise, check_delta, check_epsilon,
                               delta_warning)
 from ..common.stats import TableStats, collect_stats
+from ..common.threads import usable_cores
 from ..common.wire import TrainingSpec, as_wire, fields_from_wire
 from .ledger import NoBudget
-from .site_state import ReportedSize, SiteState, _safe
+from .site_state import ReportedSize, SiteState, safe_file_name
 
 STATS_MECHANISM = "preprocessing histograms"  # the name common/stats.py:collect_stats gives it
 
@@ -203,7 +203,7 @@ def reported_size(site: SiteState, stats: TableStats) -> ReportedSize:
 # -- one round --------------------------------------------------------------------------------------
 
 def plan_path(site: SiteState, cfg: RoundConfig):
-    return site.state_dir / "plans" / _safe(cfg.study) / f"{_safe(cfg.training_id)}.json"
+    return site.state_dir / "plans" / safe_file_name(cfg.study) / f"{safe_file_name(cfg.training_id)}.json"
 
 
 def load_plan(site: SiteState, cfg: RoundConfig) -> dict | None:
@@ -264,12 +264,7 @@ def _calibrate(site: SiteState, cfg: RoundConfig, size: ReportedSize) -> dict:
 def torch_threads(site: SiteState) -> int:
     """The site's thread setting, else every core this process may run on."""
     wanted = site.config.site.torch_threads
-    if wanted:
-        return wanted
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return wanted or usable_cores()
 
 
 def run_round(site: SiteState, global_weights: list[np.ndarray], cfg: RoundConfig,

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from ..common.atomic import atomic_write_bytes, atomic_write_text, create_once
+from ..common.digests import file_sha256
 from ..common.schema import Schema
 from .config import SiteConfig, load_site_config
 from .ledger import Ledger
@@ -109,12 +110,9 @@ class SiteState:
                 return cached["sha256"]
         except (OSError, ValueError):
             pass
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        atomic_write_text(memo, json.dumps({"key": key, "sha256": h.hexdigest()}))
-        return h.hexdigest()
+        digest = file_sha256(path)
+        atomic_write_text(memo, json.dumps({"key": key, "sha256": digest}))
+        return digest
 
     def load_table(self) -> pd.DataFrame:
         """The site's whole table, validated against the study schema (common/loading.py).
@@ -181,10 +179,10 @@ class SiteState:
 
     # -- releases -----------------------------------------------------------------------------
     def _release_dir(self, study: str) -> Path:
-        return self.state_dir / "releases" / _safe(study)
+        return self.state_dir / "releases" / safe_file_name(study)
 
     def _release_path(self, study: str, job_id: str) -> Path:
-        return self._release_dir(study) / f"{_safe(job_id)}.npz"
+        return self._release_dir(study) / f"{safe_file_name(job_id)}.npz"
 
     def has_release(self, study: str, job_id: str) -> bool:
         return self._release_path(study, job_id).exists()
@@ -204,10 +202,10 @@ class SiteState:
                 "input_hash": release.input_hash, "payload": release.payload}
         arrays = {f"w{i}": w for i, w in enumerate(release.weights)}
         np.savez(buf, __meta__=np.array(json.dumps(meta)), **arrays)
-        atomic_write_bytes(self._release_dir(study) / f"{_safe(job_id)}.npz", buf.getvalue())
+        atomic_write_bytes(self._release_path(study, job_id), buf.getvalue())
 
 
-def _safe(name: str) -> str:
+def safe_file_name(name: str) -> str:
     """A job id or study as a file name (ids contain '/' and ':')."""
     out = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     return out + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
@@ -223,4 +221,4 @@ def input_hash(weights: list[np.ndarray], config: dict) -> str:
     return h.hexdigest()
 
 
-__all__ = ["SiteState", "ReportedSize", "Release", "input_hash", "NODE_CONFIG_KEY"]
+__all__ = ["SiteState", "ReportedSize", "Release", "input_hash", "safe_file_name", "NODE_CONFIG_KEY"]

@@ -31,7 +31,7 @@ def _setup(family: str, device: str = "cpu"):
 
 
 def train_dp(family: str, batch: int, steps: int, device: str = "cpu") -> dict:
-    from synthpool.common.generators.base import DPSGDConfig
+    from synthpool.common.dp_training import DPSGDConfig
 
     gen, data = _setup(family, device)
     q = batch / len(data)

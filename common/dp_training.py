@@ -12,14 +12,40 @@ from __future__ import annotations
 import secrets
 import time
 import warnings
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 from opacus import PrivacyEngine
 from opacus.data_loader import DPDataLoader
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .generators.base import DPSGDConfig, ProgressFn, TrainStats
 from .update_bound import ADAM_BETAS
+
+
+@dataclass(frozen=True)
+class DPSGDConfig:
+    """One DP-SGD job: `steps` Poisson-sampled batches of expected size sample_rate * n."""
+
+    steps: int
+    sample_rate: float
+    noise_multiplier: float
+    max_grad_norm: float
+    # The expected batch the noisy gradient sum is divided by: sample_rate x the DP row estimate
+    # (never the exact count). 0: sample_rate x len(data), for public data only (benchmarks).
+    expected_batch: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    steps: int
+    rows_seen: int
+    seconds: float
+    final_loss: float
+
+
+ProgressFn = Callable[[int, int, float], None]  # (step, total_steps, loss)
 
 
 def dp_sgd(

@@ -460,7 +460,7 @@ def _take(values: np.ndarray, codes: np.ndarray, null) -> np.ndarray:
     return ext[np.where(codes < 0, len(values), codes)]
 
 
-def _canonical(v) -> str:
+def canonical_text(v) -> str:
     """Typed (Parquet/SQL) value as the text a CSV would hold, so both validate alike."""
     if isinstance(v, (bool, np.bool_)):
         return "true" if v else "false"
@@ -478,10 +478,10 @@ def _text_cells(s: pd.Series, *, strip: bool, suffixes: tuple[str, ...] | list[s
         codes = s.cat.codes.to_numpy()
         uniq = np.asarray(s.cat.categories, dtype=object)
         if len(uniq) and pd.api.types.infer_dtype(uniq, skipna=False) != "string":
-            uniq = np.array([_canonical(u) for u in uniq], dtype=object)
+            uniq = np.array([canonical_text(u) for u in uniq], dtype=object)
     else:
         codes, uniq = pd.factorize(s, use_na_sentinel=True)
-        uniq = np.array([_canonical(u) for u in uniq], dtype=object)
+        uniq = np.array([canonical_text(u) for u in uniq], dtype=object)
     if len(uniq):
         u = pd.Series(uniq, dtype=object)
         if strip:
@@ -496,7 +496,7 @@ def _text_cells(s: pd.Series, *, strip: bool, suffixes: tuple[str, ...] | list[s
     return np.asarray(codes, dtype=np.int64), uniq
 
 
-def _parse_numbers(texts: np.ndarray) -> np.ndarray:
+def parse_numbers(texts: np.ndarray) -> np.ndarray:
     """Exact float parse (NaN where not a number). pandas' fast parser decides what is a number;
     Python's float() gives the value, because the former can be off by an ulp and a CSV must load
     to the same floats as the Parquet file of the same table."""
@@ -575,7 +575,7 @@ def _check(s: pd.Series, col, schema: Schema, raw: _Raw) -> _Checked:
         missing = np.zeros(len(uniq), dtype=bool)
 
     if isinstance(col, NumericColumn):
-        values = _parse_numbers(uniq)
+        values = parse_numbers(uniq)
         problems = _numeric_problems(values, col)
         problems[np.isnan(values)] = _BAD
         values[missing] = np.nan

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .generators.base import DPSGDConfig
+from .dp_training import DPSGDConfig
 from .privacy import GaussianMechanism, calibrate_noise, histogram_noise_for
 
 

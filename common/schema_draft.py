@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .loading import _canonical, _parse_numbers
+from .loading import canonical_text, parse_numbers
 from .schema import BOOLEAN_PAIRS, EXACT_DRAFT, CsvOptions, Schema
 
 NUMERIC_MIN_DISTINCT = 20  # fewer distinct numbers than this: a code list, modelled as categories
@@ -98,13 +98,13 @@ def _spellings(texts: list[str]) -> tuple[str, str] | None:
 def _profile(name: str, s: pd.Series) -> _Profile:
     present = s.notna()
     codes, uniq = pd.factorize(s[present], use_na_sentinel=True)
-    text = [_canonical(u).strip() for u in uniq]
+    text = [canonical_text(u).strip() for u in uniq]
     counts = pd.Series(np.bincount(codes, minlength=len(uniq)), index=text, dtype=np.int64)
     counts = counts.groupby(level=0, sort=False).sum()
     missing = int((~present).sum())
     if counts.empty:
         return _Profile(name, "empty", counts, missing, None)
-    numbers = _parse_numbers(np.asarray(counts.index, dtype=object))
+    numbers = parse_numbers(np.asarray(counts.index, dtype=object))
     numbers = numbers if np.isfinite(numbers).all() else None
     integer = numbers is not None and bool(np.all(numbers == np.floor(numbers)))
     if (missing == 0 and len(counts) > NUMERIC_MIN_DISTINCT and (counts == 1).all()
@@ -184,7 +184,7 @@ def _grid_shape(neg, zero, pos, t: float, lower: float) -> dict:
 
 
 def _category_order(values: list[str]) -> list[str]:
-    nums = _parse_numbers(np.asarray(values, dtype=object))
+    nums = parse_numbers(np.asarray(values, dtype=object))
     if len(values) and np.isfinite(nums).all():
         return [v for _, v in sorted(zip(nums, values))]
     return sorted(values)

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .atomic import atomic_write_bytes, atomic_write_text
+from .digests import file_sha256
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
@@ -60,14 +61,6 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     if not isinstance(key, Ed25519PublicKey):
         raise ValueError(f"{path}: not an Ed25519 public key")
     return key
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def release_files(folder: Path) -> tuple[dict[str, Path], list[str]]:
@@ -109,7 +102,7 @@ def seal(folder: Path, key: Ed25519PrivateKey) -> dict:
     if problems:
         raise ValueError(f"{folder}: cannot seal: " + "; ".join(problems))
     manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
-    manifest["files"] = {rel: {"sha256": _sha256(p), "bytes": p.stat().st_size}
+    manifest["files"] = {rel: {"sha256": file_sha256(p), "bytes": p.stat().st_size}
                          for rel, p in payload.items()}
     manifest["signature"] = {
         "algorithm": "Ed25519", "file": SIGNATURE,
@@ -145,7 +138,7 @@ def verify(folder: Path, public_key: Ed25519PublicKey) -> Verification:
     for name, meta in listed.items():
         if name not in present:
             problems.append(f"{name}: listed in the manifest but missing")
-        elif _sha256(present[name]) != meta["sha256"]:
+        elif file_sha256(present[name]) != meta["sha256"]:
             problems.append(f"{name}: content differs from the signed hash")
     problems += [f"{name}: not part of the signed release" for name in present if name not in listed]
     return Verification(not problems, problems, len(listed))

@@ -18,27 +18,26 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .grids import Grid, cell_counts, column_grid, numeric_edges
 from .privacy import GaussianMechanism
-from .schema import CategoricalColumn, NumericColumn, Schema
+from .schema import NumericColumn, Schema
 
 # Integer columns with at most this many values get one cell per value; others a grid of cells.
 MAX_EXACT_INTEGERS = 256
 GRID_CELLS = 256
-MISSING = "__missing__"
+
+
+def statistics_grid(col) -> Grid:
+    """The statistics stage's cells of a column (common/grids.py): fine, for placing the
+    transforms' bins; no `<other>` cell (the rows are validated) and a `<missing>` cell only for
+    a nullable column."""
+    return column_grid(col, GRID_CELLS, max_integer_cells=MAX_EXACT_INTEGERS, other=False,
+                       missing=col.nullable)
 
 
 def numeric_grid(col: NumericColumn) -> np.ndarray:
-    """Cell edges over [lower, upper] (exclusive of point masses), from the schema alone."""
-    lo, hi = col.lower, col.upper
-    if col.integer and hi - lo + 1 <= MAX_EXACT_INTEGERS:
-        return np.arange(lo, hi + 2) - 0.5  # one cell per integer value
-    if col.scale == "log":
-        # log1p of the offset from `lower` handles bounds at or below zero (capital-gain: 0).
-        edges = lo + np.expm1(np.linspace(0, np.log1p(hi - lo), GRID_CELLS + 1))
-    else:
-        edges = np.linspace(lo, hi, GRID_CELLS + 1)
-    edges[0], edges[-1] = lo, hi
-    return edges
+    """Cell edges over [lower, upper] (exclusive of point masses) of the statistics grid."""
+    return numeric_edges(col, GRID_CELLS, MAX_EXACT_INTEGERS)
 
 
 def histogram_columns(schema: Schema) -> list[str]:
@@ -51,45 +50,13 @@ def histogram_columns(schema: Schema) -> list[str]:
 
 def cell_labels(schema: Schema, name: str) -> list[str]:
     """Names of the histogram cells of a column, in order (for reports and merging checks)."""
-    col = schema.column(name)
-    if isinstance(col, NumericColumn):
-        labels = [f"={p:g}" for p in col.point_masses]
-        edges = numeric_grid(col)
-        labels += [f"[{a:g},{b:g})" for a, b in zip(edges[:-1], edges[1:])]
-    elif isinstance(col, CategoricalColumn):
-        labels = list(col.categories)
-    else:
-        labels = ["False", "True"]
-    return labels + ([MISSING] if col.nullable else [])
+    return statistics_grid(schema.column(name)).labels
 
 
 def exact_counts(schema: Schema, name: str, values: pd.Series) -> np.ndarray:
     """Exact histogram of one column over its public cells. Private: only ever released noised."""
     col = schema.column(name)
-    n_cells = len(cell_labels(schema, name))
-    counts = np.zeros(n_cells)
-    missing = values.isna().to_numpy()
-    present = values[~missing]
-    if isinstance(col, NumericColumn):
-        x = present.to_numpy(dtype=float)
-        is_mass = np.zeros(len(x), dtype=bool)
-        for i, p in enumerate(col.point_masses):
-            hit = x == p
-            counts[i] += hit.sum()
-            is_mass |= hit
-        edges = numeric_grid(col)
-        idx = np.clip(np.searchsorted(edges, x[~is_mass], side="right") - 1, 0, len(edges) - 2)
-        counts[len(col.point_masses):len(col.point_masses) + len(edges) - 1] += np.bincount(
-            idx, minlength=len(edges) - 1)
-    else:
-        labels = cell_labels(schema, name)
-        keys = present.map(str) if not isinstance(col, CategoricalColumn) else present
-        vc = keys.value_counts()
-        for i, lab in enumerate(labels):
-            counts[i] += vc.get(lab, 0)
-    if col.nullable:
-        counts[-1] += missing.sum()
-    return counts
+    return cell_counts(col, values, statistics_grid(col))
 
 
 @dataclass

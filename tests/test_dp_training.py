@@ -6,8 +6,7 @@ import pytest
 import torch
 from opacus.optimizers.optimizer import DPOptimizer
 
-from synthpool.common.dp_training import dp_sgd
-from synthpool.common.generators.base import DPSGDConfig
+from synthpool.common.dp_training import DPSGDConfig, dp_sgd
 from synthpool.common.planning import TrainingPlan, dp_sgd_config, expected_batch
 from synthpool.common.privacy import GaussianMechanism
 

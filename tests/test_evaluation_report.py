@@ -88,7 +88,7 @@ def test_without_a_formal_guarantee_the_report_says_so(report):
     assert r.summary["privacy_spent"]["level"] == "poor"
     data["summary"] = r.summary
     # The two sections that depend on it (rendering every figure again would only cost time).
-    html = report_module._summary(data) + report_module._budget(data)
+    html = report_module.summary_section(data) + report_module.budget_section(data)
     assert "No formal privacy guarantee" in html and "data:image" not in html
 
 

@@ -66,8 +66,9 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import NearestNeighbors
 
+from ..grids import category_codes, column_labels
 from ..schema import Schema
-from .encoding import Encoder, _labels, category_codes
+from .encoding import Encoder
 
 DELTAS = (0.1, 0.05, 0.01)
 HEADLINE_DELTA = 0.05
@@ -153,7 +154,7 @@ def outcome_predictions(schema: Schema, synthetic: pd.DataFrame, records: pd.Dat
         raise ValueError(f"unknown outcome model {model!r}; one of {OUTCOME_MODELS}")
     if schema.target is None:
         raise ValueError("the schema names no target")
-    labels = _labels(schema.column(schema.target))
+    labels = column_labels(schema.column(schema.target))
     enc = Encoder(schema, [c for c in schema.names if c != schema.target])
     y = category_codes(synthetic[schema.target], labels)
     keep = y >= 0

@@ -21,7 +21,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..schema import BooleanColumn, CategoricalColumn, NumericColumn, Schema
+from ..grids import category_codes, column_labels
+from ..schema import NumericColumn, Schema
 
 
 class Encoder:
@@ -36,7 +37,7 @@ class Encoder:
             if isinstance(col, NumericColumn):
                 names += [name, f"{name}=<missing>"]
             else:
-                names += [f"{name}={lab}" for lab in _labels(col)] + [f"{name}=<missing>"]
+                names += [f"{name}={lab}" for lab in column_labels(col)] + [f"{name}=<missing>"]
         self.feature_names = names
 
     @property
@@ -52,7 +53,7 @@ class Encoder:
     def _column(col, values: pd.Series) -> np.ndarray:
         if isinstance(col, NumericColumn):
             return np.column_stack(scale_numeric(col, values))
-        labels = _labels(col)
+        labels = column_labels(col)
         out = np.zeros((len(values), len(labels) + 1))
         missing = values.isna().to_numpy()
         codes = category_codes(values, labels)
@@ -74,15 +75,3 @@ def scale_numeric(col: NumericColumn, values: pd.Series) -> tuple[np.ndarray, np
     return z, missing.astype(float)
 
 
-def category_codes(values: pd.Series, labels: list) -> np.ndarray:
-    """Index of each value in `labels`; -1 for missing or unknown values."""
-    index = pd.Index(labels)
-    return index.get_indexer(values.to_numpy(dtype=object)).astype(int)
-
-
-def _labels(col) -> list:
-    if isinstance(col, CategoricalColumn):
-        return list(col.categories)
-    if isinstance(col, BooleanColumn):
-        return [False, True]
-    raise TypeError(f"unsupported column {col!r}")

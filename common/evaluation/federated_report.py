@@ -9,7 +9,8 @@ from __future__ import annotations
 from html import escape
 
 from . import plots
-from .report import CSS, _budget, _fidelity, _img, _num, _pct, _summary
+from .report import (CSS, budget_section, fidelity_section, figure_html, number_text, percent_text,
+                     summary_section)
 
 
 def render_federated_html(d: dict, *, title: str) -> str:
@@ -27,9 +28,9 @@ def render_federated_html(d: dict, *, title: str) -> str:
              "rows it set aside before training, and sent back only the scores below and, where "
              "shown, distributions with differential-privacy noise added, charged to its privacy "
              "budget. Each site keeps a full report with its real distributions for its own staff.</p>"]
-    parts += [_summary(d), _budget(d), _per_site(d)]
+    parts += [summary_section(d), budget_section(d), _per_site(d)]
     if d["fidelity"]:
-        parts.append(_fidelity(d))
+        parts.append(fidelity_section(d))
     parts += [_columns(d), _relationships(d), _attacks(d), _method(d), "</main></body></html>"]
     return "\n".join(parts)
 
@@ -54,11 +55,11 @@ def _per_site(d: dict) -> str:
         risk = sc.get("privacy_risk", {})
         rows.append(
             f"<tr><td>{escape(name)}</td><td class='num'>{s['weight']:,.0f}</td>"
-            f"<td class='num'>{_pct(sc.get('fidelity', {}).get('overall'))}</td>"
-            f"<td class='num'>{_num(gb.get('synthetic', {}).get('roc_auc'))} / "
-            f"{_num(gb.get('real', {}).get('roc_auc'))}</td>"
-            f"<td class='num'>{_num(_best_auc(risk.get('membership_inference')))}</td>"
-            f"<td class='num'>{_pct(risk.get('dcr', {}).get('exact_copy_rate'), 1)}</td>"
+            f"<td class='num'>{percent_text(sc.get('fidelity', {}).get('overall'))}</td>"
+            f"<td class='num'>{number_text(gb.get('synthetic', {}).get('roc_auc'))} / "
+            f"{number_text(gb.get('real', {}).get('roc_auc'))}</td>"
+            f"<td class='num'>{number_text(_best_auc(risk.get('membership_inference')))}</td>"
+            f"<td class='num'>{percent_text(risk.get('dcr', {}).get('exact_copy_rate'), 1)}</td>"
             f"<td>{'yes' if s['shared_histograms'] else 'no'}</td>"
             f"<td>{OPTED_IN if s.get('scores') else 'no'}</td></tr>")
     pooled = d["utility"].get("models", {})
@@ -68,8 +69,9 @@ def _per_site(d: dict) -> str:
                 "(weighted mean over sites)</h3><table><tr><th>model</th><th>trained on</th>"
                 "<th>accuracy</th><th>F1</th><th>ROC AUC</th></tr>" + "".join(
                     f"<tr><td>{escape(plots.MODEL_TITLE.get(m, m))}</td><td>{src}</td>"
-                    f"<td class='num'>{_num(r.get('accuracy'))}</td><td class='num'>{_num(r.get('f1'))}</td>"
-                    f"<td class='num'>{_num(r.get('roc_auc'))}</td></tr>"
+                    f"<td class='num'>{number_text(r.get('accuracy'))}</td>"
+                    f"<td class='num'>{number_text(r.get('f1'))}</td>"
+                    f"<td class='num'>{number_text(r.get('roc_auc'))}</td></tr>"
                     for m, by in pooled.items() for src, r in by.items()) + "</table>")
     return ("<section id='sites'><h2>Site by site</h2><p class='explain'>Each row is one site's "
             "verdict on the same synthetic data. Usefulness is averaged over sites, weighted by "
@@ -106,8 +108,8 @@ def _relationships(d: dict) -> str:
             "data (darker = stronger). Right: how well each pair's relationship matches the real "
             "data, as the sites scored it (darker = closer; 100% = the same). A generator that "
             "made up each column independently would show an empty left side. Dependence kept "
-            f"(sites' mean): <b>{_pct(dep.get('score'))}</b>.</p>"
-            + _img(plots.matrices(dep["columns"], [("Synthetic data: association", dep["synthetic"]),
+            f"(sites' mean): <b>{percent_text(dep.get('score'))}</b>.</p>"
+            + figure_html(plots.matrices(dep["columns"], [("Synthetic data: association", dep["synthetic"]),
                                                    ("Agreement with the sites' real data", dep["agreement"])],
                                   "0 to 1"),
                    "association and agreement matrices", "")
@@ -121,14 +123,14 @@ def _attacks(d: dict) -> str:
                 f"<p class='explain'>Not measured: {escape(r['skipped'])}.</p></section>")
     mia, dcr, emp = r["membership_inference"], r["dcr"], r["empirical_privacy"]
     rows = "".join(
-        f"<tr><td>{name}</td><td class='num'>{_num(mia[k]['auc'])}</td>"
-        f"<td class='num'>{_pct(mia[k]['tpr_at_fpr_1pct'], 1)}</td><td>{escape(mia[k]['site'])}</td></tr>"
+        f"<tr><td>{name}</td><td class='num'>{number_text(mia[k]['auc'])}</td>"
+        f"<td class='num'>{percent_text(mia[k]['tpr_at_fpr_1pct'], 1)}</td><td>{escape(mia[k]['site'])}</td></tr>"
         for k, name in (("distance", "distance"), ("density_ratio", "density ratio")))
     emp_line = ""
     if emp.get("epsilon_hat") is not None:
         emp_line = (f"<p class='explain'>Density-ratio shift, a heuristic (site {escape(emp['site'])}): "
                     f"the synthetic data's shift towards a person exceeds "
-                    f"<b>{_num(emp['epsilon_hat'], 2)}</b> for at most {_pct(emp.get('delta_hat'))} "
+                    f"<b>{number_text(emp['epsilon_hat'], 2)}</b> for at most {percent_text(emp.get('delta_hat'))} "
                     "of people. A score on that site's data, not a guarantee. The empirical "
                     "privacy estimate of Triastcyn &amp; Faltings is a separate section, produced "
                     "by <code>synthpool synth --empirical-privacy</code>.</p>")
@@ -137,14 +139,14 @@ def _attacks(d: dict) -> str:
             "tell which of its people were in the training data, from rows it set aside before "
             "training? The worst site is shown. AUC 0.5 is a coin flip. A passed check does not "
             "prove safety; the formal epsilon above does the proving.</p>"
-            + _img(plots.attack_scores(mia), "membership attack results", "")
+            + figure_html(plots.attack_scores(mia), "membership attack results", "")
             + "<table><tr><th>attack</th><th>AUC</th><th>members caught at 1% false alarms</th>"
               f"<th>worst site</th></tr>{rows}</table>"
             + f"<table><tr><td>exact copies of a training row (site {escape(dcr['site'])})</td>"
-              f"<td class='num'>{_pct(dcr['exact_copy_rate'], 1)}</td><td>set-aside rows matching "
-              f"a training row: {_pct(dcr['holdout_exact_match_rate'], 1)}</td></tr>"
+              f"<td class='num'>{percent_text(dcr['exact_copy_rate'], 1)}</td><td>set-aside rows matching "
+              f"a training row: {percent_text(dcr['holdout_exact_match_rate'], 1)}</td></tr>"
               f"<tr><td>synthetic rows closer than 95% of set-aside rows</td>"
-              f"<td class='num'>{_pct(dcr['share_closer_than_holdout_p5'], 1)}</td>"
+              f"<td class='num'>{percent_text(dcr['share_closer_than_holdout_p5'], 1)}</td>"
               "<td>about 5% is normal</td></tr></table>" + emp_line + "</section>")
 
 

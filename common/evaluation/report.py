@@ -69,13 +69,13 @@ def render_html(d: dict, *, title: str) -> str:
              f"{d['n_rows']['synthetic']:,} synthetic rows compared with {d['n_rows']['train']:,} "
              f"real training rows and {d['n_rows']['holdout']:,} real rows kept aside · "
              f"{escape(d['created_at'])}</p>"]
-    parts += [_summary(d), _budget(d), _utility(d), _fidelity(d), _columns(d), _relationships(d),
-              _privacy_checks(d), _inputs(d), _method(d), "</main></body></html>"]
+    parts += [summary_section(d), budget_section(d), _utility(d), fidelity_section(d), _columns(d),
+              _relationships(d), _privacy_checks(d), _inputs(d), _method(d), "</main></body></html>"]
     return "\n".join(parts)
 
 
 # -- sections ---------------------------------------------------------------------------------------
-def _summary(d: dict) -> str:
+def summary_section(d: dict) -> str:
     s = d["summary"]
     cards = []
     for key, question in (("useful", "Is it useful?"), ("safe", "Is it safe?"),
@@ -93,7 +93,7 @@ def _summary(d: dict) -> str:
             "check does not prove safety: a cleverer attacker might do better.</p></section>")
 
 
-def _budget(d: dict) -> str:
+def budget_section(d: dict) -> str:
     p = d.get("formal_privacy") or {}
     per_site = per_site_epsilons(p)
     release = p.get("epsilon")
@@ -115,7 +115,7 @@ def _budget(d: dict) -> str:
     if p.get("delta") is not None:
         body.append(f"<p class='explain'>delta = {float(p['delta']):.0e}: the small probability "
                     "with which the epsilon bound may fail.</p>")
-    body.append(_img(plots.epsilon_bars(per_site, float(release)), "privacy budget per site",
+    body.append(figure_html(plots.epsilon_bars(per_site, float(release)), "privacy budget per site",
                      "Epsilon per site and for the release."))
     body.append(_empirical_estimate(p.get("empirical_estimate")))
     body.append("</section>")
@@ -132,9 +132,9 @@ def _empirical_estimate(e: dict | None) -> str:
                 f"{escape(e['skipped'])}.</p>")
     names = {"logistic": "logistic regression", "neighbours": "5 nearest neighbours"}
     rows = "".join(
-        f"<tr><td>{escape(names.get(m, m))}</td><td class='num'>{_num(r['epsilon_hat'], 3)}</td>"
-        f"<td class='num'>{_num(r['null']['epsilon_hat'], 3) if 'null' in r else '-'}</td>"
-        f"<td class='num'>{_num(r['expected_privacy_loss'], 4)}</td></tr>"
+        f"<tr><td>{escape(names.get(m, m))}</td><td class='num'>{number_text(r['epsilon_hat'], 3)}</td>"
+        f"<td class='num'>{number_text(r['null']['epsilon_hat'], 3) if 'null' in r else '-'}</td>"
+        f"<td class='num'>{number_text(r['expected_privacy_loss'], 4)}</td></tr>"
         for m, r in e["models"].items())
     assumptions = "".join(f"<li>{escape(a)}</li>" for a in e.get("assumptions", []))
     return (
@@ -169,20 +169,21 @@ def _utility(d: dict) -> str:
         for src in ("real", "synthetic"):
             r = by_src.get(src, {})
             rows.append(f"<tr><td>{escape(plots.MODEL_TITLE.get(model, model))}</td><td>{src}</td>"
-                        f"<td class='num'>{_num(r.get('accuracy'))}</td><td class='num'>{_num(r.get('f1'))}</td>"
-                        f"<td class='num'>{_num(r.get('roc_auc'))}</td></tr>")
+                        f"<td class='num'>{number_text(r.get('accuracy'))}</td>"
+                        f"<td class='num'>{number_text(r.get('f1'))}</td>"
+                        f"<td class='num'>{number_text(r.get('roc_auc'))}</td></tr>")
     body.append(f"<table>{head}{''.join(rows)}</table>")
     if u["task"] == "binary":
         body.append(f"<p class='explain'>F1 and the curves are for the class "
                     f"<b>{escape(str(u['positive_label']))}</b>. ROC AUC: 0.5 is guessing, 1.0 perfect.</p>")
-    body.append(_img(plots.model_curves(u), "ROC and precision-recall curves",
+    body.append(figure_html(plots.model_curves(u), "ROC and precision-recall curves",
                      "Solid: random forest; dashed: gradient boosting. Grey-blue: trained on real "
                      "rows; orange: trained on synthetic rows."))
     body.append("</section>")
     return "".join(body)
 
 
-def _fidelity(d: dict) -> str:
+def fidelity_section(d: dict) -> str:
     f = d["fidelity"]
     rows = [
         ("Overall quality (SDMetrics-compatible)", f["overall"],
@@ -199,11 +200,11 @@ def _fidelity(d: dict) -> str:
          "share of the real categories that appear in the synthetic data"),
         ("Missing values", f["missing_values"]["score"], "how closely the rate of missing cells matches"),
     ]
-    trs = "".join(f"<tr><td>{escape(a)}</td><td class='num'>{_pct(b)}</td><td>{escape(c)}</td></tr>"
+    trs = "".join(f"<tr><td>{escape(a)}</td><td class='num'>{percent_text(b)}</td><td>{escape(c)}</td></tr>"
                   for a, b, c in rows)
     return ("<section id='fidelity'><h2>How closely does it resemble the real data?</h2>"
             f"<table><tr><th>measure</th><th>score</th><th>meaning</th></tr>{trs}</table>"
-            + _img(plots.column_scores(f["column_shapes"]), "column shape scores",
+            + figure_html(plots.column_scores(f["column_shapes"]), "column shape scores",
                    "100% means the synthetic column has the same distribution as the real one.")
             + "</section>")
 
@@ -228,8 +229,8 @@ def _relationships(d: dict) -> str:
             "stronger). If the synthetic side (right) looks like the real side (left), the "
             "synthetic data keeps the relationships; a generator that makes up each column "
             f"independently would show an empty right side (only the diagonal). Dependence kept: "
-            f"<b>{_pct(dep['score'])}</b>.</p>"
-            + _img(plots.association_matrices(dep), "association matrices, real and synthetic",
+            f"<b>{percent_text(dep['score'])}</b>.</p>"
+            + figure_html(plots.association_matrices(dep), "association matrices, real and synthetic",
                    "Left: real data. Right: synthetic data.")
             + "</section>")
 
@@ -249,35 +250,36 @@ def _privacy_checks(d: dict) -> str:
         "against partial memorisation) compares how crowded the synthetic data is around the "
         "person with how crowded the real population is there. An AUC near 0.5 means the attacks "
         "fail. It does not prove that every attack fails.</p>")
-    body.append(_img(plots.attack_scores(mia), "membership attack results", ""))
+    body.append(figure_html(plots.attack_scores(mia), "membership attack results", ""))
     body.append(
         "<table><tr><th>attack</th><th>AUC</th><th>members caught at 1% false alarms</th></tr>"
-        + "".join(f"<tr><td>{name}</td><td class='num'>{_num(mia[key]['auc'])}</td>"
-                  f"<td class='num'>{_pct(mia[key]['tpr_at_fpr_1pct'], 1)}</td></tr>"
+        + "".join(f"<tr><td>{name}</td><td class='num'>{number_text(mia[key]['auc'])}</td>"
+                  f"<td class='num'>{percent_text(mia[key]['tpr_at_fpr_1pct'], 1)}</td></tr>"
                   for key, name in (("distance", "distance"), ("density_ratio", "density ratio")))
         + "</table>")
     body.append(
         "<h3>Distance to the closest real row</h3><p class='explain'>If the generator copied or "
         "memorised people, synthetic rows would sit closer to training rows than fresh real rows "
         "do (the orange curve would rise left of the grey-blue one).</p>")
-    body.append(_img(plots.distance_curves(dcr), "distance to closest record", ""))
+    body.append(figure_html(plots.distance_curves(dcr), "distance to closest record", ""))
     body.append(
         "<table>"
-        f"<tr><td>exact copies of a training row</td><td class='num'>{_pct(dcr['exact_copy_rate'], 1)}</td>"
-        f"<td>fresh real rows that match a training row: {_pct(dcr['holdout_exact_match_rate'], 1)}</td></tr>"
+        f"<tr><td>exact copies of a training row</td><td class='num'>{percent_text(dcr['exact_copy_rate'], 1)}</td>"
+        f"<td>fresh real rows that match a training row: {percent_text(dcr['holdout_exact_match_rate'], 1)}</td></tr>"
         f"<tr><td>synthetic rows closer than 95% of fresh real rows</td>"
-        f"<td class='num'>{_pct(dcr['share_closer_than_holdout_p5'], 1)}</td><td>about 5% is normal</td></tr>"
+        f"<td class='num'>{percent_text(dcr['share_closer_than_holdout_p5'], 1)}</td><td>about 5% is normal</td></tr>"
         f"<tr><td>median distance, synthetic / fresh real</td>"
-        f"<td class='num'>{_num(dcr['synthetic']['median'])} / {_num(dcr['holdout']['median'])}</td><td></td></tr>"
+        f"<td class='num'>{number_text(dcr['synthetic']['median'])} / "
+        f"{number_text(dcr['holdout']['median'])}</td><td></td></tr>"
         "</table>")
     if "epsilon_hat" in emp:
         body.append(
             "<h3>Density-ratio shift (a heuristic)</h3><p class='explain'>We compare how much more "
             "the synthetic data crowds around people who were in the training data than around "
             "people who were not, and turn the spread into a bound with Chebyshev's inequality: "
-            f"the shift exceeds <b>{_num(emp['epsilon_hat'], 2)}</b> for at most "
+            f"the shift exceeds <b>{number_text(emp['epsilon_hat'], 2)}</b> for at most "
             f"{emp['delta_hat']:.0%} of people (average shift "
-            f"{_num(emp['expected_privacy_loss'], 3)}). This is a heuristic score on this data "
+            f"{number_text(emp['expected_privacy_loss'], 3)}). This is a heuristic score on this data "
             "set, not a differential-privacy guarantee: it says nothing about the most unusual "
             "people, and it does not replace the formal epsilon above. The empirical privacy "
             "estimate of Triastcyn &amp; Faltings, which retrains the generator without some "
@@ -335,14 +337,14 @@ def _method(d: dict) -> str:
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-def _img(b64: str, alt: str, caption: str) -> str:
+def figure_html(b64: str, alt: str, caption: str) -> str:
     cap = f"<figcaption>{escape(caption)}</figcaption>" if caption else ""
     return f"<figure><img alt='{escape(alt)}' src='data:image/png;base64,{b64}'>{cap}</figure>"
 
 
-def _num(x, digits: int = 3) -> str:
+def number_text(x, digits: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def _pct(x, digits: int = 0) -> str:
+def percent_text(x, digits: int = 0) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}%}"

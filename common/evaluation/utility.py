@@ -25,8 +25,9 @@ from sklearn.metrics import (accuracy_score, f1_score, precision_recall_curve, r
                              roc_curve)
 from threadpoolctl import threadpool_limits
 
-from ..schema import BooleanColumn, Schema
-from .encoding import Encoder, category_codes
+from ..grids import category_codes, column_labels
+from ..schema import Schema
+from .encoding import Encoder
 
 MODELS: dict[str, Callable[[int], object]] = {
     "random_forest": lambda seed: RandomForestClassifier(n_estimators=100, n_jobs=2, random_state=seed),
@@ -36,8 +37,7 @@ MODEL_TITLES = {"random_forest": "Random forest", "hist_gradient_boosting": "Gra
 
 
 def target_labels(schema: Schema) -> list:
-    col = schema.column(schema.target)
-    return [False, True] if isinstance(col, BooleanColumn) else list(col.categories)
+    return column_labels(schema.column(schema.target))
 
 
 def _xy(enc: Encoder, df: pd.DataFrame, target: str, labels: list):

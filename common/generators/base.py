@@ -14,40 +14,16 @@ weights (the federation averages them) -> `sample`, decoded by the same transfor
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..dp_training import DPSGDConfig, ProgressFn, TrainStats, dp_sgd
 from ..transforms import TableTransformer
 from ..update_bound import max_displacement
-
-
-@dataclass(frozen=True)
-class DPSGDConfig:
-    """One DP-SGD job: `steps` Poisson-sampled batches of expected size sample_rate * n."""
-
-    steps: int
-    sample_rate: float
-    noise_multiplier: float
-    max_grad_norm: float
-    # The expected batch the noisy gradient sum is divided by: sample_rate x the DP row estimate
-    # (never the exact count). 0: sample_rate x len(data), for public data only (benchmarks).
-    expected_batch: float = 0.0
-
-
-@dataclass(frozen=True)
-class TrainStats:
-    steps: int
-    rows_seen: int
-    seconds: float
-    final_loss: float
-
-
-ProgressFn = Callable[[int, int, float], None]  # (step, total_steps, loss)
 
 
 class Hyperparameters(BaseModel):
@@ -90,8 +66,6 @@ class Generator(ABC):
         charged for them). `proximal_mu` > 0 adds FedProx's pull towards the starting weights.
         This default trains `self.net` on `self.loss` (per-row losses) with one Adam; a family
         with another optimizer overrides it, and `max_update` with it."""
-        from ..dp_training import dp_sgd  # dp_training imports this module's configs
-
         return dp_sgd(self.net, self.loss, encoded, dp, lr=self.hp.lr, device=self.device,
                       progress=progress, proximal_mu=proximal_mu, average=self.hp.average)
 

@@ -48,8 +48,9 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
+from ..dp_training import DPSGDConfig, ProgressFn, TrainStats
 from ..update_bound import max_displacement
-from .base import DPSGDConfig, Generator, Hyperparameters, ProgressFn, TrainStats
+from .base import Generator, Hyperparameters
 from .tokens import draw_tokens, mlp, target_tokens
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +37,10 @@ import pandas as pd
 from ...common.budget import POPULATIONS
 from ...common.manifest import manifest as new_manifest
 from ...common.pipeline import Synthesizer, sample_seed
+from ...common.digests import file_sha256
 from ...common.schema import Schema
 from ...common.stats import TableStats
+from ...common.threads import usable_cores
 from .checkpoint import Checkpoint, CheckpointStore
 
 DATA_FILE = "synthetic.csv"
@@ -47,18 +48,11 @@ MANIFEST_FILE = "manifest.json"
 MAX_RELEASE_ROWS = 10_000_000  # rows sampled when the run does not say (release-rows = 0)
 
 
-def _threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def synthesizer(run, schema: Schema, stats: TableStats) -> Synthesizer:
     """The synthesizer exactly as every site builds it for this training (agent/site_job.py)."""
     import torch
 
-    torch.set_num_threads(_threads())
+    torch.set_num_threads(usable_cores())
     return Synthesizer(schema, stats, run.family, run.hyperparameters, max_bins=run.max_bins,
                        seed=run.seed)
 
@@ -135,7 +129,7 @@ def write_release(run, store: CheckpointStore, schema: Schema, start: dict, samp
     ckpt, stats = sample.checkpoint, sample.stats
     out = run.release_path
     write_table(sample.frame, out / DATA_FILE, schema)  # in the table's own spellings
-    data_sha = hashlib.sha256((out / DATA_FILE).read_bytes()).hexdigest()
+    data_sha = file_sha256(out / DATA_FILE)
 
     rounds = []
     for rnd in range(1, ckpt.round + 1):

@@ -16,7 +16,6 @@ Everything is stopped by PID on success, failure, Ctrl-C, SIGTERM or the outer t
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from synthpool.common.cli_paths import path_option
+from synthpool.common.threads import usable_cores
 
 from .progress import StageProgress
 from .signals import sigterm_as_interrupt
@@ -33,11 +33,6 @@ console = Console(stderr=True, soft_wrap=True)
 DELTA = 1e-5
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def demo(
@@ -78,7 +73,7 @@ def demo(
         if old.exists():
             shutil.rmtree(old)
     data = split_rows(ADULT_TRAIN, work / "data", sites, split=split, seed=seed)
-    threads = max(1, _cores() // sites)  # the sites share this machine's cores
+    threads = max(1, usable_cores() // sites)  # the sites share this machine's cores
     specs = [SiteSpec(f"site-{i}", path, {"adult": (epsilon, DELTA)}, torch_threads=threads,
                       share_scores=True)
              for i, path in enumerate(data)]

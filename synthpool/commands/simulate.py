@@ -30,8 +30,9 @@ from typing import List, Optional
 
 import typer
 from synthpool.common.cli_paths import path_option
+from synthpool.common.threads import usable_cores
 
-from .demo import DELTA, _cores, console, evaluate_release, print_summary
+from .demo import DELTA, console, evaluate_release, print_summary
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ def simulate(
     )
     console.print(f"[bold]synthpool simulate[/bold]: {sites} sites ({split}), epsilon "
                   f"{epsilon:g} per site, {rounds} rounds x {steps} steps, Flower simulation "
-                  f"engine (Ray, {_cores()} CPUs, one per simulated site at a time)")
+                  f"engine (Ray, {usable_cores()} CPUs, one per simulated site at a time)")
 
     def on_alarm(signum, frame):  # noqa: ARG001
         raise TimeoutError(f"the simulation did not finish within {timeout} s (--timeout)")
@@ -217,7 +218,7 @@ def run_simulation(server_app, client_app, sites: int) -> None:
     from flwr.simulation import run_simulation as flower_run_simulation
 
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-               "init_args": {"num_cpus": _cores(), "include_dashboard": False,
+               "init_args": {"num_cpus": usable_cores(), "include_dashboard": False,
                              "logging_level": "error", "log_to_driver": False}}
     logging.getLogger("flwr").setLevel(logging.INFO)  # Flower's per-message DEBUG lines
     with warnings.catch_warnings():

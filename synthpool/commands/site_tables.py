@@ -24,8 +24,9 @@ import typer
 
 from synthpool.common.budget import POPULATIONS
 from synthpool.common.cli_paths import absolute
+from synthpool.common.threads import usable_cores
 
-from .demo import _cores, console, federate, next_steps, print_summary, release_key
+from .demo import console, federate, next_steps, print_summary, release_key
 from .signals import sigterm_as_interrupt
 
 SITE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # agent/config.py's rule for a site's name
@@ -160,7 +161,7 @@ def run_on_tables(*, schema_file: Path, site_args: list[str], query_args: list[s
     for old in (work, release_dir):  # fresh ledgers and no old release, as the demo
         if old.exists():
             shutil.rmtree(old)
-    threads = max(1, _cores() // len(sites))  # the sites share this machine's cores
+    threads = max(1, usable_cores() // len(sites))  # the sites share this machine's cores
     specs = [SiteSpec(s.name, site_file(s, work / "data"), {study: (epsilon, delta)},
                       torch_threads=threads, schema=str(schema_file), on_invalid=on_invalid,
                       share_scores=True)
