@@ -22,10 +22,10 @@ import io
 import numpy as np
 import pandas as pd
 
+from ..common.histogram_release import EVALUATION_MECHANISM
 from ..common.privacy import GaussianMechanism, histogram_noise_for
 from .site_state import SiteState, safe_file_name
 
-EVALUATION_MECHANISM = "evaluation histograms"
 MAX_SYNTHETIC_ROWS = 200_000  # a sample beyond this is a mistake or an attack on the site's CPU
 # The footer's uncompressed size of the column pages: a compressed page can hide 300x its bytes.
 MAX_PAGE_BYTES = 64 * 2**20

@@ -42,6 +42,7 @@ import numpy as np
 
 from ..common.atomic import atomic_write_text
 from ..common.dp_training import DPSGDConfig
+from ..common.histogram_release import EVALUATION_MECHANISM, STATS_MECHANISM
 from ..common.planning import expected_batch, preprocessing_noise, sample_rate_for
 from ..common.privacy import (GaussianMechanism, calibrate_noise, check_delta, check_epsilon,
                               delta_warning)
@@ -50,8 +51,6 @@ from ..common.threads import usable_cores
 from ..common.wire import TrainingSpec, as_wire, fields_from_wire
 from .ledger import NoBudget
 from .site_state import ReportedSize, SiteState, safe_file_name
-
-STATS_MECHANISM = "preprocessing histograms"  # the name common/stats.py:collect_stats gives it
 
 log = logging.getLogger("synthpool.agent")
 
@@ -231,7 +230,7 @@ def plan_round(site: SiteState, cfg: RoundConfig, size: ReportedSize) -> RoundPl
 
 
 def _calibrate(site: SiteState, cfg: RoundConfig, size: ReportedSize) -> dict:
-    from .site_evaluation import EVALUATION_MECHANISM, evaluation_noise
+    from .site_evaluation import evaluation_noise
 
     plan = cfg.plan
     q = sample_rate_for(plan, size.rows)
