@@ -31,13 +31,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from .booleans import UNSPELLED_FALSE, UNSPELLED_TRUE
 from .schema import BooleanColumn, CategoricalColumn, CsvOptions, NumericColumn, Schema
 
 MAX_VIOLATIONS = 1000  # kept in reports and errors; counts are always complete
 SHOWN_IN_ERROR = 20
 SHAPE = "(wrong number of fields)"  # the per-column count key for rows of the wrong width
-TRUE_WORDS = ("true", "1", "yes")  # booleans of a schema without spellings, any case
-FALSE_WORDS = ("false", "0", "no")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 # Per-cell problem codes (0 = fine); the message for each comes from `_expected`.
@@ -596,7 +595,7 @@ def _check(s: pd.Series, col, schema: Schema, raw: _Raw) -> _Checked:
         null = np.nan
     else:
         low = np.array([u.lower() for u in uniq], dtype=object)
-        is_true, is_false = np.isin(low, TRUE_WORDS), np.isin(low, FALSE_WORDS)
+        is_true, is_false = np.isin(low, UNSPELLED_TRUE), np.isin(low, UNSPELLED_FALSE)
         values = np.full(len(uniq), np.nan, dtype=object)
         values[is_true] = True
         values[is_false] = False

@@ -24,10 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..booleans import FALSE_WORDS, TRUE_WORDS
 from ..schema import BooleanColumn, NumericColumn, Schema
-
-_TRUE = {"true", "t", "yes", "y", "1"}
-_FALSE = {"false", "f", "no", "n", "0"}
 
 
 def read_table(path: str | Path, schema: Schema, *, strict: bool = True) -> pd.DataFrame:
@@ -203,8 +201,8 @@ def _to_bool(v):
     if isinstance(v, (bool, np.bool_)):
         return bool(v)
     text = str(v).strip().lower()
-    if text in _TRUE:
+    if text in TRUE_WORDS:  # any common spelling: a synthetic table's spelling is not known
         return True
-    if text in _FALSE:
+    if text in FALSE_WORDS:
         return False
     return np.nan
