@@ -51,7 +51,7 @@ from ..common.wire import (
     EVALUATE_MESSAGE, REFUSED, SITE_FAILED, STATS_MESSAGE, Reply, Request, is_secure_request,
     read_secure_request, secure_reply_records,
 )
-from . import site_job
+from . import noise_plan, site_job
 from .config import ConfigError
 from .ledger import LedgerConflict, LedgerError
 from .secure_aggregation import secure_aggregation_mod, update_of
@@ -68,7 +68,7 @@ class Refusal(Exception):
 # What a job may fail with that is a decision, not a fault: each message is one sentence for the
 # coordinator (BudgetExceeded covers NoBudget, no cap for this study at this site).
 REFUSED_BECAUSE = (BudgetExceeded, LedgerConflict, LedgerError, ConfigError,
-                   site_job.NoiseBelowCalibration)
+                   noise_plan.NoiseBelowCalibration)
 
 
 def ledger_report(site: SiteState, cfg: site_job.RoundConfig) -> dict:
@@ -81,7 +81,7 @@ def ledger_report(site: SiteState, cfg: site_job.RoundConfig) -> dict:
 
     ledger, study = site.ledger, cfg.study
     cap = ledger.cap(study)
-    spend = ledger.spent(study, site_job.budget(site, cfg)[1])
+    spend = ledger.spent(study, noise_plan.budget(site, cfg)[1])
     return {"site": site.name, "study": study, "epsilon": spend.epsilon,
             "delta": spend.delta, "cap": {"epsilon": cap.epsilon, "delta": cap.delta},
             **accountant_fields(),
@@ -140,7 +140,7 @@ def handle_stats(site: SiteState, wire: dict) -> Reply:
         cached = _replay(site, cfg, ih)
         if cached is None:
             site_job.charge_schema_draft(site, cfg)
-            mechanism = site_job.plan_stats(site, cfg)
+            mechanism = noise_plan.plan_stats(site, cfg)
             site.ledger.charge(cfg.study, cfg.job_id, [mechanism], label=_label(cfg),
                                meta={"input_hash": ih, "training_id": cfg.training_id})
             stats = site_job.run_stats(site, cfg, mechanism)
@@ -187,7 +187,7 @@ def handle_train(site: SiteState, global_weights: list[np.ndarray], wire: dict,
             raise Refusal(f"{label}: this site released no statistics for training "
                           f"{cfg.training_id}, so it cannot take part in its rounds")
         size = site_job.reported_size(site, own)
-        plan = site_job.plan_round(site, cfg, size)
+        plan = noise_plan.plan_round(site, cfg, size)
         site.ledger.charge(cfg.study, cfg.job_id, plan.mechanisms, label=label,
                            meta={"input_hash": ih, "training_id": cfg.training_id})
         weights, metrics = site_job.run_round(site, global_weights, cfg, plan, merged)
@@ -209,7 +209,7 @@ def handle_train(site: SiteState, global_weights: list[np.ndarray], wire: dict,
 def handle_evaluate(site: SiteState, wire: dict, sample: bytes) -> Reply:
     """Score the release's synthetic sample against this site's rows (agent/site_evaluation.py):
     aggregates and charged DP histograms back, the full report kept here."""
-    from .site_evaluation import BadSample, plan_evaluation, read_sample, run_evaluation
+    from .site_evaluation import BadSample, read_sample, run_evaluation
 
     cfg = _parse(site, wire, "evaluation")
     label = _label(cfg)
@@ -228,7 +228,7 @@ def handle_evaluate(site: SiteState, wire: dict, sample: bytes) -> Reply:
                 raise Refusal(f"{label}: this site did not train round {cfg.num_rounds} of "
                               f"training {cfg.training_id}, so it has no release of it to score")
             synthetic = read_sample(site, sample)  # refused before anything is charged
-            mechanism = plan_evaluation(site, cfg, site_job.load_plan(site, cfg))
+            mechanism = noise_plan.plan_evaluation(site, cfg, noise_plan.load_plan(site, cfg))
             site.ledger.charge(cfg.study, cfg.job_id, [mechanism] if mechanism else [],
                                label=label, meta={"input_hash": ih, "training_id": cfg.training_id,
                                                   "synthetic_digest": cfg.synthetic_digest})

@@ -9,7 +9,8 @@ aside before any training, agent/site_state.py) and:
 * returns only `site_scores` (aggregates; not DP, shared by the owner's choice in site.toml) and
   DP histograms of its training rows on the schema's public grid: ONE Gaussian mechanism, planned
   when the training was calibrated (its share of the budget reserved then, so training plus
-  evaluation land on the study's target) and charged to the ledger before it runs.
+  evaluation land on the study's target; agent/noise_plan.py:plan_evaluation) and charged to the
+  ledger before it runs.
 
 The ClientApp (agent/client_app.py) owns parsing, the write-ahead charge and the replay cache, as
 for the other stages.
@@ -22,10 +23,9 @@ import io
 import numpy as np
 import pandas as pd
 
-from ..common.privacy import GaussianMechanism, histogram_noise_for
+from ..common.privacy import GaussianMechanism
 from .site_state import SiteState, safe_file_name
 
-EVALUATION_MECHANISM = "evaluation histograms"
 MAX_SYNTHETIC_ROWS = 200_000  # a sample beyond this is a mistake or an attack on the site's CPU
 # The footer's uncompressed size of the column pages: a compressed page can hide 300x its bytes.
 MAX_PAGE_BYTES = 64 * 2**20
@@ -33,30 +33,6 @@ MAX_PAGE_BYTES = 64 * 2**20
 
 class BadSample(ValueError):
     """The synthetic sample sent to the site cannot be scored."""
-
-
-def evaluation_noise(cfg, epsilon: float, delta: float) -> float | None:
-    """The site's own noise multiplier for the evaluation histograms under budget (epsilon,
-    delta): the study's evaluation share of epsilon; None when the study shares none."""
-    if cfg.evaluation_share > 0:
-        return histogram_noise_for(cfg.evaluation_share * epsilon, delta)
-    return None
-
-
-def plan_evaluation(site: SiteState, cfg, planned: dict | None) -> GaussianMechanism | None:
-    """The mechanism to charge: the one reserved when the training was calibrated (`planned`,
-    the site's saved plan of the training), else one sized from the study settings; more noise
-    if the coordinator asks for more, never less (site_job.own_noise)."""
-    from .site_job import budget, own_noise
-
-    if planned and "evaluation_noise_multiplier" in planned:
-        own = planned["evaluation_noise_multiplier"]
-    else:
-        own = evaluation_noise(cfg, *budget(site, cfg))
-    if own is None and not cfg.evaluation_noise_multiplier > 0:
-        return None
-    sigma = own_noise(cfg.evaluation_noise_multiplier, own, "evaluation histograms", cfg, site)
-    return GaussianMechanism(EVALUATION_MECHANISM, sigma, 1.0, 1)
 
 
 def read_sample(site: SiteState, data: bytes) -> pd.DataFrame:

@@ -3,17 +3,14 @@
 The ClientApp (agent/client_app.py) owns everything around a job: parsing the coordinator's
 request, the write-ahead ledger charge, replaying a retried job, the refusal reply. This module
 owns the computation, with the engine in `common/` (the same pieces as the single-site pipeline,
-common/synthesis.py:train_single_site, split at the points where the federation talks):
+common/synthesis.py:train_single_site, split at the points where the federation talks). The
+noise of each job is the site's own plan (agent/noise_plan.py: `plan_stats`, `plan_round`):
 
-    plan_stats(site, cfg) -> GaussianMechanism
-        the noise of the statistics stage (from the study's plan) as the mechanism to charge
     run_stats(site, cfg, mechanism) -> TableStats
         `collect_stats` on the site's rows: noisy histograms on the schema's public grids
     reported_size(site, cfg) -> ReportedSize
         the size for FedAvg weights and the Poisson rate: the DP row total of the site's own
         released histograms (or a size the owner declared public)
-    plan_round(site, cfg, size) -> RoundPlan
-        the DP-SGD job of one round, with the noise calibrated ONCE for the whole schedule
     run_round(site, global_weights, cfg, plan, stats) -> (weights, metrics)
         the generator built from the schema and the MERGED statistics every site received, the
         global weights loaded, `fit_steps` for exactly `plan.dp.steps` steps
@@ -34,24 +31,17 @@ Privacy notes that hold for every family:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..common.atomic import atomic_write_text
 from ..common.dp_training import DPSGDConfig
-from ..common.planning import expected_batch, preprocessing_noise, sample_rate_for
-from ..common.privacy import (GaussianMechanism, calibrate_noise, check_delta, check_epsilon,
-                              delta_warning)
+from ..common.privacy import GaussianMechanism, check_delta, check_epsilon
 from ..common.stats import TableStats, collect_stats
 from ..common.threads import usable_cores
 from ..common.wire import TrainingSpec, as_wire, fields_from_wire
-from .ledger import NoBudget
-from .site_state import ReportedSize, SiteState, safe_file_name
-
-STATS_MECHANISM = "preprocessing histograms"  # the name common/stats.py:collect_stats gives it
+from .site_state import ReportedSize, SiteState
 
 log = logging.getLogger("synthpool.agent")
 
@@ -106,6 +96,8 @@ class RoundConfig(TrainingSpec):
 
 @dataclass(frozen=True)
 class RoundPlan:
+    """The DP-SGD job of one round (agent/noise_plan.py:plan_round plans it)."""
+
     dp: DPSGDConfig
     mechanisms: list[GaussianMechanism]
     noise_source: str  # "coordinator" (fixed by the run) or "calibrated" (planned by the site)
@@ -115,41 +107,7 @@ def stats_digest(stats_json: str) -> str:
     return "sha256:" + hashlib.sha256(stats_json.encode()).hexdigest()
 
 
-def budget(site: SiteState, cfg: RoundConfig) -> tuple[float, float]:
-    """(epsilon, delta) this site lets the study spend: min(study target, own cap), each. A
-    smaller study delta is a stronger guarantee than the cap's, so the site plans for it."""
-    cap = site.ledger.cap(cfg.study)
-    if cap is None:
-        raise NoBudget(f"no privacy budget configured for study {cfg.study!r} at this site")
-    return (min(cfg.target_epsilon or cap.epsilon, cap.epsilon),
-            min(cfg.target_delta or cap.delta, cap.delta))
-
-
 # -- the statistics stage ------------------------------------------------------------------------
-
-class NoiseBelowCalibration(ValueError):
-    """The coordinator asked for less noise than this site's own calibration: refused, since the
-    site, not the coordinator, decides how its budget is spent."""
-
-
-def own_noise(requested: float, own: float | None, what: str, cfg: RoundConfig,
-              site: SiteState) -> float:
-    """The noise to run: the site's own calibration `own`, or the coordinator's `requested`
-    value when that is at least as much noise (it then spends less). None: no budget planned."""
-    if not requested > 0:
-        if own is None:
-            raise NoiseBelowCalibration(f"study {cfg.study!r} plans no budget for the {what}")
-        return float(own)
-    if own is None or requested < own * (1 - 1e-9):
-        epsilon, delta = budget(site, cfg)
-        mine = ("no budget for it" if own is None
-                else f"its own calibration, noise multiplier {own:.4g}")
-        raise NoiseBelowCalibration(
-            f"study {cfg.study!r}: the {what} asks for noise multiplier {requested:.4g}, less than this site allows "
-            f"({mine}, from its budget epsilon={epsilon:g}, delta={delta:g} and the study's "
-            "plan); a site never runs less noise than its own calibration")
-    return float(requested)
-
 
 def charge_schema_draft(site: SiteState, cfg: RoundConfig) -> None:
     """A DP draft of the study schema read this site's rows (or does not say whose rows): its
@@ -164,15 +122,6 @@ def charge_schema_draft(site: SiteState, cfg: RoundConfig) -> None:
     warning = site.schema.exact_draft_warning()
     if warning:
         log.warning("study %r: %s", cfg.study, warning)
-
-
-def plan_stats(site: SiteState, cfg: RoundConfig) -> GaussianMechanism:
-    """The histograms' Gaussian mechanism: noise for the plan's preprocessing share of the budget
-    (or more, if the coordinator asks for more), charged before `run_stats` touches a row."""
-    epsilon, delta = budget(site, cfg)
-    sigma = own_noise(cfg.stats_noise_multiplier, preprocessing_noise(cfg.plan, epsilon, delta),
-                      "statistics stage", cfg, site)
-    return GaussianMechanism(STATS_MECHANISM, sigma, 1.0, 1)
 
 
 def run_stats(site: SiteState, cfg: RoundConfig, mechanism: GaussianMechanism) -> TableStats:
@@ -201,65 +150,6 @@ def reported_size(site: SiteState, stats: TableStats) -> ReportedSize:
 
 
 # -- one round --------------------------------------------------------------------------------------
-
-def plan_path(site: SiteState, cfg: RoundConfig):
-    return site.state_dir / "plans" / safe_file_name(cfg.study) / f"{safe_file_name(cfg.training_id)}.json"
-
-
-def load_plan(site: SiteState, cfg: RoundConfig) -> dict | None:
-    """The plan this site calibrated for the training (None before its first round)."""
-    path = plan_path(site, cfg)
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def plan_round(site: SiteState, cfg: RoundConfig, size: ReportedSize) -> RoundPlan:
-    """The DP-SGD job of this round. The site calibrates the noise ONCE for the whole schedule
-    (num_rounds x local_steps), composed with everything the ledger already holds for the study
-    (the statistics stage included), against min(study target, own cap), and persists it so every
-    round of the training uses the same sigma (docs/ARCHITECTURE.md: plan the noise up front;
-    never one accountant per round). A coordinator-fixed `noise_multiplier` is honoured only if
-    it is at least that. The evaluation histograms the study may ask for later are part of the
-    schedule: their noise is fixed here and reserved."""
-    saved = load_plan(site, cfg) or _calibrate(site, cfg, size)
-    sigma = own_noise(cfg.noise_multiplier, saved["noise_multiplier"], "DP-SGD", cfg, site)
-    source = "coordinator" if cfg.noise_multiplier > 0 else "calibrated"
-    q = saved["sample_rate"]
-    dp = DPSGDConfig(steps=cfg.local_steps, sample_rate=q, noise_multiplier=sigma,
-                     max_grad_norm=cfg.max_grad_norm, expected_batch=expected_batch(q, size.rows))
-    mech = GaussianMechanism(f"dp-sgd/{cfg.job_id}", sigma, q, cfg.local_steps)
-    return RoundPlan(dp, [mech], source)
-
-
-def _calibrate(site: SiteState, cfg: RoundConfig, size: ReportedSize) -> dict:
-    from .site_evaluation import EVALUATION_MECHANISM, evaluation_noise
-
-    plan = cfg.plan
-    q = sample_rate_for(plan, size.rows)
-    epsilon, delta = budget(site, cfg)
-    prior = site.ledger.spent(cfg.study, delta)
-    # Budget for the evaluation histograms is reserved now, so that training and the
-    # evaluation of its release together spend the target.
-    eval_sigma = evaluation_noise(cfg, epsilon, delta)
-    reserved = [GaussianMechanism(EVALUATION_MECHANISM, eval_sigma, 1.0, 1)] if eval_sigma else []
-
-    def noise_within(cap_epsilon: float, spent) -> float:
-        return calibrate_noise(cap_epsilon, spent.accountant_delta, q, plan.steps,
-                               prior=[*spent.mechanisms, *reserved],
-                               pure_epsilon=sum(p.epsilon for p in spent.pure))
-
-    sigma = noise_within(epsilon, prior)
-    site_cap = site.ledger.site_cap()
-    if site_cap is not None:  # what every study has spent leaves less than this one's cap?
-        sigma = max(sigma, noise_within(site_cap.epsilon, site.ledger.spent_by_site(site_cap.delta)))
-    saved = {"noise_multiplier": sigma, "sample_rate": q, "target_epsilon": epsilon,
-             "steps": plan.steps, "calibrated_at_round": cfg.round,
-             **({"evaluation_noise_multiplier": eval_sigma} if eval_sigma else {})}
-    atomic_write_text(plan_path(site, cfg), json.dumps(saved))
-    warning = delta_warning(delta, size.rows)
-    if warning:  # the site's own log: its owner chose the delta in site.toml
-        log.warning("study %r: %s", cfg.study, warning)
-    return saved
-
 
 def torch_threads(site: SiteState) -> int:
     """The site's thread setting, else every core this process may run on."""

@@ -31,13 +31,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from .booleans import UNSPELLED_FALSE, UNSPELLED_TRUE
 from .schema import BooleanColumn, CategoricalColumn, CsvOptions, NumericColumn, Schema
 
 MAX_VIOLATIONS = 1000  # kept in reports and errors; counts are always complete
 SHOWN_IN_ERROR = 20
 SHAPE = "(wrong number of fields)"  # the per-column count key for rows of the wrong width
-TRUE_WORDS = ("true", "1", "yes")  # booleans of a schema without spellings, any case
-FALSE_WORDS = ("false", "0", "no")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 # Per-cell problem codes (0 = fine); the message for each comes from `_expected`.
@@ -145,6 +144,33 @@ def load_table(source: str | Path, schema: Schema, *, query: str | None = None,
     _check_columns(raw, schema)
     _require_rows(raw)
     return _validate(raw, schema, on_invalid)
+
+
+def read_unchecked(source: str | Path, schema: Schema, *, query: str | None = None
+                   ) -> pd.DataFrame:
+    """The schema's columns of `source`, read as `load_table` reads them (the same readers, csv
+    options, value normalisation and missing markers) with no cell refused: text cells come back
+    normalised (NaN where missing), typed numbers and booleans as stored. For synthetic rows,
+    whose values outside the schema the evaluation counts rather than refuses
+    (common/evaluation/tables.py turns them into its dtypes). An unreadable source, a missing
+    column or a row of the wrong width still raises: a table misread would be scored wrongly."""
+    raw = _read(source, query=query, csv=schema.csv, names=schema.source_columns,
+                only=schema.names)
+    missing = [c for c in schema.names if c not in raw.columns]
+    if missing:
+        raise DataError(raw.display, reason=f"the table lacks columns {missing}")
+    if raw.shape_problems:
+        raise DataError(raw.display, raw.shape_violations()[:MAX_VIOLATIONS],
+                        reason=f"{len(raw.shape_problems)} rows have the wrong number of fields")
+    out = {}
+    for name in schema.names:
+        s = raw.frame[name]
+        if not raw.text and (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
+            out[name] = s.reset_index(drop=True)
+            continue
+        codes, uniq, missing_cells = _normalised_cells(s, schema, raw)
+        out[name] = _take(np.where(missing_cells, np.nan, uniq).astype(object), codes, np.nan)
+    return pd.DataFrame(out, columns=schema.names)
 
 
 def read_raw(source: str | Path, *, query: str | None = None, header: bool = True,
@@ -565,15 +591,7 @@ def _check(s: pd.Series, col, schema: Schema, raw: _Raw) -> _Checked:
         problems[nan] = missing_problem
         return _Checked(x, problems, lambda i: None if nan[i] else _fmt(x[i]))
 
-    codes, uniq = _text_cells(s, strip=schema.normalize.strip,
-                              suffixes=schema.normalize.strip_suffix)
-    if raw.text:
-        if schema.csv.skip_initial_space and not schema.normalize.strip:
-            uniq = np.array([u.lstrip(" ") for u in uniq], dtype=object)
-        missing = np.isin(uniq, [m.strip() for m in schema.csv.missing])
-    else:
-        missing = np.zeros(len(uniq), dtype=bool)
-
+    codes, uniq, missing = _normalised_cells(s, schema, raw)
     if isinstance(col, NumericColumn):
         values = parse_numbers(uniq)
         problems = _numeric_problems(values, col)
@@ -596,7 +614,7 @@ def _check(s: pd.Series, col, schema: Schema, raw: _Raw) -> _Checked:
         null = np.nan
     else:
         low = np.array([u.lower() for u in uniq], dtype=object)
-        is_true, is_false = np.isin(low, TRUE_WORDS), np.isin(low, FALSE_WORDS)
+        is_true, is_false = np.isin(low, UNSPELLED_TRUE), np.isin(low, UNSPELLED_FALSE)
         values = np.full(len(uniq), np.nan, dtype=object)
         values[is_true] = True
         values[is_false] = False
@@ -611,6 +629,21 @@ def _check(s: pd.Series, col, schema: Schema, raw: _Raw) -> _Checked:
         return None if c < 0 or missing[c] else str(uniq[c])
 
     return _Checked(row_values, row_problems, shown)
+
+
+def _normalised_cells(s: pd.Series, schema: Schema, raw: _Raw
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(codes, distinct values normalised as the schema says, which of them are missing) of one
+    column. The schema's missing markers describe text files; in Parquet and SQL only NULL is."""
+    codes, uniq = _text_cells(s, strip=schema.normalize.strip,
+                              suffixes=schema.normalize.strip_suffix)
+    if raw.text:
+        if schema.csv.skip_initial_space and not schema.normalize.strip:
+            uniq = np.array([u.lstrip(" ") for u in uniq], dtype=object)
+        missing = np.isin(uniq, [m.strip() for m in schema.csv.missing])
+    else:
+        missing = np.zeros(len(uniq), dtype=bool)
+    return codes, uniq, missing
 
 
 def _native_bools(s: pd.Series) -> np.ndarray:

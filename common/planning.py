@@ -32,6 +32,14 @@ def preprocessing_noise(plan: TrainingPlan, epsilon: float, delta: float) -> flo
     return histogram_noise_for(plan.preprocessing_share * epsilon, delta)
 
 
+def evaluation_noise(share: float, epsilon: float, delta: float) -> float | None:
+    """The noise multiplier of the evaluation histograms under budget (epsilon, delta): the
+    study's evaluation `share` of epsilon; None when the study shares none."""
+    if share > 0:
+        return histogram_noise_for(share * epsilon, delta)
+    return None
+
+
 def sample_rate_for(plan: TrainingPlan, noisy_rows: float) -> float:
     """Sample rate from the DP row estimate: the exact count is never used, so the recorded rate
     reveals nothing the histograms did not."""

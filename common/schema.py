@@ -65,17 +65,12 @@ class NumericColumn(_Column):
         return self
 
 
-# How tables commonly write the two values of a boolean, lower-cased, each with its partner: the
-# draft recognises these, and infers an unseen value's spelling from the one it saw ("Y" -> "N").
-BOOLEAN_PAIRS = {"true": "false", "yes": "no", "1": "0", "t": "f", "y": "n"}
-
-
 class BooleanColumn(_Column):
     """A two-valued column. `true` and `false` are how the table writes its two values
     (`true: "Y"`, `false: "N"`): the loader accepts exactly these (and native booleans in Parquet
     or SQL), and a release writes them, so the synthetic table speaks the table's vocabulary.
-    Without them (older schemas) the loader accepts true/false, yes/no and 1/0 in any case, and a
-    release writes True/False."""
+    Without them (older schemas) the loader accepts true/false, yes/no and 1/0 in any case
+    (common/booleans.py), and a release writes True/False."""
 
     kind: Literal["boolean"] = "boolean"
     true: str | None = None

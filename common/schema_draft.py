@@ -38,14 +38,13 @@ import numpy as np
 import pandas as pd
 
 from .loading import canonical_text, parse_numbers
-from .schema import BOOLEAN_PAIRS, EXACT_DRAFT, CsvOptions, Schema
+from .booleans import BOOLEAN_PAIRS, FALSE_WORDS, TRUE_WORDS
+from .schema import EXACT_DRAFT, CsvOptions, Schema
 
 NUMERIC_MIN_DISTINCT = 20  # fewer distinct numbers than this: a code list, modelled as categories
-# Lower-cased words that make a two-valued column boolean (true/false, yes/no, 1/0, t/f, y/n);
-# the schema records how the table spells them, and the loader accepts exactly that.
-TRUE_WORDS = frozenset(BOOLEAN_PAIRS)
-FALSE_WORDS = frozenset(BOOLEAN_PAIRS.values())
-BOOLEAN_WORDS = TRUE_WORDS | FALSE_WORDS
+# A two-valued column is boolean when its values are boolean words (true/false, yes/no, 1/0, t/f,
+# y/n; common/booleans.py); the schema records how the table spells them, and the loader accepts
+# exactly that.
 RARE = 5  # exact drafts warn about categories seen fewer times than this
 # Public grid of magnitudes for DP bounds: cells [2^k, 2^(k+1)) for k in [K_MIN, K_MAX), their
 # mirror images, a cell for exact 0 and one each for magnitudes below 2^K_MIN.

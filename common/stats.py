@@ -2,8 +2,8 @@
 
 The transforms need a little knowledge of the data that the schema cannot give: where a skewed
 numeric column's mass lies (to place bins) and how often each target label occurs (to sample
-labels). Both come from ONE Gaussian mechanism over histograms on public grids: every row adds 1 to
-exactly one cell of each histogram, so the L2 sensitivity of the whole vector is sqrt(#histograms),
+labels). Both come from ONE Gaussian mechanism over histograms on public grids
+(common/histogram_release.py): every row adds 1 to exactly one cell of each histogram, so the L2 sensitivity of the whole vector is sqrt(#histograms),
 and noise of std `noise_multiplier * sqrt(#histograms)` makes it a Gaussian mechanism with noise
 multiplier `noise_multiplier` (sample rate 1, one step) that the accountant composes with DP-SGD.
 
@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .grids import Grid, cell_counts, column_grid, numeric_edges
+from .histogram_release import STATS_MECHANISM, release_histograms
 from .privacy import GaussianMechanism
 from .schema import NumericColumn, Schema
 
@@ -117,9 +118,6 @@ def collect_stats(schema: Schema, df: pd.DataFrame, noise_multiplier: float,
                   rng: np.random.Generator) -> TableStats:
     """Release all histograms of `histogram_columns` as one Gaussian mechanism (see module doc).
     The caller must charge `stats.mechanisms` to its ledger before the result leaves the site."""
-    names = histogram_columns(schema)
-    std = noise_multiplier * np.sqrt(len(names))
-    hists = {n: list(exact_counts(schema, n, df[n]) + rng.normal(0, std, len(cell_labels(schema, n))))
-             for n in names}
-    mech = GaussianMechanism("preprocessing histograms", noise_multiplier, 1.0, 1)
-    return TableStats(schema.fingerprint(), hists, [mech])
+    exact = {n: exact_counts(schema, n, df[n]) for n in histogram_columns(schema)}
+    noisy, mech = release_histograms(exact, noise_multiplier, rng, STATS_MECHANISM)
+    return TableStats(schema.fingerprint(), {n: list(c) for n, c in noisy.items()}, [mech])

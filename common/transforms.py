@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .histogram_release import cell_noise_std
 from .schema import BooleanColumn, CategoricalColumn, NumericColumn, Schema
 from .stats import TableStats, cell_labels, numeric_grid
 
@@ -154,7 +155,7 @@ class TableTransformer:
         self.stats = stats
         noise_std = 0.0
         if stats is not None and stats.mechanisms:
-            sigma = stats.mechanisms[0].noise_multiplier * np.sqrt(len(stats.histograms))
+            sigma = cell_noise_std(stats.mechanisms[0].noise_multiplier, len(stats.histograms))
             # Merged stats from k sites add k independent noises.
             noise_std = sigma * np.sqrt(len(stats.mechanisms))
         self.codecs: dict[str, _LabelCodec | _NumericCodec] = {}

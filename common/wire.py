@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 
+from .booleans import UNSPELLED_TRUE
 from .generators import registry
 from .generators.registry import DEFAULT_FAMILY
 from .planning import TrainingPlan
@@ -40,7 +41,7 @@ REFUSED = 1001
 SITE_FAILED = 1002
 
 _CASTS = {"int": int, "float": float, "str": str,
-          "bool": lambda v: v if isinstance(v, bool) else str(v).strip().lower() in ("1", "true", "yes")}
+          "bool": lambda v: v if isinstance(v, bool) else str(v).strip().lower() in UNSPELLED_TRUE}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,7 +15,7 @@ import pytest
 from flwr.app import Context, Message, RecordDict
 
 from tables import TINY_MODEL
-from synthpool.agent import client_app, site_job
+from synthpool.agent import client_app, noise_plan, site_job
 from synthpool.agent.ledger import Ledger
 from synthpool.agent.site_state import SiteState
 from synthpool.common.bundled import ADULT_TRAIN
@@ -356,7 +356,7 @@ def test_replies_carry_no_exact_count_and_no_timing(tmp_path, adult_slices):
         # The DP-SGD normaliser is the rate times the same DP estimate, never the exact count.
         size = site_job.reported_size(site, site_job.own_stats(site, site_job.RoundConfig.from_wire(
             run.round_wire(start["training_id"], 1, site.schema.fingerprint()))))
-        plan = site_job.plan_round(site, site_job.RoundConfig.from_wire(
+        plan = noise_plan.plan_round(site, site_job.RoundConfig.from_wire(
             run.round_wire(start["training_id"], 1, site.schema.fingerprint())), size)
         assert plan.dp.expected_batch == pytest.approx(plan.dp.sample_rate * size.rows)
 
@@ -637,11 +637,11 @@ def test_a_site_warns_in_its_own_log_when_delta_is_above_one_over_its_rows(tmp_p
     path = Path(write_site(tmp_path, "a", adult_slices[0]))
     path.write_text(path.read_text().replace(f"delta = {DELTA}", "delta = 0.01"))
     site = SiteState.from_config_path(path)
-    monkeypatch.setattr(site_job, "calibrate_noise", lambda *a, **k: 1.5)  # not under test
+    monkeypatch.setattr(noise_plan, "calibrate_noise", lambda *a, **k: 1.5)  # not under test
     cfg = site_job.RoundConfig.from_wire(make_run(tmp_path, noise_multiplier=0.0).round_wire(
         "t", 1, site.schema.fingerprint()))
     with caplog.at_level("WARNING", logger="synthpool.agent"):
-        plan = site_job.plan_round(site, cfg, ReportedSize(1275.4, "estimated"))
+        plan = noise_plan.plan_round(site, cfg, ReportedSize(1275.4, "estimated"))
     assert "study 'adult': delta 0.01 is above 1/rows" in caplog.text
     assert plan.noise_source == "calibrated" and plan.dp.noise_multiplier == 1.5
     assert plan.dp.expected_batch == pytest.approx(plan.dp.sample_rate * 1275.4)

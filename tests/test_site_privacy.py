@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from synthpool.agent import client_app, site_job
+from synthpool.agent import client_app, noise_plan, site_job
 from synthpool.agent.ledger import Ledger
 from synthpool.agent.site_state import SiteState
 from synthpool.coordinator.serverapp.evaluation_stage import sample_bytes
@@ -246,7 +246,7 @@ def test_the_study_delta_reaches_the_site_and_a_bad_one_is_refused(tmp_path, adu
         report = client_app.ledger_report(site, _cfg(run))
         assert report["delta"] == (delta or DELTA) and report["cap"]["delta"] == DELTA
         assert report["epsilon"] <= 3.0 + 1e-9
-        sigma[label] = site_job.load_plan(site, _cfg(run))["noise_multiplier"]
+        sigma[label] = noise_plan.load_plan(site, _cfg(run))["noise_multiplier"]
     assert sigma["strict"] > 1.05 * sigma["loose"]  # the stronger guarantee costs noise
 
     bad = make_run(tmp_path, num_rounds=1).round_wire("t2", 0, "") | {"target-delta": 1.5}

@@ -22,6 +22,7 @@ import pandas as pd
 
 from .. import grids as public_grids
 from ..grids import Grid
+from ..histogram_release import EVALUATION_MECHANISM, cell_noise_std, release_histograms
 
 MAX_INTEGER_CELLS = 32
 
@@ -54,25 +55,23 @@ def exact_histograms(schema, df: pd.DataFrame, *, n_bins: int = HISTOGRAM_BINS) 
 
 
 def dp_histograms(schema, df: pd.DataFrame, noise_multiplier: float, rng: np.random.Generator,
-                  *, n_bins: int = HISTOGRAM_BINS, name: str = "evaluation histograms") -> dict:
+                  *, n_bins: int = HISTOGRAM_BINS, name: str = EVALUATION_MECHANISM) -> dict:
     """Gaussian-noised counts of every column on its grid: what a site may publish of its rows.
 
     Each row adds 1 to exactly one cell of every column's histogram, so the concatenated vector
     has L2 sensitivity sqrt(#columns) under add/remove-one-row. Noise N(0, s^2) with
     s = noise_multiplier * sqrt(#columns) on every cell is therefore a Gaussian mechanism with
-    noise multiplier `noise_multiplier`; the CALLER charges it to the site's ledger as ONE
+    noise multiplier `noise_multiplier` (common/histogram_release.py); the CALLER charges it to the site's ledger as ONE
     `GaussianMechanism(name, noise_multiplier, sample_rate=1.0, steps=1)` (the returned
     `mechanism` dict has exactly those fields) BEFORE the result leaves the site."""
-    if not noise_multiplier > 0:
-        raise ValueError("noise_multiplier must be > 0")
-    std = noise_multiplier * math.sqrt(len(schema.columns))
+    exact = {col.name: counts(col, df[col.name], n_bins) for col in schema.columns}
+    noisy, mechanism = release_histograms(exact, noise_multiplier, rng, name)
     columns = {}
     for col in schema.columns:
         grid = column_grid(col, n_bins)
-        noisy = counts(col, df[col.name], n_bins) + rng.normal(0.0, std, grid.size)
         columns[col.name] = {"kind": col.kind, "labels": grid.labels, "edges": grid.edges,
-                             "counts": noisy.round(3).tolist()}
-    return {"mechanism": {"name": name, "noise_multiplier": float(noise_multiplier),
-                          "sample_rate": 1.0, "steps": 1},
-            "noise_std": std, "l2_sensitivity": math.sqrt(len(schema.columns)), "n_bins": n_bins,
+                             "counts": noisy[col.name].round(3).tolist()}
+    return {"mechanism": {**mechanism.to_dict(), "noise_multiplier": float(noise_multiplier)},
+            "noise_std": cell_noise_std(noise_multiplier, len(exact)),
+            "l2_sensitivity": math.sqrt(len(schema.columns)), "n_bins": n_bins,
             "columns": columns}

@@ -1,9 +1,10 @@
 """Reading a table file for evaluation, and shaping frames to the schema's dtypes.
 
-`read_table` uses the project's loader (`synthpool.common.loading.load_table`, which validates
-and reports problems) for real rows; synthetic rows (`strict=False`), or a checkout without that
-loader, go through a small reader that honours the schema's csv options and value normalisation
-but refuses nothing. Either way the frame has exactly `schema.names` columns:
+`read_table` reads every table with the project's reader (common/loading.py: CSV, Parquet, SQL):
+real rows through `load_table`, which validates and reports problems; synthetic rows
+(`strict=False`) through `read_unchecked`, which honours the schema's csv options and value
+normalisation the same way but refuses no cell. Either way the frame has exactly `schema.names`
+columns:
 numeric float64 with NaN, categorical object (str or NaN), boolean object (bool or NaN).
 
 `read_checked` is the evaluator's reader of real rows with a choice for bad cells: "error" (the
@@ -24,25 +25,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..booleans import FALSE_WORDS, TRUE_WORDS
 from ..schema import BooleanColumn, NumericColumn, Schema
-
-_TRUE = {"true", "t", "yes", "y", "1"}
-_FALSE = {"false", "f", "no", "n", "0"}
 
 
 def read_table(path: str | Path, schema: Schema, *, strict: bool = True) -> pd.DataFrame:
     """`strict=False` skips validation (for synthetic rows: out-of-schema values are what the
     evaluation counts, not a reason to refuse the file)."""
-    load_table = None
+    from ..loading import load_table, read_unchecked
+
     if strict:
-        try:
-            from ..loading import load_table  # the project's validating loader
-        except ImportError:
-            pass
-    if load_table is not None:
         df, _report = load_table(path, schema)
         return conform(df, schema)
-    return _read_fallback(Path(path), schema)
+    return conform(read_unchecked(path, schema), schema)
 
 
 ON_INVALID = ("error", "drop", "clip")
@@ -142,38 +137,6 @@ def _with_real_bounds(error, schema: Schema):
                      bad_rows=error.bad_rows)
 
 
-def _read_fallback(path: Path, schema: Schema) -> pd.DataFrame:
-    if path.suffix in {".parquet", ".pq"}:
-        return conform(pd.read_parquet(path), schema)
-    csv = schema.csv
-    raw = pd.read_csv(
-        path,
-        header=0 if csv.header else None,
-        names=None if csv.header else schema.source_columns,
-        sep=csv.separator,
-        na_values=csv.missing,
-        keep_default_na=False,
-        comment=csv.comment,
-        skipinitialspace=csv.skip_initial_space,
-        dtype=str,
-        compression="infer",
-    )
-    if not csv.header and len(raw) and \
-            [str(v) for v in raw.iloc[0]] == list(schema.source_columns):
-        raw = raw.iloc[1:].reset_index(drop=True)  # a release's own header line (table_io)
-    for name in schema.names:
-        col = schema.column(name)
-        if isinstance(col, NumericColumn):
-            continue
-        s = raw[name]
-        if schema.normalize.strip:
-            s = s.str.strip()
-        for suffix in schema.normalize.strip_suffix:
-            s = s.where(~s.str.endswith(suffix, na=False), s.str[: -len(suffix)])
-        raw[name] = s
-    return conform(raw, schema)
-
-
 def conform(df: pd.DataFrame, schema: Schema) -> pd.DataFrame:
     """Exactly the schema's columns, in order, with the evaluation's dtypes."""
     missing = [n for n in schema.names if n not in df.columns]
@@ -203,8 +166,8 @@ def _to_bool(v):
     if isinstance(v, (bool, np.bool_)):
         return bool(v)
     text = str(v).strip().lower()
-    if text in _TRUE:
+    if text in TRUE_WORDS:  # any common spelling: a synthetic table's spelling is not known
         return True
-    if text in _FALSE:
+    if text in FALSE_WORDS:
         return False
     return np.nan

@@ -25,6 +25,7 @@ import pandas as pd
 
 from ...common.evaluation.grids import column_grid
 from ...common.evaluation.pooled import SiteEvaluation
+from ...common.histogram_release import histogram_problem
 from ...common.schema import Schema
 from ...common.wire import EVALUATE_MESSAGE, Request
 from .transport import exchange
@@ -69,7 +70,7 @@ def evaluation_problem(payload: dict | None, schema: Schema) -> str:
             return "the histograms do not cover exactly the schema's columns"
         for col in schema.columns:
             counts = np.asarray(hist["columns"][col.name]["counts"], dtype=float)
-            if counts.shape != (column_grid(col, hist["n_bins"]).size,) or not np.isfinite(counts).all():
+            if histogram_problem(counts, column_grid(col, hist["n_bins"]).size):
                 return f"the histogram of {col.name!r} does not fit the public grid"
     except (KeyError, TypeError, ValueError):
         return "unreadable histograms"

@@ -11,6 +11,7 @@ import logging
 
 import numpy as np
 
+from ...common.histogram_release import cell_noise_std, histogram_problem
 from ...common.schema import Schema
 from ...common.stats import TableStats, cell_labels, histogram_columns
 from ...common.wire import STATS_MESSAGE, Request
@@ -38,9 +39,9 @@ def stats_problem(result: SiteResult, schema: Schema) -> str:
             want = len(cell_labels(schema, name))
         except KeyError:
             return f"statistics of an unknown column {name!r}"
-        counts = stats.counts(name)
-        if counts.shape != (want,) or not np.all(np.isfinite(counts)):
-            return f"histogram of {name!r} is not {want} finite counts"
+        problem = histogram_problem(stats.counts(name), want)
+        if problem:
+            return f"histogram of {name!r} is {problem}"
     if len(stats.mechanisms) != 1:
         return f"statistics report {len(stats.mechanisms)} mechanisms, expected one"
     return ""
@@ -59,7 +60,7 @@ def size_problem(stats: TableStats, claimed: float, source: str) -> str:
     noise of a known scale: their totals must agree with each other, and an estimated size is
     their weighted mean (TableStats.noisy_rows, agent/site_job.py:reported_size); a declared
     size must agree with it too."""
-    sigma_cell = stats.mechanisms[0].noise_multiplier * np.sqrt(len(stats.histograms))
+    sigma_cell = cell_noise_std(stats.mechanisms[0].noise_multiplier, len(stats.histograms))
     totals = [(name, float(np.sum(stats.counts(name))), len(stats.counts(name)))
               for name in stats.histograms]
     estimate = stats.noisy_rows()
