@@ -27,7 +27,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 def run(config: Path = path_option(..., "--config", "-c", exists=True, dir_okay=False,
                                     help="The site's site.toml")) -> None:
     """Apply the site's privacy caps to its ledger and run its Flower SuperNode."""
-    from . import daemon
+    from .host import daemon
     from .config import ConfigError, load_site_config
     from .ledger import LedgerDiskFull, LedgerError
 
@@ -82,7 +82,7 @@ def enroll(config: Path = path_option(..., "--config", "-c", exists=True, dir_ok
     except ValueError as e:  # ConfigError included
         typer.echo(str(e), err=True)
         raise typer.Exit(2) from None
-    from .daemon import enroll_command
+    from .host.daemon import enroll_command
 
     try:
         # The ledger before the key: a state dir with a key and no ledger then always means a
@@ -228,7 +228,7 @@ def ledger_reinit(state_dir: Path = path_option(..., "--state-dir", exists=True,
     agent runs on the state dir."""
     import getpass
 
-    from .daemon import StateDirError, hold_state_dir
+    from .host.daemon import StateDirError, hold_state_dir
     from .ledger import REINIT_FLAG, Ledger, LedgerError
 
     if not understood:

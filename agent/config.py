@@ -26,8 +26,8 @@ Example::
     port = 9094                        # the node's local Runtime API port
     authenticate = true                # sign with the key made by `synthpool-agent enroll`
 
-    [trust]                            # which Flower app this site runs (agent/fab_policy.py)
-    clientapp = "synthpool.agent.client_app:app"   # the only ClientApp component it loads
+    [trust]                            # which Flower app this site runs (agent/host/fab_policy.py)
+    clientapp = "synthpool.agent.clientapp.app:app"   # the only ClientApp component it loads
     fab_sha256 = []                    # optional: the only FAB hashes it accepts
 
     [evaluation]
@@ -57,7 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..common.bundled import BUNDLED_SCHEMAS, DEFAULT_SCHEMA, schema_path
 from ..common.budget import check_delta, check_epsilon
 from ..common.schema import Schema
-from .fab_policy import DEFAULT_ALLOWED_FILES, PINNED_CLIENTAPP, TrustPolicy
+from .host.fab_policy import DEFAULT_ALLOWED_FILES, PINNED_CLIENTAPP, TrustPolicy
 
 
 
@@ -135,7 +135,7 @@ class SuperNodeSection(BaseModel):
     @model_validator(mode="after")
     def _isolation(self) -> "SuperNodeSection":
         # The agent runs the SuperNode in `--isolation process` so that only its own launcher
-        # (agent/trusted_exec.py) starts app processes; another isolation mode would let Flower
+        # (agent/host/trusted_exec.py) starts app processes; another isolation mode would let Flower
         # start the coordinator's app itself, unchecked.
         for arg in self.extra_args:
             if _abbreviates(arg, "--isolation"):
@@ -153,7 +153,7 @@ def _abbreviates(arg: str, flag: str) -> bool:
 
 
 class TrustSection(BaseModel):
-    """Which Flower app (FAB) this site runs; see agent/fab_policy.py. A FAB that ships code,
+    """Which Flower app (FAB) this site runs; see agent/host/fab_policy.py. A FAB that ships code,
     names another ClientApp, or (with pins) has another hash is refused before it runs."""
 
     model_config = ConfigDict(extra="forbid")
@@ -179,7 +179,7 @@ class TrustSection(BaseModel):
 
 
 class EvaluationSection(BaseModel):
-    """How the site scores a release (agent/site_evaluation.py). The hold-out split is made once,
+    """How the site scores a release (agent/clientapp/site_evaluation.py). The hold-out split is made once,
     before any training, from a secret key in the state dir: the same rows stay aside for every
     study, so scoring never sees a row the generator was trained on."""
 

@@ -4,7 +4,7 @@ Why on disk: Flower starts a NEW `flwr-clientapp` process for every message (doc
 "Flower facts"), so nothing in memory survives from one round to the next. The state dir holds:
 
     ledger.sqlite            the privacy ledger (agent/ledger.py); made first, before the key
-    agent.lock               flock-ed by the one agent running on this dir (agent/daemon.py)
+    agent.lock               flock-ed by the one agent running on this dir (agent/host/daemon.py)
     holdout.key              the secret key of the evaluation hold-out split (made once)
     reports/<study>/...      the site's full local evaluation report of each release
     releases/<study>/...     every output this site released (noisy histograms of a training's

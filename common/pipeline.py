@@ -1,7 +1,7 @@
 """One synthesizer's life, the same wherever it runs: schema + DP statistics -> transform ->
 family -> fit (DP-SGD) -> sample -> decode.
 
-Single-site synthesis (common/synthesis.py), a site's training job (agent/site_job.py) and the
+Single-site synthesis (common/synthesis.py), a site's training job (agent/clientapp/site_job.py) and the
 coordinator's initial model and sampler (coordinator/serverapp/release.py) all build their
 generator here, so every party of a training holds the same token layout and the same model for
 the same (schema, statistics, family, hyperparameters, seed), and the pooled weights mean the same

@@ -6,7 +6,7 @@ the other way round); both import this module:
 * message types and our error codes;
 * `TrainingSpec`: the study's DP plan, model and evaluation settings. The coordinator's run
   config (coordinator/serverapp/run_config.py:RunConfig) and the site's reading of a request
-  (agent/site_job.py:RoundConfig) both extend it, so a setting added here exists on both sides;
+  (agent/clientapp/site_job.py:RoundConfig) both extend it, so a setting added here exists on both sides;
 * `to_wire` / `fields_from_wire`: dashed keys on the wire (`local-steps`), typed fields in code;
 * the messages: record names, `Request` and `Reply` with their encodings, and the SecAgg+ round's
   encodings in Flower's legacy FitIns/FitRes (the only format its SecAgg+ speaks).

@@ -461,7 +461,7 @@ def site_checks(config: Path, *, study: str | None = None, epsilon: float | None
                 online: bool = True, now: dt.datetime | None = None) -> list[Finding]:
     from synthpool.agent import identity
     from synthpool.agent.config import ConfigError, load_site_config
-    from synthpool.agent.daemon import enroll_command, no_key_message
+    from synthpool.agent.host.daemon import enroll_command, no_key_message
 
     try:
         cfg = load_site_config(config)
@@ -502,7 +502,7 @@ def site_checks(config: Path, *, study: str | None = None, epsilon: float | None
     if cfg.supernode.authenticate:
         pub = state / identity.PUBLIC_FILE
         if pub.exists() or key.exists():
-            from synthpool.agent.daemon import key_fingerprint
+            from synthpool.agent.host.daemon import key_fingerprint
 
             out.append(Finding("ok", "key", f"{key}, fingerprint {key_fingerprint(cfg)} (the "
                                             "coordinator's `sites list` must show it approved)"))

@@ -201,7 +201,7 @@ def test_a_local_process_without_the_agents_secret_gets_no_task(fed, tight_run):
     from flwr.supercore.runtime import RuntimeHttpClient
 
     from synthpool.agent.config import load_site_config
-    from synthpool.agent.daemon import superexec_secret_path
+    from synthpool.agent.host.daemon import superexec_secret_path
 
     cfg = load_site_config(fed.site_config("s0"))
     assert superexec_secret_path(cfg).stat().st_mode & 0o077 == 0

@@ -19,7 +19,7 @@ DELTA = 1e-5
 
 @pytest.mark.timeout(500)
 def test_simulation_engine_runs_the_same_apps(tmp_path):
-    from synthpool.agent.client_app import make_app as make_client_app
+    from synthpool.agent.clientapp.app import make_app as make_client_app
     from synthpool.agent.ledger import Ledger
     from synthpool.commands.simulate import SimulatedSites, run_simulation
     from synthpool.common.bundled import ADULT_TRAIN

@@ -15,7 +15,7 @@ import pytest
 from flwr.app import Context, Message, RecordDict
 
 from tables import TINY_MODEL
-from synthpool.agent import client_app, noise_plan, site_job
+from synthpool.agent.clientapp import app as client_app, noise_plan, site_job
 from synthpool.agent.ledger import Ledger
 from synthpool.agent.site_state import SiteState
 from synthpool.common.bundled import ADULT_TRAIN
@@ -172,7 +172,7 @@ def test_app_run_config_matches_run_config():
     fields = {f.name.replace("_", "-") for f in dataclasses.fields(RunConfig)}
     assert declared == fields
     assert cfg["components"] == {"serverapp": "synthpool.coordinator.serverapp.app:app",
-                                 "clientapp": "synthpool.agent.client_app:app"}
+                                 "clientapp": "synthpool.agent.clientapp.app:app"}
     defaults = RunConfig.from_run_config({**cfg["config"], "checkpoint-dir": "/x"})
     assert (defaults.num_rounds * defaults.local_steps, defaults.family) == (480, "autoregressive")
 
@@ -575,7 +575,7 @@ def test_release_manifest_reports_the_sites_ledgers(tmp_path, adult_slices):
 
 
 def test_agent_starts_its_supernode_with_its_own_config(tmp_path, adult_slices):
-    from synthpool.agent import daemon
+    from synthpool.agent.host import daemon
     from synthpool.agent.config import ConfigError, load_site_config
 
     cfg = load_site_config(write_site(tmp_path, "a", adult_slices[0]))

@@ -172,7 +172,7 @@ def test_a_site_refuses_a_family_or_setting_it_cannot_build_before_charging(tmp_
     with pytest.raises(ValueError, match="target-epsilon"):
         RunConfig(study="adult", checkpoint_dir=str(tmp_path), target_epsilon=-1.0)
 
-    from synthpool.agent.client_app import Refusal, _parse
+    from synthpool.agent.clientapp.app import Refusal, _parse
 
     site = SiteState.from_config_path(
         __import__("test_federation_units").write_site(tmp_path, "a", adult_slices[0]))

@@ -22,6 +22,8 @@ FORBIDDEN = [
                                                 "synthpool.doctor", "synthpool.local_federation")],
     # The ServerApp runs whatever app the SuperLink accepts: it holds none of the daemon's keys.
     ("synthpool.coordinator.serverapp", "synthpool.coordinator.admin"),
+    # The ClientApp is what the site's executor forks per message, by its pinned name.
+    ("synthpool.agent.clientapp", "synthpool.agent.host"),
     # The local harness is for demo, tests and benchmarks only.
     *[(side, "synthpool.local_federation") for side in ("synthpool.agent", "synthpool.coordinator")],
     *[(side, "synthpool.commands") for side in ("synthpool.agent", "synthpool.coordinator")],

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from synthpool.agent import daemon
+from synthpool.agent.host import daemon
 from synthpool.agent.cli import app
 from synthpool.agent.config import ConfigError, load_site_config
 from synthpool.agent.ledger import (

@@ -30,7 +30,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from synthpool.agent import daemon, identity
+from synthpool.agent.host import daemon
+
+from synthpool.agent import identity
 from synthpool.agent.cli import app as agent_app
 from synthpool.agent.config import load_site_config
 from synthpool.agent.ledger import Ledger
@@ -315,7 +317,7 @@ sys.exit(1)
 
 AGENT_WITH_STAND_INS = """
 import sys
-from synthpool.agent import daemon
+from synthpool.agent.host import daemon
 from synthpool.agent.config import load_site_config
 sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
 daemon.supernode_argv = daemon.executor_argv = lambda cfg: sleeper

@@ -1,6 +1,6 @@
 """SecAgg+ arithmetic and dropout handling, in one process: the coordinator's round
 (coordinator/serverapp/secure_aggregation.py, Flower's SecAggPlusWorkflow) talks to the sites' side
-(agent/secure_aggregation.py, Flower's secaggplus_mod) through a loopback Grid that hands each
+(agent/clientapp/secure_aggregation.py, Flower's secaggplus_mod) through a loopback Grid that hands each
 message to the addressed site's handler. Everything but the transport is the real code; the same
 round over real Flower processes is in tests/test_federation_secagg.py."""
 
@@ -13,7 +13,7 @@ import uuid
 import numpy as np
 import pytest
 
-from synthpool.agent.secure_aggregation import secure_aggregation_mod, update_of
+from synthpool.agent.clientapp.secure_aggregation import secure_aggregation_mod, update_of
 from synthpool.common.wire import Reply, read_secure_request, secure_reply_records
 from synthpool.coordinator.serverapp.secure_aggregation import SecAggSettings, secure_round
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from synthpool.agent import client_app, noise_plan, site_job
+from synthpool.agent.clientapp import app as client_app, noise_plan, site_job
 from synthpool.agent.ledger import Ledger
 from synthpool.agent.site_state import SiteState
 from synthpool.coordinator.serverapp.evaluation_stage import sample_bytes

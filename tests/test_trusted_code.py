@@ -1,10 +1,10 @@
-"""A site runs only the ClientApp it installed and pinned (agent/fab_policy.py,
-agent/trusted_exec.py, agent/trusted_app.py).
+"""A site runs only the ClientApp it installed and pinned (agent/host/fab_policy.py,
+agent/host/trusted_exec.py, agent/host/trusted_app.py).
 
 Unit tests check the FAB inspection on in-memory FABs built by Flower's own builder (the bytes
 `flwr run` would send) and on hand-made archives. The process test starts a real federation (a
 SuperLink, two `synthpool-agent run` sites) and submits, with `flwr run`, a foreign app that
-ships `evil_app.py` and names it, then one that ships a shadow `synthpool/agent/client_app.py`
+ships `evil_app.py` and names it, then one that ships a shadow `synthpool/agent/clientapp/app.py`
 under the pinned component name, then the genuine `deploy/app`: the foreign ones are refused at
 both sites before any of their code runs (their marker file never appears, each site logs the run
 id and the reason, the coordinator records a refusal and no reply), the genuine one trains.
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tables import TINY_MODEL
-from synthpool.agent.fab_policy import (
+from synthpool.agent.host.fab_policy import (
     DEFAULT_ALLOWED_FILES, FLOWER_MANIFEST, PINNED_CLIENTAPP, TrustPolicy, inspect_fab,
 )
 from synthpool.local_federation import APP_DIR
@@ -98,9 +98,9 @@ def test_an_app_that_ships_python_and_names_it_is_refused(tmp_path):
 def test_a_shadow_of_the_pinned_module_is_refused_though_it_names_the_pinned_component():
     fab = build_fab({"pyproject.toml": pyproject(),
                      "synthpool/__init__.py": "", "synthpool/agent/__init__.py": "",
-                     "synthpool/agent/client_app.py": "app = None\n"})
+                     "synthpool/agent/clientapp/app.py": "app = None\n"})
     verdict = inspect_fab(fab, TrustPolicy())
-    assert not verdict.trusted and "synthpool/agent/client_app.py" in verdict.reason
+    assert not verdict.trusted and "synthpool/agent/clientapp/app.py" in verdict.reason
 
 
 @pytest.mark.parametrize("name", ["notes.json", "conf/extra.toml", "settings.yaml"])
@@ -164,11 +164,11 @@ def test_a_policy_cannot_allow_code_or_malformed_pins():
     with pytest.raises(ValueError, match="64 lowercase hex"):
         TrustPolicy(fab_sha256=frozenset({"abc"}))
     with pytest.raises(ValueError, match="module:attribute"):
-        TrustPolicy(clientapp="synthpool.agent.client_app")
+        TrustPolicy(clientapp="synthpool.agent.clientapp.app")
 
 
 def test_only_client_app_tasks_and_a_readable_site_config(tmp_path):
-    from synthpool.agent.trusted_app import CLIENT_APP_TASK, SiteTrust, decide, refusal_reason
+    from synthpool.agent.host.trusted_app import CLIENT_APP_TASK, SiteTrust, decide, refusal_reason
 
     fab = build_fab({"pyproject.toml": GENUINE_PYPROJECT})
     trust = SiteTrust("s0", TrustPolicy(), tmp_path)
@@ -234,7 +234,7 @@ def test_other_supernode_flags_pass_the_isolation_guard(tmp_path):
 
 
 def test_the_agent_runs_the_supernode_in_process_isolation_beside_its_own_executor(tmp_path):
-    from synthpool.agent import daemon
+    from synthpool.agent.host import daemon
     from synthpool.agent.config import load_site_config
 
     cfg = load_site_config(_site_toml(tmp_path, "\n[supernode]\nport = 9123\n"))
@@ -242,7 +242,7 @@ def test_the_agent_runs_the_supernode_in_process_isolation_beside_its_own_execut
     assert argv[argv.index("--isolation") + 1] == "process"
     assert argv[argv.index("--node-config") + 1] == f'site-config="{cfg.path}"'
     ex = daemon.executor_argv(cfg)
-    assert ex[:4] == [sys.executable, "-P", "-m", "synthpool.agent.trusted_exec"]
+    assert ex[:4] == [sys.executable, "-P", "-m", "synthpool.agent.host.trusted_exec"]
     assert ex[ex.index("--runtime-api-address") + 1] == "127.0.0.1:9123"
     assert ex[ex.index("--config") + 1] == str(cfg.path)
 
@@ -274,12 +274,14 @@ def _foreign_apps(root: Path, marker: Path) -> dict[str, Path]:
     (evil / "pyproject.toml").write_text(pyproject("evil_app:app"))
     (evil / "evil_app.py").write_text(EVIL_APP.format(marker=str(marker)))
     shadow = root / "shadow"
-    (shadow / "synthpool" / "agent").mkdir(parents=True)
+    (shadow / "synthpool" / "agent" / "clientapp").mkdir(parents=True)
     (shadow / "pyproject.toml").write_text(pyproject(serverapp="coordinator_shim:app"))
     (shadow / "coordinator_shim.py").write_text(SERVER_SHIM)
     (shadow / "synthpool" / "__init__.py").write_text("")
-    (shadow / "synthpool" / "agent" / "__init__.py").write_text("")
-    (shadow / "synthpool" / "agent" / "client_app.py").write_text(EVIL_APP.format(marker=str(marker)))
+    for package in ("agent", "agent/clientapp"):
+        (shadow / "synthpool" / package / "__init__.py").write_text("")
+    (shadow / "synthpool" / "agent" / "clientapp" / "app.py").write_text(
+        EVIL_APP.format(marker=str(marker)))
     return {"evil": evil, "shadow": shadow}
 
 
@@ -289,7 +291,7 @@ def _foreign_apps(root: Path, marker: Path) -> dict[str, Path]:
 @pytest.mark.timeout(480)
 def test_foreign_apps_are_refused_at_every_site_and_the_genuine_app_trains(tmp_path):
     from synthpool.agent.ledger import Ledger
-    from synthpool.agent.trusted_app import REFUSALS_FILE
+    from synthpool.agent.host.trusted_app import REFUSALS_FILE
     from synthpool.common.bundled import ADULT_TRAIN
     from synthpool.local_federation import LocalFederation, SiteSpec, split_rows
 
@@ -321,7 +323,7 @@ def test_foreign_apps_are_refused_at_every_site_and_the_genuine_app_trains(tmp_p
                 assert run_id not in seen_runs and records[-1]["trusted"] is False
                 log = fed.procs.by_name(f"site-{name}").log_tail(200_000)
                 assert f"site {name}: REFUSED run {run_id} " in log, log[-3000:]
-                assert ("evil_app.py" if kind == "evil" else "synthpool/agent/client_app.py") \
+                assert ("evil_app.py" if kind == "evil" else "synthpool/agent/clientapp/app.py") \
                     in records[-1]["reason"]
             seen_runs.append(run_id)
 
@@ -345,7 +347,7 @@ def test_a_forked_task_draws_fresh_generator_states():
     import numpy as np
     import torch
 
-    from synthpool.agent import trusted_exec
+    from synthpool.agent.host import trusted_exec
 
     torch.manual_seed(0)
     np.random.seed(0)

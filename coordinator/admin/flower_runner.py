@@ -437,7 +437,7 @@ def _check_settings(settings: dict, app_dir: Path) -> dict:
 
 def _check_schema(path: Path, fingerprint: str) -> None:
     """The ServerApp reads the schema from this file and every site compares its fingerprint
-    with the schema it pinned (agent/client_app.py): it must be the schema the study was
+    with the schema it pinned (agent/clientapp/app.py): it must be the schema the study was
     created with, byte for byte in meaning."""
     try:
         got = Schema.load(path).fingerprint()

@@ -3,7 +3,7 @@
 After the last round the coordinator samples the release, sends (up to `evaluation-rows` of) it
 to every connected site as Parquet bytes with their sha256 in the request, and pools what comes
 back into the shared report (common/evaluation/pooled.py). A site answers with aggregate scores
-and DP histograms of its rows (agent/site_evaluation.py) and its ledger report, which now includes
+and DP histograms of its rows (agent/clientapp/site_evaluation.py) and its ledger report, which now includes
 the histograms' charge: the release manifest states the per-site epsilon AFTER evaluation, so
 the published report is covered by it.
 

@@ -49,7 +49,7 @@ MAX_RELEASE_ROWS = 10_000_000  # rows sampled when the run does not say (release
 
 
 def synthesizer(run, schema: Schema, stats: TableStats) -> Synthesizer:
-    """The synthesizer exactly as every site builds it for this training (agent/site_job.py)."""
+    """The synthesizer exactly as every site builds it for this training (agent/clientapp/site_job.py)."""
     import torch
 
     torch.set_num_threads(usable_cores())

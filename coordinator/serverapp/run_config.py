@@ -126,7 +126,7 @@ class RunConfig(TrainingSpec):
 
     def round_wire(self, training_id: str, rnd: int, fingerprint: str, stats_digest: str = "",
                    *, stage: str = "", synthetic_digest: str = "", weight_cap: float = 0.0) -> dict:
-        """What every site receives with a stage (agent/site_job.py:RoundConfig reads it)."""
+        """What every site receives with a stage (agent/clientapp/site_job.py:RoundConfig reads it)."""
         return {**self.spec_wire(), "study": self.study, "training-id": training_id,
                 "round": rnd, "schema-fingerprint": fingerprint, "stats-digest": stats_digest,
                 "stage": stage, "synthetic-digest": synthetic_digest, "weight-cap": weight_cap}

@@ -8,7 +8,7 @@ update by its DP size, quantizes it and adds pairwise and private masks) -> unma
 hand over the shares that cancel the masks, including those of a site that dropped after it
 shared its keys). The masks cancel only in the sum; a site's vector alone is uniform noise.
 
-What a site sends is its update as a displacement from the global weights (agent/client_app.py),
+What a site sends is its update as a displacement from the global weights (agent/clientapp/app.py),
 not its weights: Flower clips each coordinate into [-clipping_range, clipping_range] before it
 quantizes, and the range is by default the most a round of Adam can move a weight
 (common/update_bound.py: 1.56 at the default 5e-3 x 160 steps), so an honest update is never

@@ -58,7 +58,7 @@ def size_problem(stats: TableStats, claimed: float, source: str) -> str:
     weight and its share of the merged statistics are what it claims, so it could take over both
     by claiming 1e12 rows. But every one of its histograms counts every row once, under Gaussian
     noise of a known scale: their totals must agree with each other, and an estimated size is
-    their weighted mean (TableStats.noisy_rows, agent/site_job.py:reported_size); a declared
+    their weighted mean (TableStats.noisy_rows, agent/clientapp/site_job.py:reported_size); a declared
     size must agree with it too."""
     sigma_cell = cell_noise_std(stats.mechanisms[0].noise_multiplier, len(stats.histograms))
     totals = [(name, float(np.sum(stats.counts(name))), len(stats.counts(name)))

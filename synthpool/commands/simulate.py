@@ -141,7 +141,7 @@ def simulate(
     split = split or "iid"
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-    from synthpool.agent.client_app import make_app as make_client_app
+    from synthpool.agent.clientapp.app import make_app as make_client_app
     from synthpool.common.bundled import ADULT_TRAIN
     from synthpool.local_federation import SiteSpec, split_rows, write_site_config
     from synthpool.coordinator.serverapp.release import read_manifest

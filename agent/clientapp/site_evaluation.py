@@ -9,10 +9,10 @@ aside before any training, agent/site_state.py) and:
 * returns only `site_scores` (aggregates; not DP, shared by the owner's choice in site.toml) and
   DP histograms of its training rows on the schema's public grid: ONE Gaussian mechanism, planned
   when the training was calibrated (its share of the budget reserved then, so training plus
-  evaluation land on the study's target; agent/noise_plan.py:plan_evaluation) and charged to the
+  evaluation land on the study's target; agent/clientapp/noise_plan.py:plan_evaluation) and charged to the
   ledger before it runs.
 
-The ClientApp (agent/client_app.py) owns parsing, the write-ahead charge and the replay cache, as
+The ClientApp (agent/clientapp/app.py) owns parsing, the write-ahead charge and the replay cache, as
 for the other stages.
 """
 
@@ -23,8 +23,8 @@ import io
 import numpy as np
 import pandas as pd
 
-from ..common.privacy import GaussianMechanism
-from .site_state import SiteState, safe_file_name
+from ...common.privacy import GaussianMechanism
+from ..site_state import SiteState, safe_file_name
 
 MAX_SYNTHETIC_ROWS = 200_000  # a sample beyond this is a mistake or an attack on the site's CPU
 # The footer's uncompressed size of the column pages: a compressed page can hide 300x its bytes.
@@ -40,7 +40,7 @@ def read_sample(site: SiteState, data: bytes) -> pd.DataFrame:
     decoded: a few kilobytes of dictionary-encoded Parquet can decode to gigabytes."""
     import pyarrow.parquet as pq
 
-    from ..common.evaluation.tables import conform
+    from ...common.evaluation.tables import conform
 
     names = list(site.schema.names)
     try:
@@ -71,10 +71,10 @@ def read_sample(site: SiteState, data: bytes) -> pd.DataFrame:
 def run_evaluation(site: SiteState, cfg, synthetic: pd.DataFrame,
                    mechanism: GaussianMechanism | None, ledger: dict) -> dict:
     """Score `synthetic`; write the site's own report; return what may leave the site."""
-    from ..common.evaluation.evaluate import evaluate
-    from ..common.evaluation.grids import dp_histograms
-    from ..common.evaluation.report import write_report
-    from ..common.evaluation.site_scores import site_scores
+    from ...common.evaluation.evaluate import evaluate
+    from ...common.evaluation.grids import dp_histograms
+    from ...common.evaluation.report import write_report
+    from ...common.evaluation.site_scores import site_scores
 
     schema, train = site.schema, site.load_rows()
     privacy = {"epsilon": ledger["epsilon"], "delta": ledger["delta"],

@@ -16,7 +16,7 @@ Three message types, each a function free of Flower types so it can be tested di
   global weights.
 * `query.evaluate` -> `handle_evaluate`: score the release's synthetic sample against the site's
   rows; aggregates and DP histograms (charged) back, the full report kept at the site
-  (agent/site_evaluation.py).
+  (agent/clientapp/site_evaluation.py).
 
 All follow the same steps:
 1. read the request (RoundConfig); check the study schema fingerprint and model family;
@@ -44,18 +44,18 @@ from typing import Callable
 
 import numpy as np
 
-from ..common.generators import registry
-from ..common.privacy import BudgetExceeded
-from ..common.stats import TableStats
-from ..common.wire import (
+from ...common.generators import registry
+from ...common.privacy import BudgetExceeded
+from ...common.stats import TableStats
+from ...common.wire import (
     EVALUATE_MESSAGE, REFUSED, SITE_FAILED, STATS_MESSAGE, Reply, Request, is_secure_request,
     read_secure_request, secure_reply_records,
 )
 from . import noise_plan, site_job
-from .config import ConfigError
-from .ledger import LedgerConflict, LedgerError
+from ..config import ConfigError
+from ..ledger import LedgerConflict, LedgerError
 from .secure_aggregation import secure_aggregation_mod, update_of
-from .site_state import Release, SiteState, input_hash
+from ..site_state import Release, SiteState, input_hash
 
 
 log = logging.getLogger("synthpool.agent")
@@ -77,7 +77,7 @@ def ledger_report(site: SiteState, cfg: site_job.RoundConfig) -> dict:
     one), and the accountant that composed it: enough for anyone to recompute the number."""
     from dataclasses import asdict
 
-    from ..common.privacy import accountant_fields
+    from ...common.privacy import accountant_fields
 
     ledger, study = site.ledger, cfg.study
     cap = ledger.cap(study)
@@ -207,7 +207,7 @@ def handle_train(site: SiteState, global_weights: list[np.ndarray], wire: dict,
 
 
 def handle_evaluate(site: SiteState, wire: dict, sample: bytes) -> Reply:
-    """Score the release's synthetic sample against this site's rows (agent/site_evaluation.py):
+    """Score the release's synthetic sample against this site's rows (agent/clientapp/site_evaluation.py):
     aggregates and charged DP histograms back, the full report kept here."""
     from .site_evaluation import BadSample, read_sample, run_evaluation
 

@@ -12,8 +12,8 @@ min(study target, own cap) and the study's plan (common/planning.py):
         the evaluation histograms' noise: the one reserved when the training was calibrated
 
 A coordinator may ask for more noise than the site's calibration (`own_noise`), never for less.
-The ClientApp (agent/client_app.py) charges each mechanism to the ledger before the job runs
-(agent/site_job.py, agent/site_evaluation.py).
+The ClientApp (agent/clientapp/app.py) charges each mechanism to the ledger before the job runs
+(agent/clientapp/site_job.py, agent/clientapp/site_evaluation.py).
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from __future__ import annotations
 import json
 import logging
 
-from ..common.atomic import atomic_write_text
-from ..common.dp_training import DPSGDConfig
-from ..common.histogram_release import EVALUATION_MECHANISM, STATS_MECHANISM
-from ..common.planning import evaluation_noise, expected_batch, preprocessing_noise, sample_rate_for
-from ..common.privacy import GaussianMechanism, calibrate_noise, delta_warning
-from .ledger import NoBudget
+from ...common.atomic import atomic_write_text
+from ...common.dp_training import DPSGDConfig
+from ...common.histogram_release import EVALUATION_MECHANISM, STATS_MECHANISM
+from ...common.planning import evaluation_noise, expected_batch, preprocessing_noise, sample_rate_for
+from ...common.privacy import GaussianMechanism, calibrate_noise, delta_warning
+from ..ledger import NoBudget
 from .site_job import RoundConfig, RoundPlan
-from .site_state import ReportedSize, SiteState, safe_file_name
+from ..site_state import ReportedSize, SiteState, safe_file_name
 
 log = logging.getLogger("synthpool.agent")
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..common.update_bound import displacement_problem
-from ..common.wire import SECAGG_CONFIGS
+from ...common.update_bound import displacement_problem
+from ...common.wire import SECAGG_CONFIGS
 
 
 class _Declined(Exception):

@@ -13,7 +13,7 @@ version it chose. So a site accepts a FAB only if
   one of them.
 
 This module imports no Flower and never extracts the archive: the zip is read in memory, and the
-only file parsed is pyproject.toml, with a size limit. agent/trusted_app.py calls `inspect_fab`
+only file parsed is pyproject.toml, with a size limit. agent/host/trusted_app.py calls `inspect_fab`
 before any of a run's code could be loaded, and loads the pinned component from the site's own
 installation, not from the FAB.
 """
@@ -28,7 +28,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-PINNED_CLIENTAPP = "synthpool.agent.client_app:app"
+PINNED_CLIENTAPP = "synthpool.agent.clientapp.app:app"
 # Flower's manifest of the FAB's files (flwr/cli/build.py writes it into every FAB).
 FLOWER_MANIFEST = ".info/CONTENT"
 DEFAULT_ALLOWED_FILES = ("pyproject.toml", "README.md", "LICENSE", "LICENSE.md")

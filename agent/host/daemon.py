@@ -9,9 +9,9 @@ What it does, in order:
 2. start `flower-supernode` pointed at the coordinator's SuperLink, with
    `--node-config site-config="<this site.toml>"`, so every ClientApp process finds the site,
    and `--isolation process`, so the SuperNode starts no app process itself;
-3. start the site's own executor (agent/trusted_exec.py) on the SuperNode's local Runtime API:
-   it starts one agent/trusted_app.py per task, which checks the coordinator's Flower app
-   against site.toml's [trust] (agent/fab_policy.py) and runs only the site's pinned ClientApp;
+3. start the site's own executor (agent/host/trusted_exec.py) on the SuperNode's local Runtime API:
+   it starts one agent/host/trusted_app.py per task, which checks the coordinator's Flower app
+   against site.toml's [trust] (agent/host/fab_policy.py) and runs only the site's pinned ClientApp;
 4. supervise both: forward SIGTERM/SIGINT, and when either ends stop the other and exit with
    the SuperNode's exit code (restarting is the service manager's job: systemd
    `Restart=on-failure`);
@@ -39,11 +39,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from . import identity
-from .config import SiteConfig
-from .ledger import Ledger
+from .. import identity
+from ..config import SiteConfig
+from ..ledger import Ledger
 from .lifeline import die_with_parent
-from .site_state import NODE_CONFIG_KEY
+from ..site_state import NODE_CONFIG_KEY
 
 SUPEREXEC_SECRET = "superexec.secret"
 
@@ -84,7 +84,7 @@ def no_key_message(cfg: SiteConfig) -> str:
 
 
 def key_fingerprint(cfg: SiteConfig) -> str:
-    from ..common.signing import ssh_key_fingerprint
+    from ...common.signing import ssh_key_fingerprint
 
     try:
         return ssh_key_fingerprint((Path(cfg.state_dir) / identity.PUBLIC_FILE).read_text())
@@ -160,9 +160,9 @@ def supernode_argv(cfg: SiteConfig) -> list[str]:
 
 
 def executor_argv(cfg: SiteConfig) -> list[str]:
-    """The site's executor on the SuperNode's local Runtime API (agent/trusted_exec.py).
+    """The site's executor on the SuperNode's local Runtime API (agent/host/trusted_exec.py).
     `python -P`: the working directory is not put on sys.path."""
-    return [sys.executable, "-P", "-m", "synthpool.agent.trusted_exec",
+    return [sys.executable, "-P", "-m", "synthpool.agent.host.trusted_exec",
             "--runtime-api-address", f"{LOCALHOST}:{cfg.supernode.port}",
             "--config", str(cfg.path), "--auth-secret-file", str(superexec_secret_path(cfg))]
 

@@ -2,12 +2,12 @@
 ClientApp, or refuse.
 
 This replaces Flower's `flwr-clientapp` at a site (flwr/supernode/runtime/run_clientapp.py,
-which agent/trusted_exec.py would otherwise start per message). Flower's version pulls the task
+which agent/host/trusted_exec.py would otherwise start per message). Flower's version pulls the task
 (message, context, run, FAB) from the SuperNode's Runtime API, installs the FAB under FLWR_HOME,
 puts that folder first on sys.path and imports the component the FAB's pyproject.toml names: the
 coordinator decides what code runs. Here the same Runtime API calls are made, then:
 
-1. the FAB's bytes are checked (agent/fab_policy.py, the policy from site.toml's [trust]); nothing
+1. the FAB's bytes are checked (agent/host/fab_policy.py, the policy from site.toml's [trust]); nothing
    of the FAB is written to disk or put on sys.path, before or after the check;
 2. refused: the refusal (run id, FAB sha256, reason) goes to the site's log and to
    `STATE_DIR/refused-apps.jsonl`, and the message is answered with an error reply (code REFUSED,
@@ -49,7 +49,7 @@ class SiteTrust:
 
     @classmethod
     def load(cls, config_path: Path) -> "SiteTrust":
-        from .config import ConfigError, load_site_config
+        from ..config import ConfigError, load_site_config
 
         try:
             cfg = load_site_config(config_path)
@@ -124,7 +124,7 @@ def run_task(runtime_api_address: str, token: str, task_type: str, config_path: 
     # only, and none of them touches the FAB's files.
     from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
-    from ..common.wire import REFUSED
+    from ...common.wire import REFUSED
 
     retry = make_simple_http_retry_invoker()
     client = RuntimeHttpClient.from_server_address(
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     token = os.environ.pop(TOKEN_ENV, "").strip()
     if not token:
-        sys.exit(f"{TOKEN_ENV} is not set: this process is started by agent/trusted_exec.py")
+        sys.exit(f"{TOKEN_ENV} is not set: this process is started by agent/host/trusted_exec.py")
     sys.exit(run_task(args.runtime_api_address, token, args.task_type, args.config))
 
 

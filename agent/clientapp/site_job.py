@@ -1,10 +1,10 @@
 """What a site computes for a training: the statistics stage, then one DP-SGD job per round.
 
-The ClientApp (agent/client_app.py) owns everything around a job: parsing the coordinator's
+The ClientApp (agent/clientapp/app.py) owns everything around a job: parsing the coordinator's
 request, the write-ahead ledger charge, replaying a retried job, the refusal reply. This module
 owns the computation, with the engine in `common/` (the same pieces as the single-site pipeline,
 common/synthesis.py:train_single_site, split at the points where the federation talks). The
-noise of each job is the site's own plan (agent/noise_plan.py: `plan_stats`, `plan_round`):
+noise of each job is the site's own plan (agent/clientapp/noise_plan.py: `plan_stats`, `plan_round`):
 
     run_stats(site, cfg, mechanism) -> TableStats
         `collect_stats` on the site's rows: noisy histograms on the schema's public grids
@@ -36,12 +36,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..common.dp_training import DPSGDConfig
-from ..common.privacy import GaussianMechanism, check_delta, check_epsilon
-from ..common.stats import TableStats, collect_stats
-from ..common.threads import usable_cores
-from ..common.wire import TrainingSpec, as_wire, fields_from_wire
-from .site_state import ReportedSize, SiteState
+from ...common.dp_training import DPSGDConfig
+from ...common.privacy import GaussianMechanism, check_delta, check_epsilon
+from ...common.stats import TableStats, collect_stats
+from ...common.threads import usable_cores
+from ...common.wire import TrainingSpec, as_wire, fields_from_wire
+from ..site_state import ReportedSize, SiteState
 
 log = logging.getLogger("synthpool.agent")
 
@@ -96,7 +96,7 @@ class RoundConfig(TrainingSpec):
 
 @dataclass(frozen=True)
 class RoundPlan:
-    """The DP-SGD job of one round (agent/noise_plan.py:plan_round plans it)."""
+    """The DP-SGD job of one round (agent/clientapp/noise_plan.py:plan_round plans it)."""
 
     dp: DPSGDConfig
     mechanisms: list[GaussianMechanism]
@@ -113,7 +113,7 @@ def charge_schema_draft(site: SiteState, cfg: RoundConfig) -> None:
     """A DP draft of the study schema read this site's rows (or does not say whose rows): its
     spend is charged here, once per draft, before the statistics stage plans its noise. An exact
     draft is no DP release at all: the site's owner is told at every training."""
-    from ..common.synthesis import schema_drafts
+    from ...common.synthesis import schema_drafts
 
     for job_id, spends in schema_drafts(site.schema, site.name).items():
         site.ledger.charge(cfg.study, job_id, spends,
@@ -163,8 +163,8 @@ def run_round(site: SiteState, global_weights: list[np.ndarray], cfg: RoundConfi
     encoded with the transform every site builds from the same merged statistics."""
     import torch
 
-    from ..common.generators.base import resolve_device
-    from ..common.pipeline import Synthesizer
+    from ...common.generators.base import resolve_device
+    from ...common.pipeline import Synthesizer
 
     torch.set_num_threads(torch_threads(site))
     synthesizer = Synthesizer(site.schema, stats, cfg.family, cfg.hyperparameters,

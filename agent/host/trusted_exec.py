@@ -1,5 +1,5 @@
 """The site's SuperExec: takes each task from the site's SuperNode and starts one
-agent/trusted_app.py process for it, which checks the run's app before anything of it runs.
+agent/host/trusted_app.py process for it, which checks the run's app before anything of it runs.
 
 Why not Flower's own: in its default `--isolation subprocess` a SuperNode starts
 `flower-superexec`, whose plugin starts `flwr-clientapp` per task, which installs the FAB and
@@ -45,7 +45,7 @@ ACQUIRE_TASK = "/flwr.proto.Runtime/AcquireTask"  # the call Flower's SuperExec 
 # What every task imports; all of it is the site's installation.
 PRELOAD = ("numpy", "pandas", "pyarrow.parquet", "torch", "opacus", "sklearn.ensemble",
            "flwr.app", "flwr.supernode.runtime.run_clientapp", "flwr.supercore.heartbeat",
-           "synthpool.agent.client_app", "synthpool.agent.site_evaluation",
+           "synthpool.agent.clientapp.app", "synthpool.agent.clientapp.site_evaluation",
            "synthpool.common.dp_training", "synthpool.common.generators.autoregressive")
 
 
@@ -60,7 +60,7 @@ def poll_interval() -> float:
 def task_argv(runtime_api_address: str, task_type: str, config: Path) -> list[str]:
     """`python -P`: the working directory is not put on sys.path, so nothing lying in it can
     shadow the site's installed modules."""
-    return [sys.executable, "-P", "-m", "synthpool.agent.trusted_app",
+    return [sys.executable, "-P", "-m", "synthpool.agent.host.trusted_app",
             "--runtime-api-address", runtime_api_address, f"--task-type={task_type}",
             "--config", str(config)]
 
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runtime-api-address", required=True)
     parser.add_argument("--config", required=True, type=Path, help="the site's site.toml")
     parser.add_argument("--auth-secret-file", type=Path, default=None,
-                        help="the secret the SuperNode was started with (agent/daemon.py)")
+                        help="the secret the SuperNode was started with (agent/host/daemon.py)")
     args = parser.parse_args(argv)
     secret = args.auth_secret_file.read_bytes() if args.auth_secret_file else None
     try:
