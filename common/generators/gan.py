@@ -51,7 +51,7 @@ from torch.utils.data import TensorDataset
 from ..dp_training import DPSGDConfig, ProgressFn, TrainStats
 from ..update_bound import max_displacement
 from .base import Generator, Hyperparameters
-from .tokens import draw_tokens, mlp, target_tokens
+from .tokens import mlp, sample_from_latent
 
 
 # Adam's momentum lowered as GANs usually train it (Radford et al. 2015): with the default 0.9
@@ -306,19 +306,7 @@ class GANGenerator(Generator):
     def sample(self, n: int, conditions: dict[str, str] | None = None,
                seed: int | None = None, batch_size: int = 16384) -> pd.DataFrame:
         """`n` rows; the target drawn from its DP prior unless fixed by `conditions`."""
-        t = self.transformer
-        rng = np.random.default_rng(self.seed if seed is None else seed)
-        gen = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**31)))
-        y_tok = target_tokens(t, n, conditions, rng)
         self.net.eval()
-        tokens = np.empty((n, len(t.blocks)), dtype=np.int64)
-        for lo in range(0, n, batch_size):
-            hi = min(n, lo + batch_size)
-            y = torch.zeros(hi - lo, t.target_dim, device=self.device)
-            if t.target_dim:
-                y[torch.arange(hi - lo), torch.as_tensor(y_tok[lo:hi])] = 1.0
-            z = torch.randn(hi - lo, self.net.latent, generator=gen, device=self.device)
-            u = torch.rand(hi - lo, len(t.blocks), generator=gen, device=self.device)
-            logits = self.net.generator(torch.cat([z, y], 1))
-            tokens[lo:hi] = draw_tokens(logits, self.blocks, u).cpu().numpy()
-        return t.decode(tokens, y_tok if t.target_dim else None, rng)
+        return sample_from_latent(lambda z, y: self.net.generator(torch.cat([z, y], 1)),
+                                  self.transformer, self.net.latent, n, conditions,
+                                  self.seed if seed is None else seed, self.device, batch_size)

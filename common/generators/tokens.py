@@ -75,3 +75,25 @@ def target_tokens(transformer, n: int, conditions: dict | None, rng) -> np.ndarr
     if conditions:
         return np.full(n, t.target_token(conditions[t.schema.target]), dtype=np.int64)
     return rng.choice(t.target_dim, size=n, p=t.target_prior())
+
+
+def sample_from_latent(decode, transformer, latent: int, n: int, conditions: dict | None,
+                       seed: int, device: str, batch_size: int):
+    """Rows of a latent-variable family: z ~ N(0, I) and the target's one-hot (drawn from its DP
+    prior unless fixed by `conditions`) through `decode(z, y)` -> every column's logits, one
+    token drawn per column, decoded by the transformer."""
+    t = transformer
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator(device=device).manual_seed(int(rng.integers(2**31)))
+    y_tok = target_tokens(t, n, conditions, rng)
+    blocks = [(b.start, b.size) for b in t.blocks]
+    tokens = np.empty((n, len(t.blocks)), dtype=np.int64)
+    for lo in range(0, n, batch_size):
+        hi = min(n, lo + batch_size)
+        y = torch.zeros(hi - lo, t.target_dim, device=device)
+        if t.target_dim:
+            y[torch.arange(hi - lo), torch.as_tensor(y_tok[lo:hi])] = 1.0
+        z = torch.randn(hi - lo, latent, generator=gen, device=device)
+        u = torch.rand(hi - lo, len(t.blocks), generator=gen, device=device)
+        tokens[lo:hi] = draw_tokens(decode(z, y), blocks, u).cpu().numpy()
+    return t.decode(tokens, y_tok if t.target_dim else None, rng)
