@@ -14,6 +14,8 @@ Design notes:
   values for free, so normalising and validating costs O(distinct values), not O(rows).
 * Parquet and SQL values arrive typed; they are turned into the same (codes, distinct values) form
   and checked by the same code, so a table validates identically whatever it was stored in.
+  The rules per column kind, and what a problem's message expects, are common/column_values.py's;
+  the evaluation reads synthetic rows by the same rules, tolerantly.
 * Violation objects are built only for the first `MAX_VIOLATIONS` bad rows; counts are exact.
 """
 
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -31,16 +32,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from .booleans import UNSPELLED_FALSE, UNSPELLED_TRUE
-from .schema import BooleanColumn, CategoricalColumn, CsvOptions, NumericColumn, Schema
+from .column_values import (MISSING, OK, distinct_texts, expected, format_bound, native_bools,
+                            numeric_problems, per_row, read_values)
+from .schema import CsvOptions, NumericColumn, Schema
 
 MAX_VIOLATIONS = 1000  # kept in reports and errors; counts are always complete
 SHOWN_IN_ERROR = 20
 SHAPE = "(wrong number of fields)"  # the per-column count key for rows of the wrong width
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
-# Per-cell problem codes (0 = fine); the message for each comes from `_expected`.
-_OK, _MISSING, _BAD, _BOUNDS, _NOT_INT = 0, 1, 2, 3, 4
 
 
 # -- results and errors ------------------------------------------------------------------------
@@ -169,7 +169,7 @@ def read_unchecked(source: str | Path, schema: Schema, *, query: str | None = No
             out[name] = s.reset_index(drop=True)
             continue
         codes, uniq, missing_cells = _normalised_cells(s, schema, raw)
-        out[name] = _take(np.where(missing_cells, np.nan, uniq).astype(object), codes, np.nan)
+        out[name] = per_row(np.where(missing_cells, np.nan, uniq).astype(object), codes, np.nan)
     return pd.DataFrame(out, columns=schema.names)
 
 
@@ -192,7 +192,7 @@ def read_raw(source: str | Path, *, query: str | None = None, header: bool = Tru
     for name in raw.frame.columns:
         codes, uniq = _text_cells(raw.frame[name], strip=True, suffixes=())
         keep = ~np.isin(uniq, list(markers))
-        out[name] = _take(np.where(keep, uniq, np.nan).astype(object), codes, np.nan)
+        out[name] = per_row(np.where(keep, uniq, np.nan).astype(object), codes, np.nan)
     return pd.DataFrame(out)
 
 
@@ -478,36 +478,10 @@ def _check_columns(raw: _Raw, schema: Schema) -> None:
     raise DataError(raw.display, problems, reason="; ".join(parts) + f" (found: {shown})")
 
 
-def _take(values: np.ndarray, codes: np.ndarray, null) -> np.ndarray:
-    """values[codes] with code -1 (no value at all) mapped to `null`."""
-    ext = np.empty(len(values) + 1, dtype=values.dtype)
-    ext[:-1] = values
-    ext[-1] = null
-    return ext[np.where(codes < 0, len(values), codes)]
-
-
-def canonical_text(v) -> str:
-    """Typed (Parquet/SQL) value as the text a CSV would hold, so both validate alike."""
-    if isinstance(v, (bool, np.bool_)):
-        return "true" if v else "false"
-    if isinstance(v, (float, np.floating)) and math.isfinite(v) and float(v).is_integer():
-        return str(int(v))
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    return str(v)
-
-
 def _text_cells(s: pd.Series, *, strip: bool, suffixes: tuple[str, ...] | list[str]
                 ) -> tuple[np.ndarray, np.ndarray]:
     """(codes, distinct normalised strings) for a column; code -1 = no value (NULL/NaN)."""
-    if isinstance(s.dtype, pd.CategoricalDtype):
-        codes = s.cat.codes.to_numpy()
-        uniq = np.asarray(s.cat.categories, dtype=object)
-        if len(uniq) and pd.api.types.infer_dtype(uniq, skipna=False) != "string":
-            uniq = np.array([canonical_text(u) for u in uniq], dtype=object)
-    else:
-        codes, uniq = pd.factorize(s, use_na_sentinel=True)
-        uniq = np.array([canonical_text(u) for u in uniq], dtype=object)
+    codes, uniq = distinct_texts(s)
     if len(uniq):
         u = pd.Series(uniq, dtype=object)
         if strip:
@@ -522,58 +496,6 @@ def _text_cells(s: pd.Series, *, strip: bool, suffixes: tuple[str, ...] | list[s
     return np.asarray(codes, dtype=np.int64), uniq
 
 
-def parse_numbers(texts: np.ndarray) -> np.ndarray:
-    """Exact float parse (NaN where not a number). pandas' fast parser decides what is a number;
-    Python's float() gives the value, because the former can be off by an ulp and a CSV must load
-    to the same floats as the Parquet file of the same table."""
-    coarse = pd.to_numeric(pd.Series(texts, dtype=object), errors="coerce").to_numpy(float)
-    out = np.full(len(texts), np.nan)
-    ok = ~np.isnan(coarse)
-    try:
-        out[ok] = np.asarray(texts[ok], dtype=np.float64)
-    except (ValueError, TypeError):
-        for i in np.flatnonzero(ok):
-            try:
-                out[i] = float(texts[i])
-            except ValueError:
-                pass
-    return out
-
-
-def _numeric_problems(x: np.ndarray, col: NumericColumn) -> np.ndarray:
-    """Problem code per value of a parsed numeric array (NaN handled by the caller)."""
-    p = np.zeros(len(x), dtype=np.int8)
-    with np.errstate(invalid="ignore"):
-        if col.integer:
-            p[np.isfinite(x) & (x != np.floor(x))] = _NOT_INT
-        p[(x < col.lower) | (x > col.upper) | np.isinf(x)] = _BOUNDS
-    return p
-
-
-def _fmt(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else repr(float(x))
-
-
-def _expected(col, problem: int, target: str | None) -> str:
-    if problem == _MISSING:
-        why = "the target" if col.name == target else "the column"
-        return f"a value ({why} is not nullable)"
-    if isinstance(col, NumericColumn):
-        rng = f"[{_fmt(col.lower)}, {_fmt(col.upper)}]"
-        if problem == _NOT_INT:
-            return f"a whole number in {rng} (the column is integer)"
-        if problem == _BOUNDS:
-            return f"a number in {rng} (the schema's public bounds)"
-        return f"a number in {rng}"
-    if isinstance(col, CategoricalColumn):
-        some = ", ".join(repr(c) for c in col.categories[:6])
-        more = ", ..." if len(col.categories) > 6 else ""
-        return f"one of the {len(col.categories)} categories: {some}{more}"
-    if isinstance(col, BooleanColumn) and col.spelled:
-        return f"a boolean: {col.true!r} (true) or {col.false!r} (false), as the schema spells them"
-    return "a boolean: true/false, yes/no or 1/0 (any case)"
-
-
 @dataclass
 class _Checked:
     values: np.ndarray       # the column as it goes out
@@ -582,47 +504,22 @@ class _Checked:
 
 
 def _check(s: pd.Series, col, schema: Schema, raw: _Raw) -> _Checked:
-    missing_problem = _OK if col.nullable else _MISSING
+    """One column against its kind's rules (common/column_values.py)."""
+    missing_problem = OK if col.nullable else MISSING
     if (isinstance(col, NumericColumn) and not raw.text and pd.api.types.is_numeric_dtype(s)
             and not pd.api.types.is_bool_dtype(s)):
         x = s.to_numpy(dtype=np.float64, na_value=np.nan)
         nan = np.isnan(x)
-        problems = _numeric_problems(x, col)
+        problems = numeric_problems(x, col)
         problems[nan] = missing_problem
-        return _Checked(x, problems, lambda i: None if nan[i] else _fmt(x[i]))
+        return _Checked(x, problems, lambda i: None if nan[i] else format_bound(x[i]))
 
     codes, uniq, missing = _normalised_cells(s, schema, raw)
-    if isinstance(col, NumericColumn):
-        values = parse_numbers(uniq)
-        problems = _numeric_problems(values, col)
-        problems[np.isnan(values)] = _BAD
-        values[missing] = np.nan
-        null: object = np.nan
-    elif isinstance(col, CategoricalColumn):
-        problems = np.where(np.isin(uniq, col.categories), _OK, _BAD).astype(np.int8)
-        values = np.where(missing, np.nan, uniq).astype(object)
-        null = np.nan
-    elif col.spelled:
-        is_true, is_false = uniq == col.true, uniq == col.false
-        if not raw.text:  # a stored boolean (or SQL's 0/1) has no spelling: accept it as such
-            native = _native_bools(s)
-            is_true, is_false = is_true | (native == 1), is_false | (native == 0)
-        values = np.full(len(uniq), np.nan, dtype=object)
-        values[is_true] = True
-        values[is_false] = False
-        problems = np.where(is_true | is_false, _OK, _BAD).astype(np.int8)
-        null = np.nan
-    else:
-        low = np.array([u.lower() for u in uniq], dtype=object)
-        is_true, is_false = np.isin(low, UNSPELLED_TRUE), np.isin(low, UNSPELLED_FALSE)
-        values = np.full(len(uniq), np.nan, dtype=object)
-        values[is_true] = True
-        values[is_false] = False
-        problems = np.where(is_true | is_false, _OK, _BAD).astype(np.int8)
-        null = np.nan
+    values, problems = read_values(col, uniq, None if raw.text else native_bools(s))
+    values[missing] = np.nan
     problems[missing] = missing_problem
-    row_problems = _take(problems, codes, missing_problem)
-    row_values = _take(values, codes, null)
+    row_problems = per_row(problems, codes, missing_problem)
+    row_values = per_row(values, codes, np.nan)
 
     def shown(i: int) -> str | None:
         c = codes[i]
@@ -646,22 +543,6 @@ def _normalised_cells(s: pd.Series, schema: Schema, raw: _Raw
     return codes, uniq, missing
 
 
-def _native_bools(s: pd.Series) -> np.ndarray:
-    """Per distinct value of a typed column, in `_text_cells`' order: 1 for a stored True (or the
-    number 1, SQL's usual boolean), 0 for a stored False (or 0), -1 for anything else."""
-    uniq = s.cat.categories if isinstance(s.dtype, pd.CategoricalDtype) else pd.factorize(
-        s, use_na_sentinel=True)[1]
-
-    def truth(u) -> int:
-        if isinstance(u, (bool, np.bool_)):
-            return int(bool(u))
-        if isinstance(u, (int, float, np.integer, np.floating)) and u in (0, 1):
-            return int(u)
-        return -1
-
-    return np.array([truth(u) for u in uniq], dtype=np.int8)
-
-
 def _validate(raw: _Raw, schema: Schema, on_invalid: str) -> tuple[pd.DataFrame, LoadReport]:
     checked = {c.name: _check(raw.frame[c.name], c, schema, raw) for c in schema.columns}
     n = len(raw.frame)
@@ -670,7 +551,7 @@ def _validate(raw: _Raw, schema: Schema, on_invalid: str) -> tuple[pd.DataFrame,
     if raw.shape_problems:
         counts[SHAPE] = len(raw.shape_problems)
     for name, ch in checked.items():
-        hits = ch.problems != _OK
+        hits = ch.problems != OK
         if hits.any():
             counts[name] = int(hits.sum())
             bad |= hits
@@ -708,9 +589,9 @@ def _violations(raw: _Raw, schema: Schema, checked: dict[str, _Checked],
     for i, row, line in zip(idx, rows, lines):
         for c in schema.columns:
             p = checked[c.name].problems[i]
-            if p != _OK:
+            if p != OK:
                 cell.append(Violation(raw.display, int(row), line, c.name,
-                                      checked[c.name].shown(i), _expected(c, p, schema.target)))
+                                      checked[c.name].shown(i), expected(c, p, schema.target)))
     merged = cell + raw.shape_violations()
     merged.sort(key=lambda v: (v.row is None, v.row or 0))
     return merged[:MAX_VIOLATIONS]

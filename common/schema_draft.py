@@ -37,8 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .loading import canonical_text, parse_numbers
 from .booleans import BOOLEAN_PAIRS, FALSE_WORDS, TRUE_WORDS
+from .column_values import canonical_text, parse_numbers
 from .schema import EXACT_DRAFT, CsvOptions, Schema
 
 NUMERIC_MIN_DISTINCT = 20  # fewer distinct numbers than this: a code list, modelled as categories

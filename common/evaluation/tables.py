@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..booleans import FALSE_WORDS, TRUE_WORDS
+from ..column_values import (OK, bounds_text, clip_to_bounds, distinct_texts, native_bools, per_row,
+                             read_values)
 from ..schema import BooleanColumn, NumericColumn, Schema
 
 
@@ -106,16 +107,11 @@ def read_checked(path: str | Path, schema: Schema, *, table: str, on_invalid: st
     clipped: dict[str, int] = {}
     touched = np.zeros(len(df), dtype=bool)
     for col in numeric:
-        lower, upper = col.lower, col.upper
-        if col.integer:  # the nearest whole number inside the bounds
-            lower, upper = math.ceil(lower), math.floor(upper)
-        x = df[col.name].to_numpy(dtype=np.float64)
-        with np.errstate(invalid="ignore"):
-            out = (x < lower) | (x > upper)
+        x, out = clip_to_bounds(df[col.name].to_numpy(dtype=np.float64), col)
         if out.any():
             clipped[col.name] = int(out.sum())
             touched |= out
-            df[col.name] = np.where(out, np.clip(x, lower, upper), x)
+            df[col.name] = x
     report = InputReport(table, rep.source, on_invalid, rep.rows_read, rep.rows_kept,
                          clipped_by_column=clipped, rows_clipped=int(touched.sum()))
     return conform(df, schema), report
@@ -126,48 +122,33 @@ def _with_real_bounds(error, schema: Schema):
     text ("expected a whole number in [0, 120]", not "in [-inf, inf]"): what is left to fix."""
     from ..loading import DataError
 
-    def fmt(x: float) -> str:
-        return str(int(x)) if float(x).is_integer() else repr(float(x))
-
-    bounds = {c.name: f"[{fmt(c.lower)}, {fmt(c.upper)}]" for c in schema.columns
-              if isinstance(c, NumericColumn)}
-    fixed = [dataclasses.replace(v, expected=v.expected.replace("[-inf, inf]", bounds[v.column]))
+    bounds = {c.name: bounds_text(c) for c in schema.columns if isinstance(c, NumericColumn)}
+    opened = bounds_text(NumericColumn(name="opened", lower=-math.inf, upper=math.inf))
+    fixed = [dataclasses.replace(v, expected=v.expected.replace(opened, bounds[v.column]))
              if v.column in bounds else v for v in error.violations]
     return DataError(error.source, fixed, reason=error.reason, counts=error.counts,
                      bad_rows=error.bad_rows)
 
 
 def conform(df: pd.DataFrame, schema: Schema) -> pd.DataFrame:
-    """Exactly the schema's columns, in order, with the evaluation's dtypes."""
+    """Exactly the schema's columns, in order, with the evaluation's dtypes. Each column is read
+    by its kind's rules in the evaluation's tolerant reading (common/column_values.py): values
+    outside the schema are kept, to be counted; a cell unreadable as its kind becomes missing."""
     missing = [n for n in schema.names if n not in df.columns]
     if missing:
         raise ValueError(f"table lacks columns {missing}")
     out = {}
     for name in schema.names:
         col, s = schema.column(name), df[name]
-        if isinstance(col, NumericColumn):
-            out[name] = pd.to_numeric(s, errors="coerce").astype("float64")
-        elif isinstance(col, BooleanColumn):
-            words = {col.true: True, col.false: False} if col.spelled else {}
-            out[name] = s.map(lambda v: words.get(v, _to_bool(v))
-                              if isinstance(v, str) else _to_bool(v)).astype(object)
-        else:
-            out[name] = s.map(lambda v: np.nan if _isna(v) else str(v)).astype(object)
+        if (isinstance(col, NumericColumn) and pd.api.types.is_numeric_dtype(s)
+                and not pd.api.types.is_bool_dtype(s)):
+            out[name] = s.astype("float64")
+            continue
+        codes, texts = distinct_texts(s)
+        native = native_bools(s) if isinstance(col, BooleanColumn) else None
+        values, problems = read_values(col, texts, native, tolerant=True)
+        values[problems != OK] = np.nan
+        values = per_row(values, codes, np.nan)
+        out[name] = pd.Series(values, index=df.index, dtype="float64" if isinstance(
+            col, NumericColumn) else object)
     return pd.DataFrame(out, index=df.index).reset_index(drop=True)
-
-
-def _isna(v) -> bool:
-    return v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA
-
-
-def _to_bool(v):
-    if _isna(v):
-        return np.nan
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    text = str(v).strip().lower()
-    if text in TRUE_WORDS:  # any common spelling: a synthetic table's spelling is not known
-        return True
-    if text in FALSE_WORDS:
-        return False
-    return np.nan
