@@ -1,4 +1,5 @@
-"""The SHA-256 of a file, read in blocks: release files and a site's table can be gigabytes."""
+"""SHA-256 digests: of a file, read in blocks (release files and a site's table can be
+gigabytes), and of a payload as the wire names it ("sha256:<hex>")."""
 
 from __future__ import annotations
 
@@ -15,3 +16,9 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(BLOCK), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def content_digest(data: bytes | str) -> str:
+    """How a schema, the merged statistics and a synthetic sample are named on the wire, so that
+    a site checks it holds what the coordinator meant: "sha256:<hex>"."""
+    return "sha256:" + hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()

@@ -7,13 +7,14 @@ YAML; `Schema.load` validates it and `Schema.fingerprint` gives the hash that ma
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+
+from .digests import content_digest
 
 
 class SchemaError(ValueError):
@@ -247,7 +248,7 @@ class Schema(BaseModel):
 
     def fingerprint(self) -> str:
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+        return content_digest(canonical)
 
     # -- files --------------------------------------------------------------------------------
     @classmethod

@@ -36,7 +36,6 @@ The traceback stays in the site's own log.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import traceback
@@ -44,6 +43,7 @@ from typing import Callable
 
 import numpy as np
 
+from ...common.digests import content_digest
 from ...common.generators import registry
 from ...common.privacy import BudgetExceeded
 from ...common.stats import TableStats
@@ -214,7 +214,7 @@ def handle_evaluate(site: SiteState, wire: dict, sample: bytes) -> Reply:
     cfg = _parse(site, wire, "evaluation")
     label = _label(cfg)
     try:
-        if "sha256:" + hashlib.sha256(sample).hexdigest() != cfg.synthetic_digest:
+        if content_digest(sample) != cfg.synthetic_digest:
             raise Refusal(f"{label}: the synthetic sample does not match its digest")
         ih = input_hash([], cfg.to_wire())
         # One evaluation per training (its job id is the training's), and only of a training

@@ -30,12 +30,12 @@ Privacy notes that hold for every family:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 
 import numpy as np
 
+from ...common.digests import content_digest
 from ...common.dp_training import DPSGDConfig
 from ...common.privacy import GaussianMechanism, check_delta, check_epsilon
 from ...common.stats import TableStats, collect_stats
@@ -104,7 +104,7 @@ class RoundPlan:
 
 
 def stats_digest(stats_json: str) -> str:
-    return "sha256:" + hashlib.sha256(stats_json.encode()).hexdigest()
+    return content_digest(stats_json)
 
 
 # -- the statistics stage ------------------------------------------------------------------------

@@ -16,13 +16,13 @@ it, since the model is already final.
 
 from __future__ import annotations
 
-import hashlib
 import io
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from ...common.digests import content_digest
 from ...common.evaluation.grids import column_grid
 from ...common.evaluation.pooled import SiteEvaluation
 from ...common.histogram_release import histogram_problem
@@ -88,7 +88,7 @@ def evaluation_stage(grid, run, training_id: str, schema: Schema, synthetic: pd.
                      transcript=None) -> EvaluationOutcome:
     sample = sample_bytes(synthetic, run.evaluation_rows)
     out = EvaluationOutcome(rows=min(len(synthetic), run.evaluation_rows),
-                            digest="sha256:" + hashlib.sha256(sample).hexdigest())
+                            digest=content_digest(sample))
     nodes = run.study_nodes(grid)
     events.write("evaluation_started", nodes=nodes, rows=out.rows, digest=out.digest)
     wire = run.round_wire(training_id, run.num_rounds, schema.fingerprint(), stage="evaluate",

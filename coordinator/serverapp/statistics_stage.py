@@ -5,12 +5,12 @@ the merged statistics. Each site's histogram total is its FedAvg weight."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 
 import numpy as np
 
+from ...common.digests import content_digest
 from ...common.histogram_release import cell_noise_std, histogram_problem
 from ...common.schema import Schema
 from ...common.stats import TableStats, cell_labels, histogram_columns
@@ -131,7 +131,7 @@ def statistics_stage(grid, run: RunConfig, training_id: str, schema: Schema,
     start = {
         "training_id": training_id,
         "stats_json": stats_json,
-        "stats_digest": "sha256:" + hashlib.sha256(stats_json.encode()).hexdigest(),
+        "stats_digest": content_digest(stats_json),
         "sites": {r.site: {"node_id": r.node_id, "rows": r.num_examples,
                            "weight": min(r.num_examples, cap),
                            "size_source": str(r.info.get("size-source", ""))} for r in ok},
