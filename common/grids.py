@@ -18,7 +18,8 @@ Two grids are made this way, for two jobs:
 - the statistics stage's (common/stats.py): fine (256 cells), for placing the transforms' bins;
   it counts validated rows only, so it has no `<other>` cell and a `<missing>` cell only for a
   nullable column. Its number of cells per column is what a site's statistics must have
-  (coordinator/server_app.py), so it cannot change without every site changing with it.
+  (coordinator/serverapp/statistics_stage.py), so it cannot change without every site changing
+  with it.
 - the evaluation's (common/evaluation/grids.py): coarse (20 bins), for plots and scores, with
   `<other>` and `<missing>` always, since synthetic rows (which may hold either) are counted on
   the same grid as real ones. Its labels travel in a site's evaluation histograms and show in the

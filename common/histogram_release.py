@@ -8,7 +8,8 @@ composes with DP-SGD. The CALLER charges it to the site's ledger BEFORE the resu
 
 Two releases use it: the statistics stage's histograms (common/stats.py:collect_stats) and the
 evaluation's (common/evaluation/grids.py:dp_histograms). The coordinator checks every histogram a
-site sends with `histogram_problem` (coordinator/server_app.py, coordinator/evaluation_stage.py).
+site sends with `histogram_problem` (coordinator/serverapp/: statistics_stage.py,
+evaluation_stage.py).
 """
 
 from __future__ import annotations
