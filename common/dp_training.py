@@ -48,6 +48,64 @@ class TrainStats:
 ProgressFn = Callable[[int, int, float], None]  # (step, total_steps, loss)
 
 
+def secret_generator(device: str = "cpu") -> torch.Generator:
+    """The batch selection and the noise are the mechanism's secrets: they are drawn from OS
+    entropy, never from the run's seed, which the manifest publishes (a known seed would let
+    anyone regenerate and subtract the noise). The seed only fixes model init and sampling."""
+    return torch.Generator(device=device).manual_seed(secrets.randbits(63))
+
+
+def poisson_batches(data: torch.Tensor, dp: DPSGDConfig) -> DPDataLoader:
+    """Batches that hold each row independently with probability `dp.sample_rate`."""
+    if not 0 < dp.sample_rate <= 1:
+        raise ValueError(f"sample rate {dp.sample_rate} outside (0, 1]")
+    return DPDataLoader(TensorDataset(data), sample_rate=dp.sample_rate,
+                        generator=secret_generator())
+
+
+def normaliser(dp: DPSGDConfig, rows: int) -> float:
+    """The expected batch the noisy gradient sum is divided by (DPSGDConfig.expected_batch)."""
+    return dp.expected_batch if dp.expected_batch > 0 else rows * dp.sample_rate
+
+
+class ProximalPull:
+    """FedProx's pull towards the starting weights, a separate decoupled step after each noised
+    update: it does not touch the data, so it costs no privacy. A no-op when `mu` is 0."""
+
+    def __init__(self, params, lr: float, mu: float) -> None:
+        self.params, self.rate = list(params), lr * mu
+        self.anchor = [p.detach().clone() for p in self.params] if mu > 0 else None
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        for p, a in zip(self.params, self.anchor or ()):
+            p.sub_(self.rate * (p - a))
+
+
+class IterateAverage:
+    """An exponential moving average of the iterates (decay `decay`, warmed up over the first
+    steps), which a job returns instead of the last one. Averaging is post-processing of the
+    noised iterates (no privacy cost) and cancels much of the noise a larger learning rate would
+    leave in the last iterate. It stays inside the convex hull of the iterates, so the update
+    bound (common/update_bound.py) holds for it too. A no-op when `decay` is 0."""
+
+    def __init__(self, params, decay: float) -> None:
+        self.params, self.decay = list(params), decay
+        self.mean = [p.detach().clone() for p in self.params] if decay > 0 else None
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for p, m in zip(self.params, self.mean or ()):
+            m.lerp_(p, 1 - decay)
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Set the weights to the average."""
+        for p, m in zip(self.params, self.mean or ()):
+            p.copy_(m)
+
+
 def dp_sgd(
     module: nn.Module,
     criterion: nn.Module,
@@ -62,25 +120,13 @@ def dp_sgd(
 ) -> TrainStats:
     """Run `dp.steps` DP-SGD steps of `criterion(module(x), x)` on the rows of `data`.
 
-    `criterion` must return one loss per row when Opacus sets `reduction="none"`. The FedProx
-    proximal pull towards the starting weights is applied as a separate decoupled step after each
-    noised update: it does not touch the data, so it costs no privacy.
-
-    `average` in (0, 1): the job returns an exponential moving average of its iterates (decay
-    `average`, warmed up over the first steps) instead of the last one. Averaging is
-    post-processing of the noised iterates (no privacy cost) and cancels much of the noise a
-    larger learning rate would leave in the last iterate. It stays inside the convex hull of
-    the iterates, so the update bound (common/update_bound.py) holds for it too.
+    `criterion` must return one loss per row when Opacus sets `reduction="none"`.
+    `proximal_mu` > 0: FedProx's pull towards the starting weights (ProximalPull); `average` in
+    (0, 1): the job returns the average of its iterates (IterateAverage).
     """
-    if not 0 < dp.sample_rate <= 1:
-        raise ValueError(f"sample rate {dp.sample_rate} outside (0, 1]")
-    # The batch selection and the noise are the mechanism's secrets: they are drawn from OS
-    # entropy, never from the run's seed, which the manifest publishes (a known seed would let
-    # anyone regenerate and subtract the noise). The seed only fixes model init and sampling.
-    loader = DPDataLoader(TensorDataset(data), sample_rate=dp.sample_rate,
-                          generator=torch.Generator().manual_seed(secrets.randbits(63)))
-    anchor = [p.detach().clone() for p in module.parameters()] if proximal_mu > 0 else None
-    mean = [p.detach().clone() for p in module.parameters()] if average > 0 else None
+    loader = poisson_batches(data, dp)
+    pull = ProximalPull(module.parameters(), lr, proximal_mu)
+    mean = IterateAverage(module.parameters(), average)
     # The betas bound every step (common/update_bound.py): the coordinator checks updates by it.
     optimizer = torch.optim.Adam(module.parameters(), lr=lr, betas=ADAM_BETAS)
     with warnings.catch_warnings():
@@ -97,14 +143,13 @@ def dp_sgd(
             max_grad_norm=dp.max_grad_norm,
             poisson_sampling=False,  # `loader` already Poisson-samples at exactly dp.sample_rate
             grad_sample_mode="ghost",
-            noise_generator=torch.Generator(device=device).manual_seed(secrets.randbits(63)),
+            noise_generator=secret_generator(device),
         )
     # Opacus divides the noisy sum of clipped gradients by an expected batch size it derives
     # from the loader, i.e. from the exact row count: a normaliser that differs between
     # neighbouring tables, outside what the accountant analyses. The caller passes the expected
     # batch of the DP row estimate instead (a post-processing of a charged release).
-    expected = dp.expected_batch if dp.expected_batch > 0 else len(data) * dp.sample_rate
-    dp_optimizer.expected_batch_size = max(1.0, float(expected))
+    dp_optimizer.expected_batch_size = max(1.0, float(normaliser(dp, len(data))))
     trainable = [p for p in dp_optimizer.params if p.requires_grad]
     dp_module.train()
     step, rows, loss_value, start = 0, 0, float("nan"), time.perf_counter()
@@ -128,23 +173,13 @@ def dp_sgd(
                     for p in trainable:
                         p.grad = torch.zeros_like(p)
                 dp_optimizer.step()
-                if anchor is not None:
-                    with torch.no_grad():
-                        for p, a in zip(module.parameters(), anchor):
-                            p.sub_(lr * proximal_mu * (p - a))
+                pull()
                 step += 1
-                if mean is not None:
-                    decay = min(average, (1 + step) / (10 + step))
-                    with torch.no_grad():
-                        for p, m in zip(module.parameters(), mean):
-                            m.lerp_(p, 1 - decay)
+                mean.update(step)
                 rows += len(batch)
                 if progress is not None:
                     progress(step, dp.steps, loss_value)
     dp_module._close()  # removes Opacus' hooks so sampling runs on the bare module
-    if mean is not None:
-        with torch.no_grad():
-            for p, m in zip(module.parameters(), mean):
-                p.copy_(m)
+    mean.apply()
     return TrainStats(steps=step, rows_seen=rows, seconds=time.perf_counter() - start,
                       final_loss=loss_value)

@@ -30,7 +30,6 @@ draws them later.
 
 from __future__ import annotations
 
-import secrets
 import time
 import warnings
 from dataclasses import dataclass
@@ -39,16 +38,17 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 import torch
-from opacus.data_loader import DPDataLoader
 from opacus.grad_sample import GradSampleModuleFastGradientClipping
 from opacus.optimizers import DPOptimizerFastGradientClipping
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import TensorDataset
 
-from ..dp_training import DPSGDConfig, ProgressFn, TrainStats
+from ..dp_training import (
+    DPSGDConfig, IterateAverage, ProgressFn, ProximalPull, TrainStats, normaliser,
+    poisson_batches, secret_generator,
+)
 from ..update_bound import max_displacement
 from .base import Generator, Hyperparameters
 from .tokens import mlp, sample_from_latent
@@ -247,26 +247,21 @@ class GANGenerator(Generator):
 
     def fit_steps(self, encoded: torch.Tensor, dp: DPSGDConfig, progress: ProgressFn | None = None,
                   proximal_mu: float = 0.0) -> TrainStats:
-        if not 0 < dp.sample_rate <= 1:
-            raise ValueError(f"sample rate {dp.sample_rate} outside (0, 1]")
         net, lr = self.net, self.hp.lr
-        # As in common.dp_training: the batches and the noise are the mechanism's secrets, drawn
-        # from OS entropy, never from the published seed.
-        loader = DPDataLoader(TensorDataset(encoded), sample_rate=dp.sample_rate,
-                              generator=torch.Generator().manual_seed(secrets.randbits(63)))
-        expected = dp.expected_batch if dp.expected_batch > 0 else len(encoded) * dp.sample_rate
+        loader = poisson_batches(encoded, dp)
+        expected = normaliser(dp, len(encoded))
         # The generated batch is as large as the expected real one: a size fixed by the DP row
         # estimate, never by a batch's actual (private) size.
         fake_n = max(1, round(expected))
-        gen = torch.Generator(device=self.device).manual_seed(secrets.randbits(63))
-        anchor = [p.detach().clone() for p in net.parameters()] if proximal_mu > 0 else None
-        mean = [p.detach().clone() for p in net.generator.parameters()] if self.hp.average else None
+        gen = secret_generator(self.device)
+        pull = ProximalPull(net.parameters(), lr, proximal_mu)
+        mean = IterateAverage(net.generator.parameters(), self.hp.average)
         critic = PrivateCritic.wrap(
             net.critic, torch.optim.Adam(net.critic.parameters(), lr=lr, betas=BETAS),
             RealRowLoss(self.transformer.feature_dim),
             noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
             expected_batch=expected,
-            noise=torch.Generator(device=self.device).manual_seed(secrets.randbits(63)))
+            noise=secret_generator(self.device))
         g_opt = torch.optim.Adam(net.generator.parameters(), lr=lr, betas=BETAS)
         net.train()
         step, rows, loss_value, start = 0, 0, float("nan"), time.perf_counter()
@@ -280,25 +275,15 @@ class GANGenerator(Generator):
                 critic.step(real, fake)
                 for _ in range(self.hp.generator_steps):
                     g_loss = self._generator_step(critic.module, g_opt, fake_n, gen)
-                if anchor is not None:
-                    with torch.no_grad():
-                        for p, a in zip(net.parameters(), anchor):
-                            p.sub_(lr * proximal_mu * (p - a))
+                pull()
                 step += 1
-                if mean is not None:
-                    decay = min(self.hp.average, (1 + step) / (10 + step))
-                    with torch.no_grad():
-                        for p, m in zip(net.generator.parameters(), mean):
-                            m.lerp_(p, 1 - decay)
+                mean.update(step)
                 rows += len(real)
                 loss_value = float(g_loss.detach())
                 if progress is not None:
                     progress(step, dp.steps, loss_value)
         critic.module._close()  # removes Opacus' hooks: the bare critic is what the weights hold
-        if mean is not None:
-            with torch.no_grad():
-                for p, m in zip(net.generator.parameters(), mean):
-                    p.copy_(m)
+        mean.apply()
         return TrainStats(steps=step, rows_seen=rows, seconds=time.perf_counter() - start,
                           final_loss=loss_value)
 
