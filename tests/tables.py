@@ -95,3 +95,21 @@ def write_table(df: pd.DataFrame, path: str | Path, *, header: bool = True) -> s
             df.to_sql(CLINIC_TABLE, conn, index=False, if_exists="replace")
         return f"sqlite:///{path}"
     raise ValueError(f"unknown table format: {path}")
+
+
+def synth_clinic(tmp_path: Path, rows: int, seed: int, *options: str):
+    """`synthpool synth` on a clinic table of `rows` rows written as CSV (the schema beside it),
+    with the given options (--epsilon, --rows, ...): (the CLI's result, the output path, the
+    schema)."""
+    from typer.testing import CliRunner
+
+    from synthpool.cli import app
+
+    df, schema = make_clinic_table(rows, seed=seed)
+    src = write_table(df, tmp_path / "clinic.csv")
+    schema.save(tmp_path / "clinic.yaml")
+    out = tmp_path / "synthetic.csv"
+    result = CliRunner().invoke(app, ["synth", "--data", src, "--schema",
+                                      str(tmp_path / "clinic.yaml"), "--out", str(out), *options],
+                                catch_exceptions=False)
+    return result, out, schema

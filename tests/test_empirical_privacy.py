@@ -256,17 +256,12 @@ def test_synth_writes_the_estimate_beside_the_release_and_evaluate_shows_it(tmp_
     from typer.testing import CliRunner
 
     from synthpool.cli import app
-    from tables import write_table
+    from tables import synth_clinic, write_table
 
-    df, schema = make_clinic_table(900, seed=4)
-    src = write_table(df, tmp_path / "clinic.csv")
+    result, out, _ = synth_clinic(tmp_path, 900, 4, "--epsilon", "3", "--rows", "500",
+                                  "--steps", "15", "--empirical-privacy")
+    src = str(tmp_path / "clinic.csv")
     holdout = write_table(make_clinic_table(400, seed=5)[0], tmp_path / "holdout.csv")
-    schema.save(tmp_path / "clinic.yaml")
-    out = tmp_path / "synthetic.csv"
-    result = CliRunner().invoke(app, [
-        "synth", "--data", src, "--schema", str(tmp_path / "clinic.yaml"), "--epsilon", "3",
-        "--rows", "500", "--out", str(out), "--steps", "15", "--empirical-privacy"],
-        catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "without 200 of them" in result.output and "(the null)" in result.output
     found = json.loads((tmp_path / "synthetic.empirical-privacy.json").read_text())

@@ -9,9 +9,7 @@ import json
 import pandas as pd
 import pytest
 import torch
-from torch import nn
 from torch.nn import functional as F
-from typer.testing import CliRunner
 
 from synthpool.common.generators.gan import BETAS, Critic, PrivateCritic, RealRowLoss
 
@@ -102,17 +100,10 @@ def test_an_empty_poisson_batch_still_gets_the_noise():
 
 def test_the_gan_runs_single_site_and_is_charged_by_the_accountant(tmp_path):
     from accounting import recompute_epsilon
-    from synthpool.cli import app
-    from tables import make_clinic_table, write_table
+    from tables import synth_clinic
 
-    df, schema = make_clinic_table(1500, seed=3)
-    src = write_table(df, tmp_path / "clinic.csv")
-    schema.save(tmp_path / "clinic.yaml")
-    out = tmp_path / "synthetic.csv"
-    result = CliRunner().invoke(app, [
-        "synth", "--data", src, "--schema", str(tmp_path / "clinic.yaml"), "--epsilon", "4",
-        "--rows", "600", "--out", str(out), "--steps", "40", "--family", "gan",
-        "--model", "hidden=32"], catch_exceptions=False)
+    result, out, schema = synth_clinic(tmp_path, 1500, 3, "--epsilon", "4", "--rows", "600",
+                                       "--steps", "40", "--family", "gan", "--model", "hidden=32")
     assert result.exit_code == 0, result.output
     manifest = json.loads(out.with_suffix(".manifest.json").read_text())
     assert manifest["model"]["family"] == "gan"

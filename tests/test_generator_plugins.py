@@ -113,16 +113,11 @@ def test_an_installed_family_is_found_and_validates_its_own_hyperparameters(inst
 
 def test_a_plugin_family_runs_single_site_through_synth(installed_plugin, tmp_path):
     from synthpool.cli import app
-    from tables import make_clinic_table, write_table
+    from tables import synth_clinic
 
-    df, schema = make_clinic_table(1500, seed=5)
-    src = write_table(df, tmp_path / "clinic.csv")
-    schema.save(tmp_path / "clinic.yaml")
-    out = tmp_path / "synthetic.csv"
-    result = CliRunner().invoke(app, [
-        "synth", "--data", src, "--schema", str(tmp_path / "clinic.yaml"), "--epsilon", "5",
-        "--rows", "400", "--out", str(out), "--steps", "20", "--family", TOY,
-        "--model", "temperature=0.8"], catch_exceptions=False)
+    result, out, schema = synth_clinic(tmp_path, 1500, 5, "--epsilon", "5", "--rows", "400",
+                                       "--steps", "20", "--family", TOY,
+                                       "--model", "temperature=0.8")
     assert result.exit_code == 0, result.output
     manifest = json.loads(out.with_suffix(".manifest.json").read_text())
     assert manifest["model"]["family"] == TOY
@@ -131,8 +126,8 @@ def test_a_plugin_family_runs_single_site_through_synth(installed_plugin, tmp_pa
     rows = pd.read_csv(out)
     assert len(rows) == 400 and list(rows.columns) == schema.names
     bad = CliRunner().invoke(app, [
-        "synth", "--data", src, "--schema", str(tmp_path / "clinic.yaml"), "--epsilon", "5",
-        "--rows", "10", "--out", str(tmp_path / "x.csv"), "--family", TOY,
+        "synth", "--data", str(tmp_path / "clinic.csv"), "--schema", str(tmp_path / "clinic.yaml"),
+        "--epsilon", "5", "--rows", "10", "--out", str(tmp_path / "x.csv"), "--family", TOY,
         "--model", "temperature=-2"])
     assert bad.exit_code == 2 and "temperature" in bad.output
     assert not (tmp_path / "x.csv").exists()

@@ -5,6 +5,7 @@ no private name imported from another module."""
 from __future__ import annotations
 
 import ast
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,11 @@ def modules() -> dict[str, Path]:
 MODULES = modules()
 
 
+@cache
+def syntax(module: str) -> ast.Module:
+    return ast.parse(MODULES[module].read_text(), str(MODULES[module]))
+
+
 def resolve(name: str) -> str | None:
     """The project module `name` refers to (a module, or a name inside one), else None."""
     while name and name not in MODULES:
@@ -58,7 +64,7 @@ def imports(module: str) -> list[tuple[str, str, int]]:
     path = MODULES[module]
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(syntax(module)):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 target = resolve(alias.name)
@@ -144,7 +150,7 @@ def private(name: str) -> bool:
 def module_aliases(module: str) -> set[str]:
     """Names under which `module` holds other project modules (`from . import state as st`)."""
     names = set()
-    for node in ast.walk(ast.parse(MODULES[module].read_text())):
+    for node in ast.walk(syntax(module)):
         if isinstance(node, ast.ImportFrom):
             for alias in node.names:
                 if any(t.endswith("." + alias.name) and not n for t, n, _ in GRAPH[module]):
@@ -158,7 +164,7 @@ def test_no_private_name_crosses_a_module():
     for m in GRAPH:
         aliases = module_aliases(m)
         crossing += [f"{m}:{node.lineno} uses {node.value.id}.{node.attr}"
-                     for node in ast.walk(ast.parse(MODULES[m].read_text()))
+                     for node in ast.walk(syntax(m))
                      if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
                      and node.value.id in aliases and private(node.attr)]
     assert not crossing, "\n".join(crossing)
