@@ -73,7 +73,7 @@ def enroll(config: Path = path_option(..., "--config", "-c", exists=True, dir_ok
     fingerprint printed here, so they approve exactly this key."""
     from ..common.signing import ssh_key_fingerprint
     from . import identity
-    from .config import ConfigError, load_site_config
+    from .config import load_site_config
     from .ledger import Ledger, LedgerCorrupt, LedgerError, LedgerLost
 
     try:

@@ -164,13 +164,14 @@ class SiteState:
 
     def cached_array(self, kind: str, build) -> np.ndarray:
         """An array derived from the rows (e.g. an encoding), cached in the state dir under the
-        data and schema fingerprints so later messages skip the parse."""
+        data and schema fingerprints so later messages skip the parse. Read back memory-mapped:
+        a training gathers its batches from the page cache, so a 5M-row site holds no copy."""
         key = hashlib.sha256(
             f"{kind}:{self.data_fingerprint()}:{self.schema.fingerprint()}:{self.split_spec}".encode()
         ).hexdigest()[:24]
         path = self.state_dir / "cache" / f"{kind}-{key}.npy"
         if path.exists():
-            return np.load(path)
+            return np.load(path, mmap_mode="r")
         arr = np.asarray(build())
         buf = io.BytesIO()
         np.save(buf, arr)

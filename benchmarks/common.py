@@ -26,12 +26,12 @@ def isolated(module: str, func: str, **kwargs) -> dict:
     return json.loads(line[len("RESULT"):])
 
 
-def median_range(values: list[float]) -> str:
+def median_range(values: list[float], fmt: str = ".3f") -> str:
     """A table cell for repeated runs: the median, and the range when there is more than one."""
     import statistics
 
-    med = statistics.median(values)
-    return f"{med:.3f}" if len(values) == 1 else f"{med:.3f} ({min(values):.3f}-{max(values):.3f})"
+    med = format(statistics.median(values), fmt)
+    return med if len(values) == 1 else f"{med} ({min(values):{fmt}}-{max(values):{fmt}})"
 
 
 def markdown(rows: list[dict]) -> str:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .dp_training import DPSGDConfig, ProgressFn, TrainStats
 from .generators import registry
 from .generators.base import Generator, Hyperparameters
 from .schema import Schema
 from .stats import TableStats
+from .token_matrix import TokenMatrix
 from .transforms import TableTransformer
 
 
@@ -42,11 +42,11 @@ class Synthesizer:
                                                    seed=seed, device=device)
         self.seed, self.device = seed, device
 
-    def encode(self, rows: pd.DataFrame) -> torch.Tensor:
+    def encode(self, rows: pd.DataFrame) -> TokenMatrix:
         """Validated rows (common/loading.py) as the family's tokens."""
         return self.transformer.encode(rows)
 
-    def fit(self, encoded: torch.Tensor, dp: DPSGDConfig, *, progress: ProgressFn | None = None,
+    def fit(self, encoded: TokenMatrix, dp: DPSGDConfig, *, progress: ProgressFn | None = None,
             proximal_mu: float = 0.0) -> TrainStats:
         """Exactly `dp.steps` DP-SGD steps (the caller charged them before)."""
         return self.generator.fit_steps(encoded.to(self.device), dp, progress=progress,

@@ -9,7 +9,8 @@ one transformer per column):
   sampled bin is decoded by drawing a fine grid cell with the DP histogram's weights and a value
   uniformly inside it (log-uniformly on a log grid). So a decoded column follows the column's
   shape at the grid's resolution, not a flat bin, and stays within the public bounds and types.
-The generator sees the one-hot tokens; the target column is kept apart as the condition.
+The generator sees the one-hot tokens (a TokenMatrix expands a batch at a time); the target
+column is kept apart as the condition.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import torch
 
 from .histogram_release import cell_noise_std
 from .schema import BooleanColumn, CategoricalColumn, NumericColumn, Schema
-from .stats import TableStats, cell_labels, numeric_grid
+from .stats import TableStats, numeric_grid
+from .token_matrix import TokenMatrix, token_dtype
 
 DEFAULT_MAX_BINS = 20
 
@@ -200,16 +202,23 @@ class TableTransformer:
         return labels.index(str(label))
 
     # -- rows <-> tensors ---------------------------------------------------------------------
-    def encode(self, df: pd.DataFrame) -> torch.Tensor:
-        n = len(df)
-        out = np.zeros((n, self.feature_dim + self.target_dim), dtype=np.float32)
-        rows = np.arange(n)
-        for b in self.blocks:
-            out[rows, b.start + self.codecs[b.name].encode(df[b.name])] = 1.0
-        if self.target_dim:
-            t = self.codecs[self.schema.target].encode(df[self.schema.target])
-            out[rows, self.feature_dim + t] = 1.0
-        return torch.from_numpy(out)
+    def encode(self, df: pd.DataFrame) -> TokenMatrix:
+        """Validated rows as one token per column ([features | target]), read as one-hots."""
+        return self.rows(self.tokens(df))
+
+    def tokens(self, df: pd.DataFrame) -> np.ndarray:
+        """Validated rows as token indices, n x (features + target): what a site caches."""
+        names = self.feature_names + ([self.schema.target] if self.target_dim else [])
+        widest = max((self.codecs[n].n_tokens for n in names), default=1)
+        out = np.empty((len(df), len(names)), dtype=token_dtype(widest))
+        for j, n in enumerate(names):
+            out[:, j] = self.codecs[n].encode(df[n])
+        return out
+
+    def rows(self, tokens: np.ndarray | torch.Tensor) -> TokenMatrix:
+        """Token indices from `tokens` in the families' one-hot layout."""
+        starts = [b.start for b in self.blocks] + ([self.feature_dim] if self.target_dim else [])
+        return TokenMatrix(tokens, starts, self.feature_dim + self.target_dim)
 
     def decode(self, feature_tokens: np.ndarray, target_tokens: np.ndarray | None,
                rng: np.random.Generator) -> pd.DataFrame:

@@ -119,7 +119,7 @@ def test_sampling_draws_what_the_network_predicts_for_the_tokens_drawn_so_far(tr
 
     target_tokens(gen.transformer, n, None, rng)
     u = torch.rand(len(gen.order), n, 1, generator=torch_gen)[:, :, 0].t()  # per column
-    rows = gen.transformer.encode(syn)
+    rows = gen.transformer.encode(syn).dense()
     with torch.inference_mode():
         logits = gen.net(rows)
     at, ok = 0, []

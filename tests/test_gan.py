@@ -13,7 +13,6 @@ from torch.nn import functional as F
 
 from synthpool.common.generators.gan import BETAS, Critic, PrivateCritic, RealRowLoss
 
-pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 
 WIDTH, CLIP, BATCH = 6, 0.5, 8.0
 

@@ -27,7 +27,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from synthpool.agent.host import daemon

@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -10,7 +9,6 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from synthpool.cli import app
-from synthpool.common.bundled import ADULT_SCHEMA, ADULT_TRAIN
 from synthpool.common.loading import load_table
 from synthpool.common.planning import TrainingPlan
 from synthpool.common.privacy import InvalidBudget

@@ -10,7 +10,7 @@ from tables import make_clinic_table
 
 
 def _tokens(t: TableTransformer, df: pd.DataFrame):
-    enc = t.encode(df).numpy()
+    enc = t.encode(df).dense().numpy()
     feats = np.stack([enc[:, b.start:b.start + b.size].argmax(1) for b in t.blocks], axis=1)
     target = enc[:, t.feature_dim:].argmax(1)
     return enc, feats, target
@@ -86,3 +86,23 @@ def test_stats_from_other_schema_are_refused(adult_schema, adult_train):
     stats = collect_stats(adult_schema, adult_train.head(100), 1.0, np.random.default_rng(0))
     with pytest.raises(ValueError, match="different schema"):
         TableTransformer(clinic, stats)
+
+
+def test_rows_are_cached_as_small_tokens_and_read_back_memory_mapped(tmp_path, adult_schema,
+                                                                       adult_train):
+    """A site caches 2 bytes per column per row, not the one-hot floats, and trains from a
+    memory map of that cache: the batches must be exactly the one-hots encode() gives."""
+    import torch
+
+    from synthpool.common.token_matrix import token_dtype
+
+    rows = adult_train.head(2000)
+    t = TableTransformer(adult_schema, None)
+    tokens = t.tokens(rows)
+    assert tokens.dtype == np.int16 and tokens.shape == (2000, len(adult_schema.names))
+    np.save(tmp_path / "tokens.npy", tokens)
+    mapped = t.rows(np.load(tmp_path / "tokens.npy", mmap_mode="r"))
+    idx = torch.tensor([5, 0, 1999, 5])
+    assert torch.equal(mapped[idx], t.encode(rows).dense()[idx])
+    assert mapped[idx].shape == (4, t.feature_dim + t.target_dim)
+    assert token_dtype(40_000) == np.int32  # a 40k-category column does not wrap around

@@ -170,12 +170,13 @@ def run_round(site: SiteState, global_weights: list[np.ndarray], cfg: RoundConfi
     synthesizer = Synthesizer(site.schema, stats, cfg.family, cfg.hyperparameters,
                               max_bins=cfg.max_bins, seed=cfg.seed, device=resolve_device("auto"))
     # The encoding depends on the rows and the merged statistics only: cached per training.
-    encoded = site.cached_array(
-        f"encoded-{cfg.stats_digest.removeprefix('sha256:')[:16]}",
-        lambda: synthesizer.encode(site.load_rows()).numpy())
+    tokens = site.cached_array(
+        f"tokens-{cfg.stats_digest.removeprefix('sha256:')[:16]}",
+        lambda: synthesizer.transformer.tokens(site.load_rows()))
     if global_weights:
         synthesizer.set_weights(global_weights)
-    train = synthesizer.fit(torch.from_numpy(encoded), plan.dp, proximal_mu=cfg.proximal_mu)
+    train = synthesizer.fit(synthesizer.transformer.rows(tokens), plan.dp,
+                            proximal_mu=cfg.proximal_mu)
     if train.steps != plan.dp.steps:  # the ledger was charged for plan.dp.steps, up front
         raise RuntimeError(f"took {train.steps} DP-SGD steps, {plan.dp.steps} were charged")
     # No timing: how long the steps took depends on the sizes of the Poisson batches (the

@@ -65,8 +65,8 @@ def column_order(transformer, how: str) -> list[int]:
 
 class _ARNet(nn.Module):
     """forward(rows in the transformer's layout [features | target]) -> the logits of every
-    modelled column, in generation order, as one tensor (Opacus' ghost clipping wraps the loss as
-    criterion(output, rows)).
+    modelled column, in generation order, as one tensor (DP-SGD clips the loss
+    criterion(output, rows) per row).
 
     `sequence` lists the columns' blocks (start, size) of the rows' layout in generation order;
     the first `unmodelled` of them get no head (the target, drawn from its DP prior).

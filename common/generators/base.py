@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..dp_training import DPSGDConfig, ProgressFn, TrainStats, dp_sgd
 from ..transforms import TableTransformer
+from ..token_matrix import TokenMatrix
 from ..update_bound import max_displacement
 
 
@@ -48,8 +49,8 @@ class Generator(ABC):
     family: ClassVar[str]
     Hyperparameters: ClassVar[type[Hyperparameters]] = Hyperparameters
     # What trains the weights, for the manifest (a reader must know what the epsilon covers).
-    training: ClassVar[str] = ("DP-SGD (Opacus): Poisson sampling, flat per-sample clipping by "
-                               "ghost clipping, Gaussian noise; Adam")
+    training: ClassVar[str] = ("DP-SGD: Poisson sampling, flat per-sample clipping (book-keeping, "
+                               "one backward pass), Gaussian noise; Adam")
 
     net: torch.nn.Module
     loss: torch.nn.Module  # criterion(net(rows), rows), one loss per row when reduction="none"
@@ -60,7 +61,7 @@ class Generator(ABC):
         self.hp = hyperparameters
         self.seed, self.device = seed, device
 
-    def fit_steps(self, encoded: torch.Tensor, dp: DPSGDConfig, progress: ProgressFn | None = None,
+    def fit_steps(self, encoded: TokenMatrix, dp: DPSGDConfig, progress: ProgressFn | None = None,
                   proximal_mu: float = 0.0) -> TrainStats:
         """Exactly `dp.steps` DP-SGD steps on rows encoded by `self.transformer` (the ledger was
         charged for them). `proximal_mu` > 0 adds FedProx's pull towards the starting weights.

@@ -28,8 +28,8 @@ class CVAEHyperparameters(Hyperparameters):
 
 
 class _CVAENet(nn.Module):
-    """forward(rows) -> [logits | mu | logvar]: one tensor, so Opacus' ghost clipping can wrap the
-    loss as criterion(output, rows)."""
+    """forward(rows) -> [logits | mu | logvar]: one tensor, so DP-SGD clips the loss
+    criterion(output, rows) per row."""
 
     def __init__(self, feature_dim: int, target_dim: int, hidden: int, depth: int, latent: int):
         super().__init__()

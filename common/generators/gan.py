@@ -8,8 +8,8 @@ C scores whole rows [features | target], real or generated.
 Where the privacy comes from. Of the losses trained here only one reads private rows: the
 critic's term over REAL rows x, -log sigmoid(score(x)) plus, with a target, the auxiliary
 classifier's cross-entropy of x's target (see `Critic`). That term, and only that term, goes
-through DP-SGD: Poisson-sampled batches, per-row gradients clipped to max_grad_norm (Opacus'
-ghost clipping), Gaussian noise of noise_multiplier * max_grad_norm on their sum, divided by the
+through DP-SGD: Poisson-sampled batches, per-row gradients clipped to max_grad_norm
+(common.dp_training.NoisedGradient, as every family's), Gaussian noise of noise_multiplier * max_grad_norm on their sum, divided by the
 expected batch of the DP row estimate. The critic's term over generated rows,
 -log(1 - sigmoid(score(G(z)))), is a function of the critic's and the generator's current
 weights and of fresh noise z: adding it unnoised costs nothing (noising it as well would charge
@@ -31,24 +31,21 @@ draws them later.
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
-from opacus.grad_sample import GradSampleModuleFastGradientClipping
-from opacus.optimizers import DPOptimizerFastGradientClipping
-from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
 from ..dp_training import (
-    DPSGDConfig, IterateAverage, ProgressFn, ProximalPull, TrainStats, normaliser,
-    poisson_batches, secret_generator,
+    DPSGDConfig, IterateAverage, NoisedGradient, ProgressFn, ProximalPull, TrainStats,
+    normaliser, poisson_batches, secret_generator,
 )
+from ..token_matrix import TokenMatrix
 from ..update_bound import max_displacement
 from .base import Generator, Hyperparameters
 from .tokens import mlp, sample_from_latent
@@ -117,7 +114,7 @@ def _label_loss(out: torch.Tensor, target_onehot: torch.Tensor) -> torch.Tensor:
 
 class RealRowLoss(nn.Module):
     """The one term over real rows, per row: -log sigmoid(score(x)) + the classifier's
-    cross-entropy of x's target. Opacus sets `reduction = "none"` for ghost clipping."""
+    cross-entropy of x's target; one loss per row when `reduction` is "none"."""
 
     reduction = "mean"
 
@@ -132,62 +129,44 @@ class RealRowLoss(nn.Module):
 
 @dataclass
 class PrivateCritic:
-    """The critic's DP-SGD parts (as Opacus' PrivacyEngine assembles them for ghost clipping):
-    the module computing per-row gradient norms, the optimizer adding the noise, and the real-row
-    loss that runs the two backward passes."""
+    """The critic, its optimizer, and the charged mechanism on its real-row loss."""
 
-    module: GradSampleModuleFastGradientClipping
-    optimizer: DPOptimizerFastGradientClipping
-    loss: DPLossFastGradientClipping
+    critic: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss: RealRowLoss
+    noised: NoisedGradient
 
     @classmethod
     def wrap(cls, critic: nn.Module, optimizer: torch.optim.Optimizer, loss: RealRowLoss, *,
              noise_multiplier: float, max_grad_norm: float, expected_batch: float,
              noise: torch.Generator) -> PrivateCritic:
-        module = GradSampleModuleFastGradientClipping(
-            critic, loss_reduction="mean", max_grad_norm=max_grad_norm, use_ghost_clipping=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Opacus' "secure RNG turned off": see dp_training
-            dp_opt = DPOptimizerFastGradientClipping(
-                optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-                expected_batch_size=max(1.0, float(expected_batch)), loss_reduction="mean",
-                generator=noise)
-        return cls(module, dp_opt, DPLossFastGradientClipping(module, dp_opt, loss, "mean"))
+        loss.reduction = "none"
+        return cls(critic, optimizer, loss,
+                   NoisedGradient(critic, noise_multiplier, max_grad_norm, expected_batch, noise))
 
     def gradient(self, real: torch.Tensor, fake: torch.Tensor) -> list[torch.Tensor]:
         """p.grad of every critic weight := (the sum over real rows of their clipped gradients of
         the real-row loss, plus Gaussian noise) / expected batch, plus the exact gradient of the
         generated rows' term, -log(1 - sigmoid(score)). Returned for tests; the optimizer's step
         reads p.grad."""
-        params = self.optimizer.params
-        with warnings.catch_warnings():
-            # Opacus' full backward hooks fire harmlessly on passes that need no input gradient.
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            self.module.disable_hooks()  # generated rows are not private: no norms, no clip
-            fake_grad = torch.autograd.grad(F.softplus(self.module(fake)[:, 0]).mean(), params)
-            self.module.enable_hooks()
-            self.optimizer.zero_grad(set_to_none=True)
-            if len(real):
-                self.loss(self.module(real), real).backward()
-            else:
-                # An empty Poisson batch still takes a noised step, as the accountant assumes.
-                for p in params:
-                    p.grad = torch.zeros_like(p)
-            self.optimizer.pre_step()
+        params = self.noised.params
+        fake_grad = torch.autograd.grad(F.softplus(self.critic(fake)[:, 0]).mean(), params)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.noised(lambda: self.loss(self.critic(real), real), len(real))
         for p, g in zip(params, fake_grad):
             p.grad.add_(g)
         return [p.grad for p in params]
 
     def step(self, real: torch.Tensor, fake: torch.Tensor) -> None:
         self.gradient(real, fake)
-        self.optimizer.original_optimizer.step()
+        self.optimizer.step()
 
 
 class GANGenerator(Generator):
     family: ClassVar[str] = "gan"
     Hyperparameters: ClassVar[type] = GANHyperparameters
     training: ClassVar[str] = (
-        "GAN with a DP critic: DP-SGD (Opacus) on the critic's loss over real rows only (Poisson "
+        "GAN with a DP critic: DP-SGD on the critic's loss over real rows only (Poisson "
         "sampling, per-sample clipping, Gaussian noise); the generated-row term and the "
         "generator's update, which read no real row, unnoised (post-processing); Adam")
 
@@ -220,19 +199,14 @@ class GANGenerator(Generator):
             x[:, idx] = F.gumbel_softmax(logits[:, idx], tau=self.hp.temperature, hard=True)
         return torch.cat([x, y], 1)
 
-    def _generator_step(self, critic: GradSampleModuleFastGradientClipping,
-                        optimizer: torch.optim.Optimizer, n: int, gen: torch.Generator) -> torch.Tensor:
-        """One update of the generator from the critic alone (no real row), through the bare
-        critic: hooks off, so Opacus computes no per-row norms for this pass."""
-        critic.disable_hooks()
+    def _generator_step(self, optimizer: torch.optim.Optimizer, n: int,
+                        gen: torch.Generator) -> torch.Tensor:
+        """One update of the generator from the critic alone (no real row)."""
         fake = self._fake(n, gen)
-        out = critic(fake)
+        out = self.net.critic(fake)
         loss = (F.softplus(-out[:, 0])
                 + _label_loss(out, fake[:, self.transformer.feature_dim:])).mean()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            grads = torch.autograd.grad(loss, list(self.net.generator.parameters()))
-        critic.enable_hooks()
+        grads = torch.autograd.grad(loss, list(self.net.generator.parameters()))
         for p, g in zip(self.net.generator.parameters(), grads):
             p.grad = g
         optimizer.step()
@@ -245,10 +219,10 @@ class GANGenerator(Generator):
         return max_displacement(hyperparameters.lr, local_steps * hyperparameters.generator_steps,
                                 BETAS)
 
-    def fit_steps(self, encoded: torch.Tensor, dp: DPSGDConfig, progress: ProgressFn | None = None,
+    def fit_steps(self, encoded: TokenMatrix, dp: DPSGDConfig, progress: ProgressFn | None = None,
                   proximal_mu: float = 0.0) -> TrainStats:
         net, lr = self.net, self.hp.lr
-        loader = poisson_batches(encoded, dp)
+        batches = poisson_batches(encoded, dp)
         expected = normaliser(dp, len(encoded))
         # The generated batch is as large as the expected real one: a size fixed by the DP row
         # estimate, never by a batch's actual (private) size.
@@ -264,27 +238,22 @@ class GANGenerator(Generator):
             noise=secret_generator(self.device))
         g_opt = torch.optim.Adam(net.generator.parameters(), lr=lr, betas=BETAS)
         net.train()
-        step, rows, loss_value, start = 0, 0, float("nan"), time.perf_counter()
-        while step < dp.steps:
-            for (real,) in loader:
-                if step >= dp.steps:
-                    break
-                real = real.to(self.device, non_blocking=True)
-                with torch.no_grad():
-                    fake = self._fake(fake_n, gen)
-                critic.step(real, fake)
-                for _ in range(self.hp.generator_steps):
-                    g_loss = self._generator_step(critic.module, g_opt, fake_n, gen)
-                pull()
-                step += 1
-                mean.update(step)
-                rows += len(real)
-                loss_value = float(g_loss.detach())
-                if progress is not None:
-                    progress(step, dp.steps, loss_value)
-        critic.module._close()  # removes Opacus' hooks: the bare critic is what the weights hold
+        rows, loss_value, start = 0, float("nan"), time.perf_counter()
+        for step in range(1, dp.steps + 1):
+            real = next(batches).to(self.device, non_blocking=True)
+            with torch.no_grad():
+                fake = self._fake(fake_n, gen)
+            critic.step(real, fake)
+            for _ in range(self.hp.generator_steps):
+                g_loss = self._generator_step(g_opt, fake_n, gen)
+            pull()
+            mean.update(step)
+            rows += len(real)
+            loss_value = float(g_loss.detach())
+            if progress is not None:
+                progress(step, dp.steps, loss_value)
         mean.apply()
-        return TrainStats(steps=step, rows_seen=rows, seconds=time.perf_counter() - start,
+        return TrainStats(steps=dp.steps, rows_seen=rows, seconds=time.perf_counter() - start,
                           final_loss=loss_value)
 
     @torch.inference_mode()

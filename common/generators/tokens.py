@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 class ColumnLoss(nn.Module):
     """Per-row sum over columns of the cross-entropy of each column's logits against its one-hot
-    token. Opacus sets `reduction = "none"` to get one loss per row (ghost clipping)."""
+    token. DP-SGD sets `reduction = "none"` to get one loss per row."""
 
     def __init__(self, blocks: list[tuple[int, int]]):
         super().__init__()
