@@ -23,7 +23,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import secrets
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -36,6 +38,9 @@ from ..common.digests import file_sha256
 from ..common.schema import Schema
 from .config import SiteConfig, load_site_config
 from .ledger import Ledger
+
+log = logging.getLogger(__name__)
+READ_LINE_EVERY_S = 5.0
 
 NODE_CONFIG_KEY = "site-config"
 
@@ -122,7 +127,8 @@ class SiteState:
             from ..common.loading import load_table
 
             df, _report = load_table(self.config.site.data, self.schema,
-                                     on_invalid=self.config.site.on_invalid)
+                                     on_invalid=self.config.site.on_invalid,
+                                     progress=_logged_read(self.config.site.data))
             self._memo["table"] = df
         return self._memo["table"]
 
@@ -172,11 +178,16 @@ class SiteState:
         path = self.state_dir / "cache" / f"{kind}-{key}.npy"
         if path.exists():
             return np.load(path, mmap_mode="r")
-        arr = np.asarray(build())
         buf = io.BytesIO()
-        np.save(buf, arr)
+        np.save(buf, np.asarray(build()))
         atomic_write_bytes(path, buf.getvalue())
-        return arr
+        return np.load(path, mmap_mode="r")
+
+    def forget_rows(self) -> None:
+        """Drop the parsed table: what follows needs only arrays cached from it, and a training
+        should hold no more of a big table than its memory-mapped tokens."""
+        self._memo.pop("table", None)
+        self._memo.pop("split", None)
 
     # -- releases -----------------------------------------------------------------------------
     def _release_dir(self, study: str) -> Path:
@@ -223,3 +234,17 @@ def input_hash(weights: list[np.ndarray], config: dict) -> str:
 
 
 __all__ = ["SiteState", "ReportedSize", "Release", "input_hash", "safe_file_name", "NODE_CONFIG_KEY"]
+
+
+def _logged_read(path: Path):
+    """A big table takes minutes to parse: say how far in the site's log every few seconds
+    (the log stays at the site; nothing about the table's size leaves it)."""
+    start, last = time.monotonic(), [float("-inf")]
+
+    def line(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done >= total or now - last[0] >= READ_LINE_EVERY_S:
+            last[0] = now
+            log.info("reading %s: %.0f of %.0f MiB, %.0f s", path, done / 2**20, total / 2**20,
+                     now - start)
+    return line

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-ALL = ["engine", "generators", "empirical_privacy", "fedavg", "utility", "federation",
+ALL = ["engine", "scale", "wide", "generators", "empirical_privacy", "fedavg", "utility", "federation",
        "secure_aggregation"]
 
 

@@ -25,7 +25,7 @@ import gzip
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import pandas as pd
@@ -40,6 +40,7 @@ MAX_VIOLATIONS = 1000  # kept in reports and errors; counts are always complete
 SHOWN_IN_ERROR = 20
 SHAPE = "(wrong number of fields)"  # the per-column count key for rows of the wrong width
 PARQUET_SUFFIXES = (".parquet", ".pq")
+ByteProgress = Callable[[int, int], None]  # (bytes of the file read so far, file size)
 
 
 
@@ -128,7 +129,8 @@ class LoadReport:
 
 
 def load_table(source: str | Path, schema: Schema, *, query: str | None = None,
-               on_invalid: Literal["error", "drop"] = "error") -> tuple[pd.DataFrame, LoadReport]:
+               on_invalid: Literal["error", "drop"] = "error",
+               progress: ByteProgress | None = None) -> tuple[pd.DataFrame, LoadReport]:
     """Read `source` and return the schema's columns, validated, in the form transforms expect:
     numeric float64 (NaN = missing), categorical and boolean as object (str / bool, NaN = missing).
 
@@ -136,11 +138,12 @@ def load_table(source: str | Path, schema: Schema, *, query: str | None = None,
     report). Problems no row-drop can fix (unreadable or empty source, missing or unexpected
     columns) always raise. The schema's missing markers describe text files; in Parquet and SQL
     only NULL is missing, since a stored '' or '?' there was put in on purpose.
+    `progress` hears how far the parse of a CSV file has read (parsing is most of the time).
     """
     if on_invalid not in ("error", "drop"):
         raise ValueError(f"on_invalid must be 'error' or 'drop', not {on_invalid!r}")
     raw = _read(source, query=query, csv=schema.csv, names=schema.source_columns,
-                only=schema.names)
+                only=schema.names, progress=progress)
     _check_columns(raw, schema)
     _require_rows(raw)
     return _validate(raw, schema, on_invalid)
@@ -268,7 +271,8 @@ def _display(source: str | Path) -> str:
 
 
 def _read(source: str | Path, *, query: str | None, csv: CsvOptions,
-          names: list[str] | None, only: list[str] | None = None) -> _Raw:
+          names: list[str] | None, only: list[str] | None = None,
+          progress: ByteProgress | None = None) -> _Raw:
     """Read any source; `only` limits which CSV columns are converted (dropped identifiers are
     often unique strings, the costliest thing to convert, and are never looked at)."""
     display = _display(source)
@@ -283,7 +287,8 @@ def _read(source: str | Path, *, query: str | None, csv: CsvOptions,
     elif s.lower().endswith(PARQUET_SUFFIXES):
         raw = _read_parquet(Path(s).expanduser(), display)
     else:
-        raw = _read_csv(Path(s).expanduser(), csv, None if csv.header else names, display, only)
+        raw = _read_csv(Path(s).expanduser(), csv, None if csv.header else names, display, only,
+                        progress)
     return raw
 
 
@@ -295,6 +300,29 @@ def _require_rows(raw: _Raw) -> None:
 
 def _open_text(path: Path):
     return gzip.open(path, "rb") if str(path).lower().endswith(".gz") else open(path, "rb")
+
+
+class _CountedRead:
+    """A file for pyarrow's parser that tells `progress` how much of the file on disk it has
+    read (compressed bytes for .gz, so the total is the file's size)."""
+
+    def __init__(self, path: Path, progress: ByteProgress):
+        self._disk = open(path, "rb")
+        self._text = gzip.GzipFile(fileobj=self._disk) if str(path).lower().endswith(".gz") \
+            else self._disk
+        self._size, self._progress = path.stat().st_size, progress
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._text.read(n)
+        self._progress(self._disk.tell(), self._size)
+        return data
+
+    def __getattr__(self, name):  # closed, readable, ...: the text stream's
+        return getattr(self._text, name)
+
+    def close(self) -> None:
+        self._text.close()
+        self._disk.close()
 
 
 def _leading_lines(path: Path, comment: str | None, display: str) -> tuple[int, bytes]:
@@ -334,7 +362,7 @@ def _names_line(line: bytes, sep: str, display: str) -> list[str] | None:
 
 
 def _read_csv(path: Path, opts: CsvOptions, names: list[str] | None, display: str,
-              only: list[str] | None = None) -> _Raw:
+              only: list[str] | None = None, progress: ByteProgress | None = None) -> _Raw:
     sep = opts.separator
     if len(sep) != 1:
         raise DataError(display, reason=f"separator {sep!r} must be a single character")
@@ -370,9 +398,10 @@ def _read_csv(path: Path, opts: CsvOptions, names: list[str] | None, display: st
     convert = [n for n in names if only is None or n in only]
     if opts.comment and names and names[0] not in convert:
         convert.insert(0, names[0])  # needed below to spot comment lines that parsed as data
+    source = _CountedRead(path, progress) if progress is not None else path
     try:
         table = pacsv.read_csv(
-            path,
+            source,
             read_options=pacsv.ReadOptions(skip_rows=skip_rows, column_names=names,
                                            use_threads=False),
             parse_options=pacsv.ParseOptions(delimiter=sep, invalid_row_handler=on_bad_row),
@@ -384,6 +413,9 @@ def _read_csv(path: Path, opts: CsvOptions, names: list[str] | None, display: st
         if "UTF8" in reason or "utf8" in reason.lower():
             reason = "not UTF-8 text"
         raise DataError(display, reason=f"cannot parse as CSV: {reason}") from e
+    finally:
+        if progress is not None:
+            source.close()
     frame = table.to_pandas()
     numbers = None
     records = None

@@ -11,10 +11,17 @@ age is the oldest patient's age, a category seen once proves someone has it. So 
   it, and values too rare to release safely are left out by design.
 
 Both modes read a few structural facts exactly (which columns exist, each column's kind, whether a
-numeric column is integer-valued, which columns are identifiers, how a boolean column spells its
-two values): those are not covered by DP and the warnings ask for them to be confirmed against
-public documentation. A boolean's spellings are the two values that made it a boolean, the same
-two labels a categorical draft of the column would list (and its kind is read from them anyway).
+numeric column is integer-valued, which columns are identifiers or free text, how a boolean
+column spells its two values): those are not covered by DP and the warnings ask for them to be
+confirmed against public documentation. A boolean's spellings are the two values that made it a
+boolean, the same two labels a categorical draft of the column would list (and its kind is read
+from them anyway). Only an exact draft's warnings give the counts behind a column's kind.
+
+Identifiers (nearly every value distinct, or values that look like record codes) and free text
+(most rows hold a value seen only a few times, or too many distinct values to model) are listed
+under `drop` rather than modelled (`_unmodellable`): as categories they would list nearly every
+value, which trains slowly, releases poorly and, in an exact draft, discloses each one. A target
+is never dropped; it is warned about instead.
 
 Point masses (a single value held by many rows: capital-gain's 0, a -1 that codes "never
 contacted") are a numeric column's values held by at least POINT_MASS_SHARE of its present rows.
@@ -31,6 +38,7 @@ that is acceptable for a one-off draft but is one more reason to prefer public v
 from __future__ import annotations
 
 import math
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -62,6 +70,27 @@ POINT_MASS_SHARE = 0.05
 # thousand rows.
 POINT_MASS_EPSILON = 0.25
 LOG_SPAN = 4  # doublings between the median and the top cell that make a column 'log' scale
+# A text column is an identifier when at least this share of its present values are distinct. Not
+# only 1.0: a patient entered twice or a reused record number must not turn an ID column into
+# thousands of categories; and a real category column that is 95% distinct holds almost only
+# values of one row each, which the model cannot learn and a release must not list anyway.
+ID_DISTINCT_SHARE = 0.95
+# ... or when at least CODE_SHARE of its distinct values look like record codes (`_CODE`): 0.9
+# tolerates a few free-form entries ('unknown', 'n/a') among the codes. Only with at least
+# CODE_MIN_DISTINCT distinct values, and at least CODE_MIN_DISTINCT_SHARE of the present rows (on
+# average at most 20 rows per value: a person's few visits), since a short list of codes each
+# held by many rows (wards, stores, sites) is a grouping and a fine category.
+CODE_SHARE = 0.9
+CODE_MIN_DISTINCT = 100
+CODE_MIN_DISTINCT_SHARE = 0.05
+# A text column is free text when more than this share of its present rows hold a value seen fewer
+# than RARE times: then most rows carry a value the model sees too rarely to learn, that an exact
+# draft would disclose and a DP draft would leave out, so most rows would fail to load anyway.
+FREE_TEXT_RARE_SHARE = 0.5
+# ... or when it has more distinct values than this, however common each: every category is a
+# token of the model's vocabulary and an output of its head, and past about a thousand that one
+# column dominates training time; such a column is better coarsened to a public list first.
+MAX_CATEGORIES = 1000
 
 
 @dataclass
@@ -69,12 +98,13 @@ class _Profile:
     """Exact facts about one column. `counts` is indexed by the distinct values as text."""
 
     name: str
-    kind: str  # numeric | categorical | boolean | id | empty
+    kind: str  # numeric | categorical | boolean | id | text | empty
     counts: pd.Series
     missing: int
     numbers: np.ndarray | None  # parsed `counts.index`, when every value is a number
     integer: bool = False
     spellings: tuple[str, str] | None = None  # a boolean's (true, false) as the table writes them
+    why: str | None = None  # what made an 'id' or 'text' column one, from the exact counts
 
 
 def _spellings(texts: list[str]) -> tuple[str, str] | None:
@@ -106,17 +136,64 @@ def _profile(name: str, s: pd.Series) -> _Profile:
     numbers = parse_numbers(np.asarray(counts.index, dtype=object))
     numbers = numbers if np.isfinite(numbers).all() else None
     integer = numbers is not None and bool(np.all(numbers == np.floor(numbers)))
-    if (missing == 0 and len(counts) > NUMERIC_MIN_DISTINCT and (counts == 1).all()
-            and (numbers is None or integer)):
-        kind = "id"  # a distinct label (or whole number) per row identifies people, never model it
-    elif (spellings := _spellings(list(counts.index))) is not None and (
+    if (unmodellable := _unmodellable(counts, missing, numbers, integer)) is not None:
+        kind, why = unmodellable
+        return _Profile(name, kind, counts, missing, numbers, integer, why=why)
+    if (spellings := _spellings(list(counts.index))) is not None and (
             numbers is None or set(numbers) <= {0.0, 1.0}):
         return _Profile(name, "boolean", counts, missing, numbers, integer, spellings)
-    elif numbers is not None and len(counts) > NUMERIC_MIN_DISTINCT:
+    if numbers is not None and len(counts) > NUMERIC_MIN_DISTINCT:
         kind = "numeric"
     else:
         kind = "categorical"
     return _Profile(name, kind, counts, missing, numbers, integer)
+
+
+# -- identifiers and free text -------------------------------------------------------------------
+
+_CODE = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}"  # a UUID
+                   r"|(?=[a-f]*[0-9])[0-9a-f]{16,}"  # a hash or hex key (a digit: not a word)
+                   r"|[a-z0-9]{0,6}[-_]?[0-9]{5,}",  # a short prefix, then a long run of digits
+                   re.IGNORECASE)
+
+
+_RULES = {"id": "nearly every value distinct, or values that look like record codes",
+          "text": f"most rows hold a value seen fewer than {RARE} times, or more than "
+                  f"{MAX_CATEGORIES:,} distinct values"}
+
+
+def _percent(share: float) -> str:
+    """Rounded down, so that '100%' means all of them and a warning never overstates."""
+    return f"{math.floor(share * 100)}%"
+
+
+def _unmodellable(counts: pd.Series, missing: int, numbers: np.ndarray | None,
+                  integer: bool) -> tuple[str, str] | None:
+    """('id' or 'text', why) for a column to drop rather than model, None for one to model.
+    Read from the exact counts: a structural fact, which the warnings ask to be confirmed."""
+    present, distinct = int(counts.sum()), len(counts)
+    if distinct <= NUMERIC_MIN_DISTINCT:
+        return None  # a short list is a code list, however rare its values are in a small table
+    unique = f"{_percent(distinct / present)} of values distinct ({distinct:,} in {present:,} rows)"
+    if numbers is not None:
+        # A measurement (a weight, an amount in cents) is nearly all distinct too: only a whole
+        # number in every row, each different, reads as a row number or record ID.
+        return ("id", unique) if integer and missing == 0 and distinct == present else None
+    if distinct >= ID_DISTINCT_SHARE * present:
+        return "id", unique
+    if distinct >= max(CODE_MIN_DISTINCT, CODE_MIN_DISTINCT_SHARE * present):
+        codes = sum(_CODE.fullmatch(v) is not None for v in counts.index)
+        if codes >= CODE_SHARE * distinct:
+            return "id", (f"{unique}, and {_percent(codes / distinct)} of the distinct values look "
+                          "like record codes (long runs of digits, hex keys, UUIDs)")
+    rare_rows = int(counts[counts < RARE].sum())
+    if rare_rows > FREE_TEXT_RARE_SHARE * present or distinct > MAX_CATEGORIES:
+        many = f" (more than {MAX_CATEGORIES:,})" if distinct > MAX_CATEGORIES else ""
+        singletons = int((counts == 1).sum())
+        return "text", (f"{distinct:,} distinct values{many}, {_percent(singletons / distinct)} "
+                        f"of them seen once; values seen fewer than {RARE} times hold "
+                        f"{_percent(rare_rows / present)} of its {present:,} rows")
+    return None
 
 
 # -- the public magnitude grid --------------------------------------------------------------------
@@ -309,23 +386,40 @@ def draft_schema(df: pd.DataFrame, *, name: str, target: str | None = None,
     profiles = [_profile(str(c), df[c]) for c in df.columns]
     drop: list[str] = []
     for p in profiles:
+        if epsilon is not None and p.why is not None:
+            # A DP draft's warnings go into the schema file, which is public: no exact counts
+            # (they would state the table's size), only which rule applied.
+            p.why = _RULES[p.kind]
         if p.name == target and p.kind in ("numeric", "id"):
-            warnings.append(f"target {p.name!r} looked {p.kind}; drafted as categorical, since "
+            looked = f"like an identifier: {p.why}" if p.kind == "id" else p.kind
+            warnings.append(f"target {p.name!r} looked {looked}; drafted as categorical, since "
                             "a target is a class label. Check that this is the right column.")
+            p.kind = "categorical"
+        elif p.name == target and p.kind == "text":
+            warnings.append(f"target {p.name!r} looks like free text ({p.why}); kept as "
+                            "categorical since it is the target, but so many rare classes train "
+                            "slowly and release poorly: coarsen it (map it to a public code list "
+                            "or a few groups) and draft again.")
             p.kind = "categorical"
         elif p.name == target and p.kind == "empty":
             raise ValueError(f"target {p.name!r} has no values")
         if p.kind == "id":
             drop.append(p.name)
-            warnings.append(f"column {p.name!r} has a different value in every row: treated as "
-                            "an identifier and listed under 'drop' (read for presence, never "
-                            "modelled).")
+            warnings.append(f"column {p.name!r} looks like an identifier: {p.why}; listed under "
+                            "'drop' (read for presence, never modelled).")
+        elif p.kind == "text":
+            drop.append(p.name)
+            warnings.append(f"column {p.name!r} looks like free text: {p.why}. Listed under "
+                            "'drop': as categories nearly every value would be its own, which "
+                            "trains slowly and releases poorly. Keep it dropped, or coarsen it "
+                            "first (map it to a public code list or a few groups) and draft "
+                            "again.")
         elif p.kind == "empty":
             drop.append(p.name)
             warnings.append(f"column {p.name!r} is entirely missing: listed under 'drop'.")
     modelled = [p for p in profiles if p.name not in drop]
     if not modelled:
-        raise ValueError("no column can be modelled (all are identifiers or empty)")
+        raise ValueError("no column can be modelled (all are identifiers, free text or empty)")
 
     if epsilon is None:
         columns = [_column_exact(p, warnings) for p in modelled]
@@ -374,8 +468,8 @@ _DP_WARNING = (
 _STRUCTURE_WARNING = (
     "Not covered by differential privacy: the column names, each column's kind, the integer "
     "flag of numeric columns, the spellings of boolean columns (their true/false) and which "
-    "columns are identifiers were read from the data exactly. Confirm them against public "
-    "documentation of the table.")
+    "columns are identifiers or free text were read from the data exactly. Confirm them against "
+    "public documentation of the table.")
 
 
 def _boolean(p: _Profile, nullable: bool) -> dict:

@@ -21,11 +21,16 @@ import pandas as pd
 from .grids import Grid, cell_counts, column_grid, numeric_edges
 from .histogram_release import STATS_MECHANISM, release_histograms
 from .privacy import GaussianMechanism
-from .schema import NumericColumn, Schema
+from .schema import CategoricalColumn, NumericColumn, Schema
 
 # Integer columns with at most this many values get one cell per value; others a grid of cells.
 MAX_EXACT_INTEGERS = 256
 GRID_CELLS = 256
+# A categorical feature with more categories than this (a code list of diagnoses, job titles)
+# would widen every later column's model input by its one-hot; its rare categories are pooled
+# into one token (common/transforms.py), chosen from its DP histogram. Adult's widest (native
+# country, 41) stays below it: a table without such a column is released exactly as before.
+POOLED_VOCABULARY = 100
 
 
 def statistics_grid(col) -> Grid:
@@ -42,8 +47,12 @@ def numeric_grid(col: NumericColumn) -> np.ndarray:
 
 
 def histogram_columns(schema: Schema) -> list[str]:
-    """Columns whose histograms are released: numerics (bin placement) and the target."""
-    cols = [c.name for c in schema.columns if isinstance(c, NumericColumn)]
+    """Columns whose histograms are released: numerics (bin placement), the target, and the
+    categoricals with more than POOLED_VOCABULARY categories (which of their categories are too
+    rare to model alone). Which columns these are is read off the schema: public."""
+    cols = [c.name for c in schema.columns if isinstance(c, NumericColumn)
+            or (isinstance(c, CategoricalColumn) and c.name != schema.target
+                and len(c.categories) > POOLED_VOCABULARY)]
     if schema.target is not None:
         cols.append(schema.target)
     return cols

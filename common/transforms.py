@@ -16,6 +16,7 @@ column is kept apart as the condition.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -27,22 +28,30 @@ from .stats import TableStats, numeric_grid
 from .token_matrix import TokenMatrix, token_dtype
 
 DEFAULT_MAX_BINS = 20
+POOL_FALSE_KEEP = 0.05
 
 
 class _LabelCodec:
-    """Categorical and boolean columns: a token per label."""
+    """Categorical and boolean columns: a token per label, then one for missing if nullable.
 
-    def __init__(self, name: str, labels: list, nullable: bool):
+    With `pooled` (labels whose DP count was too small to tell from the noise), those labels
+    share one token after the others, decoded by drawing one of them uniformly: their noisy
+    counts say nothing more. The model then sees one token for thousands of rare titles."""
+
+    def __init__(self, name: str, labels: list, nullable: bool, pooled: frozenset = frozenset()):
         self.name = name
-        self.labels = list(labels)
         self.nullable = nullable
-        self.n_tokens = len(labels) + int(nullable)
-        self._index = {lab: i for i, lab in enumerate(labels)}
+        self.labels = [lab for lab in labels if lab not in pooled]
+        self.pooled = [lab for lab in labels if lab in pooled]
+        self._index = {lab: i for i, lab in enumerate(self.labels)}
+        self._index.update({lab: len(self.labels) for lab in self.pooled})
+        self.n_labels = len(self.labels) + bool(self.pooled)  # tokens before the missing one
+        self.n_tokens = self.n_labels + int(nullable)
 
     def encode(self, values: pd.Series) -> np.ndarray:
         missing = values.isna().to_numpy()
         tokens = values.map(self._index).to_numpy()
-        tokens = np.where(missing, len(self.labels), tokens)
+        tokens = np.where(missing, self.n_labels, tokens)
         bad = pd.isna(tokens)
         if bad.any() or (missing.any() and not self.nullable):
             where = int(np.flatnonzero(bad | (missing & ~self.nullable))[0])
@@ -51,11 +60,25 @@ class _LabelCodec:
         return tokens.astype(np.int64)
 
     def decode(self, tokens: np.ndarray, rng: np.random.Generator) -> pd.Series:
-        out = np.empty(len(tokens), dtype=object)
-        is_missing = tokens >= len(self.labels)
-        out[~is_missing] = np.asarray(self.labels, dtype=object)[tokens[~is_missing]]
-        out[is_missing] = np.nan
+        out = np.full(len(tokens), np.nan, dtype=object)
+        own = tokens < len(self.labels)
+        out[own] = np.asarray(self.labels, dtype=object)[tokens[own]]
+        if self.pooled:
+            pool = tokens == len(self.labels)
+            out[pool] = np.asarray(self.pooled, dtype=object)[
+                rng.integers(len(self.pooled), size=int(pool.sum()))]
         return pd.Series(out, name=self.name, dtype=object)
+
+
+def rare_categories(col: CategoricalColumn, counts: np.ndarray, noise_std: float) -> frozenset:
+    """The categories whose DP count is below a threshold that noise alone passes for an empty
+    category with chance POOL_FALSE_KEEP / (number of categories), so that over the whole list
+    some empty category keeps a token with chance at most POOL_FALSE_KEEP (2,000 categories at
+    the noise's sd s: 4.1 s). Those are too few rows for DP-SGD to learn a token from anyway.
+    Post-processing of the released histogram: no further privacy cost."""
+    k = len(col.categories)
+    threshold = max(NormalDist().inv_cdf(1 - POOL_FALSE_KEEP / k) * noise_std, 1.0)
+    return frozenset(c for c, n in zip(col.categories, counts[:k]) if n < threshold)
 
 
 class _NumericCodec:
@@ -168,7 +191,10 @@ class TableTransformer:
                     fine = stats.counts(col.name)[len(col.point_masses):][:len(numeric_grid(col)) - 1]
                 self.codecs[col.name] = _NumericCodec(col, fine, max_bins, noise_std)
             elif isinstance(col, CategoricalColumn):
-                self.codecs[col.name] = _LabelCodec(col.name, col.categories, col.nullable)
+                pooled = frozenset()
+                if col.name != schema.target and stats is not None and col.name in stats.histograms:
+                    pooled = rare_categories(col, stats.counts(col.name), noise_std)
+                self.codecs[col.name] = _LabelCodec(col.name, col.categories, col.nullable, pooled)
             else:
                 assert isinstance(col, BooleanColumn)
                 self.codecs[col.name] = _LabelCodec(col.name, [False, True], col.nullable)

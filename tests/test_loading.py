@@ -52,6 +52,28 @@ def test_adult_train_loads_whole(adult_schema):
     assert "all rows valid" in report.summary()
 
 
+@pytest.mark.parametrize("compressed", [True, False])
+def test_progress_follows_the_parse_to_the_end_of_the_file(tmp_path, adult_schema, compressed):
+    """A big table takes minutes to parse: `progress` hears the bytes read of the file on disk
+    (compressed ones for .gz), rising to its size, and the rows are those read without it."""
+    path = ADULT_TRAIN
+    if not compressed:
+        import gzip
+
+        path = tmp_path / "adult.data"
+        path.write_bytes(gzip.decompress(ADULT_TRAIN.read_bytes()))
+    calls = []
+    df, report = load_table(path, adult_schema, progress=lambda done, total: calls.append(
+        (done, total)))
+    size = os.path.getsize(path)
+    assert len(calls) >= 3 and {t for _, t in calls} == {size}
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and done[-1] == size and done[0] < size / 2
+    plain, _ = load_table(path, adult_schema)
+    pd.testing.assert_frame_equal(df, plain)
+    assert report.rows_kept == 32561
+
+
 def test_adult_test_skips_junk_line_and_strips_label_dot(adult_schema):
     df, report = load_table(ADULT_TEST, adult_schema)
     assert len(df) == report.rows_kept == 16281

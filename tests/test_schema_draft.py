@@ -183,3 +183,116 @@ def test_cli_errors(tmp_path):
     assert result.exit_code == 1 and "none.csv: cannot read" in result.stderr
     result = runner.invoke(app, ["draft", "--data", "sqlite:///x.db"])
     assert result.exit_code == 1 and "needs a query" in result.stderr
+
+
+# -- identifiers and free text ------------------------------------------------------------------
+
+COMMON_TITLES = [f"{a} {b}" for a in ("nurse", "clerk", "driver", "chef", "teacher")
+                 for b in ("senior", "junior")]
+
+
+def _wide_table(n: int = 3000, seed: int = 4) -> pd.DataFrame:
+    """A new user's wide table: an ID with a few duplicates and gaps, a free-text job title (10
+    common titles, the rest nearly all seen once), visit rows keyed by a hex patient key, a
+    mostly-distinct whole-number amount, a short list of ward codes and a yes/no target; `remark`
+    has fewer than 1,000 values, but two rows in three hold one seen only 4 times."""
+    rng = np.random.default_rng(seed)
+    person = np.array([f"P{i:06d}" for i in range(n)], dtype=object)
+    person[rng.choice(n, 40, replace=False)] = person[rng.choice(n, 40)]  # a few re-used IDs
+    person[rng.choice(n, 20, replace=False)] = None
+    rare = [f"{rng.choice(['lead', 'chief', 'assistant'])} {i} of the {j} team"
+            for i, j in zip(range(n), rng.integers(0, 99, n))]
+    titles = (COMMON_TITLES * 100) + rare[:10] * 2 + rare[10:n - 1010]  # 1,980 seen once
+    remarks = [f"remark {k}" for k in range(10)] * 100 + [f"said {k} times" for k in range(500)] * 4
+    keys = [rng.bytes(16).hex() for _ in range(n // 6)]  # 6 visits per patient
+    income = rng.integers(0, 1_000_000, n)
+    income[1] = income[0]  # nearly but not all distinct: a measurement, not an ID
+    return pd.DataFrame({
+        "person": person,
+        "title": rng.permutation(np.array(titles, dtype=object)),
+        "remark": rng.permutation(np.array(remarks, dtype=object)),
+        "visit_of": rng.permutation(np.repeat(np.array(keys, dtype=object), 6)),
+        "income": income,
+        "ward": rng.choice([f"W{k:05d}" for k in range(30)], n).astype(object),
+        "outcome": rng.choice(["yes", "no"], n).astype(object),
+    })
+
+
+@pytest.mark.parametrize("epsilon", [None, 4.0])
+def test_draft_drops_identifier_like_and_free_text_columns(epsilon):
+    df = _wide_table()
+    schema, warnings = draft_schema(df, name="w", target="outcome", epsilon=epsilon, seed=1)
+    assert schema.drop == ["person", "title", "remark", "visit_of"]
+    assert schema.names == ["income", "ward", "outcome"]
+    assert schema.column("income").kind == "numeric"
+    assert schema.column("ward").kind == "categorical"
+    # Dropped columns are not modelled, so a DP draft spends nothing on them.
+    assert {c for p in schema.provenance for c in p.columns} == set(schema.names)
+
+    def about(column):
+        (w,) = [w for w in warnings if w.startswith(f"column {column!r}")]
+        return w
+
+    if epsilon is not None:
+        # A DP draft's warnings are written into the public schema file: the rule, no counts.
+        assert "identifiers or free text" in warnings[1]  # read exactly, not covered by DP
+        assert about("person").startswith("column 'person' looks like an identifier: nearly "
+                                          "every value distinct, or values that look like record")
+        assert "most rows hold a value seen fewer than 5 times" in about("title")
+        assert not any(n in w for w in warnings for n in ("3,000", "2,000", "510", "500 in"))
+        return
+    # An exact draft's warnings give the counts, rounded down.
+    present, distinct = int(df.person.notna().sum()), df.person.nunique()
+    assert 0.95 < distinct / present < 1
+    assert about("person").startswith(
+        f"column 'person' looks like an identifier: {100 * distinct // present}% of values "
+        f"distinct ({distinct:,} in {present:,} rows); listed under 'drop'")
+    assert ("looks like free text: 2,000 distinct values (more than 1,000), 99% of them seen "
+            "once; values seen fewer than 5 times hold 66% of its 3,000 rows") in about("title")
+    assert ("looks like free text: 510 distinct values, 0% of them seen once; values seen fewer "
+            "than 5 times hold 66% of its 3,000 rows") in about("remark")
+    assert "coarsen it" in about("title") and "public code list" in about("title")
+    assert ("looks like an identifier: 16% of values distinct (500 in 3,000 rows), and 100% of "
+            "the distinct values look like record codes") in about("visit_of")
+    # Nothing of the title column is listed as a category (nor warned about as one).
+    assert not any("categories occur fewer than" in w for w in warnings)
+
+
+def test_many_common_categories_are_kept_and_too_many_are_dropped():
+    rng = np.random.default_rng(2)
+    n = 15_000
+    df = pd.DataFrame({
+        "country": rng.permutation(np.repeat([f"country {k}" for k in range(300)], 50)),
+        "ward": rng.permutation(np.repeat([f"W{k:05d}" for k in range(150)], 100)),  # codes
+        "item": rng.permutation(np.repeat([f"item {k}" for k in range(1250)], 12)),
+        "x": rng.normal(0, 1, n),
+    })
+    exact, warnings = draft_schema(df, name="c", epsilon=None)
+    dp, dp_warnings = draft_schema(df, name="c", epsilon=3.0, seed=0)
+    for schema in (exact, dp):
+        assert schema.drop == ["item"] and schema.names == ["country", "ward", "x"]
+        assert len(schema.column("country").categories) == 300
+        assert len(schema.column("ward").categories) == 150
+    (item,) = [x for x in warnings if "'item'" in x]
+    assert ("looks like free text: 1,250 distinct values (more than 1,000), 0% of them seen "
+            "once; values seen fewer than 5 times hold 0% of its 15,000 rows") in item
+    (item,) = [x for x in dp_warnings if "'item'" in x]
+    assert "looks like free text: most rows hold a value seen fewer than 5 times, or more " \
+           "than 1,000 distinct values" in item
+    for w in (warnings, dp_warnings):
+        assert not any("'country'" in x or "'ward'" in x for x in w)
+
+
+@pytest.mark.parametrize("epsilon", [None, 4.0])
+def test_a_free_text_target_is_warned_about_never_dropped(epsilon):
+    df = _wide_table()
+    schema, warnings = draft_schema(df, name="w", target="title", epsilon=epsilon, seed=2)
+    assert schema.drop == ["person", "remark", "visit_of"]
+    title = schema.column("title")
+    assert title.kind == "categorical"
+    # Exact: every title (and a warning about the rare ones); DP: only the common ones survive.
+    assert len(title.categories) == (2000 if epsilon is None else 10)
+    assert epsilon is None or set(title.categories) == set(COMMON_TITLES)
+    (w,) = [w for w in warnings if w.startswith("target 'title'")]
+    assert "coarsen it" in w
+    assert ("looks like free text (2,000 distinct values" in w) == (epsilon is None)

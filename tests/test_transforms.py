@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from synthpool.common.schema import NumericColumn
+from synthpool.common.schema import NumericColumn, Schema
 from synthpool.common.stats import TableStats, collect_stats, exact_counts, histogram_columns
 from synthpool.common.transforms import TableTransformer
 
@@ -106,3 +106,33 @@ def test_rows_are_cached_as_small_tokens_and_read_back_memory_mapped(tmp_path, a
     assert torch.equal(mapped[idx], t.encode(rows).dense()[idx])
     assert mapped[idx].shape == (4, t.feature_dim + t.target_dim)
     assert token_dtype(40_000) == np.int32  # a 40k-category column does not wrap around
+
+
+def test_a_big_code_list_pools_the_categories_its_dp_histogram_cannot_tell_from_noise():
+    """2,000 job titles: 20 held by many rows, the rest by one row or none. The common ones keep their
+    own token; the rare ones, whose DP counts are within the noise, share one, decoded as one
+    of them drawn uniformly. A column under the vocabulary limit gets no histogram at all."""
+    rng = np.random.default_rng(0)
+    titles = [f"title {i}" for i in range(2000)]
+    n, n_rare = 6000, 1800
+    job = np.concatenate([rng.integers(20, size=n - n_rare), 20 + rng.permutation(1980)[:n_rare]])
+    df = pd.DataFrame({"job": np.asarray(titles, dtype=object)[job],
+                       "site": rng.choice(["a", "b"], n).astype(object),
+                       "y": rng.choice(["no", "yes"], n).astype(object)})
+    schema = Schema.from_dict({"name": "wide", "target": "y", "columns": [
+        {"name": "job", "kind": "categorical", "categories": titles},
+        {"name": "site", "kind": "categorical", "categories": ["a", "b"]},
+        {"name": "y", "kind": "categorical", "categories": ["no", "yes"]}]})
+    assert histogram_columns(schema) == ["job", "y"]
+    t = TableTransformer(schema, collect_stats(schema, df, 1.0, np.random.default_rng(1)))
+    codec = t.codecs["job"]
+    # Every common title keeps its own token; a one-row title passes the threshold (set for
+    # empty ones) only now and then.
+    assert set(titles[:20]) <= set(codec.labels) and len(codec.labels) <= 23
+    assert codec.n_tokens == len(codec.labels) + 1 and t.codecs["site"].n_tokens == 2
+    tokens = t.tokens(df)
+    decoded = t.decode(tokens[:, :2], tokens[:, 2], np.random.default_rng(2))["job"]
+    own = df['job'].isin(codec.labels).to_numpy()
+    assert (decoded[own] == df["job"][own]).all()
+    assert decoded[~own].isin(codec.pooled).all() and decoded[~own].nunique() > 1000
+    assert (df['job'] == decoded).mean() > 0.65  # the common 70% exactly, the rest by chance

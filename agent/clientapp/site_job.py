@@ -173,6 +173,7 @@ def run_round(site: SiteState, global_weights: list[np.ndarray], cfg: RoundConfi
     tokens = site.cached_array(
         f"tokens-{cfg.stats_digest.removeprefix('sha256:')[:16]}",
         lambda: synthesizer.transformer.tokens(site.load_rows()))
+    site.forget_rows()
     if global_weights:
         synthesizer.set_weights(global_weights)
     train = synthesizer.fit(synthesizer.transformer.rows(tokens), plan.dp,

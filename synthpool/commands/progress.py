@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
 LINE_EVERY_S = 5.0
@@ -44,6 +44,30 @@ def step_progress(description: str, enabled: bool = True, console: Console | Non
             bar.update(task, completed=step, total=total, loss=loss)
 
         yield update
+
+
+@contextmanager
+def read_progress(description: str, console: Console | None = None, every: float = LINE_EVERY_S
+                  ) -> Iterator[Callable[[int, int], None]]:
+    """The (bytes read, file size) callback of common/loading.py: a bar on a terminal, else a
+    line every few seconds."""
+    console = console or Console(stderr=True)
+    if not console.is_terminal:
+        start, last = time.monotonic(), [float("-inf")]
+
+        def line(done: int, total: int) -> None:
+            now = time.monotonic()
+            if done >= total or now - last[0] >= every:
+                last[0] = now
+                console.print(f"{description}: {done / 2**20:.0f} of {total / 2**20:.0f} MiB, "
+                              f"{now - start:.0f} s", markup=False, highlight=False)
+
+        yield line
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                  TimeRemainingColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 class StageProgress:

@@ -19,7 +19,7 @@ from synthpool.common.schema import Schema, SchemaError
 from synthpool.common.synthesis import train_single_site
 from synthpool.common.table_io import manifest_path, write_json, write_table
 
-from .progress import step_progress
+from .progress import read_progress, step_progress
 
 err = Console(stderr=True, soft_wrap=True)
 
@@ -73,7 +73,9 @@ def synth(
         raise typer.Exit(2)
     try:
         schema = Schema.load(schema_file)
-        df, report = load_table(data, schema, query=query, on_invalid=on_invalid)
+        with read_progress(f"reading {data}") as progress:
+            df, report = load_table(data, schema, query=query, on_invalid=on_invalid,
+                                    progress=progress)
     except (SchemaError, DataError) as e:
         err.print(f"error: {e}", style="red", markup=False)
         raise typer.Exit(2)
