@@ -239,11 +239,12 @@ __all__ = ["SiteState", "ReportedSize", "Release", "input_hash", "safe_file_name
 def _logged_read(path: Path):
     """A big table takes minutes to parse: say how far in the site's log every few seconds
     (the log stays at the site; nothing about the table's size leaves it)."""
-    start, last = time.monotonic(), [float("-inf")]
+    start = time.monotonic()
+    last = [start]  # a table parsed within the interval says nothing
 
     def line(done: int, total: int) -> None:
         now = time.monotonic()
-        if done >= total or now - last[0] >= READ_LINE_EVERY_S:
+        if now - last[0] >= READ_LINE_EVERY_S or (done >= total and last[0] > start):
             last[0] = now
             log.info("reading %s: %.0f of %.0f MiB, %.0f s", path, done / 2**20, total / 2**20,
                      now - start)

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-ALL = ["engine", "scale", "wide", "generators", "empirical_privacy", "fedavg", "utility", "federation",
-       "secure_aggregation"]
+ALL = ["engine", "scale", "wide", "rounds", "generators", "empirical_privacy", "fedavg",
+       "utility", "federation", "secure_aggregation"]
 
 
 def main() -> None:

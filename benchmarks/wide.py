@@ -12,7 +12,6 @@ Goal (issue 16): the wide table's step at most 2x Adult's.
 
 from __future__ import annotations
 
-import time
 
 from .common import isolated, machine, markdown, median_range  # noqa: F401  (machine: __main__)
 

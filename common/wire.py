@@ -30,8 +30,10 @@ TRAIN_MESSAGE = "train"              # one round of DP-SGD
 EVALUATE_MESSAGE = "query.evaluate"  # score a synthetic sample against the site's rows
 
 # A secure-aggregation round (Flower's SecAgg+, legacy FitIns format) carries the merged
-# statistics under this key of its FitIns config instead of a record of their own.
+# statistics, and the layout of its packed weights, under these keys of its FitIns config
+# instead of records of their own.
 SECAGG_STATS_KEY = "merged-stats-json"
+SECAGG_LAYOUT_KEY = "weights-layout-json"
 # The record Flower's SecAgg+ messages carry their protocol configs in
 # (flwr.common.secure_aggregation.secaggplus_constants.RECORD_KEY_CONFIGS).
 SECAGG_CONFIGS = "secaggplus_configs"
@@ -164,34 +166,47 @@ def _arrays_record(weights: list):
     """The weights as ONE array plus their layout: Flower stores and moves every array of a
     record as its own object, one HTTP request each way, so a model of 50 tensors cost about 10
     s per message on a loaded 2-core machine; one flat array costs one request."""
-    import numpy as np
     from flwr.app import Array, ArrayRecord
 
-    arrays = [np.asarray(w) for w in weights]
-    if not arrays:
+    if not weights:
         return ArrayRecord([])
+    return ArrayRecord({"packed": Array(_pack(weights))})
+
+
+def _pack(weights: list):
+    import numpy as np
+
+    arrays = [np.asarray(w) for w in weights]
     dtype = np.result_type(*arrays)
-    flat = np.concatenate([a.astype(dtype, copy=False).ravel() for a in arrays])
-    return ArrayRecord({"packed": Array(flat)})
+    return np.concatenate([a.astype(dtype, copy=False).ravel() for a in arrays])
+
+
+def _layout_of(weights: list) -> list:
+    import numpy as np
+
+    return [[list(np.shape(w)), np.asarray(w).dtype.str] for w in weights]
 
 
 def _layout(weights: list) -> "ConfigRecord":
-    import numpy as np
-
-    return _json_record([[list(np.shape(w)), np.asarray(w).dtype.str] for w in weights])
+    return _json_record(_layout_of(weights))
 
 
 def _read_arrays(content) -> list:
     """The weights of `_arrays_record`; ValueError if the layout does not fit the array."""
-    import numpy as np
-
     record = content.array_records.get(ARRAYS)
     if record is None or not len(record):
         return []
     layout = _read_json(content, _LAYOUT)
     if "packed" not in record or not isinstance(layout, list):
         raise ValueError("the weights carry no layout")
-    flat = record["packed"].numpy()
+    return _unpack(record["packed"].numpy(), layout)
+
+
+def _unpack(flat, layout: list, keep_dtype: bool = False) -> list:
+    """`flat` cut into the shapes (and dtypes, unless `keep_dtype`) of `layout`; ValueError if
+    it does not fit."""
+    import numpy as np
+
     try:
         shapes = [tuple(int(d) for d in shape) for shape, _ in layout]
         dtypes = [np.dtype(dtype) for _, dtype in layout]
@@ -202,9 +217,18 @@ def _read_arrays(content) -> list:
         raise ValueError(f"weights of {flat.size} values do not fit their layout {shapes}")
     out, at = [], 0
     for shape, dtype, n in zip(shapes, dtypes, sizes):
-        out.append(flat[at:at + n].reshape(shape).astype(dtype, copy=False))
+        part = flat[at:at + n].reshape(shape)
+        out.append(part if keep_dtype else part.astype(dtype, copy=False))
         at += n
     return out
+
+
+def unpack_like(packed: list, weights: list) -> list:
+    """A SecAgg+ aggregate (one flat array, as `secure_reply_records` packs an update) in the
+    shapes of `weights`, its own dtype kept; ValueError if it does not fit them."""
+    if len(packed) != 1:
+        raise ValueError(f"the aggregate holds {len(packed)} arrays, not one packed vector")
+    return _unpack(packed[0], _layout_of(weights), keep_dtype=True)
 
 
 @dataclass
@@ -287,10 +311,13 @@ def is_secure_request(content) -> bool:
 
 
 def secure_fitins(weights: list, config: dict, stats_json: str):
-    """The FitIns of a SecAgg+ round: the merged statistics travel in its config."""
+    """The FitIns of a SecAgg+ round: the weights packed into one array as in a plain round,
+    their layout and the merged statistics in its config."""
     from flwr.common import FitIns, ndarrays_to_parameters
 
-    return FitIns(ndarrays_to_parameters(weights), {**config, SECAGG_STATS_KEY: stats_json})
+    return FitIns(ndarrays_to_parameters([_pack(weights)]),
+                  {**config, SECAGG_STATS_KEY: stats_json,
+                   SECAGG_LAYOUT_KEY: json.dumps(_layout_of(weights))})
 
 
 def read_secure_request(content) -> Request:
@@ -302,7 +329,14 @@ def read_secure_request(content) -> Request:
     stats_json = config.pop(SECAGG_STATS_KEY, None)
     if not isinstance(stats_json, str):
         raise ValueError("the secure round carries no merged statistics")
-    return Request(config, parameters_to_ndarrays(fitins.parameters), stats_json)
+    try:
+        layout = json.loads(str(config.pop(SECAGG_LAYOUT_KEY)))
+    except (KeyError, ValueError):
+        raise ValueError("the secure round's weights carry no layout") from None
+    packed = parameters_to_ndarrays(fitins.parameters)
+    if len(packed) != 1 or not isinstance(layout, list):
+        raise ValueError("the secure round's weights are not one packed array")
+    return Request(config, _unpack(packed[0], layout), stats_json)
 
 
 def secure_reply_records(update: list, reply: Reply):
@@ -315,7 +349,8 @@ def secure_reply_records(update: list, reply: Reply):
     carried = {k: v for k, v in {**reply.metrics, **reply.info}.items()
                if isinstance(v, (bool, int, float, str))}
     carried[LEDGER] = json.dumps(reply.ledger)
-    fitres = FitRes(Status(Code.OK, "ok"), ndarrays_to_parameters(update),
+    # Packed into one array, as the request was: one object to move instead of one per tensor.
+    fitres = FitRes(Status(Code.OK, "ok"), ndarrays_to_parameters([_pack(update)]),
                     int(round(reply.metrics["num-examples"])), carried)
     return compat.fitres_to_recorddict(fitres, keep_input=True)
 

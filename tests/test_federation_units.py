@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -580,7 +581,7 @@ def test_agent_starts_its_supernode_with_its_own_config(tmp_path, adult_slices):
 
     cfg = load_site_config(write_site(tmp_path, "a", adult_slices[0]))
     argv = daemon.supernode_argv(cfg)
-    assert argv[0].endswith("flower-supernode") and "--insecure" in argv
+    assert argv[1:4] == ["-P", "-m", "synthpool.agent.host.supernode"] and "--insecure" in argv
     assert argv[argv.index("--superlink") + 1] == "127.0.0.1:1"
     assert argv[argv.index("--node-config") + 1] == f'site-config="{cfg.path}"'
     env = daemon.supernode_env(cfg)
@@ -838,3 +839,57 @@ def test_a_stage_failing_on_an_overloaded_host_says_so(tmp_path, adult_slices, m
     with pytest.raises(RoundFailed) as quiet:
         run_study(FakeGrid(configs, down={2, 3}), make_run(tmp_path / "quiet", num_rounds=1))
     assert "overloaded" not in str(quiet.value)
+
+
+def test_the_supernode_pulls_every_half_second_not_every_three():
+    """Flower's SuperNode waits 3 s after an empty pull; the agent's caps that one module's
+    sleep (agent/host/supernode.py). If a Flower upgrade moves the loop, patching must fail
+    loudly rather than leave the 3 s in place."""
+    import time
+
+    from flwr.supernode import start_client_internal
+
+    from synthpool.agent.host import supernode
+
+    try:
+        supernode.patch_pull_interval()
+        started = time.monotonic()
+        start_client_internal.time.sleep(3)
+        assert time.monotonic() - started < 1.0
+        assert start_client_internal.time.time() == pytest.approx(time.time(), abs=1)
+        with pytest.raises(RuntimeError, match="no longer uses"):
+            supernode.patch_pull_interval()  # already replaced: not the module it expects
+    finally:
+        start_client_internal.time = time
+
+
+def test_message_parts_are_retried_within_half_a_second_not_after_one_to_ten():
+    """A message's objects reach its receiver just after the message: Flower retries a missing
+    one after 1 s, doubling to 10 s (7-15 s per round in the demo). Every receiving process of
+    ours shortens that to 50 ms doubling to 0.5 s, within the same total time; the pulls
+    themselves are Flower's."""
+    from flwr.supercore.inflatable import inflatable_utils
+    from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
+
+    from synthpool.common import flower_backoff
+
+    saved = {f: dict(f.__kwdefaults__) for f in (inflatable_utils.pull_objects,
+                                                 inflatable_utils.pull_and_inflate_object_from_tree)}
+    try:
+        flower_backoff.shorten()
+        tries = []
+
+        def late_object(object_id: str) -> bytes:  # there on the sixth try
+            tries.append(time.monotonic())
+            if len(tries) < 6:
+                raise ObjectUnavailableError(object_id)
+            return b"content"
+
+        started = time.monotonic()
+        assert inflatable_utils.pull_objects(["x"], late_object) == {"x": b"content"}
+        # 0.05 + 0.1 + 0.2 + 0.4 + 0.5 s (+-20%) where Flower's own would wait 1 + 2 + 4 + 8 + 10.
+        assert time.monotonic() - started < 2.0 and len(tries) == 6
+    finally:
+        for f, defaults in saved.items():
+            f.__kwdefaults__.clear()
+            f.__kwdefaults__.update(defaults)

@@ -148,9 +148,12 @@ def test_secure_mean_equals_fedavg_and_the_coordinator_sees_only_masked_vectors(
     assert not any(len(rec) for rec in masked_reply.content.array_records.values())
     from flwr.common import bytes_to_ndarray
 
-    vec = bytes_to_ndarray(masked_reply.content.config_records["secaggplus_configs"]
-                           ["masked_params"][1])
-    assert vec.shape == (40, 16) and np.std(vec.astype(np.float64)) > 1e8
+    masked = masked_reply.content.config_records["secaggplus_configs"]["masked_params"]
+    vec = bytes_to_ndarray(masked[1])
+    # Flower's weight factor, then the update packed into one vector (one object to move, not
+    # one per tensor: Flower pulls each object with its own request).
+    assert len(masked) == 2 and vec.shape == (40 * 16 + 16,)
+    assert np.std(vec.astype(np.float64)) > 1e8
 
 
 def test_a_site_dropping_mid_round_is_unmasked_away_and_named():

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import traceback
 from typing import Callable
 
@@ -186,11 +187,16 @@ def handle_train(site: SiteState, global_weights: list[np.ndarray], wire: dict,
         if own is None:
             raise Refusal(f"{label}: this site released no statistics for training "
                           f"{cfg.training_id}, so it cannot take part in its rounds")
+        started = time.monotonic()
         size = site_job.reported_size(site, own)
         plan = noise_plan.plan_round(site, cfg, size)
         site.ledger.charge(cfg.study, cfg.job_id, plan.mechanisms, label=label,
                            meta={"input_hash": ih, "training_id": cfg.training_id})
+        charged = time.monotonic()
         weights, metrics = site_job.run_round(site, global_weights, cfg, plan, merged)
+        # In the site's log only: a reply carries no timing (it depends on the private rows).
+        log.info("%s: planned and charged in %.1f s, the job took %.1f s", label,
+                 charged - started, time.monotonic() - charged)
         cap = site.ledger.cap(cfg.study)
         after = site.ledger.get_charge(cfg.study, cfg.job_id)
         # The weight this update carries; under SecAgg+ the site applies it itself, so it

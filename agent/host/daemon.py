@@ -137,11 +137,12 @@ class SuperNodeLog:
 
 
 def supernode_argv(cfg: SiteConfig) -> list[str]:
-    bindir = Path(sys.executable).parent
     path = str(cfg.path)
     if '"' in path:
         raise ValueError(f"the site config path cannot contain a double quote: {path!r}")
-    argv = [str(bindir / "flower-supernode"), "--superlink", cfg.superlink.address,
+    # Flower's SuperNode with a shorter pull interval (agent/host/supernode.py).
+    argv = [sys.executable, "-P", "-m", "synthpool.agent.host.supernode",
+            "--superlink", cfg.superlink.address,
             "--host", LOCALHOST, "--port", str(cfg.supernode.port),
             "--node-config", f'{NODE_CONFIG_KEY}="{path}"',
             # No executor inside the SuperNode: the agent's own (executor_argv) takes its tasks.

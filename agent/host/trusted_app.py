@@ -124,8 +124,11 @@ def run_task(runtime_api_address: str, token: str, task_type: str, config_path: 
     # only, and none of them touches the FAB's files.
     from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
+    from ...common import flower_backoff
     from ...common.wire import REFUSED
 
+    _log_to_site()
+    flower_backoff.shorten()  # the round's weights pulled without Flower's 1-8 s retry waits
     retry = make_simple_http_retry_invoker()
     client = RuntimeHttpClient.from_server_address(
         server_address=runtime_api_address, insecure=True, root_certificates=None,
@@ -190,6 +193,22 @@ def run_task(runtime_api_address: str, token: str, task_type: str, config_path: 
     finally:
         finish()
     return code
+
+
+def _log_to_site() -> None:
+    """The task's own lines (a big table's parse, a job's DP-SGD steps and seconds) into the
+    site's log, beside Flower's: its stderr is the agent's, which the owner keeps. They never
+    leave the site; nothing in a reply carries a timing."""
+    import logging
+
+    logger = logging.getLogger("synthpool")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[synthpool-agent] %(asctime)s %(message)s",
+                                               "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def _task_id() -> int:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...common.wire import SECAGG_CONFIGS, read_secure_reply, secure_fitins
+from ...common.wire import SECAGG_CONFIGS, read_secure_reply, secure_fitins, unpack_like
 from .strategy import SiteResult
 from .run_config import RunConfig
 from .transport import identify, one_node_per_site, poll_replies, transcribe
@@ -185,14 +185,19 @@ def secure_round(grid, nodes: list[int], weights: list[np.ndarray], wire: dict, 
                       fast.unanswered.get(node, fast.stage)) for node in nodes], names)
     if strategy.results is None:
         return None, results, ""
-    mean_update = parameters_to_ndarrays(strategy.results[0][1].parameters)
     problem = ""
+    try:
+        mean_update = unpack_like(parameters_to_ndarrays(strategy.results[0][1].parameters),
+                                  weights)
+    except ValueError as e:
+        mean_update, misfit = [], f"the unmasked aggregate does not fit the model: {e}"
+    else:
+        misfit = ""
     if forged := [r for r in results if r.status == "invalid"]:
         # Its masked update is already in the sum: the round cannot be used without it.
         problem = ("SecAgg+ round not used: " + "; ".join(r.reason for r in forged))
-    elif [u.shape for u in mean_update] != [w.shape for w in weights]:
-        problem = (f"the unmasked aggregate has shapes {[u.shape for u in mean_update]}, the "
-                   f"model {[w.shape for w in weights]}")
+    elif misfit:
+        problem = misfit
     elif not all(np.all(np.isfinite(u)) for u in mean_update):
         problem = "the unmasked aggregate holds NaN or infinite values"
     elif (moved := max(float(np.max(np.abs(u), initial=0)) for u in mean_update)) \
