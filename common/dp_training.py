@@ -1,11 +1,11 @@
 """DP-SGD for any generator family: Poisson sampling, per-sample clipping, Gaussian noise.
 
 Per-sample clipping is common/per_sample_clipping.py's: book-keeping (one backward pass) for
-networks of linear layers, which every built-in family is, at about 0.9x the non-private speed;
+networks of linear layers, which every built-in family is, at about 0.8x the non-private speed;
 Opacus' per-sample hooks for any other layer. Accounting is NOT done here: the caller records the
 `GaussianMechanism` it planned (noise, sample rate, steps actually taken) with its ledger or
-manifest, so the number reported comes from the accountant (Opacus'), composed over the whole
-study.
+manifest, so the number reported comes from the accountant (common/privacy.py), composed over
+the whole study.
 """
 
 from __future__ import annotations

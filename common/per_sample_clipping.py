@@ -153,15 +153,29 @@ class BookKeeping:
         norms = torch.zeros(rows, device=self.params[0].device)
         for layer, calls in book.entries.items():
             norms += _squared_norms(calls, layer.bias is not None)
-        scale = _scale(norms, self.max_grad_norm).view(-1, 1, 1)
-        _zero_grads(self.params)
+        scale = _scale(norms, self.max_grad_norm)
+        for p in self.params:  # a layer the batch did not reach gets a zero sum
+            p.grad = None
         for layer, calls in book.entries.items():
-            for a, g in calls:
+            if len(calls) == 1 and calls[0][0].dim() == 2:  # the common case: one matrix product
+                a, g = calls[0]
                 # Not in place: autograd hands one gradient tensor to every branch of a sum.
-                g = (_as_sequence(g) * scale).flatten(0, 1)
+                g = g * scale[:, None]
+                layer.weight.grad = g.T @ a
+                if layer.bias is not None:
+                    layer.bias.grad = g.sum(0)
+                continue
+            layer.weight.grad = torch.zeros_like(layer.weight)
+            if layer.bias is not None:
+                layer.bias.grad = torch.zeros_like(layer.bias)
+            for a, g in calls:
+                g = (_as_sequence(g) * scale.view(-1, 1, 1)).flatten(0, 1)
                 layer.weight.grad.addmm_(g.T, _as_sequence(a).flatten(0, 1))
                 if layer.bias is not None:
                     layer.bias.grad += g.sum(0)
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
 
 
 class OpacusPerSample:
