@@ -55,10 +55,6 @@ class TokenMatrix:
         return self if torch.device(device) == self.device else TokenMatrix(
             self.tokens, self.starts.tolist(), self.width, device)
 
-    def numpy(self) -> np.ndarray:
-        """The token indices (what a site caches)."""
-        return self.tokens.cpu().numpy()
-
     def dense(self) -> torch.Tensor:
         """Every row as one-hots (small tables and tests only)."""
         return self[:]
