@@ -15,6 +15,21 @@ from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progre
 LINE_EVERY_S = 5.0
 
 
+def _lines(console: Console, every: float, text: Callable[..., str]) -> Callable[..., None]:
+    """A (done, total, ...) callback for output that is not a terminal: `text(done, total, ...)`
+    and the seconds so far, printed every `every` seconds and when done reaches total."""
+    start, last = time.monotonic(), [float("-inf")]
+
+    def line(done: int, total: int, *rest) -> None:
+        now = time.monotonic()
+        if done >= total or now - last[0] >= every:
+            last[0] = now
+            console.print(f"{text(done, total, *rest)}, {now - start:.0f} s", markup=False,
+                          highlight=False)
+
+    return line
+
+
 @contextmanager
 def step_progress(description: str, enabled: bool = True, console: Console | None = None,
                   every: float = LINE_EVERY_S
@@ -24,16 +39,8 @@ def step_progress(description: str, enabled: bool = True, console: Console | Non
         return
     console = console or Console(stderr=True)
     if not console.is_terminal:
-        start, last = time.monotonic(), [float("-inf")]
-
-        def line(step: int, total: int, loss: float) -> None:
-            now = time.monotonic()
-            if step >= total or now - last[0] >= every:
-                last[0] = now
-                console.print(f"{description}: step {step}/{total}, loss {loss:.3f}, "
-                              f"{now - start:.0f} s", markup=False, highlight=False)
-
-        yield line
+        yield _lines(console, every, lambda step, total, loss:
+                     f"{description}: step {step}/{total}, loss {loss:.3f}")
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(),
@@ -53,16 +60,8 @@ def read_progress(description: str, console: Console | None = None, every: float
     line every few seconds."""
     console = console or Console(stderr=True)
     if not console.is_terminal:
-        start, last = time.monotonic(), [float("-inf")]
-
-        def line(done: int, total: int) -> None:
-            now = time.monotonic()
-            if done >= total or now - last[0] >= every:
-                last[0] = now
-                console.print(f"{description}: {done / 2**20:.0f} of {total / 2**20:.0f} MiB, "
-                              f"{now - start:.0f} s", markup=False, highlight=False)
-
-        yield line
+        yield _lines(console, every, lambda done, total:
+                     f"{description}: {done / 2**20:.0f} of {total / 2**20:.0f} MiB")
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                   TimeRemainingColumn(), console=console, transient=True) as bar:
