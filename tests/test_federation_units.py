@@ -841,10 +841,11 @@ def test_a_stage_failing_on_an_overloaded_host_says_so(tmp_path, adult_slices, m
     assert "overloaded" not in str(quiet.value)
 
 
-def test_the_supernode_pulls_every_half_second_not_every_three():
-    """Flower's SuperNode waits 3 s after an empty pull; the agent's caps that one module's
-    sleep (agent/host/supernode.py). If a Flower upgrade moves the loop, patching must fail
-    loudly rather than leave the 3 s in place."""
+def test_the_supernode_pulls_soon_after_a_message_and_backs_off_when_idle(monkeypatch):
+    """Flower's SuperNode waits 3 s after an empty pull and 0.5 s between looks at its task's
+    reply; the agent's paces that one module's sleeps (agent/host/supernode.py): 0.1 s after a
+    message, doubling to 1 s while idle, 50 ms for in-process waits. If a Flower upgrade moves
+    the loop, patching must fail loudly rather than leave the 3 s in place."""
     import time
 
     from flwr.supernode import start_client_internal
@@ -853,10 +854,16 @@ def test_the_supernode_pulls_every_half_second_not_every_three():
 
     try:
         supernode.patch_pull_interval()
-        started = time.monotonic()
-        start_client_internal.time.sleep(3)
-        assert time.monotonic() - started < 1.0
         assert start_client_internal.time.time() == pytest.approx(time.time(), abs=1)
+        slept = []
+        monkeypatch.setattr(time, "sleep", slept.append)
+        paced = start_client_internal.time
+        for _ in range(6):
+            paced.sleep(3)          # empty pulls: an idle site
+        paced.sleep(0.5)            # a message came: waiting for the task's reply
+        paced.sleep(3)              # the next stage's message is pulled soon after
+        assert slept == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 0.05, 0.1]
+        monkeypatch.undo()
         with pytest.raises(RuntimeError, match="no longer uses"):
             supernode.patch_pull_interval()  # already replaced: not the module it expects
     finally:

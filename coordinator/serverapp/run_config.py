@@ -25,7 +25,7 @@ class RunConfig(TrainingSpec):
     node_wait_timeout: float = 120.0
     round_timeout: float = 300.0
     straggler_grace: float = 10.0    # once min_sites answered, wait this long for the rest
-    poll_interval: float = 0.5
+    poll_interval: float = 0.1
     # JSON file mapping SuperNode ids to site names, shared by the trainings of this coordinator
     # so a site that drops before it ever answered a training is still named in the event log.
     # Default: nodes.json beside the checkpoint dir.

@@ -48,7 +48,7 @@ class SecAggSettings:
     threshold: float = 0.6          # share of a site's key shares needed to rebuild its secrets
     clipping_range: float = 8.0
     timeout: float = 300.0          # per stage
-    poll_interval: float = 0.5
+    poll_interval: float = 0.1
     # The most one round can move a weight (the family's bound): the mean of honest updates
     # cannot move further, whatever the weights.
     max_update: float = float("inf")
