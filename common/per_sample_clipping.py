@@ -1,5 +1,6 @@
 """Per-sample gradient clipping in one backward pass, for networks whose weights are all in
-nn.Linear layers (every built-in family's are).
+nn.Linear layers or in layers that keep their own books (`BookKeptLayer`; every built-in
+family's are).
 
 Book-keeping (Bu, Wang, Zha and Karypis, "Differentially private optimization on large model at
 small cost", ICML 2023): the backward pass records each linear layer's input activations A and
@@ -11,10 +12,9 @@ clipped sum is one matrix product per layer, (c * G)^T A with c_i = min(1, C / |
 same cost as the weight gradient a non-private step computes. Opacus' ghost clipping gets the
 same sum with a second backward pass instead (about 0.4x of non-private speed here).
 
-A family with weights outside linear layers (a plug-in with layer norms or embeddings) gets
-Opacus' per-sample gradient hooks instead (`OpacusPerSample`): exact, slower. `clipper(module)`
-picks one; either leaves in each weight's .grad the sum over the batch of the per-sample
-gradients, each clipped to norm C. The noise is the caller's (common.dp_training).
+A layer that is neither (a plug-in's layer norm) sends the family to Opacus' per-sample gradient
+hooks instead (`OpacusPerSample`): exact, slower. `clipper(module)` picks one; either leaves in
+each weight's .grad the sum over the batch of the per-sample gradients, each clipped to norm C. The noise is the caller's (common.dp_training).
 """
 
 from __future__ import annotations
@@ -36,17 +36,44 @@ class Clipper(Protocol):
 
 
 def clipper(module: nn.Module, max_grad_norm: float) -> Clipper:
-    """Book-keeping when every weight is in a linear layer, else Opacus' per-sample hooks."""
-    if only_linear(module):
+    """Book-keeping when every weight is in a linear or book-kept layer, else Opacus' hooks."""
+    if book_keepable(module):
         return BookKeeping(module, max_grad_norm)
     return OpacusPerSample(module, max_grad_norm)
 
 
-def only_linear(module: nn.Module) -> bool:
-    """Whether every trainable weight of `module` lies in an nn.Linear layer."""
-    linear = {id(p) for m in module.modules() if isinstance(m, nn.Linear)
-              for p in m.parameters(recurse=False)}
-    return all(id(p) in linear for p in module.parameters() if p.requires_grad)
+def book_keepable(module: nn.Module) -> bool:
+    """Whether every trainable weight of `module` lies in an nn.Linear or a BookKeptLayer."""
+    kept = {id(p) for m in module.modules() if isinstance(m, (nn.Linear, BookKeptLayer))
+            for p in m.parameters(recurse=False)}
+    return all(id(p) in kept for p in module.parameters() if p.requires_grad)
+
+
+class BookKeptLayer(nn.Module):
+    """A layer that computes its own per-row squared gradient norms and clipped gradient sums
+    from its input and output gradient, as BookKeeping does for nn.Linear. Called at most once
+    per forward pass. Subclasses implement `compute`, `input_grad`, `squared_norms` and
+    `set_clipped_grads`."""
+
+    book: _Book | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.book is None:
+            return self.compute(x)
+        return _RecordedLayer.apply(x, self, self.book, *self.parameters(recurse=False))
+
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def input_grad(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
+        raise NotImplementedError
+
+    def squared_norms(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def set_clipped_grads(self, x: torch.Tensor, g: torch.Tensor, scale: torch.Tensor) -> None:
+        """Each weight's .grad = the sum over rows of scale_i x row i's gradient."""
+        raise NotImplementedError
 
 
 class _Book:
@@ -80,9 +107,31 @@ class _RecordedLinear(torch.autograd.Function):
         return grad_x, None, None, None, None
 
 
+class _RecordedLayer(torch.autograd.Function):
+    """A BookKeptLayer's forward whose backward books (x, g) and passes the input gradient on.
+    The weights are inputs only so that autograd reaches this node."""
+
+    @staticmethod
+    def forward(ctx, x, layer, book, *weights):
+        ctx.save_for_backward(x)
+        ctx.layer, ctx.book = layer, book
+        with torch.no_grad():
+            return layer.compute(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        ctx.book.record(ctx.layer, x.detach(), g)
+        grad_x = ctx.layer.input_grad(x, g) if ctx.needs_input_grad[0] else None
+        return (grad_x, None, None) + (None,) * (len(ctx.needs_input_grad) - 3)
+
+
 @contextmanager
-def _recording(layers: list[nn.Linear], book: _Book):
+def _recording(layers: list[nn.Module], book: _Book):
     for layer in layers:
+        if isinstance(layer, BookKeptLayer):
+            layer.book = book
+            continue
         # An instance attribute shadows nn.Linear.forward for this layer only, until deleted.
         layer.forward = (lambda x, layer=layer:
                          _RecordedLinear.apply(x, layer.weight, layer.bias, layer, book))
@@ -90,7 +139,10 @@ def _recording(layers: list[nn.Linear], book: _Book):
         yield
     finally:
         for layer in layers:
-            del layer.forward
+            if isinstance(layer, BookKeptLayer):
+                del layer.book
+            else:
+                del layer.forward
 
 
 def _as_sequence(t: torch.Tensor) -> torch.Tensor:
@@ -135,7 +187,7 @@ class BookKeeping:
 
     def __init__(self, module: nn.Module, max_grad_norm: float):
         self.max_grad_norm = max_grad_norm
-        self.layers = [m for m in module.modules() if isinstance(m, nn.Linear)]
+        self.layers = [m for m in module.modules() if isinstance(m, (nn.Linear, BookKeptLayer))]
         self.params = trainable(module)
 
     def clipped_sum(self, per_row_loss: PerRowLoss) -> torch.Tensor:
@@ -152,11 +204,20 @@ class BookKeeping:
     def _clip_and_sum(self, book: _Book, rows: int) -> None:
         norms = torch.zeros(rows, device=self.params[0].device)
         for layer, calls in book.entries.items():
-            norms += _squared_norms(calls, layer.bias is not None)
+            if isinstance(layer, BookKeptLayer):
+                if len(calls) != 1:
+                    raise RuntimeError(f"{type(layer).__name__} ran {len(calls)} times in one "
+                                       "forward pass; a book-kept layer may run once")
+                norms += layer.squared_norms(*calls[0])
+            else:
+                norms += _squared_norms(calls, layer.bias is not None)
         scale = _scale(norms, self.max_grad_norm)
         for p in self.params:  # a layer the batch did not reach gets a zero sum
             p.grad = None
         for layer, calls in book.entries.items():
+            if isinstance(layer, BookKeptLayer):
+                layer.set_clipped_grads(*calls[0], scale)
+                continue
             if len(calls) == 1 and calls[0][0].dim() == 2:  # the common case: one matrix product
                 a, g = calls[0]
                 # Not in place: autograd hands one gradient tensor to every branch of a sum.

@@ -40,12 +40,15 @@ def pairs_table(n: int, seed: int = 0) -> pd.DataFrame:
                          "second": [PAIRS[f] for f in first], "label": label}, dtype=object)
 
 
-@pytest.fixture(scope="module")
-def trained():
+@pytest.fixture(scope="module", params=["one-hot", "embedding"])
+def trained(request):
+    """Trained with either context a head can see of the columns before it."""
     df = pairs_table(4000)
     # A generous budget: the model's ability is under test, not the noise.
     res = train_single_site(SCHEMA, df, epsilon=30.0, delta=1e-5, seed=0, device="cpu",
-                            plan=TrainingPlan(steps=300, sample_rate=0.1))
+                            plan=TrainingPlan(steps=300, sample_rate=0.1),
+                            hyperparameters={"context": request.param})
+    assert res.manifest["model"]["context"] == request.param
     return df, res
 
 
@@ -102,8 +105,8 @@ def test_column_order_comes_from_the_dp_statistics_not_the_rows():
 
 
 def test_sampling_draws_what_the_network_predicts_for_the_tokens_drawn_so_far(trained):
-    """Sampling sums a head's first-layer weights over the tokens drawn so far instead of
-    running the head over the one-hot prefix. Every drawn row, fed back through the network as
+    """Sampling sums a head's first-layer weights (or the tokens' embeddings) over the tokens
+    drawn so far instead of running the head over the one-hot prefix. Every drawn row, fed back through the network as
     training sees it (teacher forcing), must give each column the distribution its token was
     drawn from: the drawn token lies where the uniform draw falls in that distribution's CDF."""
     import torch
@@ -121,14 +124,27 @@ def test_sampling_draws_what_the_network_predicts_for_the_tokens_drawn_so_far(tr
     u = torch.rand(len(gen.order), n, 1, generator=torch_gen)[:, :, 0].t()  # per column
     rows = gen.transformer.encode(syn).dense()
     with torch.inference_mode():
-        logits = gen.net(rows)
-    at, ok = 0, []
+        logits = gen.net.column_logits(gen.net(rows))
+    ok = []
     for j, k in enumerate(gen.net.sizes):
-        cdf = torch.softmax(logits[:, at:at + k], 1).cumsum(1)
+        cdf = torch.softmax(logits[j], 1).cumsum(1)
         tok = rows[:, gen.net.perm[gen.net.offsets[j] - 1:gen.net.offsets[j] - 1 + k]].argmax(1)
         below = torch.where(tok > 0, cdf.gather(1, (tok - 1).clamp(min=0)[:, None])[:, 0], 0.0)
         above = cdf.gather(1, tok[:, None])[:, 0]
         ok.append(((below <= u[:, j] + 1e-5) & ((u[:, j] <= above + 1e-5) | (tok == k - 1))))
-        at += k
     share = torch.stack(ok).float().mean().item()
     assert share == 1.0, share
+
+
+def test_wide_layouts_get_the_embedding_context_and_narrow_ones_the_one_hot():
+    """"auto" decides from the layout (schema and DP statistics): a head's one-hot prefix costs
+    columns x width, which a wide table cannot afford."""
+    from synthpool.common.generators.autoregressive import AutoregressiveHyperparameters as HP
+    from synthpool.common.generators.autoregressive import resolved_context
+
+    assert resolved_context(HP(), [2] + [10] * 14) == "one-hot"        # Adult-like: 15 x 10
+    assert resolved_context(HP(), [2] + [14] * 55) == "embedding"      # 56 columns x 14
+    assert resolved_context(HP(context="one-hot"), [2] + [14] * 55) == "one-hot"
+    df, schema = make_clinic_table(300, seed=1)
+    t = TableTransformer(schema, collect_stats(schema, df, 2.0, np.random.default_rng(0)))
+    assert registry.build("autoregressive", t).describe()["context"] == "one-hot"

@@ -84,8 +84,25 @@ def test_clipped_sums_equal_a_per_row_reference(make, kind):
         assert torch.allclose(p.grad, expected[name], rtol=1e-4, atol=1e-5), name
 
 
-def test_the_default_familys_network_is_clipped_per_row_exactly(tmp_path):
-    """The autoregressive network as a job trains it: heads over prefixes of one input."""
+def _reference_row_by_row(net, criterion, x, max_grad_norm):
+    """_reference by one backward pass per row (for networks vmap cannot run: token lookups)."""
+    params = dict(net.named_parameters())
+    per_row = {k: [] for k in params}
+    for i in range(len(x)):
+        net.zero_grad()
+        criterion(net(x[i:i + 1]), x[i:i + 1]).sum().backward()
+        for k, p in params.items():
+            per_row[k].append(p.grad.clone())
+    per_row = {k: torch.stack(v) for k, v in per_row.items()}
+    norms = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in per_row.values()))
+    scale = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+    return {k: torch.einsum("i,i...->...", scale, g) for k, g in per_row.items()}, norms
+
+
+@pytest.mark.parametrize("context", ["one-hot", "embedding"])
+def test_the_default_familys_network_is_clipped_per_row_exactly(context):
+    """The autoregressive network as a job trains it: heads over prefixes of one input, or
+    over sums of token embeddings through batched per-head layers (book-kept layers)."""
     from synthpool.common.generators.registry import build
     from synthpool.common.stats import collect_stats
     from synthpool.common.transforms import TableTransformer
@@ -93,15 +110,44 @@ def test_the_default_familys_network_is_clipped_per_row_exactly(tmp_path):
 
     df, schema = make_clinic_table(400, seed=3)
     t = TableTransformer(schema, collect_stats(schema, df, 20.0, np.random.default_rng(0)))
-    gen = build("autoregressive", t, seed=0)
+    gen = build("autoregressive", t, {"context": context}, seed=0)
     x = t.encode(df)[:48]
     gen.loss.reduction = "none"
-    expected, _ = _reference(gen.net, gen.loss, x, 0.5)
+    expected, norms = _reference_row_by_row(gen.net, gen.loss, x, 0.5)
+    assert (norms > 0.5).float().mean() > 0.5  # clipping bites
     engine = clipper(gen.net, 0.5)
     assert isinstance(engine, BookKeeping)
     engine.clipped_sum(lambda: gen.loss(gen.net(x), x))
     for name, p in gen.net.named_parameters():
         assert torch.allclose(p.grad, expected[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_a_token_embedding_is_clipped_exactly_when_a_row_repeats_a_token():
+    """The families' rows never repeat a token (one per column), but a plug-in's may: then a
+    row's gradient adds several output gradients into one vector, and its norm is not the sum
+    of theirs."""
+    from synthpool.common.generators.layers import TokenEmbedding
+
+    class Bag(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.embed = TokenEmbedding(6, 3, std=1.0)
+
+        def forward(self, idx):
+            return self.embed(idx.T).sum(0)
+
+    class Loss(nn.Module):
+        reduction = "none"
+
+        def forward(self, out, idx):
+            return (out ** 2).sum(1)
+
+    idx = torch.tensor([[0, 1, 2], [3, 3, 4], [5, 5, 5], [1, 0, 1]])
+    net, loss = Bag(), Loss()
+    expected, norms = _reference_row_by_row(net, loss, idx, 1.0)
+    clipper(net, 1.0).clipped_sum(lambda: loss(net(idx), idx))
+    assert torch.allclose(net.embed.weight.grad, expected["embed.weight"], atol=1e-6)
 
 
 def test_the_noise_is_gaussian_of_noise_multiplier_times_c_over_the_expected_batch():
