@@ -106,9 +106,9 @@ def test_column_order_comes_from_the_dp_statistics_not_the_rows():
 
 def test_sampling_draws_what_the_network_predicts_for_the_tokens_drawn_so_far(trained):
     """Sampling sums a head's first-layer weights (or the tokens' embeddings) over the tokens
-    drawn so far instead of running the head over the one-hot prefix. Every drawn row, fed back through the network as
-    training sees it (teacher forcing), must give each column the distribution its token was
-    drawn from: the drawn token lies where the uniform draw falls in that distribution's CDF."""
+    drawn so far instead of running the head over the one-hot prefix. Every drawn row, fed back
+    through the network as training sees it (teacher forcing), must give each column the
+    distribution its token was drawn from: the drawn token lies where the uniform draw falls in that distribution's CDF."""
     import torch
 
     _, res = trained

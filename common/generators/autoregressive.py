@@ -153,6 +153,9 @@ def _inverse_cdf(logits: torch.Tensor, u: torch.Tensor, k: int) -> torch.Tensor:
     return (cdf < u * cdf[:, -1:]).sum(1).clamp_(max=k - 1)
 
 
+PADDED_LOGIT = -1e4
+
+
 class _EmbeddedARNet(nn.Module):
     """The same model with a cheaper context: head j sees s_j, the sum over the columns before
     it of a learned vector per token (one vector per token of the whole layout), through its own
@@ -168,7 +171,7 @@ class _EmbeddedARNet(nn.Module):
         self.register_buffer("perm", torch.cat(perm), persistent=False)
         sizes = [k for _, k in sequence]
         starts = [int(sum(sizes[:j])) for j in range(len(sizes))]
-        self.width, self.unmodelled = 1 + int(sum(sizes)), unmodelled
+        self.unmodelled = unmodelled
         # The embedding numbers tokens in generation order: position p of a row is token
         # numbering[p]; generation step c is the row layout's column_of_block[c]-th block.
         self.register_buffer("numbering", torch.argsort(self.perm), persistent=False)
@@ -195,7 +198,7 @@ class _EmbeddedARNet(nn.Module):
                 pad[h, 0, self.sizes[j]:] = PADDED_LOGIT
             self.register_buffer(f"pad{i}", pad, persistent=False)
         # Summed over up to n columns: start the sum near unit scale.
-        self.embed = TokenEmbedding(self.width - 1, embedding, std=1 / np.sqrt(n + 1))
+        self.embed = TokenEmbedding(int(sum(sizes)), embedding, std=1 / np.sqrt(n + 1))
         self.layers = nn.ModuleList([HeadwiseLinear(n, embedding, hidden)]
                                     + [HeadwiseLinear(n, hidden, hidden) for _ in range(depth - 1)])
         self.outputs = nn.ModuleList(HeadwiseLinear(c, hidden, k)
@@ -205,6 +208,7 @@ class _EmbeddedARNet(nn.Module):
         for g, (lo, c) in enumerate(zip(np.cumsum([0] + self.split), self.split)):
             for i in range(c):
                 self.slot[self.rank[lo + i]] = (int(lo) + i, g, i)
+        self.sorted_slot = [self.slot[j][0] for j in range(n)]
 
     def forward(self, rows: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Each bucket's logits (heads x rows x padded width), and the rows' tokens (columns x
@@ -214,7 +218,7 @@ class _EmbeddedARNet(nn.Module):
         hot = rows.nonzero()[:, 1].view(len(rows), -1)
         idx = self.numbering[hot[:, self.column_of_block]].T
         e = self.embed(idx)  # columns x rows x embedding
-        h = _PrefixSums.apply(e, self.unmodelled, self.rank)
+        h = _PrefixSums.apply(e, self.unmodelled, self.sorted_slot)
         for layer in self.layers:
             h = layer(h).relu()
         return [layer(part) + getattr(self, f"pad{i}")
@@ -242,21 +246,15 @@ class _EmbeddedARNet(nn.Module):
         return out
 
 
-PADDED_LOGIT = -1e4
-
-
 class _PrefixSums(torch.autograd.Function):
-    """positions x ... -> for each position j >= skip, the sum of the positions before it, the
-    j's listed in `order` (out[i] is the sum before position skip + order[i]). A loop of
+    """positions x ... -> for each position j >= skip, the sum of the positions before it, in
+    row where[j - skip] of the output. A loop of
     in-place adds, forwards and (as suffix sums) backwards, with the reordering folded into the
     loop's writes: torch.cumsum over a middle axis is several times slower on CPU, its gradient
     flips the tensor twice, and a separate permutation costs a copy each way."""
 
     @staticmethod
-    def forward(ctx, e, skip, order):
-        where = [0] * len(order)  # where[j]: the output row of position skip + j
-        for i, j in enumerate(order):
-            where[j] = i
+    def forward(ctx, e, skip, where):
         ctx.skip, ctx.where = skip, where
         out = torch.empty((len(e) - skip,) + e.shape[1:], dtype=e.dtype, device=e.device)
         acc = e[:skip].sum(0) if skip else torch.zeros_like(e[0])
@@ -293,7 +291,6 @@ class _WidthGroupedLoss(nn.Module):
             self.register_buffer(f"start{i}", torch.tensor(
                 [net.offsets[j] - 1 for j in heads])[:, None], persistent=False)
             at += c
-        self.buckets = len(net.split)
 
     def forward(self, out: tuple[list[torch.Tensor], torch.Tensor], rows: torch.Tensor):
         logits, idx = out
