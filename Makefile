@@ -17,8 +17,10 @@ install: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/synthpool demo
 
+# One worker per core (pytest-xdist); a module's tests share a worker, so a federation a
+# module's fixture starts runs once.
 test: $(BIN)/.installed test-tools
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n auto --dist loadscope
 
 # Real tools some tests drive (headless Chromium renders the report; nginx fronts the Fleet API;
 # docker-compose and shellcheck validate deploy/). Installed from Debian when we can; tests that

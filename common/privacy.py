@@ -18,8 +18,6 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from importlib.metadata import version
 
-from dp_accounting.pld import privacy_loss_distribution as pld
-
 ACCOUNTANT = "dp_accounting.pld.PLDAccountant"
 DP_ACCOUNTING_VERSION = version("dp-accounting")  # read once: every reply of a site states it
 # The PLD's grid of privacy-loss values. Pessimistic rounding makes the result an upper bound at
@@ -85,6 +83,10 @@ def _merged(mechanisms) -> tuple[tuple[float, float, int], ...]:
 
 
 def _gaussian_pld(sigma: float, q: float, n: int):
+    # Imported here: dp_accounting pulls in scipy.signal (about 1.5 s), and the processes that
+    # only read a ledger or start the site's SuperNode never compose anything.
+    from dp_accounting.pld import privacy_loss_distribution as pld
+
     if q == 1.0:  # n unsampled Gaussians are one Gaussian with std sigma / sqrt(n), exactly
         return pld.from_gaussian_mechanism(sigma / math.sqrt(n),
                                            value_discretization_interval=DISCRETIZATION)

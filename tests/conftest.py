@@ -1,12 +1,20 @@
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import os, sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+# Rich wraps a message at the terminal's width, and a test's paths are longer under
+# pytest-xdist (popen-gwN): tests read messages whole, as a log would keep them.
+os.environ.setdefault("COLUMNS", "400")
+
 import pytest
 import torch
 
 from synthpool.common.bundled import ADULT_SCHEMA, ADULT_TEST, ADULT_TRAIN
 from synthpool.common.loading import load_table
 from synthpool.common.schema import Schema
+from synthpool.common.threads import usable_cores
 
-torch.set_num_threads(2)
+# `make test` runs one pytest worker per core (pytest-xdist): two torch threads each would
+# oversubscribe the cores the workers share.
+torch.set_num_threads(max(1, min(2, usable_cores() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
 
 
 @pytest.fixture(scope="session")

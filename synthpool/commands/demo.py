@@ -55,6 +55,9 @@ def demo(
         True, "--secure-aggregation/--plain-aggregation",
         help="SecAgg+: the coordinator sees only the mean of the sites' updates (three more "
              "message stages per round)."),
+    release_rows: int = typer.Option(0, "--release-rows", min=0,
+                                     help="Rows to sample (0: as many as the sites' DP row "
+                                          "count)."),
     family: str | None = typer.Option(None, "--family", help="Generator family (the run "
                                                              "config's `family`; default: the "
                                                              "app's)."),
@@ -83,7 +86,7 @@ def demo(
         # Sites share 2 cores here: wait for a slow one rather than drop it.
         "straggler-grace": 180.0, "round-timeout": 600.0, "node-wait-timeout": 120.0,
         "release-dir": str(release_dir.resolve()), "seed": seed, "population": "disjoint",
-        "secure-aggregation": secure_aggregation,
+        "secure-aggregation": secure_aggregation, "release-rows": release_rows,
     }
     if family:
         run_config["family"] = family
