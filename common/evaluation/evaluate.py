@@ -21,9 +21,7 @@ import pandas as pd
 from ..schema import Schema
 from .fidelity import fidelity
 from .jsonable import jsonable
-from .attacks import privacy_risk
 from .grids import exact_histograms
-from .utility import tstr
 
 # Thresholds of the plain-language verdicts (documented in the report's "How to read" section).
 USEFUL_GOOD, USEFUL_FAIR = 0.95, 0.85      # synthetic-trained AUC as a share of real-trained AUC
@@ -63,6 +61,11 @@ def evaluate(schema: Schema, train: pd.DataFrame, holdout: pd.DataFrame, synthet
     `privacy`: the formal guarantee, e.g. {"epsilon": 3.0, "delta": 1e-5, "per_site": {"a": {...}}}.
     `progress`: called with a short message before each long step.
     """
+    # Imported here: they bring scikit-learn (about 2 s), which the coordinator, pooling only
+    # the sites' DP answers, never needs.
+    from .attacks import privacy_risk
+    from .utility import tstr
+
     say = progress or (lambda _msg: None)
     timings = {}
 
