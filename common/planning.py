@@ -8,9 +8,12 @@ and composing afterwards (Flower's Opacus example) either overspends or reports 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-from .dp_training import DPSGDConfig
 from .privacy import GaussianMechanism, calibrate_noise, histogram_noise_for
+
+if TYPE_CHECKING:  # torch and Opacus: not for a command line that only shows its options
+    from .dp_training import DPSGDConfig
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,10 @@ def sample_rate_for(plan: TrainingPlan, noisy_rows: float) -> float:
 
 
 def dp_sgd_config(plan: TrainingPlan, epsilon: float, delta: float, noisy_rows: float,
-                  prior: list[GaussianMechanism], steps: int | None = None) -> DPSGDConfig:
+                  prior: list[GaussianMechanism], steps: int | None = None) -> "DPSGDConfig":
     """Noise for `plan.steps` steps such that they, composed with `prior`, spend `epsilon`."""
+    from .dp_training import DPSGDConfig
+
     q = sample_rate_for(plan, noisy_rows)
     sigma = calibrate_noise(epsilon, delta, q, plan.steps, prior)
     return DPSGDConfig(steps=plan.steps if steps is None else steps, sample_rate=q,

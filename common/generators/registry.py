@@ -19,10 +19,10 @@ from importlib.metadata import entry_points
 
 from pydantic import ValidationError
 
+from . import DEFAULT_FAMILY  # noqa: F401  (re-exported: the registry's default)
 from .base import Generator, Hyperparameters
 
 ENTRY_POINT_GROUP = "synthpool.generators"
-DEFAULT_FAMILY = "autoregressive"
 
 _registered: dict[str, type[Generator]] = {}
 

@@ -10,13 +10,11 @@ import typer
 from synthpool.common.cli_paths import path_option
 from rich.console import Console
 
-from synthpool.common.generators import registry
-from synthpool.common.generators.registry import DEFAULT_FAMILY, model_options
+from synthpool.common.generators import DEFAULT_FAMILY
 from synthpool.common.loading import DataError, load_table
 from synthpool.common.planning import TrainingPlan
 from synthpool.common.privacy import DeltaWarning, InvalidBudget, check_budget
 from synthpool.common.schema import Schema, SchemaError
-from synthpool.common.synthesis import train_single_site
 from synthpool.common.table_io import manifest_path, write_json, write_table
 
 from .progress import read_progress, step_progress
@@ -65,6 +63,10 @@ def synth(
     except InvalidBudget as e:
         err.print(f"error: --{e}", style="red", markup=False)
         raise typer.Exit(2)
+    from synthpool.common.generators import registry
+    from synthpool.common.generators.registry import model_options
+    from synthpool.common.synthesis import train_single_site
+
     try:
         # Checked before a row is read: nothing is spent on a model that cannot be built.
         hyperparameters = registry.hyperparameters(family, model_options(model or []))
