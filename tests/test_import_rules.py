@@ -1,6 +1,7 @@
 """The arrows of docs/ARCHITECTURE.md, read from the source: which package may import which, no
 import cycles (function-local imports count: hiding a cycle in a function does not remove it),
-no private name imported from another module."""
+no private name imported from another module; and the processes that start often import no heavy
+library they do not use."""
 
 from __future__ import annotations
 
@@ -187,3 +188,24 @@ def test_a_forbidden_arrow_would_be_seen(rule, monkeypatch):
     monkeypatch.setitem(GRAPH, module, [*GRAPH[module], (target, "", 1)])
     with pytest.raises(AssertionError, match="imports"):
         test_no_forbidden_arrow()
+
+
+# Processes that start often, or many at once on a 2-core host (a federation starts a dozen),
+# and the heavy libraries they must not import before they need them.
+LIGHT_STARTS = [
+    ("synthpool.cli", ("torch", "opacus", "sklearn", "dp_accounting")),  # every admin command
+    ("synthpool.agent.host.daemon", ("torch", "flwr", "sklearn", "dp_accounting")),  # each site
+    ("synthpool.coordinator.serverapp.app", ("sklearn", "dp_accounting")),  # each run
+]
+
+
+@pytest.mark.parametrize("module,heavy", LIGHT_STARTS, ids=[m for m, _ in LIGHT_STARTS])
+def test_a_process_imports_no_heavy_library_it_does_not_use(module, heavy):
+    import subprocess
+    import sys
+
+    probe = (f"import sys, {module}; "
+             f"print(' '.join(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=120, check=True).stdout.strip()
+    assert out == "", f"importing {module} imports {out}"
