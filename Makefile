@@ -17,10 +17,12 @@ install: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/synthpool demo
 
-# One worker per core (pytest-xdist); a module's tests share a worker, so a federation a
-# module's fixture starts runs once.
+# One worker per usable core (pytest-xdist; nproc honours CPU affinity, where xdist's `auto`
+# would count the host's cores whenever psutil is installed); a module's tests share a worker, so
+# a federation a module's fixture starts runs once.
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 test: $(BIN)/.installed test-tools
-	$(BIN)/python -m pytest -q -m "not slow" -n auto --dist loadscope
+	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadscope
 
 # Real tools some tests drive (headless Chromium renders the report; nginx fronts the Fleet API;
 # docker-compose and shellcheck validate deploy/). Installed from Debian when we can; tests that
