@@ -1,9 +1,5 @@
 import os, sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
-# Rich wraps a message at the terminal's width, and a test's paths are longer under
-# pytest-xdist (popen-gwN): tests read messages whole, as a log would keep them.
-os.environ.setdefault("COLUMNS", "400")
-
 import pytest
 import torch
 

@@ -26,10 +26,14 @@ def files(tmp_path):
     holdout, _ = make_clinic_table(150, seed=2)
     holdout.loc[4, "age"] = 130.0  # the schema's upper bound is 100
     synthetic, _ = make_clinic_table(300, seed=3)
+    # A folder deeper than a terminal is wide: an error names the file whole however deep it
+    # lies (a log once showed 'holdout.c sv', broken where the 80th column fell).
+    deep = tmp_path / "hospital-research-data-share" / "study-2026-clinic-tables"
+    deep.mkdir(parents=True)
     paths = {"schema": tmp_path / "clinic.yaml"}
     paths["schema"].write_text(yaml.safe_dump(CLINIC_SCHEMA, sort_keys=False))
     for name, df in (("real", real), ("holdout", holdout), ("synthetic", synthetic)):
-        paths[name] = tmp_path / f"{name}.csv"
+        paths[name] = deep / f"{name}.csv"
         write_table(df, paths[name])
     return paths, schema
 

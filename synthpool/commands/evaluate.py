@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 app = typer.Typer(add_completion=False, help=__doc__)
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a path or a message is never broken in a log
 
 
 def evaluate_command(

@@ -65,7 +65,7 @@ def draft(
                                        "(without --site, every site charges it)."),
 ) -> None:
     """Draft a schema from DATA and print it as YAML; review it before use."""
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)  # a path or a message is never broken in a log
     markers = list(missing) if missing else [""]
     csv = CsvOptions(header=not no_header, separator=separator, missing=markers, comment=comment)
     try:
