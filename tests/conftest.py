@@ -10,7 +10,8 @@ from synthpool.common.threads import usable_cores
 
 # `make test` runs one pytest worker per core (pytest-xdist): two torch threads each would
 # oversubscribe the cores the workers share.
-torch.set_num_threads(max(1, min(2, usable_cores() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, usable_cores() // WORKERS)))
 
 
 @pytest.fixture(scope="session")

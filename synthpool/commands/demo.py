@@ -21,14 +21,14 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from synthpool.common.cli_paths import path_option
 from synthpool.common.threads import usable_cores
 
+from .consoles import stderr_console
 from .progress import StageProgress
 from .signals import sigterm_as_interrupt
 
-console = Console(stderr=True, soft_wrap=True)
+console = stderr_console()
 
 DELTA = 1e-5
 

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import typer
 from synthpool.common.cli_paths import path_option
-from rich.console import Console
 from rich.markup import escape
 
+from .consoles import stderr_console
+
 app = typer.Typer(add_completion=False, help=__doc__)
-console = Console(stderr=True, soft_wrap=True)  # a path or a message is never broken in a log
+console = stderr_console()
 
 
 def evaluate_command(

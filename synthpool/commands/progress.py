@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
+from .consoles import stderr_console
+
 LINE_EVERY_S = 5.0
 
 
@@ -37,7 +39,7 @@ def step_progress(description: str, enabled: bool = True, console: Console | Non
     if not enabled:
         yield None
         return
-    console = console or Console(stderr=True)
+    console = console or stderr_console()
     if not console.is_terminal:
         yield _lines(console, every, lambda step, total, loss:
                      f"{description}: step {step}/{total}, loss {loss:.3f}")
@@ -58,7 +60,7 @@ def read_progress(description: str, console: Console | None = None, every: float
                   ) -> Iterator[Callable[[int, int], None]]:
     """The (bytes read, file size) callback of common/loading.py: a bar on a terminal, else a
     line every few seconds."""
-    console = console or Console(stderr=True)
+    console = console or stderr_console()
     if not console.is_terminal:
         yield _lines(console, every, lambda done, total:
                      f"{description}: {done / 2**20:.0f} of {total / 2**20:.0f} MiB")

@@ -11,11 +11,12 @@ from typing import Optional
 
 import typer
 from synthpool.common.cli_paths import path_argument, path_option
-from rich.console import Console
+
+from .consoles import stderr_console, stdout_console
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Inspect and verify releases.")
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+console = stdout_console()
+err = stderr_console()
 
 # Where `synthpool demo` and `synthpool simulate --site` keep the coordinator's key: beside the
 # release folder, under federation/coordinator/ (they play the coordinator themselves).

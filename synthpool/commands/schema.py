@@ -13,13 +13,14 @@ from typing import Optional
 
 import typer
 from synthpool.common.cli_paths import path_option
-from rich.console import Console
 from rich.markup import escape
 
 from synthpool.common.atomic import atomic_write_text
 from synthpool.common.loading import DataError, read_raw
 from synthpool.common.schema import CsvOptions, SchemaError
 from synthpool.common.schema_draft import draft_schema
+
+from .consoles import stderr_console
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Draft a study schema from a table you hold (review every draft).")
@@ -65,7 +66,7 @@ def draft(
                                        "(without --site, every site charges it)."),
 ) -> None:
     """Draft a schema from DATA and print it as YAML; review it before use."""
-    err = Console(stderr=True, soft_wrap=True)  # a path or a message is never broken in a log
+    err = stderr_console()
     markers = list(missing) if missing else [""]
     csv = CsvOptions(header=not no_header, separator=separator, missing=markers, comment=comment)
     try:

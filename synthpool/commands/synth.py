@@ -8,7 +8,6 @@ from typing import Optional
 
 import typer
 from synthpool.common.cli_paths import path_option
-from rich.console import Console
 
 from synthpool.common.generators import DEFAULT_FAMILY
 from synthpool.common.loading import DataError, load_table
@@ -17,9 +16,10 @@ from synthpool.common.privacy import DeltaWarning, InvalidBudget, check_budget
 from synthpool.common.schema import Schema, SchemaError
 from synthpool.common.table_io import manifest_path, write_json, write_table
 
+from .consoles import stderr_console
 from .progress import read_progress, step_progress
 
-err = Console(stderr=True, soft_wrap=True)
+err = stderr_console()
 
 
 def synth(
