@@ -7,6 +7,7 @@ Why on disk: Flower starts a NEW `flwr-clientapp` process for every message (doc
     agent.lock               flock-ed by the one agent running on this dir (agent/host/daemon.py)
     holdout.key              the secret key of the evaluation hold-out split (made once)
     reports/<study>/...      the site's full local evaluation report of each release
+    locks/                   one lock file per job, held while it runs (`job_lock`)
     releases/<study>/...     every output this site released (noisy histograms of a training's
                              statistics stage, the weights of each round), keyed by ledger job id,
                              so a retried job returns the SAME output instead of a second draw
@@ -20,6 +21,8 @@ ledger's write-ahead charge, a crash at any point leaves either "charged, nothin
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -207,6 +210,20 @@ class SiteState:
             meta = json.loads(str(z["__meta__"]))
             weights = [z[f"w{i}"] for i in range(meta["n"])]
         return Release(weights, meta["metrics"], meta["input_hash"], meta.get("payload", {}))
+
+    @contextlib.contextmanager
+    def job_lock(self, study: str, job_id: str):
+        """Held while a job is checked against the cache and run: a second task for the same job
+        (the SecAgg+ masking stage while the job trains ahead, a retry) waits, then finds the
+        release. A flock, so the kernel releases it if its holder dies mid-job."""
+        path = self.state_dir / "locks" / f"{safe_file_name(study)}-{safe_file_name(job_id)}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     def save_release(self, study: str, job_id: str, release: Release) -> None:
         buf = io.BytesIO()

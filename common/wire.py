@@ -37,6 +37,7 @@ SECAGG_LAYOUT_KEY = "weights-layout-json"
 # The record Flower's SecAgg+ messages carry their protocol configs in
 # (flwr.common.secure_aggregation.secaggplus_constants.RECORD_KEY_CONFIGS).
 SECAGG_CONFIGS = "secaggplus_configs"
+SECAGG_SETUP = "setup"  # its first stage (flwr.common.secure_aggregation...Stage.SETUP)
 
 # Error codes of a site's replies (Flower's own codes are 0-8, flwr/common/constant.py).
 REFUSED = 1001
@@ -310,6 +311,21 @@ def is_secure_request(content) -> bool:
     return _FITINS_CONFIG in content.config_records
 
 
+def secure_stage(content) -> str:
+    """The SecAgg+ stage a message belongs to ('' for a message outside the protocol)."""
+    return str(content.config_records.get(SECAGG_CONFIGS, {}).get("stage", ""))
+
+
+def add_round_request(content, fitins) -> None:
+    """The round's request (`secure_fitins`) put beside SecAgg+'s setup configs, so a site can
+    train while the key stages go on (agent/clientapp/after_reply.py); Flower's mod reads only
+    its configs in that stage, and the masking stage carries the same request again."""
+    from flwr.compat.common import recorddict_compat as compat
+
+    for key, record in compat.fitins_to_recorddict(fitins, keep_input=True).items():
+        content[key] = record
+
+
 def secure_fitins(weights: list, config: dict, stats_json: str):
     """The FitIns of a SecAgg+ round: the weights packed into one array as in a plain round,
     their layout and the merged statistics in its config."""
@@ -359,7 +375,8 @@ def read_secure_reply(fitres) -> Reply:
     """A site's unmasked FitRes metadata (its update is only ever seen inside the sum)."""
     metrics = dict(fitres.metrics)
     info = {"site": str(metrics.pop("site", "")),
-            "replayed": bool(metrics.pop("replayed", False))}
+            "replayed": bool(metrics.pop("replayed", False)),
+            "trained-ahead": bool(metrics.pop("trained-ahead", False))}
     ledger = json.loads(str(metrics.pop(LEDGER, "{}")))
     numbers = {k: v for k, v in metrics.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -72,6 +72,10 @@ def test_secure_round_survives_a_dropped_site_and_equals_fedavg(secure_run):
     start, initial = store.load_start()
     tid = start["training_id"]
     survivors = ("s0", "s1")
+    # Each survivor trained during the key stages (the request came with the setup stage) and
+    # its masking stage sent that job's update, from its release cache.
+    results = {r["site"]: r for r in store.load(1).meta["results"]}
+    assert all(results[s]["trained_ahead"] and results[s]["replayed"] for s in survivors)
     sizes = {s: float(start["sites"][s]["rows"]) for s in survivors}
     local = {s: SiteState.from_config_path(fed.site_config(s))
              .load_release("adult", f"{tid}/round-1").weights for s in survivors}

@@ -518,6 +518,31 @@ def test_site_refuses_wrong_schema_digest_and_second_release(tmp_path, adult_sli
         client_app.handle_stats(site, {**run.round_wire("t4", 0, ""), "study": "x"})
 
 
+def test_two_tasks_for_one_job_train_it_once(tmp_path, adult_slices):
+    """A SecAgg+ round's job trains ahead (during the key stages) while the masking stage asks for
+    it: the second waits on the job's lock and replays the first's release."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    config = write_site(tmp_path, "a", adult_slices[0])
+    site = SiteState.from_config_path(config)
+    merged, wire = _stats_then_wire(site, make_run(tmp_path), "t1")
+
+    def task(**kw):  # its own SiteState, as each task process has
+        return client_app.handle_train(SiteState.from_config_path(config), [], wire, merged,
+                                       secure=True, **kw)
+
+    with ThreadPoolExecutor(2) as pool:
+        ahead, masking = pool.submit(task, ahead=True), pool.submit(task)
+        outs = [ahead.result(), masking.result()]
+    assert sorted(o.info["replayed"] for o in outs) == [False, True]
+    # Whichever took the lock first trained; the other sent that same release.
+    assert len({o.info.get("trained-ahead", False) for o in outs}) == 1
+    for a, b in zip(outs[0].weights, outs[1].weights):
+        np.testing.assert_array_equal(a, b)
+    tid_round = wire["training-id"] + "/round-1"
+    assert [c.job_id for c in site.ledger.charges("adult")].count(tid_round) == 1
+
+
 def test_site_calibrates_noise_once_for_the_whole_schedule(tmp_path, adult_slices):
     site = SiteState.from_config_path(write_site(tmp_path, "a", adult_slices[0], eps=2.0))
     run = make_run(tmp_path, noise_multiplier=0.0, stats_noise_multiplier=0.0, target_epsilon=5.0,
@@ -843,9 +868,9 @@ def test_a_stage_failing_on_an_overloaded_host_says_so(tmp_path, adult_slices, m
 
 def test_the_supernode_pulls_soon_after_a_message_and_backs_off_when_idle(monkeypatch):
     """Flower's SuperNode waits 3 s after an empty pull and 0.5 s between looks at its task's
-    reply; the agent's paces that one module's sleeps (agent/host/supernode.py): 0.1 s after a
-    message, doubling to 1 s while idle, 50 ms for in-process waits. If a Flower upgrade moves
-    the loop, patching must fail loudly rather than leave the 3 s in place."""
+    reply; the agent's paces that one module's sleeps (agent/host/supernode.py): every 0.1 s for
+    2 s after a message, then doubling to 1 s while idle, 50 ms for in-process waits. If a Flower
+    upgrade moves the loop, patching must fail loudly rather than leave the 3 s in place."""
     import time
 
     from flwr.supernode import start_client_internal
@@ -855,14 +880,22 @@ def test_the_supernode_pulls_soon_after_a_message_and_backs_off_when_idle(monkey
     try:
         supernode.patch_pull_interval()
         assert start_client_internal.time.time() == pytest.approx(time.time(), abs=1)
-        slept = []
-        monkeypatch.setattr(time, "sleep", slept.append)
+        now, slept = [1000.0], []
+
+        def sleep(s):
+            slept.append(s)
+            now[0] += s
+
+        monkeypatch.setattr(time, "sleep", sleep)
+        monkeypatch.setattr(time, "monotonic", lambda: now[0])
         paced = start_client_internal.time
         for _ in range(6):
             paced.sleep(3)          # empty pulls: an idle site
         paced.sleep(0.5)            # a message came: waiting for the task's reply
-        paced.sleep(3)              # the next stage's message is pulled soon after
-        assert slept == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 0.05, 0.1]
+        for _ in range(24):
+            paced.sleep(3)          # the next stage's message is pulled soon after, for 2 s
+        assert slept[:7] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 0.05]
+        assert slept[7:] == [0.1] * 20 + [0.1, 0.2, 0.4, 0.8]
         monkeypatch.undo()
         with pytest.raises(RuntimeError, match="no longer uses"):
             supernode.patch_pull_interval()  # already replaced: not the module it expects
@@ -900,3 +933,4 @@ def test_message_parts_are_retried_within_half_a_second_not_after_one_to_ten():
         for f, defaults in saved.items():
             f.__kwdefaults__.clear()
             f.__kwdefaults__.update(defaults)
+

@@ -49,10 +49,10 @@ from ...common.generators import registry
 from ...common.privacy import BudgetExceeded
 from ...common.stats import TableStats
 from ...common.wire import (
-    EVALUATE_MESSAGE, REFUSED, SITE_FAILED, STATS_MESSAGE, Reply, Request, is_secure_request,
-    read_secure_request, secure_reply_records,
+    EVALUATE_MESSAGE, REFUSED, SECAGG_SETUP, SITE_FAILED, STATS_MESSAGE, Reply, Request,
+    is_secure_request, read_secure_request, secure_reply_records, secure_stage,
 )
-from . import noise_plan, site_job
+from . import after_reply, noise_plan, site_job
 from ..config import ConfigError
 from ..ledger import LedgerConflict, LedgerError
 from .secure_aggregation import secure_aggregation_mod, update_of
@@ -161,55 +161,61 @@ def handle_stats(site: SiteState, wire: dict) -> Reply:
 
 
 def handle_train(site: SiteState, global_weights: list[np.ndarray], wire: dict,
-                 stats_json: str, *, secure: bool = False) -> Reply:
+                 stats_json: str, *, secure: bool = False, ahead: bool = False) -> Reply:
     """One round: DP-SGD from `global_weights` with the transform of the merged statistics.
-    `secure`: the update will leave the site masked (SecAgg+)."""
+    `secure`: the update will leave the site masked (SecAgg+); `ahead`: run during SecAgg+'s
+    key stages, for the masking stage to take from the release cache (after_reply.py)."""
     cfg = _parse(site, wire, "round")
     label = _label(cfg)
     if not secure and site.config.trust.require_secure_aggregation:
         raise Refusal(f"{label}: this site trains only in securely aggregated rounds "
                       "([trust] require_secure_aggregation); run the study with "
                       "secure-aggregation = true")
-    try:
-        if site_job.stats_digest(stats_json) != cfg.stats_digest:
-            raise Refusal(f"{label}: the statistics sent do not match their digest")
-        merged = TableStats.from_dict(json.loads(stats_json))
-        if merged.schema_fingerprint != site.schema.fingerprint():
-            raise Refusal(f"{label}: the merged statistics were computed under another schema")
-        ih = input_hash(global_weights, cfg.to_wire())
-        cached = _replay(site, cfg, ih)
-        if cached is not None:
-            return Reply(cached.weights, cached.metrics,
-                              {"site": site.name, "replayed": True,
-                               **cached.payload.get("info", {})},
-                              ledger_report(site, cfg))
-        own = site_job.own_stats(site, cfg)
-        if own is None:
-            raise Refusal(f"{label}: this site released no statistics for training "
-                          f"{cfg.training_id}, so it cannot take part in its rounds")
-        started = time.monotonic()
-        size = site_job.reported_size(site, own)
-        plan = noise_plan.plan_round(site, cfg, size)
-        site.ledger.charge(cfg.study, cfg.job_id, plan.mechanisms, label=label,
-                           meta={"input_hash": ih, "training_id": cfg.training_id})
-        charged = time.monotonic()
-        weights, metrics = site_job.run_round(site, global_weights, cfg, plan, merged)
-        # In the site's log only: a reply carries no timing (it depends on the private rows).
-        log.info("%s: planned and charged in %.1f s, the job took %.1f s", label,
-                 charged - started, time.monotonic() - charged)
-        cap = site.ledger.cap(cfg.study)
-        after = site.ledger.get_charge(cfg.study, cfg.job_id)
-        # The weight this update carries; under SecAgg+ the site applies it itself, so it
-        # applies the coordinator's cap on any one site's share too.
-        weight = min(size.rows, cfg.weight_cap) if cfg.weight_cap > 0 else size.rows
-        metrics = {**metrics, "num-examples": weight, "epsilon-spent": after.epsilon_after,
-                   "epsilon-cap": cap.epsilon, "delta": cap.delta}
-        info = {"size-source": size.source, "noise-source": plan.noise_source}
-        site.save_release(cfg.study, cfg.job_id, Release(weights, metrics, ih, {"info": info}))
-        return Reply(weights, metrics, {"site": site.name, "replayed": False, **info},
-                          ledger_report(site, cfg))
-    except REFUSED_BECAUSE as e:
-        raise Refusal(str(e)) from None
+    # The lock: a second task for this job (the masking stage while the job trains ahead, a
+    # retry) waits for the first, then replays its release instead of training twice.
+    with site.job_lock(cfg.study, cfg.job_id):
+        try:
+            if site_job.stats_digest(stats_json) != cfg.stats_digest:
+                raise Refusal(f"{label}: the statistics sent do not match their digest")
+            merged = TableStats.from_dict(json.loads(stats_json))
+            if merged.schema_fingerprint != site.schema.fingerprint():
+                raise Refusal(f"{label}: the merged statistics were computed under another "
+                              "schema")
+            ih = input_hash(global_weights, cfg.to_wire())
+            cached = _replay(site, cfg, ih)
+            if cached is not None:
+                return Reply(cached.weights, cached.metrics,
+                             {"site": site.name, "replayed": True,
+                              **cached.payload.get("info", {})},
+                             ledger_report(site, cfg))
+            own = site_job.own_stats(site, cfg)
+            if own is None:
+                raise Refusal(f"{label}: this site released no statistics for training "
+                              f"{cfg.training_id}, so it cannot take part in its rounds")
+            started = time.monotonic()
+            size = site_job.reported_size(site, own)
+            plan = noise_plan.plan_round(site, cfg, size)
+            site.ledger.charge(cfg.study, cfg.job_id, plan.mechanisms, label=label,
+                               meta={"input_hash": ih, "training_id": cfg.training_id})
+            charged = time.monotonic()
+            weights, metrics = site_job.run_round(site, global_weights, cfg, plan, merged)
+            # In the site's log only: a reply carries no timing (it depends on the private rows).
+            log.info("%s: planned and charged in %.1f s, the job took %.1f s", label,
+                     charged - started, time.monotonic() - charged)
+            cap = site.ledger.cap(cfg.study)
+            after = site.ledger.get_charge(cfg.study, cfg.job_id)
+            # The weight this update carries; under SecAgg+ the site applies it itself, so it
+            # applies the coordinator's cap on any one site's share too.
+            weight = min(size.rows, cfg.weight_cap) if cfg.weight_cap > 0 else size.rows
+            metrics = {**metrics, "num-examples": weight, "epsilon-spent": after.epsilon_after,
+                       "epsilon-cap": cap.epsilon, "delta": cap.delta}
+            info = {"size-source": size.source, "noise-source": plan.noise_source,
+                    **({"trained-ahead": True} if ahead else {})}
+            site.save_release(cfg.study, cfg.job_id, Release(weights, metrics, ih, {"info": info}))
+            return Reply(weights, metrics, {"site": site.name, "replayed": False, **info},
+                         ledger_report(site, cfg))
+        except REFUSED_BECAUSE as e:
+            raise Refusal(str(e)) from None
 
 
 def handle_evaluate(site: SiteState, wire: dict, sample: bytes) -> Reply:
@@ -264,14 +270,15 @@ def make_app(resolve_site: Callable[[object], SiteState] = site_from_context):
 
     app = ClientApp()
 
-    def secure_work(site: SiteState, content) -> Reply:
+    def secure_work(site: SiteState, content, ahead: bool = False) -> Reply:
         """A SecAgg+ round: the same DP-SGD round, answered with the update (displacement from
         the global weights) that Flower's mod then weights, quantizes and masks."""
         try:
             req = read_secure_request(content)
         except (KeyError, ValueError) as e:
             raise Refusal(f"malformed secure round: {e}") from None
-        out = handle_train(site, req.weights, req.config, req.stats_json, secure=True)
+        out = handle_train(site, req.weights, req.config, req.stats_json, secure=True,
+                           ahead=ahead)
         bound = site_job.RoundConfig.from_wire(req.config).max_update
         out.weights = update_of(req.weights, out.weights, bound)
         return out
@@ -313,7 +320,17 @@ def make_app(resolve_site: Callable[[object], SiteState] = site_from_context):
 
         return answer(msg, context, work)
 
-    @app.train(mods=[secure_aggregation_mod])
+    def train_ahead(msg: Message, context: Context, call_next) -> Message:
+        """SecAgg+'s setup message with the round's request beside it: answer the key stage,
+        then train once the task has answered (after_reply.py), while the key stages go on.
+        The masking stage takes the update from the release cache, or trains itself where
+        nothing ran ahead (and refuses what this would have refused)."""
+        if secure_stage(msg.content) == SECAGG_SETUP and is_secure_request(msg.content):
+            after_reply.defer(lambda: answer(msg, context, lambda site, content: secure_work(
+                site, content, ahead=True)))
+        return call_next(msg, context)
+
+    @app.train(mods=[train_ahead, secure_aggregation_mod])
     def train(msg: Message, context: Context) -> Message:
         if is_secure_request(msg.content):
             return answer(msg, context, secure_work,

@@ -126,8 +126,10 @@ def run_task(runtime_api_address: str, token: str, task_type: str, config_path: 
 
     from ...common import flower_backoff
     from ...common.wire import REFUSED
+    from ..clientapp import after_reply
 
     _log_to_site()
+    after_reply.enable()
     flower_backoff.shorten()  # the round's weights pulled without Flower's 1-8 s retry waits
     retry = make_simple_http_retry_invoker()
     client = RuntimeHttpClient.from_server_address(
@@ -192,6 +194,9 @@ def run_task(runtime_api_address: str, token: str, task_type: str, config_path: 
             push_message(client, reply, state["context"])
     finally:
         finish()
+    # The SuperNode has the reply and the task's end: it takes its next message while this
+    # process does what the app left for after the reply (a SecAgg+ round's DP-SGD job).
+    after_reply.run_pending()
     return code
 
 

@@ -381,7 +381,11 @@ class ProcessGroup:
                      "--ssl-keyfile", str(tls.key)]
         if node_auth:
             argv.append("--enable-supernode-auth")
-        proc = self.spawn(name, "superlink", argv, flower_env(home),
+        # Its SuperExec polls for ServerApp tasks, one per run: at the sites' 0.1 s it cost the
+        # SuperLink a database query ten times a second for the whole run (a fifth of a core on
+        # the demo's 2 cores), to start each run at most 0.1 s sooner.
+        proc = self.spawn(name, "superlink", argv,
+                          flower_env(home, {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1.0"}),
                           meta={"port": port, "address": f"{host}:{port}",
                                 "database": str(database), "flwr_home": str(home)})
         wait_for_port(host, port, ready_timeout, proc)

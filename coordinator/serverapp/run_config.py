@@ -56,6 +56,7 @@ class RunConfig(TrainingSpec):
     secure_aggregation: bool = False
     secagg_threshold: float = 0.6
     secagg_clipping_range: float = 0.0   # 0: the update bound (TrainingSpec.max_update)
+    secagg_train_ahead: bool = True      # sites train during the key stages (SecAggSettings)
     # The most of the FedAvg weights and of the merged statistics one site may hold: a site
     # that fabricates statistics agreeing with a huge size gets no more (strategy.weight_cap).
     # 1: sizes as they are; 0: strategy.site_share_limit (0.5 from three sites on).

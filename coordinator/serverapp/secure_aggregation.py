@@ -35,7 +35,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...common.wire import SECAGG_CONFIGS, read_secure_reply, secure_fitins, unpack_like
+from ...common.wire import (
+    SECAGG_SETUP, add_round_request, read_secure_reply, secure_fitins, secure_stage, unpack_like,
+)
 from .strategy import SiteResult
 from .run_config import RunConfig
 from .transport import identify, one_node_per_site, poll_replies, transcribe
@@ -52,13 +54,16 @@ class SecAggSettings:
     # The most one round can move a weight (the family's bound): the mean of honest updates
     # cannot move further, whatever the weights.
     max_update: float = float("inf")
+    # Send the round's request with the setup stage, so sites train during the key stages
+    # (agent/clientapp/after_reply.py); off: they train in the masking stage, as Flower's do.
+    train_ahead: bool = True
 
     @classmethod
     def of(cls, run: RunConfig) -> "SecAggSettings":
         return cls(threshold=run.secagg_threshold,
                    clipping_range=run.secagg_clipping_range or run.max_update,
                    timeout=run.round_timeout, poll_interval=run.poll_interval,
-                   max_update=run.max_update)
+                   max_update=run.max_update, train_ahead=run.secagg_train_ahead)
 
     def workflow(self, total_weight: float):
         from flwr.server.workflow import SecAggPlusWorkflow
@@ -121,6 +126,7 @@ class _FastGrid:
     events: object
     transcript: object | None
     names: dict[str, str]
+    ahead: object | None = None  # the round's FitIns, sent with the setup stage (train_ahead)
     replies: dict[int, object] = field(default_factory=dict)
     unanswered: dict[int, str] = field(default_factory=dict)  # node -> stage it went silent in
     stage: str = ""
@@ -131,8 +137,10 @@ class _FastGrid:
     def send_and_receive(self, messages, *, timeout=None):
         messages = list(messages)
         if messages:
-            configs = messages[0].content.config_records.get(SECAGG_CONFIGS, {})
-            self.stage = str(configs.get("stage", "?"))
+            self.stage = secure_stage(messages[0].content) or "?"
+            if self.stage == SECAGG_SETUP and self.ahead is not None:
+                for m in messages:
+                    add_round_request(m.content, self.ahead)
             self.events.write("secagg_stage", round=self.rnd, stage=self.stage,
                               nodes=sorted(m.metadata.dst_node_id for m in messages))
         # By message id, not by the reply's src_node_id: the SuperLink's own error reply for a
@@ -176,7 +184,8 @@ def secure_round(grid, nodes: list[int], weights: list[np.ndarray], wire: dict, 
     context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: rnd})
     context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
         parameters, keep_input=True)
-    fast = _FastGrid(grid, settings.poll_interval, rnd, events, transcript, names)
+    fast = _FastGrid(grid, settings.poll_interval, rnd, events, transcript, names,
+                     ahead=fitins if settings.train_ahead else None)
     settings.workflow(sum(sizes.values()))(fast, context)
 
     unmasked = {proxy.node_id: fitres for proxy, fitres in (strategy.results or [])}
@@ -224,7 +233,8 @@ def _site_result(node: int, fitres, last_reply, names: dict[str, str], stage: st
             return SiteResult(node, site, "invalid", reason=problem)
         return SiteResult(node, site, "ok",
                           num_examples=float(fitres.num_examples), metrics=out.metrics,
-                          info={"replayed": out.info["replayed"]}, ledger=out.ledger)
+                          info={k: out.info[k] for k in ("replayed", "trained-ahead")},
+                          ledger=out.ledger)
     if last_reply is not None and last_reply.has_error():
         return SiteResult.from_error(node, name, last_reply.error, " (secure aggregation)")
     return SiteResult(node, name, "missing",

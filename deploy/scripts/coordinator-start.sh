@@ -99,7 +99,9 @@ PATH="$venv_bin:$PATH"
 FLWR_HOME="$state/superlink-home"
 FLWR_TELEMETRY_ENABLED=0
 FLWR_DISABLE_UPDATE_CHECK=1
-FLWR_SUPEREXEC_TASK_POLL_INTERVAL="${FLWR_SUPEREXEC_TASK_POLL_INTERVAL:-0.1}"
+# The SuperLink's SuperExec polls for one ServerApp task per run: once a second is soon enough,
+# and each poll is a database query (coordinator/admin/flower_processes.py:start_superlink).
+FLWR_SUPEREXEC_TASK_POLL_INTERVAL="${FLWR_SUPEREXEC_TASK_POLL_INTERVAL:-1.0}"
 PYTHONUNBUFFERED=1
 export PATH FLWR_HOME FLWR_TELEMETRY_ENABLED FLWR_DISABLE_UPDATE_CHECK \
        FLWR_SUPEREXEC_TASK_POLL_INTERVAL PYTHONUNBUFFERED
