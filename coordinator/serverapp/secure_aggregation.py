@@ -7,6 +7,8 @@ neighbours) -> collect masked vectors (the `train` work itself: every site train
 update by its DP size, quantizes it and adds pairwise and private masks) -> unmask (the survivors
 hand over the shares that cancel the masks, including those of a site that dropped after it
 shared its keys). The masks cancel only in the sum; a site's vector alone is uniform noise.
+With `train_ahead` the round's request also rides with the setup stage, so the sites train while
+the key stages run (agent/clientapp/after_reply.py) and the masking stage only masks.
 
 What a site sends is its update as a displacement from the global weights (agent/clientapp/app.py),
 not its weights: Flower clips each coordinate into [-clipping_range, clipping_range] before it
