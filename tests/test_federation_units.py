@@ -933,4 +933,3 @@ def test_message_parts_are_retried_within_half_a_second_not_after_one_to_ten():
         for f, defaults in saved.items():
             f.__kwdefaults__.clear()
             f.__kwdefaults__.update(defaults)
-

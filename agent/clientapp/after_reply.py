@@ -29,12 +29,10 @@ def enable() -> None:
     _pending = []
 
 
-def defer(work: Callable[[], None]) -> bool:
-    """Run `work` once this task has answered; False (nothing scheduled) where nobody would."""
-    if _pending is None:
-        return False
-    _pending.append(work)
-    return True
+def defer(work: Callable[[], None]) -> None:
+    """Run `work` once this task has answered; dropped where nobody runs deferred work."""
+    if _pending is not None:
+        _pending.append(work)
 
 
 def run_pending() -> None:

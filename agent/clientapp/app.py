@@ -40,6 +40,7 @@ import json
 import logging
 import time
 import traceback
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -174,48 +175,53 @@ def handle_train(site: SiteState, global_weights: list[np.ndarray], wire: dict,
     # The lock: a second task for this job (the masking stage while the job trains ahead, a
     # retry) waits for the first, then replays its release instead of training twice.
     with site.job_lock(cfg.study, cfg.job_id):
-        try:
-            if site_job.stats_digest(stats_json) != cfg.stats_digest:
-                raise Refusal(f"{label}: the statistics sent do not match their digest")
-            merged = TableStats.from_dict(json.loads(stats_json))
-            if merged.schema_fingerprint != site.schema.fingerprint():
-                raise Refusal(f"{label}: the merged statistics were computed under another "
-                              "schema")
-            ih = input_hash(global_weights, cfg.to_wire())
-            cached = _replay(site, cfg, ih)
-            if cached is not None:
-                return Reply(cached.weights, cached.metrics,
-                             {"site": site.name, "replayed": True,
-                              **cached.payload.get("info", {})},
-                             ledger_report(site, cfg))
-            own = site_job.own_stats(site, cfg)
-            if own is None:
-                raise Refusal(f"{label}: this site released no statistics for training "
-                              f"{cfg.training_id}, so it cannot take part in its rounds")
-            started = time.monotonic()
-            size = site_job.reported_size(site, own)
-            plan = noise_plan.plan_round(site, cfg, size)
-            site.ledger.charge(cfg.study, cfg.job_id, plan.mechanisms, label=label,
-                               meta={"input_hash": ih, "training_id": cfg.training_id})
-            charged = time.monotonic()
-            weights, metrics = site_job.run_round(site, global_weights, cfg, plan, merged)
-            # In the site's log only: a reply carries no timing (it depends on the private rows).
-            log.info("%s: planned and charged in %.1f s, the job took %.1f s", label,
-                     charged - started, time.monotonic() - charged)
-            cap = site.ledger.cap(cfg.study)
-            after = site.ledger.get_charge(cfg.study, cfg.job_id)
-            # The weight this update carries; under SecAgg+ the site applies it itself, so it
-            # applies the coordinator's cap on any one site's share too.
-            weight = min(size.rows, cfg.weight_cap) if cfg.weight_cap > 0 else size.rows
-            metrics = {**metrics, "num-examples": weight, "epsilon-spent": after.epsilon_after,
-                       "epsilon-cap": cap.epsilon, "delta": cap.delta}
-            info = {"size-source": size.source, "noise-source": plan.noise_source,
-                    **({"trained-ahead": True} if ahead else {})}
-            site.save_release(cfg.study, cfg.job_id, Release(weights, metrics, ih, {"info": info}))
-            return Reply(weights, metrics, {"site": site.name, "replayed": False, **info},
+        return _train_once(site, global_weights, cfg, stats_json, ahead)
+
+
+def _train_once(site: SiteState, global_weights: list[np.ndarray], cfg: site_job.RoundConfig,
+                stats_json: str, ahead: bool) -> Reply:
+    label = _label(cfg)
+    try:
+        if site_job.stats_digest(stats_json) != cfg.stats_digest:
+            raise Refusal(f"{label}: the statistics sent do not match their digest")
+        merged = TableStats.from_dict(json.loads(stats_json))
+        if merged.schema_fingerprint != site.schema.fingerprint():
+            raise Refusal(f"{label}: the merged statistics were computed under another schema")
+        ih = input_hash(global_weights, cfg.to_wire())
+        cached = _replay(site, cfg, ih)
+        if cached is not None:
+            return Reply(cached.weights, cached.metrics,
+                         {"site": site.name, "replayed": True,
+                          **cached.payload.get("info", {})},
                          ledger_report(site, cfg))
-        except REFUSED_BECAUSE as e:
-            raise Refusal(str(e)) from None
+        own = site_job.own_stats(site, cfg)
+        if own is None:
+            raise Refusal(f"{label}: this site released no statistics for training "
+                          f"{cfg.training_id}, so it cannot take part in its rounds")
+        started = time.monotonic()
+        size = site_job.reported_size(site, own)
+        plan = noise_plan.plan_round(site, cfg, size)
+        site.ledger.charge(cfg.study, cfg.job_id, plan.mechanisms, label=label,
+                           meta={"input_hash": ih, "training_id": cfg.training_id})
+        charged = time.monotonic()
+        weights, metrics = site_job.run_round(site, global_weights, cfg, plan, merged)
+        # In the site's log only: a reply carries no timing (it depends on the private rows).
+        log.info("%s: planned and charged in %.1f s, the job took %.1f s", label,
+                 charged - started, time.monotonic() - charged)
+        cap = site.ledger.cap(cfg.study)
+        after = site.ledger.get_charge(cfg.study, cfg.job_id)
+        # The weight this update carries; under SecAgg+ the site applies it itself, so it
+        # applies the coordinator's cap on any one site's share too.
+        weight = min(size.rows, cfg.weight_cap) if cfg.weight_cap > 0 else size.rows
+        metrics = {**metrics, "num-examples": weight, "epsilon-spent": after.epsilon_after,
+                   "epsilon-cap": cap.epsilon, "delta": cap.delta}
+        info = {"size-source": size.source, "noise-source": plan.noise_source,
+                "trained-ahead": ahead}
+        site.save_release(cfg.study, cfg.job_id, Release(weights, metrics, ih, {"info": info}))
+        return Reply(weights, metrics, {"site": site.name, "replayed": False, **info},
+                     ledger_report(site, cfg))
+    except REFUSED_BECAUSE as e:
+        raise Refusal(str(e)) from None
 
 
 def handle_evaluate(site: SiteState, wire: dict, sample: bytes) -> Reply:
@@ -326,8 +332,7 @@ def make_app(resolve_site: Callable[[object], SiteState] = site_from_context):
         The masking stage takes the update from the release cache, or trains itself where
         nothing ran ahead (and refuses what this would have refused)."""
         if secure_stage(msg.content) == SECAGG_SETUP and is_secure_request(msg.content):
-            after_reply.defer(lambda: answer(msg, context, lambda site, content: secure_work(
-                site, content, ahead=True)))
+            after_reply.defer(partial(answer, msg, context, partial(secure_work, ahead=True)))
         return call_next(msg, context)
 
     @app.train(mods=[train_ahead, secure_aggregation_mod])

@@ -90,8 +90,8 @@ class SiteResult:
             out["num_examples"] = self.num_examples
             out["metrics"] = self.metrics
             out["replayed"] = bool(self.info.get("replayed", False))
-            if "trained-ahead" in self.info:  # a SecAgg+ round's update trained in its key stages
-                out["trained_ahead"] = bool(self.info["trained-ahead"])
+            # A SecAgg+ round's update trained during its key stages.
+            out["trained_ahead"] = bool(self.info.get("trained-ahead", False))
         return out
 
 
