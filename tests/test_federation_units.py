@@ -903,6 +903,27 @@ def test_the_supernode_pulls_soon_after_a_message_and_backs_off_when_idle(monkey
         start_client_internal.time = time
 
 
+def test_the_supernode_declares_the_shortest_heartbeat_flower_accepts(monkeypatch):
+    """The SuperLink drops a node after twice its declared heartbeat interval; Flower's 30 s made
+    a round wait a minute for a killed site (test_federation_secagg: now about 20 s). The interval
+    the agent's SuperNode declares is Flower's minimum, and its sender beats well within it."""
+    from flwr.common import constant
+    from flwr.supercore import heartbeat
+    from flwr.supernode import fleet_http_connection
+
+    from synthpool.agent.host import supernode
+
+    for module in (heartbeat, fleet_http_connection):
+        monkeypatch.setattr(module, "HEARTBEAT_DEFAULT_INTERVAL", module.HEARTBEAT_DEFAULT_INTERVAL)
+    supernode.shorten_heartbeat()
+    assert fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL == constant.HEARTBEAT_MIN_INTERVAL
+    assert heartbeat.HEARTBEAT_DEFAULT_INTERVAL == constant.HEARTBEAT_MIN_INTERVAL
+    longest_beat = ((constant.HEARTBEAT_MIN_INTERVAL - constant.HEARTBEAT_CALL_TIMEOUT)
+                    * (constant.HEARTBEAT_BASE_MULTIPLIER + constant.HEARTBEAT_RANDOM_RANGE[1]))
+    assert longest_beat + constant.HEARTBEAT_CALL_TIMEOUT < (
+        constant.HEARTBEAT_PATIENCE * constant.HEARTBEAT_MIN_INTERVAL) / 2
+
+
 def test_message_parts_are_retried_within_half_a_second_not_after_one_to_ten():
     """A message's objects reach its receiver just after the message: Flower retries a missing
     one after 1 s, doubling to 10 s (7-15 s per round in the demo). Every receiving process of
