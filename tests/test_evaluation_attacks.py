@@ -128,3 +128,18 @@ def test_a_dp_release_at_epsilon_3_is_not_caught(data):
     mia = risk["membership_inference"]
     assert mia["distance"]["auc"] <= 0.55 and mia["density_ratio"]["auc"] <= 0.55, mia
     assert risk["dcr"]["exact_copy_rate"] <= risk["dcr"]["holdout_exact_match_rate"] + 0.01
+
+
+def test_exact_copies_are_matched_by_value_whatever_the_dtype():
+    """The copy rate's row keys (one per distinct value of a column, not per cell): 39 and 39.0
+    and numpy's True are the values they look like, every kind of missing value is one value,
+    and a column mixing booleans with numbers still tells True from 1 (Python hashes them alike)."""
+    from synthpool.common.evaluation.attacks import _copy_rate, _row_keys
+
+    train = pd.DataFrame({"age": pd.array([39, 50, None], dtype="Int64"),
+                          "flag": [True, 1, None], "job": ["a", None, "b"]})
+    rows = pd.DataFrame({"age": [39.0, 50.0, np.nan, 50.0],
+                         "flag": [np.bool_(True), 1.0, np.nan, True], "job": ["a", np.nan, "b", None]})
+    keys = list(_row_keys(rows))
+    assert keys[:3] == list(_row_keys(train)) and keys[3] != keys[1]
+    assert _copy_rate(rows, train) == 0.75

@@ -148,12 +148,29 @@ def _attack(labels: np.ndarray, scores: np.ndarray) -> dict:
 def _row_keys(df: pd.DataFrame) -> pd.Series:
     """One string per row from the raw values, so equality is exact (39 and 39.0 are the same
     number, True and numpy's True the same boolean, every missing value the same)."""
-    parts = [df[c].map(_cell_key) for c in df.columns]
-    return pd.Series(["\x1f".join(t) for t in zip(*parts)], dtype=object)
+    return pd.Series(["\x1f".join(t) for t in zip(*(_column_keys(df[c]) for c in df.columns))],
+                     dtype=object)
+
+
+def _column_keys(col: pd.Series) -> np.ndarray:
+    """`_cell_key` of every cell, computed once per distinct value (a release's categorical
+    columns have a few dozen; per cell it was most of the evaluation's attack time). Python's
+    hashing takes True for 1, so a column mixing booleans with numbers is keyed cell by cell."""
+    if col.dtype == object:
+        types = set(map(type, col.to_numpy()))
+        if types & {bool, np.bool_} and any(issubclass(t, (int, float, np.number)) and
+                                            not issubclass(t, (bool, np.bool_)) for t in types):
+            return col.map(_cell_key).to_numpy(dtype=object)
+    codes, uniques = pd.factorize(col, use_na_sentinel=False)
+    return np.array([_cell_key(v) for v in uniques], dtype=object)[codes]
+
+
+def _missing(v) -> bool:
+    return v is None or (not isinstance(v, str) and pd.isna(v))
 
 
 def _cell_key(v) -> str:
-    if v is None or (not isinstance(v, str) and pd.isna(v)):
+    if _missing(v):
         return "\x00"
     if isinstance(v, (bool, np.bool_)):
         return str(bool(v))
