@@ -42,6 +42,16 @@ def test_calibrated_noise_lands_just_under_target(target):
     assert epsilon_of([*prior, GaussianMechanism("sgd", sigma * 0.99, 0.125, 480)], 1e-5) > spent
 
 
+@pytest.mark.parametrize("steps, target", [(30, 3.0), (480, 8.0)])
+def test_calibration_is_the_smallest_noise_to_its_tolerance(steps, target):
+    """The secant search's contract, the bisection's before it: within budget, and 0.1% less
+    noise is not."""
+    prior = [GaussianMechanism("pre", 11.2, 1.0, 1)]
+    sigma = calibrate_noise(target, 1e-5, 0.125, steps, prior)
+    assert epsilon_of([*prior, GaussianMechanism("sgd", sigma, 0.125, steps)], 1e-5) <= target
+    assert epsilon_of([*prior, GaussianMechanism("sgd", sigma / 1.001, 0.125, steps)], 1e-5) > target
+
+
 def test_more_steps_cost_more():
     a = epsilon_of([GaussianMechanism("s", 1.0, 0.1, 100)], 1e-5)
     b = epsilon_of([GaussianMechanism("s", 1.0, 0.1, 200)], 1e-5)
