@@ -23,6 +23,7 @@ import json
 import random
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -168,10 +169,17 @@ class LocalFederation:
         """The coordinator, then every site (enrolled first when the SuperLink checks keys)."""
         self.start_coordinator()
         for name in self.sites:
-            if self.node_auth and name not in self.node_ids:
-                self.enroll(name)
-            self.start_site(name)
+            self.site_config(name)  # one by one: each takes a free port
+        # An enrollment is two CLI processes (about 3 s): all at once, so that no site's
+        # start (its executor's imports take the longest) waits for the others' enrollment.
+        with ThreadPoolExecutor(max_workers=max(1, len(self.sites))) as pool:
+            list(pool.map(self._enroll_and_start, self.sites))
         return self
+
+    def _enroll_and_start(self, name: str) -> None:
+        if self.node_auth and name not in self.node_ids:
+            self.enroll(name)
+        self.start_site(name)
 
     def start_coordinator(self) -> ManagedProcess:
         """The SuperLink on its fixed port with its database: a restart finds its state."""
